@@ -1,0 +1,202 @@
+// Single-producer single-consumer byte-stream ring in shared memory.
+//
+// One ring carries one direction of a connection. Both processes map the same
+// memfd at different addresses, so the layout holds offsets, never pointers.
+// Indices are free-running 32-bit byte counts masked by a power-of-two
+// capacity; each side keeps a cached copy of the other side's index on its
+// own cache line so that the common case touches no shared line.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <new>
+
+namespace netaccel {
+
+// Two lines: the adjacent-line prefetcher pulls lines in 128-byte pairs.
+inline constexpr std::size_t kFalseSharingRange = 128;
+inline constexpr uint32_t kByteRingMagic = 0x4e414252;  // "NABR"
+inline constexpr uint32_t kByteRingVersion = 1;
+
+struct ByteRingControl {
+  // Written once by the creator, read-only afterwards.
+  alignas(kFalseSharingRange) uint32_t magic;
+  uint32_t version;
+  uint32_t capacity;     // bytes, power of two
+  uint32_t data_offset;  // from the start of this control block
+
+  // Producer line: only the producer writes it.
+  alignas(kFalseSharingRange) std::atomic<uint32_t> head;  // bytes ever published
+  uint32_t producer_cached_tail;
+
+  // Consumer line: only the consumer writes it.
+  alignas(kFalseSharingRange) std::atomic<uint32_t> tail;  // bytes ever consumed
+  uint32_t consumer_cached_head;
+
+  // Rarely written flags, apart from the hot indices so that polling them
+  // keeps the line shared instead of bouncing it on every push or pop.
+  alignas(kFalseSharingRange) std::atomic<uint32_t> reader_waiting;  // consumer sleeps for data
+  std::atomic<uint32_t> writer_waiting;  // producer sleeps for space
+  std::atomic<uint32_t> writer_closed;   // no more data will come: EOF once drained
+  std::atomic<uint32_t> reader_closed;   // nobody will read: writes fail with EPIPE
+};
+static_assert(offsetof(ByteRingControl, head) == kFalseSharingRange);
+static_assert(offsetof(ByteRingControl, tail) == 2 * kFalseSharingRange);
+static_assert(offsetof(ByteRingControl, reader_waiting) == 3 * kFalseSharingRange);
+static_assert(sizeof(ByteRingControl) == 4 * kFalseSharingRange);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+// Bytes a ring of `capacity` data bytes occupies, control block included.
+inline constexpr std::size_t byte_ring_footprint(uint32_t capacity) {
+  return sizeof(ByteRingControl) + capacity;
+}
+
+// Initialises a ring in zeroed memory; `capacity` must be a power of two.
+inline void byte_ring_init(void* memory, uint32_t capacity) {
+  auto* control = new (memory) ByteRingControl{};
+  control->magic = kByteRingMagic;
+  control->version = kByteRingVersion;
+  control->capacity = capacity;
+  control->data_offset = sizeof(ByteRingControl);
+}
+
+// True when `memory` holds a ring this code understands that fits in `bytes`.
+inline bool byte_ring_valid(const void* memory, std::size_t bytes) {
+  const auto* control = static_cast<const ByteRingControl*>(memory);
+  if (bytes < sizeof(ByteRingControl)) return false;
+  const uint32_t capacity = control->capacity;
+  return control->magic == kByteRingMagic && control->version == kByteRingVersion &&
+         capacity != 0 && (capacity & (capacity - 1)) == 0 &&
+         control->data_offset >= sizeof(ByteRingControl) &&
+         control->data_offset + static_cast<std::size_t>(capacity) <= bytes;
+}
+
+// A process's view of one ring; cheap to copy, owns nothing.
+class ByteRing {
+ public:
+  ByteRing() = default;
+  explicit ByteRing(void* memory)
+      : control_(static_cast<ByteRingControl*>(memory)),
+        data_(static_cast<unsigned char*>(memory) + control_->data_offset),
+        mask_(control_->capacity - 1) {}
+
+  ByteRingControl& control() const { return *control_; }
+  uint32_t capacity() const { return mask_ + 1; }
+
+  // ---- producer side ----
+
+  // Free space, refreshing the cached tail only when the cached value says
+  // there is not enough.
+  uint32_t writable(uint32_t wanted = 1) {
+    const uint32_t head = control_->head.load(std::memory_order_relaxed);  // own index
+    uint32_t space = capacity() - (head - control_->producer_cached_tail);
+    if (space < wanted) {
+      // Acquire pairs with the consumer's release store of tail: the bytes it
+      // consumed are no longer read once we see the new tail, so we may overwrite.
+      control_->producer_cached_tail = control_->tail.load(std::memory_order_acquire);
+      space = capacity() - (head - control_->producer_cached_tail);
+    }
+    return space;
+  }
+
+  // Copies as much of `iov` as fits; returns bytes written (possibly 0).
+  std::size_t write(const struct iovec* iov, int iovcnt) {
+    std::size_t total = 0;
+    for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+    if (total == 0) return 0;
+    const uint32_t want = static_cast<uint32_t>(std::min<std::size_t>(total, capacity()));
+    uint32_t space = writable(want);
+    if (space == 0) return 0;
+    const uint32_t head = control_->head.load(std::memory_order_relaxed);
+    std::size_t written = 0;
+    for (int i = 0; i < iovcnt && written < space; ++i) {
+      const std::size_t n = std::min<std::size_t>(iov[i].iov_len, space - written);
+      copy_in(head + static_cast<uint32_t>(written), static_cast<const unsigned char*>(iov[i].iov_base), n);
+      written += n;
+    }
+    // Release publishes the copied bytes before the consumer can see the new head.
+    control_->head.store(head + static_cast<uint32_t>(written), std::memory_order_release);
+    return written;
+  }
+
+  std::size_t write(const void* data, std::size_t len) {
+    struct iovec iov{const_cast<void*>(data), len};
+    return write(&iov, 1);
+  }
+
+  // ---- consumer side ----
+
+  // Bytes ready to read, refreshing the cached head only when it shows none.
+  uint32_t readable() {
+    const uint32_t tail = control_->tail.load(std::memory_order_relaxed);  // own index
+    uint32_t ready = control_->consumer_cached_head - tail;
+    if (ready == 0) {
+      // Acquire pairs with the producer's release store of head: the bytes
+      // before the new head are fully written once we see it.
+      control_->consumer_cached_head = control_->head.load(std::memory_order_acquire);
+      ready = control_->consumer_cached_head - tail;
+    }
+    return ready;
+  }
+
+  // Copies up to the iovec's size into `iov`; with `peek` the bytes stay.
+  std::size_t read(const struct iovec* iov, int iovcnt, bool peek = false) {
+    const uint32_t ready = readable();
+    if (ready == 0) return 0;
+    const uint32_t tail = control_->tail.load(std::memory_order_relaxed);
+    std::size_t done = 0;
+    for (int i = 0; i < iovcnt && done < ready; ++i) {
+      const std::size_t n = std::min<std::size_t>(iov[i].iov_len, ready - done);
+      copy_out(tail + static_cast<uint32_t>(done), static_cast<unsigned char*>(iov[i].iov_base), n);
+      done += n;
+    }
+    // Release orders our reads of the bytes before the producer may reuse them.
+    if (!peek) control_->tail.store(tail + static_cast<uint32_t>(done), std::memory_order_release);
+    return done;
+  }
+
+  std::size_t read(void* data, std::size_t len, bool peek = false) {
+    struct iovec iov{data, len};
+    return read(&iov, 1, peek);
+  }
+
+  // Drops up to `len` ready bytes without copying them.
+  std::size_t discard(std::size_t len) {
+    const uint32_t n = static_cast<uint32_t>(std::min<std::size_t>(len, readable()));
+    const uint32_t tail = control_->tail.load(std::memory_order_relaxed);
+    control_->tail.store(tail + n, std::memory_order_release);  // as in read()
+    return n;
+  }
+
+  // Bytes the producer published that the consumer has not taken, as either
+  // side or a third party (the monitor) sees them right now.
+  uint32_t unread() const {
+    return control_->head.load(std::memory_order_acquire) -
+           control_->tail.load(std::memory_order_acquire);
+  }
+
+ private:
+  void copy_in(uint32_t position, const unsigned char* src, std::size_t n) {
+    const uint32_t offset = position & mask_;
+    const std::size_t first = std::min<std::size_t>(n, capacity() - offset);
+    std::memcpy(data_ + offset, src, first);
+    std::memcpy(data_, src + first, n - first);
+  }
+  void copy_out(uint32_t position, unsigned char* dst, std::size_t n) const {
+    const uint32_t offset = position & mask_;
+    const std::size_t first = std::min<std::size_t>(n, capacity() - offset);
+    std::memcpy(dst, data_ + offset, first);
+    std::memcpy(dst + first, data_, n - first);
+  }
+
+  ByteRingControl* control_ = nullptr;
+  unsigned char* data_ = nullptr;
+  uint32_t mask_ = 0;
+};
+
+}  // namespace netaccel

@@ -1,0 +1,61 @@
+// The control-plane engine: the part of the monitor that owns socket state
+// (listener table, connection table, admission). It is pure state: requests
+// in, events out. The monitor around it owns memory, fds and wake-ups. The
+// software engine runs on a CPU core; the FPGA engine (fpga/) runs the same
+// state machine as RTL. Both must turn the same inputs into the same outputs.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "netaccel/protocol.h"
+
+namespace netaccel {
+
+// Destination of an engine output that is meant for the monitor itself.
+inline constexpr uint32_t kMonitorDestination = 0;
+
+enum class EngineNotice : uint8_t {
+  kDeliver = 0,             // push `event` onto the event queue of `destination`
+  kConnectionCreated = 1,   // monitor: make a segment for event.connection_id
+                            // between client `destination` and server `peer_process`
+  kConnectionReleased = 2,  // monitor: both ends closed, free the segment
+  kEndpointAbandoned = 3,   // monitor: `destination`'s end died; abort it in the segment
+};
+
+struct EngineOutput {
+  EngineNotice notice;
+  uint32_t destination;   // process id, or kMonitorDestination
+  uint32_t peer_process;  // for kConnectionCreated
+  Event event;
+};
+
+struct EngineCounters {
+  uint64_t processes = 0;
+  uint64_t listeners = 0;
+  uint64_t connections_open = 0;   // at least one end still open
+  uint64_t connections_total = 0;  // ever created
+  uint64_t requests = 0;           // ever submitted
+  uint64_t rejected_requests = 0;  // answered with an error
+};
+
+class ControlPlaneEngine {
+ public:
+  virtual ~ControlPlaneEngine() = default;
+  virtual std::string_view name() const = 0;
+
+  // A registered process and the network namespace it lives in.
+  virtual void add_process(uint32_t process_id, uint64_t netns_id) = 0;
+  // The process is gone: its listeners close and its connection ends abort.
+  virtual void remove_process(uint32_t process_id, std::vector<EngineOutput>& out) = 0;
+  // One request from a registered process; appends what follows from it.
+  virtual void submit(uint32_t process_id, const Request& request,
+                      std::vector<EngineOutput>& out) = 0;
+  virtual EngineCounters counters() const = 0;
+};
+
+std::unique_ptr<ControlPlaneEngine> make_software_engine();
+
+}  // namespace netaccel

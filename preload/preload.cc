@@ -1,0 +1,1 @@
+extern "C" int netaccel_preload_placeholder() { return 0; }

@@ -85,8 +85,12 @@ static_assert(sizeof(Event) == kDescriptorBytes);
 //
 // process -> monitor: RegisterRequest + SCM_RIGHTS [wake eventfd of the process]
 // monitor -> process: RegisterReply   + SCM_RIGHTS [queues memfd, monitor doorbell eventfd]
-// later, monitor -> process: FdDelivery + SCM_RIGHTS [segment memfd, peer's wake eventfd],
-//   one per successful kConnect reply or kIncoming event, in event order.
+// later, monitor -> process: FdDelivery + SCM_RIGHTS [segment memfd, this end's wake
+//   eventfd, the other end's wake eventfd], one per successful kConnect reply or
+//   kIncoming event, sent before that event is pushed. The monitor creates the
+//   two eventfds with the segment: a waiter on one connection end sleeps on its
+//   own eventfd, so wake-ups for different sockets never steal from each other.
+//   The process's own wake eventfd is only for its event queue.
 struct RegisterRequest {
   uint32_t magic;
   uint32_t version;

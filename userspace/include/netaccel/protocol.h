@@ -50,13 +50,12 @@ enum RequestFlags : uint8_t {
 struct Request {
   RequestOp op;
   uint8_t flags;
-  uint16_t reserved;
+  uint16_t backlog;     // kListen; clamped to 65535 (it must share the cache line)
   uint32_t request_id;  // echoed in the reply
   uint64_t socket_id;   // chosen by the process, unique within it
   uint64_t connection_id;
   InetAddress address;
   InetAddress source;
-  uint32_t backlog;
 };
 static_assert(sizeof(Request) == kDescriptorBytes);
 

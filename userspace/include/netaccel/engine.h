@@ -5,6 +5,7 @@
 // state machine as RTL. Both must turn the same inputs into the same outputs.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string_view>
@@ -56,6 +57,13 @@ class ControlPlaneEngine {
   virtual EngineCounters counters() const = 0;
 };
 
+// Table sizes of the software engine; a full table answers -ENOBUFS.
+struct SoftwareEngineLimits {
+  std::size_t max_listeners = 4096;
+  std::size_t max_connections = 65536;  // connections with at least one end open
+};
+
 std::unique_ptr<ControlPlaneEngine> make_software_engine();
+std::unique_ptr<ControlPlaneEngine> make_software_engine(const SoftwareEngineLimits& limits);
 
 }  // namespace netaccel

@@ -4,11 +4,12 @@
 # does on the kernel in the same run, and a 1 MiB value written with
 # redis-cli reads back byte for byte.
 set -uo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 na_require_tools redis-server redis-benchmark redis-cli
 na_init "$@"
 
-readonly port_netaccel=16379 port_kernel=16380 requests=20000
+port_netaccel=16379 port_kernel=16380 requests=20000
 
 na_start_monitor
 

@@ -1,0 +1,36 @@
+// Our implementation of every interposed call (declared from calls.def) and
+// the hooks that keep emulated epoll sets in step with socket transitions.
+#pragma once
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+namespace netaccel::preload {
+
+struct Socket;
+
+#define NETACCEL_CALL(ret, name, params, args) ret intercepted_##name params;
+#include "calls.def"
+#undef NETACCEL_CALL
+int netaccel_fcntl(int fd, int command, unsigned long argument);
+int netaccel_ioctl(int fd, unsigned long request, void* argument);
+
+// `fd` left netaccel: drop it from every emulated epoll set; if the number
+// now holds a kernel socket, register that with the kernel epoll instead.
+void epoll_forget(int fd, Socket* socket, bool now_kernel);
+// `fd` got its connection: its wake fd joins the epoll sets that watch it.
+void epoll_connected(int fd, Socket* socket);
+// A kernel descriptor closed: forget it if it was one of our epoll sets.
+void epoll_closed(int fd);
+
+// Fork bookkeeping for the monitor link.
+void lock_link_for_fork();
+void unlock_link_after_fork();
+void reset_link_in_child();
+
+}  // namespace netaccel::preload

@@ -1,1 +1,0 @@
-extern "C" int netaccel_preload_placeholder() { return 0; }

@@ -1,0 +1,664 @@
+// epoll, poll and select over sets that mix kernel and netaccel descriptors.
+//
+// A netaccel connection's readiness lives in its rings, so it is computed in
+// user space; the kernel still does the sleeping. Each emulated epoll set
+// registers, in the application's real epoll instance, the eventfd that the
+// peer signals when we announced that we sleep, tagged so that we recognise
+// it; kernel descriptors stay registered exactly as the application asked.
+#include <errno.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "intercepted.h"
+#include "real_calls.h"
+#include "runtime.h"
+
+namespace netaccel::preload {
+
+uint32_t socket_readiness(Socket* socket) {
+  switch (socket->state) {
+    case SocketState::kFresh:
+      return EPOLLOUT | EPOLLHUP;  // what the kernel says of an unconnected TCP socket
+    case SocketState::kBound:
+      return 0;
+    case SocketState::kListening: {
+      std::lock_guard lock(socket->backlog_mutex);
+      return socket->backlog.empty() ? 0 : EPOLLIN | EPOLLRDNORM;
+    }
+    case SocketState::kConnected:
+      break;
+  }
+  Connection* c = socket->connection;
+  uint32_t ready = 0;
+  const bool aborted = c->peer_aborted();
+  const bool eof = c->rx.control().writer_closed.load(std::memory_order_acquire) != 0;
+  if (c->rx.readable() != 0 || eof || aborted || socket->read_shut) ready |= EPOLLIN | EPOLLRDNORM;
+  if (eof) ready |= EPOLLRDHUP;
+  if (socket->write_shut || c->tx.writable() != 0 ||
+      c->tx.control().reader_closed.load(std::memory_order_acquire)) {
+    ready |= EPOLLOUT | EPOLLWRNORM;
+  }
+  if ((eof || socket->read_shut) && socket->write_shut) ready |= EPOLLHUP;
+  if (aborted) ready |= EPOLLERR | EPOLLHUP | EPOLLRDHUP;
+  return ready;
+}
+
+namespace {
+
+constexpr uint64_t kTagBase = 0x4e41ull << 48;
+constexpr uint64_t kEventWakeTag = kTagBase | 0xffffffffull;
+bool is_tag(uint64_t data) {
+  return (data >> 48) == 0x4e41;
+}
+uint64_t tag_of(int fd) {
+  return kTagBase | static_cast<uint32_t>(fd);
+}
+
+struct EpollMember {
+  int fd;
+  uint32_t events;
+  epoll_data_t data;
+  uint32_t last_ready = 0;  // edge-triggered: what we saw last time
+  uint32_t last_head = 0;
+  uint32_t last_tail = 0;
+  bool disarmed = false;     // EPOLLONESHOT already fired
+  int registered_wake = -1;  // the eventfd we added to the kernel epoll for it
+  bool listener = false;
+};
+
+struct EpollSet {
+  std::mutex mutex;
+  std::vector<EpollMember> members;
+  int listeners = 0;
+  bool event_wake_registered = false;
+  uint32_t rotation = 0;
+};
+
+constexpr int kMaxEpollFds = 1 << 20;
+std::mutex g_sets_mutex;
+std::atomic<EpollSet*>* epoll_sets() {
+  static auto* table = static_cast<std::atomic<EpollSet*>*>(
+      mmap(nullptr, sizeof(std::atomic<EpollSet*>) * kMaxEpollFds, PROT_READ | PROT_WRITE,
+           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  return table;
+}
+
+EpollSet* find_set(int epfd) {
+  if (epfd < 0 || epfd >= kMaxEpollFds) return nullptr;
+  return epoll_sets()[epfd].load(std::memory_order_acquire);
+}
+
+EpollSet* find_or_create_set(int epfd) {
+  if (epfd < 0 || epfd >= kMaxEpollFds) return nullptr;
+  std::lock_guard lock(g_sets_mutex);
+  EpollSet* set = epoll_sets()[epfd].load(std::memory_order_relaxed);
+  if (set == nullptr) {
+    set = new EpollSet;  // kept until the epoll fd closes; see epoll_closed
+    epoll_sets()[epfd].store(set, std::memory_order_release);
+  }
+  return set;
+}
+
+template <typename Visit>
+void for_each_set(Visit visit) {
+  std::lock_guard lock(g_sets_mutex);
+  for (int epfd = 0; epfd < kMaxEpollFds; ++epfd) {
+    EpollSet* set = epoll_sets()[epfd].load(std::memory_order_relaxed);
+    if (set != nullptr) visit(epfd, set);
+  }
+}
+
+// The kernel object that wakes sleepers for this socket.
+int wake_fd_of(Socket* socket) {
+  if (socket->state == SocketState::kConnected) return socket->connection->own_wake.get();
+  if (socket->state == SocketState::kListening) return socket->listener_wake.get();
+  return -1;
+}
+
+void drain_tagged(uint64_t tag) {
+  if (tag == kEventWakeTag) {
+    pump_events();
+    return;
+  }
+  SocketRef socket = lookup_socket(static_cast<int>(tag & 0xffffffffu));
+  if (!socket) return;
+  const int wake = wake_fd_of(socket.get());
+  if (wake >= 0) drain_wake_fd(wake);
+}
+
+// Moves the application's kernel events to the front, draining our tags.
+int filter_kernel_events(struct epoll_event* events, int count) {
+  int kept = 0;
+  for (int i = 0; i < count; ++i) {
+    if (is_tag(events[i].data.u64)) {
+      drain_tagged(events[i].data.u64);
+    } else {
+      events[kept++] = events[i];
+    }
+  }
+  return kept;
+}
+
+// Ready netaccel members, with edge-triggered and one-shot rules applied.
+int collect_ready(EpollSet* set, struct epoll_event* out, int capacity) {
+  std::lock_guard lock(set->mutex);
+  const std::size_t count = set->members.size();
+  if (count == 0 || capacity <= 0) return 0;
+  int found = 0;
+  const std::size_t start = set->rotation++ % count;  // no member starves another
+  for (std::size_t step = 0; step < count && found < capacity; ++step) {
+    EpollMember& member = set->members[(start + step) % count];
+    if (member.disarmed) continue;
+    SocketRef socket = lookup_socket(member.fd);
+    if (!socket) continue;
+    const uint32_t wanted = member.events | EPOLLERR | EPOLLHUP;
+    const uint32_t ready = socket_readiness(socket.get()) & wanted;
+    uint32_t report = ready;
+    if (member.events & EPOLLET) {
+      // Report what became ready, or new bytes / new space since last time.
+      uint32_t head = 0, tail = 0;
+      if (socket->state == SocketState::kConnected) {
+        head = socket->connection->rx.control().head.load(std::memory_order_acquire);
+        tail = socket->connection->tx.control().tail.load(std::memory_order_acquire);
+      }
+      report = ready & ~member.last_ready;
+      if ((ready & EPOLLIN) && head != member.last_head) report |= ready & EPOLLIN;
+      if ((ready & EPOLLOUT) && tail != member.last_tail) report |= ready & EPOLLOUT;
+      member.last_ready = ready;
+      member.last_head = head;
+      member.last_tail = tail;
+    }
+    if (report == 0) continue;
+    out[found].events = report;
+    out[found].data = member.data;
+    ++found;
+    if (member.events & EPOLLONESHOT) member.disarmed = true;
+  }
+  return found;
+}
+
+// Announces (or withdraws) that we are about to sleep on this set's members.
+void arm_members(EpollSet* set, bool armed) {
+  std::lock_guard lock(set->mutex);
+  for (const EpollMember& member : set->members) {
+    if (member.disarmed) continue;
+    SocketRef socket = lookup_socket(member.fd);
+    if (!socket) continue;
+    if (socket->state == SocketState::kConnected) {
+      Connection* c = socket->connection;
+      if (member.events & EPOLLIN)
+        c->rx.control().reader_waiting.store(armed, std::memory_order_relaxed);
+      if (member.events & EPOLLOUT)
+        c->tx.control().writer_waiting.store(armed, std::memory_order_relaxed);
+    }
+  }
+  if (set->listeners > 0) announce_event_wait(armed);
+}
+
+int timeout_left_ms(int64_t deadline_ns) {
+  if (deadline_ns < 0) return -1;
+  const int64_t left = deadline_ns - monotonic_ns();
+  return left <= 0 ? 0 : static_cast<int>((left + 999999) / 1000000);
+}
+
+int add_kernel_registration(int epfd, int fd, uint32_t events, uint64_t data) {
+  struct epoll_event event {};
+  event.events = events;
+  event.data.u64 = data;
+  return real().epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
+}
+
+}  // namespace
+
+int intercepted_epoll_create(int size) {
+  return real().epoll_create(size);
+}
+int intercepted_epoll_create1(int flags) {
+  return real().epoll_create1(flags);
+}
+
+int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket || socket->state == SocketState::kBound) return real().epoll_ctl(epfd, op, fd, event);
+  if (op != EPOLL_CTL_DEL && event == nullptr) return fail(EFAULT);
+  if (epfd == fd) return fail(EINVAL);
+  EpollSet* set = op == EPOLL_CTL_ADD ? find_or_create_set(epfd) : find_set(epfd);
+  if (set == nullptr) return op == EPOLL_CTL_ADD ? fail(EBADF) : fail(ENOENT);
+  std::lock_guard lock(set->mutex);
+  auto member = std::find_if(set->members.begin(), set->members.end(),
+                             [fd](const EpollMember& m) { return m.fd == fd; });
+  const bool listener = socket->state == SocketState::kListening;
+  switch (op) {
+    case EPOLL_CTL_ADD: {
+      if (member != set->members.end()) return fail(EEXIST);
+      EpollMember added{fd, event->events, event->data};
+      added.listener = listener;
+      if (listener && real().epoll_ctl(epfd, EPOLL_CTL_ADD, fd, event) != 0) return -1;
+      const int wake = wake_fd_of(socket.get());
+      if (wake >= 0) {
+        if (add_kernel_registration(epfd, wake, EPOLLIN, tag_of(fd)) != 0) return -1;
+        added.registered_wake = wake;
+      }
+      if (listener) {
+        ++set->listeners;
+        if (!set->event_wake_registered && event_wake_fd() >= 0 &&
+            add_kernel_registration(epfd, event_wake_fd(), EPOLLIN, kEventWakeTag) == 0) {
+          set->event_wake_registered = true;
+        }
+      }
+      set->members.push_back(added);
+      socket->epoll_memberships.fetch_add(1, std::memory_order_relaxed);
+      return 0;
+    }
+    case EPOLL_CTL_MOD:
+      if (member == set->members.end()) return fail(ENOENT);
+      if (listener && real().epoll_ctl(epfd, EPOLL_CTL_MOD, fd, event) != 0) return -1;
+      member->events = event->events;
+      member->data = event->data;
+      member->disarmed = false;
+      member->last_ready = 0;
+      return 0;
+    case EPOLL_CTL_DEL:
+      if (member == set->members.end()) return fail(ENOENT);
+      if (member->listener) {
+        real().epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
+        --set->listeners;
+      }
+      if (member->registered_wake >= 0) {
+        real().epoll_ctl(epfd, EPOLL_CTL_DEL, member->registered_wake, nullptr);
+      }
+      set->members.erase(member);
+      socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
+      return 0;
+    default:
+      return fail(EINVAL);
+  }
+}
+
+int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events, int timeout,
+                            const sigset_t* mask) {
+  EpollSet* set = find_set(epfd);
+  if (set == nullptr || max_events <= 0) {
+    // Only kernel descriptors, but the results must still hide our tags.
+    for (;;) {
+      const int got = real().epoll_pwait(epfd, events, max_events, timeout, mask);
+      if (got <= 0 || set == nullptr) return got;
+      const int kept = filter_kernel_events(events, got);
+      if (kept > 0 || timeout == 0) return kept;
+    }
+  }
+  const int64_t start = monotonic_ns();
+  const int64_t deadline = timeout < 0 ? -1 : start + static_cast<int64_t>(timeout) * 1000000;
+  const int64_t spin_until =
+      start + (timeout < 0 ? config().spin_ns
+                           : std::min<int64_t>(config().spin_ns, int64_t{timeout} * 1000000));
+  for (uint32_t round = 0;; ++round) {
+    if (set->listeners > 0 && events_pending()) pump_events();
+    int found = collect_ready(set, events, max_events);
+    if (found > 0) {
+      // Kernel descriptors get their turn in the same call.
+      if (found < max_events) {
+        const int got = real().epoll_pwait(epfd, events + found, max_events - found, 0, nullptr);
+        if (got > 0) found += filter_kernel_events(events + found, got);
+      }
+      return found;
+    }
+    const bool spinning = monotonic_ns() < spin_until;
+    if (timeout == 0 || (spinning && (round & 31) == 0)) {
+      const int got = real().epoll_pwait(epfd, events, max_events, 0, nullptr);
+      const int kept = got > 0 ? filter_kernel_events(events, got) : got;
+      if (kept != 0 || timeout == 0) return kept;
+    }
+    if (spinning) {
+      __builtin_ia32_pause();
+      continue;
+    }
+    arm_members(set, true);
+    fence_before_sleeping();
+    found = collect_ready(set, events, max_events);
+    if (found > 0) {
+      arm_members(set, false);
+      return found;
+    }
+    const int got = real().epoll_pwait(epfd, events, max_events, timeout_left_ms(deadline), mask);
+    const int error = errno;
+    arm_members(set, false);
+    if (got < 0) return fail(error);
+    int kept = filter_kernel_events(events, got);
+    kept += collect_ready(set, events + kept, max_events - kept);
+    if (kept > 0) return kept;
+    if (deadline >= 0 && monotonic_ns() >= deadline) return 0;
+  }
+}
+
+int intercepted_epoll_wait(int epfd, struct epoll_event* events, int max_events, int timeout) {
+  return intercepted_epoll_pwait(epfd, events, max_events, timeout, nullptr);
+}
+
+void epoll_forget(int fd, Socket* socket, bool now_kernel) {
+  if (socket->epoll_memberships.load(std::memory_order_relaxed) == 0) return;
+  for_each_set([&](int epfd, EpollSet* set) {
+    std::lock_guard lock(set->mutex);
+    for (auto member = set->members.begin(); member != set->members.end();) {
+      if (member->fd != fd) {
+        ++member;
+        continue;
+      }
+      if (member->registered_wake >= 0) {
+        real().epoll_ctl(epfd, EPOLL_CTL_DEL, member->registered_wake, nullptr);
+      }
+      if (member->listener) --set->listeners;
+      if (now_kernel && !member->listener) {
+        struct epoll_event event {
+          member->events, member->data
+        };
+        real().epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
+      }
+      member = set->members.erase(member);
+      socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
+    }
+  });
+}
+
+void epoll_connected(int fd, Socket* socket) {
+  if (socket->epoll_memberships.load(std::memory_order_relaxed) == 0) return;
+  const int wake = wake_fd_of(socket);
+  for_each_set([&](int epfd, EpollSet* set) {
+    std::lock_guard lock(set->mutex);
+    for (EpollMember& member : set->members) {
+      if (member.fd == fd && member.registered_wake < 0 &&
+          add_kernel_registration(epfd, wake, EPOLLIN, tag_of(fd)) == 0) {
+        member.registered_wake = wake;
+      }
+    }
+  });
+}
+
+void epoll_closed(int fd) {
+  if (fd < 0 || fd >= kMaxEpollFds) return;
+  EpollSet* set;
+  {
+    std::lock_guard lock(g_sets_mutex);
+    set = epoll_sets()[fd].exchange(nullptr, std::memory_order_acq_rel);
+  }
+  if (set == nullptr) return;
+  std::lock_guard lock(set->mutex);
+  for (const EpollMember& member : set->members) {
+    SocketRef socket = lookup_socket(member.fd);
+    if (socket) socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
+  }
+  set->members.clear();
+  // The set itself stays allocated: a racing epoll_wait may still hold it.
+}
+
+// ---------------------------------------------------------------------------
+// poll and select.
+
+namespace {
+
+struct PollSlot {
+  nfds_t index;
+  Socket* socket;  // referenced for the duration of the call
+};
+
+// Kernel half of a poll: netaccel entries other than listeners are hidden
+// from the kernel (a negative fd is ignored by poll) and restored after.
+int kernel_poll(struct pollfd* fds, nfds_t count, const std::vector<PollSlot>& slots,
+                const struct timespec* timeout, const sigset_t* mask) {
+  std::vector<int> hidden;
+  hidden.reserve(slots.size());
+  for (const PollSlot& slot : slots) {
+    hidden.push_back(fds[slot.index].fd);
+    if (slot.socket->state != SocketState::kListening) fds[slot.index].fd = -1;
+  }
+  const int got = real().ppoll(fds, count, timeout, mask);
+  const int error = errno;
+  for (std::size_t i = 0; i < slots.size(); ++i) fds[slots[i].index].fd = hidden[i];
+  errno = error;
+  return got;
+}
+
+// Our half: ORs netaccel readiness into revents; returns how many entries it made ready.
+int netaccel_poll_half(struct pollfd* fds, const std::vector<PollSlot>& slots) {
+  int newly_ready = 0;
+  for (const PollSlot& slot : slots) {
+    struct pollfd& entry = fds[slot.index];
+    const short ours = static_cast<short>(
+        socket_readiness(slot.socket) & (static_cast<uint32_t>(entry.events) | POLLERR | POLLHUP));
+    if (ours != 0 && entry.revents == 0) ++newly_ready;
+    entry.revents |= ours;
+  }
+  return newly_ready;
+}
+
+int count_ready(const struct pollfd* fds, nfds_t count) {
+  int ready = 0;
+  for (nfds_t i = 0; i < count; ++i) ready += fds[i].revents != 0;
+  return ready;
+}
+
+void arm_slots(const std::vector<PollSlot>& slots, const struct pollfd* fds, bool armed) {
+  bool listeners = false;
+  for (const PollSlot& slot : slots) {
+    if (slot.socket->state == SocketState::kListening) listeners = true;
+    if (slot.socket->state != SocketState::kConnected) continue;
+    Connection* c = slot.socket->connection;
+    if (fds[slot.index].events & POLLIN)
+      c->rx.control().reader_waiting.store(armed, std::memory_order_relaxed);
+    if (fds[slot.index].events & POLLOUT)
+      c->tx.control().writer_waiting.store(armed, std::memory_order_relaxed);
+  }
+  if (listeners) announce_event_wait(armed);
+}
+
+int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigset_t* mask) {
+  std::vector<PollSlot> slots;
+  for (nfds_t i = 0; i < count; ++i) {
+    SocketRef socket = lookup_socket(fds[i].fd);
+    if (socket && socket->state != SocketState::kBound) {
+      socket->references.fetch_add(1, std::memory_order_relaxed);  // released below
+      slots.push_back({i, socket.get()});
+    }
+  }
+  struct timespec timeout_spec;
+  const struct timespec* timeout_pointer = nullptr;
+  if (timeout_ns >= 0) {
+    timeout_spec = {static_cast<time_t>(timeout_ns / 1000000000),
+                    static_cast<long>(timeout_ns % 1000000000)};
+    timeout_pointer = &timeout_spec;
+  }
+  if (slots.empty()) return real().ppoll(fds, count, timeout_pointer, mask);
+
+  bool listeners = false;
+  for (const PollSlot& slot : slots) listeners |= slot.socket->state == SocketState::kListening;
+  const int64_t start = monotonic_ns();
+  const int64_t deadline = timeout_ns < 0 ? -1 : start + timeout_ns;
+  const int64_t spin_until =
+      start + (timeout_ns < 0 ? config().spin_ns : std::min(config().spin_ns, timeout_ns));
+  const struct timespec zero { 0, 0 };
+  int result = 0;
+  for (uint32_t round = 0;; ++round) {
+    if (listeners && events_pending()) pump_events();
+    for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
+    const bool spinning = monotonic_ns() < spin_until;
+    if (netaccel_poll_half(fds, slots) > 0 || timeout_ns == 0 || (spinning && (round & 31) == 0)) {
+      const int got = kernel_poll(fds, count, slots, &zero, nullptr);
+      if (got < 0) {
+        result = -1;
+        break;
+      }
+      netaccel_poll_half(fds, slots);  // the kernel rewrote revents
+      result = count_ready(fds, count);
+      if (result > 0 || timeout_ns == 0) break;
+    }
+    if (spinning) {
+      __builtin_ia32_pause();
+      continue;
+    }
+    // Sleep: the kernel entries as they are, plus the eventfds that wake us.
+    std::vector<struct pollfd> sleeping(fds, fds + count);
+    for (const PollSlot& slot : slots) {
+      if (slot.socket->state != SocketState::kListening) sleeping[slot.index].fd = -1;
+      const int wake = wake_fd_of(slot.socket);
+      if (wake >= 0) sleeping.push_back({wake, POLLIN, 0});
+    }
+    if (listeners && event_wake_fd() >= 0) sleeping.push_back({event_wake_fd(), POLLIN, 0});
+    arm_slots(slots, fds, true);
+    fence_before_sleeping();
+    for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
+    if (netaccel_poll_half(fds, slots) > 0) {
+      arm_slots(slots, fds, false);
+      continue;
+    }
+    struct timespec left;
+    const struct timespec* left_pointer = nullptr;
+    if (deadline >= 0) {
+      const int64_t remaining = std::max<int64_t>(0, deadline - monotonic_ns());
+      left = {static_cast<time_t>(remaining / 1000000000),
+              static_cast<long>(remaining % 1000000000)};
+      left_pointer = &left;
+    }
+    const int got = real().ppoll(sleeping.data(), sleeping.size(), left_pointer, mask);
+    const int error = errno;
+    arm_slots(slots, fds, false);
+    if (got < 0) {
+      errno = error;
+      result = -1;
+      break;
+    }
+    for (std::size_t i = count; i < sleeping.size(); ++i) {
+      if (sleeping[i].revents == 0) continue;
+      if (sleeping[i].fd == event_wake_fd()) {
+        pump_events();
+      } else {
+        drain_wake_fd(sleeping[i].fd);
+      }
+    }
+    for (nfds_t i = 0; i < count; ++i) fds[i].revents = sleeping[i].revents;
+    for (const PollSlot& slot : slots) {
+      if (slot.socket->state != SocketState::kListening) fds[slot.index].revents = 0;
+    }
+    netaccel_poll_half(fds, slots);
+    result = count_ready(fds, count);
+    if (result > 0) break;
+    if (deadline >= 0 && monotonic_ns() >= deadline) break;
+  }
+  const int error = errno;
+  for (const PollSlot& slot : slots) release_socket(slot.socket);
+  errno = error;
+  return result;
+}
+
+int64_t timespec_to_ns(const struct timespec* timeout) {
+  if (timeout == nullptr) return -1;
+  return static_cast<int64_t>(timeout->tv_sec) * 1000000000 + timeout->tv_nsec;
+}
+
+}  // namespace
+
+int intercepted_poll(struct pollfd* fds, nfds_t count, int timeout) {
+  return poll_mixed(fds, count, timeout < 0 ? -1 : int64_t{timeout} * 1000000, nullptr);
+}
+
+int intercepted___poll_chk(struct pollfd* fds, nfds_t count, int timeout, size_t fds_size) {
+  if (fds_size / sizeof(struct pollfd) < count) abort();  // what glibc's check does
+  return intercepted_poll(fds, count, timeout);
+}
+
+int intercepted_ppoll(struct pollfd* fds, nfds_t count, const struct timespec* timeout,
+                      const sigset_t* mask) {
+  if (timeout != nullptr &&
+      (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000)) {
+    return fail(EINVAL);
+  }
+  return poll_mixed(fds, count, timespec_to_ns(timeout), mask);
+}
+
+namespace {
+
+int select_mixed(int nfds, fd_set* readable, fd_set* writable, fd_set* exceptional,
+                 int64_t timeout_ns, const sigset_t* mask) {
+  std::vector<struct pollfd> entries;
+  for (int fd = 0; fd < nfds && fd < FD_SETSIZE; ++fd) {
+    short events = 0;
+    if (readable != nullptr && FD_ISSET(fd, readable)) events |= POLLIN;
+    if (writable != nullptr && FD_ISSET(fd, writable)) events |= POLLOUT;
+    if (exceptional != nullptr && FD_ISSET(fd, exceptional)) events |= POLLPRI;
+    if (events != 0) entries.push_back({fd, events, 0});
+  }
+  const int got = poll_mixed(entries.data(), entries.size(), timeout_ns, mask);
+  if (got < 0) return -1;
+  for (const struct pollfd& entry : entries) {
+    if (entry.revents & POLLNVAL) return fail(EBADF);
+  }
+  if (readable != nullptr) FD_ZERO(readable);
+  if (writable != nullptr) FD_ZERO(writable);
+  if (exceptional != nullptr) FD_ZERO(exceptional);
+  int bits = 0;
+  for (const struct pollfd& entry : entries) {
+    if ((entry.events & POLLIN) && (entry.revents & (POLLIN | POLLHUP | POLLERR))) {
+      FD_SET(entry.fd, readable);
+      ++bits;
+    }
+    if ((entry.events & POLLOUT) && (entry.revents & (POLLOUT | POLLERR))) {
+      FD_SET(entry.fd, writable);
+      ++bits;
+    }
+    if ((entry.events & POLLPRI) && (entry.revents & POLLPRI)) {
+      FD_SET(entry.fd, exceptional);
+      ++bits;
+    }
+  }
+  return bits;
+}
+
+bool any_netaccel(int nfds, const fd_set* readable, const fd_set* writable,
+                  const fd_set* exceptional) {
+  for (int fd = 0; fd < nfds && fd < FD_SETSIZE; ++fd) {
+    if (((readable != nullptr && FD_ISSET(fd, readable)) ||
+         (writable != nullptr && FD_ISSET(fd, writable)) ||
+         (exceptional != nullptr && FD_ISSET(fd, exceptional))) &&
+        is_netaccel_fd(fd)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+int intercepted_select(int nfds, fd_set* readable, fd_set* writable, fd_set* exceptional,
+                       struct timeval* timeout) {
+  if (!any_netaccel(nfds, readable, writable, exceptional)) {
+    return real().select(nfds, readable, writable, exceptional, timeout);
+  }
+  if (timeout != nullptr && (timeout->tv_sec < 0 || timeout->tv_usec < 0)) return fail(EINVAL);
+  const int64_t timeout_ns =
+      timeout == nullptr
+          ? -1
+          : static_cast<int64_t>(timeout->tv_sec) * 1000000000 + timeout->tv_usec * 1000;
+  const int64_t start = monotonic_ns();
+  const int got = select_mixed(nfds, readable, writable, exceptional, timeout_ns, nullptr);
+  if (timeout != nullptr) {
+    // Linux reports the time not slept.
+    const int64_t left = std::max<int64_t>(0, timeout_ns - (monotonic_ns() - start));
+    timeout->tv_sec = left / 1000000000;
+    timeout->tv_usec = (left % 1000000000) / 1000;
+  }
+  return got;
+}
+
+int intercepted_pselect(int nfds, fd_set* readable, fd_set* writable, fd_set* exceptional,
+                        const struct timespec* timeout, const sigset_t* mask) {
+  if (!any_netaccel(nfds, readable, writable, exceptional)) {
+    return real().pselect(nfds, readable, writable, exceptional, timeout, mask);
+  }
+  return select_mixed(nfds, readable, writable, exceptional, timespec_to_ns(timeout), mask);
+}
+
+}  // namespace netaccel::preload

@@ -1,0 +1,26 @@
+// The libc functions behind every interposed call, resolved with
+// dlsym(RTLD_NEXT) from the one list in calls.def.
+#pragma once
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+namespace netaccel::preload {
+
+struct RealCalls {
+#define NETACCEL_CALL(ret, name, params, args) ret(*name) params;
+#include "calls.def"
+#undef NETACCEL_CALL
+  int (*fcntl)(int, int, ...);
+  int (*ioctl)(int, unsigned long, ...);
+};
+
+// Resolved on first use; safe to call before the library is initialised.
+const RealCalls& real();
+
+}  // namespace netaccel::preload

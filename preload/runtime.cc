@@ -1,0 +1,698 @@
+#include "runtime.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <linux/membarrier.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <unordered_map>
+
+#include "real_calls.h"
+
+namespace netaccel::preload {
+
+std::atomic<bool> g_multithreaded{false};
+
+// ---------------------------------------------------------------------------
+const Config& config() {
+  static const Config loaded = [] {
+    Config c{};
+    const char* path = getenv(kMonitorSocketEnv);
+    snprintf(c.socket_path, sizeof c.socket_path, "%s",
+             path != nullptr && *path != '\0' ? path : kDefaultMonitorSocket);
+    const char* spin = getenv("NETACCEL_SPIN_US");
+    c.spin_ns = (spin != nullptr ? atoll(spin) : 50) * 1000;
+    c.debug = getenv("NETACCEL_DEBUG") != nullptr;
+    return c;
+  }();
+  return loaded;
+}
+
+int64_t monotonic_ns() {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
+}
+
+#define NETACCEL_DEBUG_LOG(...)                                    \
+  do {                                                             \
+    if (config().debug) fprintf(stderr, "netaccel: " __VA_ARGS__); \
+  } while (0)
+
+// ---------------------------------------------------------------------------
+namespace {
+std::atomic<int> g_membarrier_state{-1};  // -1 unknown, 0 unavailable, 1 registered
+
+bool membarrier_registered() {
+  int state = g_membarrier_state.load(std::memory_order_relaxed);
+  if (state >= 0) return state == 1;
+  const long supported = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  state = 0;
+  if (supported > 0 && (supported & MEMBARRIER_CMD_GLOBAL_EXPEDITED) &&
+      syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0) {
+    state = 1;
+  }
+  g_membarrier_state.store(state, std::memory_order_relaxed);
+  return state == 1;
+}
+}  // namespace
+
+void fence_before_sleeping() {
+  // The sleeper's store of its waiting flag must be visible before it re-reads
+  // the ring; membarrier also puts a full barrier into every running thread of
+  // every registered process, which covers the waker's store->load edge.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (membarrier_registered()) syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0);
+}
+
+void fence_after_publishing() {
+  if (g_membarrier_state.load(std::memory_order_relaxed) == 1) {
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // see fence_before_sleeping
+  } else {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+}
+
+// ---------------------------------------------------------------------------
+Connection* attach_connection(Delivery& delivery) {
+  const int64_t bytes = shared_memory_size(delivery.segment.get());
+  if (bytes < static_cast<int64_t>(sizeof(ConnectionSegmentHeader)) ||
+      static_cast<uint64_t>(bytes) != delivery.header.segment_bytes || delivery.header.side > 1) {
+    return nullptr;
+  }
+  SharedMapping mapping = map_shared(delivery.segment.get(), static_cast<std::size_t>(bytes));
+  if (!mapping) return nullptr;
+  auto* header = static_cast<ConnectionSegmentHeader*>(mapping.get());
+  if (header->magic != kSegmentMagic || header->version != kSegmentVersion ||
+      header->connection_id != delivery.header.connection_id) {
+    return nullptr;
+  }
+  auto* base = static_cast<unsigned char*>(mapping.get());
+  for (uint32_t ring = 0; ring < 2; ++ring) {
+    const uint32_t offset = header->ring_offset[ring];
+    if (offset >= bytes ||
+        !byte_ring_valid(base + offset, static_cast<std::size_t>(bytes) - offset)) {
+      return nullptr;
+    }
+  }
+  auto* connection = new Connection;
+  const uint32_t side = delivery.header.side;
+  connection->header = header;
+  connection->tx = ByteRing(base + header->ring_offset[side]);
+  connection->rx = ByteRing(base + header->ring_offset[side ^ 1]);
+  connection->segment = std::move(mapping);
+  connection->own_wake = std::move(delivery.own_wake);
+  connection->peer_wake = std::move(delivery.peer_wake);
+  connection->connection_id = delivery.header.connection_id;
+  connection->side = side;
+  mark_internal_fd(connection->own_wake.get(), true);
+  mark_internal_fd(connection->peer_wake.get(), true);
+  delivery.segment.reset();  // the mapping keeps the memory alive
+  return connection;
+}
+
+void detach_connection(Connection* connection) {
+  // Closing with unread data resets the connection, as the kernel does.
+  if (connection->rx.unread() != 0) {
+    connection->header->aborted[connection->side].store(1, std::memory_order_release);
+  }
+  connection->rx.control().reader_closed.store(1, std::memory_order_release);
+  connection->tx.control().writer_closed.store(1, std::memory_order_release);
+  signal_wake_fd(connection->peer_wake.get());
+  Request request{};
+  request.op = RequestOp::kClose;
+  request.connection_id = connection->connection_id;
+  monitor_post(request);
+  mark_internal_fd(connection->own_wake.get(), false);
+  mark_internal_fd(connection->peer_wake.get(), false);
+  delete connection;
+}
+
+// ---------------------------------------------------------------------------
+// Descriptor tables, indexed by fd number, sized by the hard RLIMIT_NOFILE
+// ceiling we accept; reserved lazily so untouched pages cost nothing.
+namespace {
+constexpr int kMaxFds = 1 << 20;
+
+template <typename T>
+T* reserve_table() {
+  void* memory = mmap(nullptr, sizeof(T) * kMaxFds, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (memory == MAP_FAILED) abort();
+  return static_cast<T*>(memory);
+}
+
+std::atomic<Socket*>* sockets() {
+  static std::atomic<Socket*>* table = reserve_table<std::atomic<Socket*>>();
+  return table;
+}
+std::atomic<uint8_t>* internal_fds() {
+  static std::atomic<uint8_t>* table = reserve_table<std::atomic<uint8_t>>();
+  return table;
+}
+
+// Socket objects are never returned to the allocator: a racing lookup may
+// touch a socket that was just closed, and type-stable memory makes that safe.
+std::mutex g_free_sockets_mutex;
+std::vector<Socket*> g_free_sockets;
+
+std::mutex g_listeners_mutex;
+std::unordered_map<uint64_t, Socket*> g_listeners;
+}  // namespace
+
+void Socket::reset() {
+  domain = AF_INET;
+  type = SOCK_STREAM;
+  protocol = 0;
+  id = 0;
+  nonblocking.store(false, std::memory_order_relaxed);
+  state = SocketState::kFresh;
+  local_known = false;
+  local = {};
+  peer = {};
+  read_shut = write_shut = connect_pending = false;
+  receive_timeout_ns = send_timeout_ns = 0;
+  options.clear();
+  connection = nullptr;
+  epoll_memberships.store(0, std::memory_order_relaxed);
+  listener_wake.reset();
+  backlog.clear();
+}
+
+SocketRef::~SocketRef() {
+  if (socket_ != nullptr) release_socket(socket_);
+}
+
+SocketRef lookup_socket(int fd) {
+  if (fd < 0 || fd >= kMaxFds) return SocketRef();
+  std::atomic<Socket*>& slot = sockets()[fd];
+  for (;;) {
+    Socket* socket = slot.load(std::memory_order_acquire);
+    if (socket == nullptr) return SocketRef();
+    socket->references.fetch_add(1, std::memory_order_acquire);
+    // The slot may have changed between the load and the increment.
+    if (slot.load(std::memory_order_acquire) == socket) return SocketRef(socket);
+    release_socket(socket);
+  }
+}
+
+bool is_netaccel_fd(int fd) {
+  return fd >= 0 && fd < kMaxFds && sockets()[fd].load(std::memory_order_relaxed) != nullptr;
+}
+
+Socket* new_socket() {
+  Socket* socket = nullptr;
+  {
+    std::lock_guard lock(g_free_sockets_mutex);
+    if (!g_free_sockets.empty()) {
+      socket = g_free_sockets.back();
+      g_free_sockets.pop_back();
+    }
+  }
+  if (socket == nullptr) socket = new Socket;
+  socket->reset();
+  socket->references.store(1, std::memory_order_relaxed);
+  socket->descriptors.store(0, std::memory_order_relaxed);
+  return socket;
+}
+
+void install_socket(int fd, Socket* socket) {
+  socket->references.fetch_add(1, std::memory_order_relaxed);
+  socket->descriptors.fetch_add(1, std::memory_order_relaxed);
+  sockets()[fd].store(socket, std::memory_order_release);
+}
+
+Socket* uninstall_socket(int fd) {
+  if (fd < 0 || fd >= kMaxFds) return nullptr;
+  Socket* socket = sockets()[fd].exchange(nullptr, std::memory_order_acq_rel);
+  if (socket != nullptr) socket->descriptors.fetch_sub(1, std::memory_order_relaxed);
+  return socket;
+}
+
+void release_socket(Socket* socket) {
+  if (socket->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (socket->connection != nullptr) detach_connection(socket->connection);
+  if (socket->state == SocketState::kListening) unregister_listener(socket);
+  for (PendingConnection& pending : socket->backlog) {
+    // Never accepted: the client sees a reset, as with a kernel listener's close.
+    Connection* orphan = attach_connection(pending.delivery);
+    if (orphan != nullptr) {
+      orphan->header->aborted[orphan->side].store(1, std::memory_order_release);
+      detach_connection(orphan);
+    }
+  }
+  if (socket->listener_wake) mark_internal_fd(socket->listener_wake.get(), false);
+  socket->reset();
+  std::lock_guard lock(g_free_sockets_mutex);
+  g_free_sockets.push_back(socket);
+}
+
+void register_listener(Socket* socket) {
+  std::lock_guard lock(g_listeners_mutex);
+  g_listeners[socket->id] = socket;
+}
+
+void unregister_listener(Socket* socket) {
+  std::lock_guard lock(g_listeners_mutex);
+  g_listeners.erase(socket->id);
+}
+
+void mark_internal_fd(int fd, bool internal) {
+  if (fd >= 0 && fd < kMaxFds)
+    internal_fds()[fd].store(internal ? 1 : 0, std::memory_order_relaxed);
+}
+
+bool is_internal_fd(int fd) {
+  return fd >= 0 && fd < kMaxFds && internal_fds()[fd].load(std::memory_order_relaxed) != 0;
+}
+
+int new_placeholder_fd(bool close_on_exec) {
+  // An unbound AF_UNIX datagram socket: a cheap kernel object that keeps the
+  // number reserved and still looks like a socket to fstat().
+  static const int placeholder = [] {
+    const int fd = real().socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    mark_internal_fd(fd, true);
+    return fd;
+  }();
+  if (placeholder < 0) return fail(EMFILE);
+  return real().fcntl(placeholder, close_on_exec ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
+}
+
+// ---------------------------------------------------------------------------
+// The monitor link.
+namespace {
+
+enum class LinkState { kUnknown, kRegistered, kUnavailable };
+
+struct MonitorLink {
+  std::mutex mutex;  // one thread at a time produces requests and consumes events
+  std::atomic<LinkState> state{LinkState::kUnknown};
+  UniqueFd control;
+  UniqueFd wake;
+  UniqueFd doorbell;
+  SharedMapping queues;
+  DescriptorRing<Request> requests;
+  DescriptorRing<Event> events;
+  uint32_t process_id = 0;
+  uint32_t next_request_id = 1;
+  // The one reply a thread holding `mutex` waits for.
+  uint32_t awaited_request_id = 0;
+  bool reply_arrived = false;
+  Event reply{};
+  Delivery* reply_delivery = nullptr;
+};
+
+MonitorLink& link() {
+  static MonitorLink* instance = new MonitorLink;  // never destroyed: used until exit
+  return *instance;
+}
+
+std::atomic<uint64_t> g_next_socket_id{1};
+
+void forget_link(MonitorLink& l) {
+  for (int fd : {l.control.get(), l.wake.get(), l.doorbell.get()}) mark_internal_fd(fd, false);
+  l.control.reset();
+  l.wake.reset();
+  l.doorbell.reset();
+  l.queues.reset();
+  l.requests = {};
+  l.events = {};
+}
+
+void mark_unavailable(MonitorLink& l) {
+  forget_link(l);
+  l.state.store(LinkState::kUnavailable, std::memory_order_release);
+}
+
+bool register_with_monitor(MonitorLink& l) {
+  UniqueFd control(real().socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!control) return false;
+  struct sockaddr_un address {};
+  address.sun_family = AF_UNIX;
+  snprintf(address.sun_path, sizeof address.sun_path, "%s", config().socket_path);
+  if (real().connect(control.get(), reinterpret_cast<struct sockaddr*>(&address), sizeof address) !=
+      0) {
+    NETACCEL_DEBUG_LOG("no monitor at %s (%s): kernel sockets only\n", config().socket_path,
+                       strerror(errno));
+    return false;
+  }
+  UniqueFd wake(create_wake_fd());
+  if (!wake) return false;
+  const RegisterRequest hello{kProtocolMagic, kProtocolVersion};
+  const int wake_fd = wake.get();
+  if (send_with_fds(control.get(), &hello, sizeof hello, &wake_fd, 1) != 0) return false;
+  RegisterReply reply{};
+  int fds[2] = {-1, -1};
+  std::size_t fd_count = 0;
+  const ssize_t got = receive_with_fds(control.get(), &reply, sizeof reply, fds, 2, &fd_count);
+  UniqueFd queues_fd(fd_count > 0 ? fds[0] : -1);
+  UniqueFd doorbell(fd_count > 1 ? fds[1] : -1);
+  if (got != sizeof reply || reply.magic != kProtocolMagic || reply.version != kProtocolVersion ||
+      reply.status != 0 || fd_count != 2) {
+    NETACCEL_DEBUG_LOG("monitor refused registration (status %d)\n", reply.status);
+    return false;
+  }
+  const int64_t size = shared_memory_size(queues_fd.get());
+  if (size < 0 || static_cast<uint64_t>(size) != reply.queues_bytes ||
+      reply.request_ring_offset >= size || reply.event_ring_offset >= size) {
+    return false;
+  }
+  SharedMapping queues = map_shared(queues_fd.get(), static_cast<std::size_t>(size));
+  if (!queues) return false;
+  auto* base = static_cast<unsigned char*>(queues.get());
+  if (!descriptor_ring_valid(base + reply.request_ring_offset, size - reply.request_ring_offset) ||
+      !descriptor_ring_valid(base + reply.event_ring_offset, size - reply.event_ring_offset)) {
+    return false;
+  }
+  l.requests = DescriptorRing<Request>(base + reply.request_ring_offset);
+  l.events = DescriptorRing<Event>(base + reply.event_ring_offset);
+  l.queues = std::move(queues);
+  l.control = std::move(control);
+  l.wake = std::move(wake);
+  l.doorbell = std::move(doorbell);
+  l.process_id = reply.process_id;
+  for (int fd : {l.control.get(), l.wake.get(), l.doorbell.get()}) mark_internal_fd(fd, true);
+  membarrier_registered();
+  NETACCEL_DEBUG_LOG("registered with the monitor as process %u\n", l.process_id);
+  return true;
+}
+
+// Receives the fds that the monitor sent ahead of `event`.
+bool receive_delivery(MonitorLink& l, const Event& event, Delivery& delivery) {
+  int fds[3] = {-1, -1, -1};
+  std::size_t fd_count = 0;
+  const ssize_t got = receive_with_fds(l.control.get(), &delivery.header, sizeof delivery.header,
+                                       fds, 3, &fd_count);
+  delivery.segment.reset(fd_count > 0 ? fds[0] : -1);
+  delivery.own_wake.reset(fd_count > 1 ? fds[1] : -1);
+  delivery.peer_wake.reset(fd_count > 2 ? fds[2] : -1);
+  return got == sizeof delivery.header && fd_count == 3 &&
+         delivery.header.magic == kProtocolMagic &&
+         delivery.header.connection_id == event.connection_id;
+}
+
+void refuse_incoming(Delivery& delivery) {
+  Connection* orphan = attach_connection(delivery);
+  if (orphan == nullptr) return;
+  orphan->header->aborted[orphan->side].store(1, std::memory_order_release);
+  detach_connection(orphan);
+}
+
+bool carries_delivery(const Event& event) {
+  return event.type == EventType::kIncoming ||
+         (event.type == EventType::kReply && event.op == RequestOp::kConnect && event.status == 0);
+}
+
+// Called with l.mutex held.
+void dispatch(MonitorLink& l, const Event& event) {
+  Delivery delivery;
+  if (carries_delivery(event) && !receive_delivery(l, event, delivery)) {
+    NETACCEL_DEBUG_LOG("lost the fds of connection %llu: monitor link broken\n",
+                       static_cast<unsigned long long>(event.connection_id));
+    mark_unavailable(l);
+    return;
+  }
+  switch (event.type) {
+    case EventType::kReply:
+      if (event.request_id == l.awaited_request_id && !l.reply_arrived) {
+        l.reply = event;
+        l.reply_arrived = true;
+        if (l.reply_delivery != nullptr) *l.reply_delivery = std::move(delivery);
+      } else if (carries_delivery(event)) {
+        refuse_incoming(delivery);  // its requester gave up; free the connection
+      }
+      return;
+    case EventType::kIncoming: {
+      std::lock_guard listeners(g_listeners_mutex);
+      auto found = g_listeners.find(event.socket_id);
+      if (found == g_listeners.end()) {
+        refuse_incoming(delivery);
+        return;
+      }
+      Socket* listener = found->second;
+      {
+        std::lock_guard backlog(listener->backlog_mutex);
+        listener->backlog.push_back(
+            PendingConnection{std::move(delivery), event.local, event.peer});
+      }
+      signal_wake_fd(listener->listener_wake.get());
+      return;
+    }
+    case EventType::kError:
+      NETACCEL_DEBUG_LOG("monitor rejected request %u: %s\n", event.request_id,
+                         strerror(-event.status));
+      return;
+  }
+}
+
+void pump_locked(MonitorLink& l) {
+  if (l.state.load(std::memory_order_acquire) != LinkState::kRegistered) return;
+  drain_wake_fd(l.wake.get());
+  Event event;
+  while (l.state.load(std::memory_order_relaxed) == LinkState::kRegistered &&
+         l.events.try_pop(event)) {
+    dispatch(l, event);
+  }
+}
+
+bool post_locked(MonitorLink& l, Request& request) {
+  request.request_id = l.next_request_id++;
+  if (request.request_id == 0) request.request_id = l.next_request_id++;
+  const int64_t deadline = monotonic_ns() + 2'000'000'000;
+  while (!l.requests.try_push(request)) {
+    // The monitor is behind; make room by consuming our events meanwhile.
+    pump_locked(l);
+    if (l.state.load(std::memory_order_relaxed) != LinkState::kRegistered) return false;
+    if (monotonic_ns() > deadline) {
+      NETACCEL_DEBUG_LOG("monitor not draining its queue: giving up on it\n");
+      mark_unavailable(l);
+      return false;
+    }
+    sched_yield();
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // publish, then look for a sleeper
+  if (l.requests.control().consumer_sleeping.load(std::memory_order_relaxed)) {
+    signal_wake_fd(l.doorbell.get());
+  }
+  return true;
+}
+
+}  // namespace
+
+bool monitor_available() {
+  MonitorLink& l = link();
+  const LinkState state = l.state.load(std::memory_order_acquire);
+  if (state != LinkState::kUnknown) return state == LinkState::kRegistered;
+  std::lock_guard lock(l.mutex);
+  if (l.state.load(std::memory_order_relaxed) == LinkState::kUnknown) {
+    if (register_with_monitor(l)) {
+      l.state.store(LinkState::kRegistered, std::memory_order_release);
+    } else {
+      mark_unavailable(l);
+    }
+  }
+  return l.state.load(std::memory_order_relaxed) == LinkState::kRegistered;
+}
+
+uint64_t next_socket_id() {
+  return g_next_socket_id.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool monitor_call(Request& request, Event& reply, Delivery* delivery) {
+  MonitorLink& l = link();
+  std::lock_guard lock(l.mutex);
+  if (!post_locked(l, request)) return false;
+  l.awaited_request_id = request.request_id;
+  l.reply_arrived = false;
+  l.reply_delivery = delivery;
+  // The monitor answers within microseconds when it is awake: spin briefly,
+  // then yield the core (it may need ours), then sleep on our wake fd.
+  const int64_t start = monotonic_ns();
+  const int64_t give_up = start + 5'000'000'000;
+  bool ok = true;
+  for (uint32_t round = 0;; ++round) {
+    pump_locked(l);
+    if (l.reply_arrived) break;
+    if (l.state.load(std::memory_order_relaxed) != LinkState::kRegistered) {
+      ok = false;
+      break;
+    }
+    const int64_t now = monotonic_ns();
+    if (now > give_up) {
+      NETACCEL_DEBUG_LOG("monitor did not answer request %u: giving up on it\n",
+                         request.request_id);
+      mark_unavailable(l);
+      ok = false;
+      break;
+    }
+    if (now - start < 2000) {
+      __builtin_ia32_pause();
+    } else if (now - start < 50000) {
+      sched_yield();
+    } else {
+      l.events.control().consumer_sleeping.store(1, std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (l.events.empty()) {
+        struct pollfd wait[2] = {{l.wake.get(), POLLIN, 0}, {l.control.get(), POLLIN, 0}};
+        real().poll(wait, 2, 100);
+        if (wait[1].revents & (POLLHUP | POLLERR)) mark_unavailable(l);
+      }
+      l.events.control().consumer_sleeping.store(0, std::memory_order_relaxed);
+    }
+  }
+  l.awaited_request_id = 0;
+  l.reply_delivery = nullptr;
+  if (ok) reply = l.reply;
+  return ok;
+}
+
+void monitor_post(Request& request) {
+  MonitorLink& l = link();
+  if (l.state.load(std::memory_order_acquire) != LinkState::kRegistered) return;
+  std::lock_guard lock(l.mutex);
+  if (l.state.load(std::memory_order_relaxed) == LinkState::kRegistered) post_locked(l, request);
+}
+
+void pump_events() {
+  MonitorLink& l = link();
+  if (l.state.load(std::memory_order_acquire) != LinkState::kRegistered) return;
+  std::lock_guard lock(l.mutex);
+  pump_locked(l);
+}
+
+bool events_pending() {
+  MonitorLink& l = link();
+  return l.state.load(std::memory_order_acquire) == LinkState::kRegistered && !l.events.empty();
+}
+
+int event_wake_fd() {
+  MonitorLink& l = link();
+  return l.state.load(std::memory_order_acquire) == LinkState::kRegistered ? l.wake.get() : -1;
+}
+
+void announce_event_wait(bool waiting) {
+  MonitorLink& l = link();
+  if (l.state.load(std::memory_order_acquire) != LinkState::kRegistered) return;
+  l.events.control().consumer_sleeping.store(waiting ? 1 : 0, std::memory_order_relaxed);
+}
+
+// A forked child shares the parent's queues, which have one producer and one
+// consumer each: the child registers anew on its first netaccel call.
+void reset_link_in_child() {
+  MonitorLink& l = link();
+  new (&l.mutex) std::mutex;
+  l.awaited_request_id = 0;
+  l.reply_delivery = nullptr;
+  forget_link(l);
+  l.state.store(LinkState::kUnknown, std::memory_order_relaxed);
+}
+
+void lock_link_for_fork() {
+  link().mutex.lock();
+}
+void unlock_link_after_fork() {
+  link().mutex.unlock();
+}
+
+// ---------------------------------------------------------------------------
+bool to_inet_address(const struct sockaddr* address, socklen_t length, InetAddress& out) {
+  out = {};
+  if (address == nullptr) return false;
+  if (address->sa_family == AF_INET && length >= sizeof(struct sockaddr_in)) {
+    struct sockaddr_in v4;
+    memcpy(&v4, address, sizeof v4);
+    out.bytes[10] = out.bytes[11] = 0xff;
+    memcpy(out.bytes + 12, &v4.sin_addr, 4);
+    out.port = ntohs(v4.sin_port);
+    out.family = AF_INET;
+    return true;
+  }
+  if (address->sa_family == AF_INET6 && length >= sizeof(struct sockaddr_in6)) {
+    struct sockaddr_in6 v6;
+    memcpy(&v6, address, sizeof v6);
+    memcpy(out.bytes, &v6.sin6_addr, 16);
+    out.port = ntohs(v6.sin6_port);
+    out.family = AF_INET6;
+    return true;
+  }
+  return false;
+}
+
+static bool is_v4_mapped(const InetAddress& address) {
+  static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return memcmp(address.bytes, prefix, 12) == 0;
+}
+
+socklen_t from_inet_address(const InetAddress& address, int domain, struct sockaddr_storage& out) {
+  memset(&out, 0, sizeof out);
+  if (domain == AF_INET) {
+    auto* v4 = reinterpret_cast<struct sockaddr_in*>(&out);
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(address.port);
+    memcpy(&v4->sin_addr, address.bytes + 12, 4);
+    return sizeof *v4;
+  }
+  auto* v6 = reinterpret_cast<struct sockaddr_in6*>(&out);
+  v6->sin6_family = AF_INET6;
+  v6->sin6_port = htons(address.port);
+  memcpy(&v6->sin6_addr, address.bytes, 16);
+  return sizeof *v6;
+}
+
+void copy_out_address(const InetAddress& address, int domain, struct sockaddr* out,
+                      socklen_t* length) {
+  if (out == nullptr || length == nullptr) return;
+  struct sockaddr_storage storage;
+  const socklen_t full = from_inet_address(address, domain, storage);
+  memcpy(out, &storage, std::min<socklen_t>(*length, full));
+  *length = full;
+}
+
+bool is_loopback(const InetAddress& address) {
+  if (is_v4_mapped(address)) return address.bytes[12] == 127;
+  static const uint8_t v6_loopback[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  return memcmp(address.bytes, v6_loopback, 16) == 0;
+}
+
+bool is_local_address(const InetAddress& address) {
+  if (is_loopback(address)) return true;
+  // The namespace's addresses change rarely; look them up at most once a second.
+  static std::mutex mutex;
+  static std::vector<InetAddress> cached;
+  static int64_t fetched_at = 0;
+  std::lock_guard lock(mutex);
+  const int64_t now = monotonic_ns();
+  if (fetched_at == 0 || now - fetched_at > 1'000'000'000) {
+    cached.clear();
+    struct ifaddrs* list = nullptr;
+    if (getifaddrs(&list) == 0) {
+      for (struct ifaddrs* entry = list; entry != nullptr; entry = entry->ifa_next) {
+        InetAddress found;
+        if (entry->ifa_addr != nullptr &&
+            to_inet_address(entry->ifa_addr, sizeof(struct sockaddr_in6), found)) {
+          cached.push_back(found);
+        }
+      }
+      freeifaddrs(list);
+    }
+    fetched_at = now;
+  }
+  for (const InetAddress& candidate : cached) {
+    if (memcmp(candidate.bytes, address.bytes, 16) == 0) return true;
+  }
+  return false;
+}
+
+}  // namespace netaccel::preload

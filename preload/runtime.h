@@ -1,0 +1,227 @@
+// Process-wide state of the preload library: the link to the monitor, the
+// table of descriptors netaccel owns, and the waiting discipline shared by
+// every blocking call.
+#pragma once
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <vector>
+
+#include "netaccel/byte_ring.h"
+#include "netaccel/descriptor_ring.h"
+#include "netaccel/protocol.h"
+#include "netaccel/shm.h"
+
+namespace netaccel::preload {
+
+// ---------------------------------------------------------------------------
+// Tunables read once from the environment.
+struct Config {
+  char socket_path[108];
+  int64_t spin_ns;  // how long a blocking call polls before it sleeps
+  bool debug;
+};
+const Config& config();
+
+int64_t monotonic_ns();
+
+// Lock that costs nothing while the process has a single thread: pthread_create
+// is interposed, and no thread can be inside our calls when the first
+// additional thread is created.
+extern std::atomic<bool> g_multithreaded;
+class OptionalSpinLock {
+ public:
+  void lock() {
+    if (!g_multithreaded.load(std::memory_order_relaxed)) return;
+    while (locked_.exchange(true, std::memory_order_acquire)) {
+      while (locked_.load(std::memory_order_relaxed)) __builtin_ia32_pause();
+    }
+  }
+  void unlock() {
+    if (!g_multithreaded.load(std::memory_order_relaxed)) return;
+    locked_.store(false, std::memory_order_release);
+  }
+
+ private:
+  std::atomic<bool> locked_{false};
+};
+
+// ---------------------------------------------------------------------------
+// Fences for the sleep announcement (the only store->load edge we need).
+// With membarrier, the waker's side needs only a compiler barrier and the
+// sleeper pays for a process-wide barrier; otherwise both pay a full fence.
+void fence_before_sleeping();
+void fence_after_publishing();
+
+// ---------------------------------------------------------------------------
+// One end of a shared-memory connection.
+struct Connection {
+  SharedMapping segment;
+  ConnectionSegmentHeader* header = nullptr;
+  ByteRing tx;         // our bytes to the peer
+  ByteRing rx;         // the peer's bytes to us
+  UniqueFd own_wake;   // we sleep on it, the peer signals it
+  UniqueFd peer_wake;  // the peer sleeps on it
+  uint64_t connection_id = 0;
+  uint32_t side = 0;
+
+  bool peer_aborted() const {
+    return header->aborted[side ^ 1].load(std::memory_order_acquire) != 0;
+  }
+  void wake_peer_if_reading() {
+    fence_after_publishing();
+    if (tx.control().reader_waiting.load(std::memory_order_relaxed))
+      signal_wake_fd(peer_wake.get());
+  }
+  void wake_peer_if_writing() {
+    fence_after_publishing();
+    if (rx.control().writer_waiting.load(std::memory_order_relaxed))
+      signal_wake_fd(peer_wake.get());
+  }
+};
+
+// A connection the monitor handed us, with the fds that came with it.
+struct Delivery {
+  FdDelivery header{};
+  UniqueFd segment;
+  UniqueFd own_wake;
+  UniqueFd peer_wake;
+};
+
+// Builds the connection from a delivery; null if its memory is not a segment.
+Connection* attach_connection(Delivery& delivery);
+// Our end is done: EOF (or reset, with unread data) for the peer, memory unmapped.
+void detach_connection(Connection* connection);
+
+// ---------------------------------------------------------------------------
+enum class SocketState : uint8_t {
+  kFresh,      // placeholder descriptor, nothing decided yet
+  kBound,      // a real kernel socket, bound; may still listen or connect via netaccel
+  kListening,  // kernel listener plus a netaccel listener
+  kConnected,  // a netaccel connection
+};
+
+struct PendingConnection {
+  Delivery delivery;
+  InetAddress local;
+  InetAddress peer;
+};
+
+struct SavedOption {
+  int level;
+  int name;
+  socklen_t length;
+  unsigned char value[32];
+};
+
+struct Socket {
+  std::atomic<int> references{0};   // table slots + calls in progress
+  std::atomic<int> descriptors{0};  // table slots only
+  int domain = AF_INET;
+  int type = SOCK_STREAM;
+  int protocol = 0;
+  uint64_t id = 0;
+  std::atomic<bool> nonblocking{false};
+  SocketState state = SocketState::kFresh;
+  bool local_known = false;
+  InetAddress local{};
+  InetAddress peer{};
+  bool read_shut = false;
+  bool write_shut = false;
+  bool connect_pending = false;    // non-blocking connect not yet observed
+  int64_t receive_timeout_ns = 0;  // 0: none
+  int64_t send_timeout_ns = 0;
+  std::vector<SavedOption> options;
+
+  Connection* connection = nullptr;
+  std::atomic<int> epoll_memberships{0};  // emulated epoll sets watching it
+  OptionalSpinLock send_lock;
+  OptionalSpinLock receive_lock;
+
+  // Listener state.
+  UniqueFd listener_wake;  // signalled when the backlog gains a connection
+  std::mutex backlog_mutex;
+  std::deque<PendingConnection> backlog;
+
+  void reset();
+};
+
+// The table of descriptors netaccel owns. A descriptor number is always a
+// real kernel descriptor too (a placeholder until a kernel socket replaces it),
+// so numbers never collide with the kernel's.
+class SocketRef {
+ public:
+  SocketRef() = default;
+  explicit SocketRef(Socket* socket) : socket_(socket) {}
+  SocketRef(SocketRef&& other) noexcept : socket_(other.socket_) { other.socket_ = nullptr; }
+  SocketRef& operator=(SocketRef&&) = delete;
+  ~SocketRef();
+  Socket* operator->() const { return socket_; }
+  Socket* get() const { return socket_; }
+  explicit operator bool() const { return socket_ != nullptr; }
+
+ private:
+  Socket* socket_ = nullptr;
+};
+
+SocketRef lookup_socket(int fd);
+bool is_netaccel_fd(int fd);
+Socket* new_socket();
+// Installs `socket` at `fd` (which must be free in the table).
+void install_socket(int fd, Socket* socket);
+// Removes and returns the socket at `fd` (the caller owns the table reference).
+Socket* uninstall_socket(int fd);
+void release_socket(Socket* socket);  // drops one reference
+// Listener lookup by the id the monitor echoes in kIncoming.
+void register_listener(Socket* socket);
+void unregister_listener(Socket* socket);
+
+// Our own descriptors (monitor link, wake fds) refuse application calls.
+void mark_internal_fd(int fd, bool internal);
+bool is_internal_fd(int fd);
+
+// A placeholder descriptor for a new netaccel socket; -1 with errno set.
+int new_placeholder_fd(bool close_on_exec);
+
+// ---------------------------------------------------------------------------
+// The link to the monitor: registration, request/event queues.
+bool monitor_available();  // registers on first use
+uint64_t next_socket_id();
+// Sends `request` and waits for its reply. False if the monitor is unreachable.
+bool monitor_call(Request& request, Event& reply, Delivery* delivery);
+// Sends `request` without waiting for its reply.
+void monitor_post(Request& request);
+// Consumes pending events: replies, incoming connections.
+void pump_events();
+bool events_pending();
+// The process-wide wake fd the monitor signals after posting events; -1 if none.
+int event_wake_fd();
+void announce_event_wait(bool waiting);
+
+// ---------------------------------------------------------------------------
+// Address helpers.
+bool to_inet_address(const struct sockaddr* address, socklen_t length, InetAddress& out);
+socklen_t from_inet_address(const InetAddress& address, int domain, struct sockaddr_storage& out);
+void copy_out_address(const InetAddress& address, int domain, struct sockaddr* out,
+                      socklen_t* length);
+bool is_loopback(const InetAddress& address);
+bool is_local_address(const InetAddress& address);
+
+// Readiness as epoll reports it (EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLHUP,
+// EPOLLERR); poll's bits have the same values. A listener's kernel half is
+// not included: the kernel reports it on the listener's own descriptor.
+uint32_t socket_readiness(Socket* socket);
+
+// errno-style return helpers.
+inline int fail(int error) {
+  errno = error;
+  return -1;
+}
+
+}  // namespace netaccel::preload

@@ -1,0 +1,846 @@
+// The socket API on netaccel descriptors. Every function here has libc's
+// contract: -1 and errno on failure, never an exception. Calls on kernel
+// descriptors go straight to the kernel.
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "intercepted.h"
+#include "real_calls.h"
+#include "runtime.h"
+
+namespace netaccel::preload {
+namespace {
+
+bool accelerable(int domain, int type, int protocol) {
+  return (domain == AF_INET || domain == AF_INET6) && type == SOCK_STREAM &&
+         (protocol == 0 || protocol == IPPROTO_TCP);
+}
+
+// A kernel socket exists behind the descriptor (bound or listening).
+bool kernel_backed(const Socket* socket) {
+  return socket->state == SocketState::kBound || socket->state == SocketState::kListening;
+}
+
+void raise_sigpipe(int flags) {
+  if ((flags & MSG_NOSIGNAL) == 0) syscall(SYS_tgkill, getpid(), gettid(), SIGPIPE);
+}
+
+// Kernel sockets of each family that validate and normalise options we only
+// record: `probe` takes every setsockopt, `pristine` keeps the defaults.
+struct OptionOracle {
+  int probe = -1;
+  int pristine = -1;
+};
+
+OptionOracle& option_oracle(int domain) {
+  static OptionOracle oracles[2];
+  static std::mutex mutex;
+  OptionOracle& oracle = oracles[domain == AF_INET6 ? 1 : 0];
+  std::lock_guard lock(mutex);
+  if (oracle.probe < 0) {
+    oracle.probe = real().socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    oracle.pristine = real().socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    mark_internal_fd(oracle.probe, true);
+    mark_internal_fd(oracle.pristine, true);
+  }
+  return oracle;
+}
+
+// Replaces the placeholder at `fd` with a real kernel socket carrying every
+// option recorded so far, keeping the descriptor's close-on-exec flag.
+int materialize(int fd, Socket* socket, bool nonblocking) {
+  const int kernel =
+      real().socket(socket->domain, socket->type | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0),
+                    socket->protocol);
+  if (kernel < 0) return -1;
+  for (const SavedOption& option : socket->options) {
+    real().setsockopt(kernel, option.level, option.name, option.value, option.length);
+  }
+  const int descriptor_flags = real().fcntl(fd, F_GETFD);
+  const int moved = real().dup3(kernel, fd, (descriptor_flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
+  const int error = errno;
+  real().close(kernel);
+  if (moved < 0) return fail(error);
+  return 0;
+}
+
+// The descriptor becomes a plain kernel socket that netaccel forgets.
+int fall_back_to_kernel(int fd, Socket* socket) {
+  if (socket->state == SocketState::kFresh &&
+      materialize(fd, socket, socket->nonblocking.load(std::memory_order_relaxed)) != 0) {
+    return -1;
+  }
+  epoll_forget(fd, socket, /*now_kernel=*/true);
+  Socket* removed = uninstall_socket(fd);
+  if (removed != nullptr) release_socket(removed);
+  return 0;
+}
+
+int64_t timeval_to_ns(const void* value, socklen_t length) {
+  if (length < sizeof(struct timeval)) return -1;
+  struct timeval tv;
+  memcpy(&tv, value, sizeof tv);
+  if (tv.tv_sec < 0 || tv.tv_usec < 0 || tv.tv_usec >= 1000000) return -1;
+  return static_cast<int64_t>(tv.tv_sec) * 1000000000 + static_cast<int64_t>(tv.tv_usec) * 1000;
+}
+
+// ---------------------------------------------------------------------------
+// Waiting for a connection to become readable or writable.
+enum class Want { kData, kSpace };
+
+bool wait_satisfied(Socket* socket, Connection* c, Want want) {
+  if (c->peer_aborted()) return true;
+  if (want == Want::kData) {
+    return c->rx.readable() != 0 || c->rx.control().writer_closed.load(std::memory_order_acquire) ||
+           socket->read_shut;
+  }
+  return c->tx.writable() != 0 || c->tx.control().reader_closed.load(std::memory_order_acquire);
+}
+
+// 0 when the condition holds, -EAGAIN at the deadline, -EINTR on a signal.
+int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
+  const int64_t start = monotonic_ns();
+  const int64_t spin_until = start + config().spin_ns;
+  for (uint32_t i = 1;; ++i) {
+    if (wait_satisfied(socket, c, want)) return 0;
+    __builtin_ia32_pause();
+    if ((i & 63) == 0 && monotonic_ns() >= spin_until) break;
+  }
+  std::atomic<uint32_t>& flag =
+      want == Want::kData ? c->rx.control().reader_waiting : c->tx.control().writer_waiting;
+  for (;;) {
+    flag.store(1, std::memory_order_relaxed);
+    fence_before_sleeping();
+    if (wait_satisfied(socket, c, want)) {
+      flag.store(0, std::memory_order_relaxed);
+      return 0;
+    }
+    int timeout_ms = -1;
+    if (deadline_ns != 0) {
+      const int64_t left = deadline_ns - monotonic_ns();
+      if (left <= 0) {
+        flag.store(0, std::memory_order_relaxed);
+        return -EAGAIN;
+      }
+      timeout_ms = static_cast<int>((left + 999999) / 1000000);
+    }
+    // Another thread of ours may drain this eventfd first; a bounded sleep
+    // keeps that from losing the wake-up.
+    if (g_multithreaded.load(std::memory_order_relaxed) && (timeout_ms < 0 || timeout_ms > 20)) {
+      timeout_ms = 20;
+    }
+    struct pollfd wake {
+      c->own_wake.get(), POLLIN, 0
+    };
+    const int ready = real().poll(&wake, 1, timeout_ms);
+    const int error = errno;
+    flag.store(0, std::memory_order_relaxed);
+    if (ready > 0) drain_wake_fd(c->own_wake.get());
+    if (ready < 0 && error == EINTR) return -EINTR;
+  }
+}
+
+int64_t deadline_after(int64_t timeout_ns) {
+  return timeout_ns == 0 ? 0 : monotonic_ns() + timeout_ns;
+}
+
+std::size_t iov_total(const struct iovec* iov, int iovcnt) {
+  std::size_t total = 0;
+  for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+  return total;
+}
+
+// The part of `iov` after its first `skip` bytes, in `out` (at most 64 entries).
+int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, struct iovec* out) {
+  int count = 0;
+  for (int i = 0; i < iovcnt && count < 64; ++i) {
+    if (skip >= iov[i].iov_len) {
+      skip -= iov[i].iov_len;
+      continue;
+    }
+    out[count].iov_base = static_cast<char*>(iov[i].iov_base) + skip;
+    out[count].iov_len = iov[i].iov_len - skip;
+    skip = 0;
+    ++count;
+  }
+  return count;
+}
+
+template <typename Lock>
+struct Guard {
+  explicit Guard(Lock& lock) : lock_(lock) { lock_.lock(); }
+  ~Guard() { lock_.unlock(); }
+  Lock& lock_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Data path.
+
+ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt, int flags) {
+  if (socket->state != SocketState::kConnected) {
+    if (kernel_backed(socket)) {
+      struct msghdr message {};
+      message.msg_iov = const_cast<struct iovec*>(iov);
+      message.msg_iovlen = iovcnt;
+      return real().sendmsg(fd, &message, flags);
+    }
+    raise_sigpipe(flags);
+    return fail(EPIPE);
+  }
+  Guard guard(socket->send_lock);
+  Connection* c = socket->connection;
+  const std::size_t total = iov_total(iov, iovcnt);
+  const bool nonblocking =
+      socket->nonblocking.load(std::memory_order_relaxed) || (flags & MSG_DONTWAIT);
+  const int64_t deadline = deadline_after(socket->send_timeout_ns);
+  std::size_t sent = 0;
+  for (;;) {
+    if (c->peer_aborted()) return sent > 0 ? static_cast<ssize_t>(sent) : fail(ECONNRESET);
+    if (socket->write_shut || c->tx.control().reader_closed.load(std::memory_order_acquire)) {
+      if (sent > 0) return static_cast<ssize_t>(sent);
+      raise_sigpipe(flags);
+      return fail(EPIPE);
+    }
+    if (total == 0) return 0;
+    std::size_t written;
+    if (sent == 0) {
+      written = c->tx.write(iov, iovcnt);
+    } else {
+      struct iovec rest[64];
+      written = c->tx.write(rest, iov_advance(iov, iovcnt, sent, rest));
+    }
+    if (written > 0) {
+      sent += written;
+      c->wake_peer_if_reading();
+      if (sent == total) return static_cast<ssize_t>(sent);
+      continue;
+    }
+    if (nonblocking) return sent > 0 ? static_cast<ssize_t>(sent) : fail(EAGAIN);
+    const int waited = wait_for(socket, c, Want::kSpace, deadline);
+    if (waited < 0) return sent > 0 ? static_cast<ssize_t>(sent) : fail(-waited);
+  }
+}
+
+ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovcnt, int flags) {
+  if (socket->state != SocketState::kConnected) {
+    if (kernel_backed(socket)) {
+      struct msghdr message {};
+      message.msg_iov = const_cast<struct iovec*>(iov);
+      message.msg_iovlen = iovcnt;
+      return real().recvmsg(fd, &message, flags);
+    }
+    return fail(ENOTCONN);
+  }
+  Guard guard(socket->receive_lock);
+  Connection* c = socket->connection;
+  const std::size_t total = iov_total(iov, iovcnt);
+  const bool peek = flags & MSG_PEEK;
+  const bool nonblocking =
+      socket->nonblocking.load(std::memory_order_relaxed) || (flags & MSG_DONTWAIT);
+  const int64_t deadline = deadline_after(socket->receive_timeout_ns);
+  std::size_t got = 0;
+  if (total == 0) return 0;
+  for (;;) {
+    std::size_t taken;
+    if (got == 0) {
+      taken = c->rx.read(iov, iovcnt, peek);
+    } else {
+      struct iovec rest[64];
+      taken = c->rx.read(rest, iov_advance(iov, iovcnt, got, rest), peek);
+    }
+    if (taken > 0) {
+      got += taken;
+      if (!peek) c->wake_peer_if_writing();
+      if (got == total || peek || !(flags & MSG_WAITALL)) return static_cast<ssize_t>(got);
+      continue;
+    }
+    if (c->rx.control().writer_closed.load(std::memory_order_acquire)) {
+      // Bytes published before the close are visible now; take them first.
+      if (c->rx.readable() != 0) continue;
+      if (got == 0 && c->peer_aborted()) return fail(ECONNRESET);
+      return static_cast<ssize_t>(got);
+    }
+    if (c->peer_aborted()) return got > 0 ? static_cast<ssize_t>(got) : fail(ECONNRESET);
+    if (socket->read_shut) return static_cast<ssize_t>(got);
+    if (nonblocking) return got > 0 ? static_cast<ssize_t>(got) : fail(EAGAIN);
+    const int waited = wait_for(socket, c, Want::kData, deadline);
+    if (waited < 0) return got > 0 ? static_cast<ssize_t>(got) : fail(-waited);
+  }
+}
+
+ssize_t intercepted_send(int fd, const void* buffer, size_t length, int flags) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().send(fd, buffer, length, flags);
+  struct iovec iov {
+    const_cast<void*>(buffer), length
+  };
+  return stream_send(fd, socket.get(), &iov, 1, flags);
+}
+
+ssize_t intercepted_sendto(int fd, const void* buffer, size_t length, int flags,
+                           const struct sockaddr* address, socklen_t address_length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().sendto(fd, buffer, length, flags, address, address_length);
+  // A connected stream socket ignores the destination, as TCP does.
+  struct iovec iov {
+    const_cast<void*>(buffer), length
+  };
+  return stream_send(fd, socket.get(), &iov, 1, flags);
+}
+
+ssize_t intercepted_sendmsg(int fd, const struct msghdr* message, int flags) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().sendmsg(fd, message, flags);
+  return stream_send(fd, socket.get(), message->msg_iov, static_cast<int>(message->msg_iovlen),
+                     flags);
+}
+
+ssize_t intercepted_write(int fd, const void* buffer, size_t length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().write(fd, buffer, length);
+  struct iovec iov {
+    const_cast<void*>(buffer), length
+  };
+  return stream_send(fd, socket.get(), &iov, 1, 0);
+}
+
+ssize_t intercepted_writev(int fd, const struct iovec* iov, int iovcnt) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().writev(fd, iov, iovcnt);
+  if (iovcnt < 0 || iovcnt > IOV_MAX) return fail(EINVAL);
+  return stream_send(fd, socket.get(), iov, iovcnt, 0);
+}
+
+ssize_t intercepted_recv(int fd, void* buffer, size_t length, int flags) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().recv(fd, buffer, length, flags);
+  struct iovec iov {
+    buffer, length
+  };
+  return stream_receive(fd, socket.get(), &iov, 1, flags);
+}
+
+ssize_t intercepted_recvfrom(int fd, void* buffer, size_t length, int flags,
+                             struct sockaddr* address, socklen_t* address_length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().recvfrom(fd, buffer, length, flags, address, address_length);
+  struct iovec iov {
+    buffer, length
+  };
+  const ssize_t got = stream_receive(fd, socket.get(), &iov, 1, flags);
+  // TCP reports no source address.
+  if (got >= 0 && address != nullptr && address_length != nullptr) *address_length = 0;
+  return got;
+}
+
+ssize_t intercepted_recvmsg(int fd, struct msghdr* message, int flags) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().recvmsg(fd, message, flags);
+  const ssize_t got = stream_receive(fd, socket.get(), message->msg_iov,
+                                     static_cast<int>(message->msg_iovlen), flags);
+  if (got >= 0) {
+    message->msg_namelen = 0;
+    message->msg_controllen = 0;
+    message->msg_flags = 0;
+  }
+  return got;
+}
+
+ssize_t intercepted_read(int fd, void* buffer, size_t length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().read(fd, buffer, length);
+  struct iovec iov {
+    buffer, length
+  };
+  return stream_receive(fd, socket.get(), &iov, 1, 0);
+}
+
+ssize_t intercepted_readv(int fd, const struct iovec* iov, int iovcnt) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().readv(fd, iov, iovcnt);
+  if (iovcnt < 0 || iovcnt > IOV_MAX) return fail(EINVAL);
+  return stream_receive(fd, socket.get(), iov, iovcnt, 0);
+}
+
+ssize_t intercepted___read_chk(int fd, void* buffer, size_t length, size_t buffer_size) {
+  if (length > buffer_size) abort();  // what glibc's fortified read does
+  return intercepted_read(fd, buffer, length);
+}
+
+ssize_t intercepted___recv_chk(int fd, void* buffer, size_t length, size_t buffer_size, int flags) {
+  if (length > buffer_size) abort();
+  return intercepted_recv(fd, buffer, length, flags);
+}
+
+ssize_t intercepted___recvfrom_chk(int fd, void* buffer, size_t length, size_t buffer_size,
+                                   int flags, struct sockaddr* address, socklen_t* address_length) {
+  if (length > buffer_size) abort();
+  return intercepted_recvfrom(fd, buffer, length, flags, address, address_length);
+}
+
+// ---------------------------------------------------------------------------
+// Control path.
+
+int intercepted_socket(int domain, int type, int protocol) {
+  const int base_type = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (!accelerable(domain, base_type, protocol) || !monitor_available()) {
+    return real().socket(domain, type, protocol);
+  }
+  const int fd = new_placeholder_fd(type & SOCK_CLOEXEC);
+  if (fd < 0) return real().socket(domain, type, protocol);
+  Socket* socket = new_socket();
+  socket->domain = domain;
+  socket->type = base_type;
+  socket->protocol = protocol;
+  socket->id = next_socket_id();
+  socket->nonblocking.store(type & SOCK_NONBLOCK, std::memory_order_relaxed);
+  install_socket(fd, socket);
+  release_socket(socket);  // the table keeps its own reference
+  return fd;
+}
+
+int intercepted_bind(int fd, const struct sockaddr* address, socklen_t length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().bind(fd, address, length);
+  if (socket->state == SocketState::kConnected) return fail(EINVAL);
+  if (socket->state == SocketState::kFresh &&
+      materialize(fd, socket.get(), socket->nonblocking.load(std::memory_order_relaxed)) != 0) {
+    return -1;
+  }
+  socket->state = SocketState::kBound;  // the kernel socket now decides
+  const int bound = real().bind(fd, address, length);
+  if (bound != 0) return bound;
+  struct sockaddr_storage local;
+  socklen_t local_length = sizeof local;
+  if (real().getsockname(fd, reinterpret_cast<struct sockaddr*>(&local), &local_length) == 0) {
+    socket->local_known =
+        to_inet_address(reinterpret_cast<struct sockaddr*>(&local), local_length, socket->local);
+  }
+  return 0;
+}
+
+int intercepted_listen(int fd, int backlog) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().listen(fd, backlog);
+  if (socket->state == SocketState::kConnected) return fail(EINVAL);
+  if (socket->state == SocketState::kFresh &&
+      materialize(fd, socket.get(), socket->nonblocking.load(std::memory_order_relaxed)) != 0) {
+    return -1;
+  }
+  if (real().listen(fd, backlog) != 0) return -1;
+  if (socket->state == SocketState::kListening) return 0;  // a new backlog only
+  socket->state = SocketState::kBound;
+
+  struct sockaddr_storage local;
+  socklen_t local_length = sizeof local;
+  const int wake = create_wake_fd();
+  if (wake < 0 ||
+      real().getsockname(fd, reinterpret_cast<struct sockaddr*>(&local), &local_length) != 0 ||
+      !to_inet_address(reinterpret_cast<struct sockaddr*>(&local), local_length, socket->local)) {
+    if (wake >= 0) real().close(wake);
+    fall_back_to_kernel(fd, socket.get());
+    return 0;
+  }
+  socket->local_known = true;
+  socket->listener_wake.reset(wake);
+  mark_internal_fd(wake, true);
+  // The kernel listener never blocks us: accept() waits on both paths itself.
+  const int flags = real().fcntl(fd, F_GETFL);
+  real().fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+
+  Request request{};
+  request.op = RequestOp::kListen;
+  request.socket_id = socket->id;
+  request.address = socket->local;
+  request.backlog = static_cast<uint16_t>(std::clamp(backlog, 0, 65535));
+  if (socket->domain == AF_INET6) {
+    int v6only = 0;
+    socklen_t v6only_length = sizeof v6only;
+    real().getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &v6only_length);
+    if (v6only) request.flags |= kRequestV6Only;
+  }
+  // Registered first so that a connection arriving right after the reply finds it.
+  socket->state = SocketState::kListening;
+  register_listener(socket.get());
+  Event reply{};
+  if (!monitor_call(request, reply, nullptr) || reply.status != 0) {
+    unregister_listener(socket.get());
+    socket->state = SocketState::kBound;
+    mark_internal_fd(wake, false);
+    socket->listener_wake.reset();
+    real().fcntl(fd, F_SETFL, flags);
+    fall_back_to_kernel(fd, socket.get());
+  }
+  return 0;
+}
+
+namespace {
+
+int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr* address,
+                   socklen_t* length, int flags) {
+  Connection* connection = attach_connection(pending.delivery);
+  if (connection == nullptr) return -EAGAIN;
+  const int fd = new_placeholder_fd(flags & SOCK_CLOEXEC);
+  if (fd < 0) {
+    connection->header->aborted[connection->side].store(1, std::memory_order_release);
+    detach_connection(connection);
+    return -EMFILE;
+  }
+  Socket* socket = new_socket();
+  socket->domain = listener->domain;
+  socket->type = SOCK_STREAM;
+  socket->protocol = listener->protocol;
+  socket->id = next_socket_id();
+  socket->nonblocking.store(flags & SOCK_NONBLOCK, std::memory_order_relaxed);
+  socket->state = SocketState::kConnected;
+  socket->connection = connection;
+  socket->local = pending.local;
+  socket->peer = pending.peer;
+  socket->local_known = true;
+  install_socket(fd, socket);
+  release_socket(socket);
+  copy_out_address(pending.peer, listener->domain, address, length);
+  return fd;
+}
+
+bool pop_pending(Socket* listener, PendingConnection& out) {
+  std::lock_guard lock(listener->backlog_mutex);
+  if (listener->backlog.empty()) return false;
+  out = std::move(listener->backlog.front());
+  listener->backlog.pop_front();
+  return true;
+}
+
+bool backlog_ready(Socket* listener) {
+  std::lock_guard lock(listener->backlog_mutex);
+  return !listener->backlog.empty();
+}
+
+}  // namespace
+
+int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int flags) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket || socket->state != SocketState::kListening) {
+    return real().accept4(fd, address, length, flags);
+  }
+  if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) return fail(EINVAL);
+  const int64_t deadline = deadline_after(socket->receive_timeout_ns);
+  const int64_t spin_until = monotonic_ns() + config().spin_ns;
+  for (uint32_t round = 0;; ++round) {
+    if (events_pending()) pump_events();
+    PendingConnection pending;
+    while (pop_pending(socket.get(), pending)) {
+      const int accepted = accept_pending(socket.get(), pending, address, length, flags);
+      if (accepted >= 0) return accepted;
+      if (accepted == -EMFILE) return fail(EMFILE);
+    }
+    // Kernel clients (not under netaccel) arrive on the kernel listener.
+    if ((round & 31) == 0 || monotonic_ns() >= spin_until) {
+      const int kernel = real().accept4(fd, address, length, flags);
+      if (kernel >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return kernel;
+    }
+    if (socket->nonblocking.load(std::memory_order_relaxed)) return fail(EAGAIN);
+    if (monotonic_ns() < spin_until) {
+      __builtin_ia32_pause();
+      continue;
+    }
+    announce_event_wait(true);
+    fence_before_sleeping();
+    if (events_pending() || backlog_ready(socket.get())) {
+      announce_event_wait(false);
+      continue;
+    }
+    int timeout_ms = -1;
+    if (deadline != 0) {
+      const int64_t left = deadline - monotonic_ns();
+      if (left <= 0) {
+        announce_event_wait(false);
+        return fail(EAGAIN);
+      }
+      timeout_ms = static_cast<int>((left + 999999) / 1000000);
+    }
+    struct pollfd waits[3] = {
+        {fd, POLLIN, 0}, {socket->listener_wake.get(), POLLIN, 0}, {event_wake_fd(), POLLIN, 0}};
+    const int ready = real().poll(waits, event_wake_fd() >= 0 ? 3 : 2, timeout_ms);
+    const int error = errno;
+    announce_event_wait(false);
+    if (waits[1].revents & POLLIN) drain_wake_fd(socket->listener_wake.get());
+    if (ready < 0 && error == EINTR) return fail(EINTR);
+  }
+}
+
+int intercepted_accept(int fd, struct sockaddr* address, socklen_t* length) {
+  return intercepted_accept4(fd, address, length, 0);
+}
+
+int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().connect(fd, address, length);
+  if (socket->state == SocketState::kConnected) {
+    // As in the kernel: the first call after a completed non-blocking connect
+    // reports success, later ones EISCONN.
+    if (socket->connect_pending) {
+      socket->connect_pending = false;
+      return 0;
+    }
+    return fail(EISCONN);
+  }
+  if (socket->state == SocketState::kListening) return real().connect(fd, address, length);
+  InetAddress destination;
+  const bool inet = to_inet_address(address, length, destination) &&
+                    (destination.family == socket->domain ||
+                     (socket->domain == AF_INET6 && destination.family == AF_INET6));
+  Request request{};
+  request.op = RequestOp::kConnect;
+  request.socket_id = socket->id;
+  request.address = destination;
+  if (socket->state == SocketState::kBound && socket->local_known) request.source = socket->local;
+  Event reply{};
+  Delivery delivery;
+  Connection* connection = nullptr;
+  if (inet && destination.port != 0) {
+    if (is_local_address(destination)) request.flags |= kRequestDestinationLocal;
+    if (monitor_call(request, reply, &delivery) && reply.status == 0) {
+      connection = attach_connection(delivery);
+      if (connection == nullptr) {
+        Request close_request{};
+        close_request.op = RequestOp::kClose;
+        close_request.connection_id = reply.connection_id;
+        monitor_post(close_request);
+      }
+    }
+  }
+  if (connection == nullptr) {
+    // Not a netaccel peer: exactly what the kernel would do.
+    if (fall_back_to_kernel(fd, socket.get()) != 0) return -1;
+    return real().connect(fd, address, length);
+  }
+  socket->connection = connection;
+  socket->local = reply.local;
+  socket->peer = reply.peer;
+  socket->local_known = true;
+  socket->state = SocketState::kConnected;
+  epoll_connected(fd, socket.get());
+  if (socket->nonblocking.load(std::memory_order_relaxed)) {
+    // Like a kernel connect over loopback: in progress now, writable at once.
+    socket->connect_pending = true;
+    return fail(EINPROGRESS);
+  }
+  return 0;
+}
+
+int intercepted_shutdown(int fd, int how) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().shutdown(fd, how);
+  if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) return fail(EINVAL);
+  if (socket->state != SocketState::kConnected) {
+    if (kernel_backed(socket.get())) return real().shutdown(fd, how);
+    return fail(ENOTCONN);
+  }
+  Connection* c = socket->connection;
+  if (how != SHUT_WR) socket->read_shut = true;
+  if (how != SHUT_RD) {
+    socket->write_shut = true;
+    c->tx.control().writer_closed.store(1, std::memory_order_release);
+  }
+  signal_wake_fd(c->peer_wake.get());
+  signal_wake_fd(c->own_wake.get());  // our own waiters re-check
+  return 0;
+}
+
+int intercepted_close(int fd) {
+  if (is_internal_fd(fd)) return fail(EBADF);  // not the application's to close
+  Socket* socket = uninstall_socket(fd);
+  if (socket == nullptr) {
+    epoll_closed(fd);
+    return real().close(fd);
+  }
+  epoll_forget(fd, socket, /*now_kernel=*/false);
+  real().close(fd);
+  release_socket(socket);
+  return 0;
+}
+
+int intercepted_getsockname(int fd, struct sockaddr* address, socklen_t* length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket || kernel_backed(socket.get())) return real().getsockname(fd, address, length);
+  if (address == nullptr || length == nullptr) return fail(EFAULT);
+  InetAddress local = socket->local;
+  if (!socket->local_known) local = InetAddress{};
+  copy_out_address(local, socket->domain, address, length);
+  return 0;
+}
+
+int intercepted_getpeername(int fd, struct sockaddr* address, socklen_t* length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket || kernel_backed(socket.get())) return real().getpeername(fd, address, length);
+  if (socket->state != SocketState::kConnected) return fail(ENOTCONN);
+  if (address == nullptr || length == nullptr) return fail(EFAULT);
+  copy_out_address(socket->peer, socket->domain, address, length);
+  return 0;
+}
+
+int intercepted_setsockopt(int fd, int level, int name, const void* value, socklen_t length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket || kernel_backed(socket.get()))
+    return real().setsockopt(fd, level, name, value, length);
+  // The kernel validates and normalises; we keep the result for this socket.
+  OptionOracle& oracle = option_oracle(socket->domain);
+  if (real().setsockopt(oracle.probe, level, name, value, length) != 0) return -1;
+  if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
+    const int64_t timeout = timeval_to_ns(value, length);
+    if (timeout < 0) return fail(EDOM);
+    (name == SO_RCVTIMEO ? socket->receive_timeout_ns : socket->send_timeout_ns) = timeout;
+  }
+  SavedOption saved{level, name, 0, {}};
+  saved.length = std::min<socklen_t>(length, sizeof saved.value);
+  memcpy(saved.value, value, saved.length);
+  auto& options = socket->options;
+  auto same = std::find_if(options.begin(), options.end(), [&](const SavedOption& option) {
+    return option.level == level && option.name == name;
+  });
+  if (same != options.end()) {
+    *same = saved;
+  } else {
+    options.push_back(saved);
+  }
+  return 0;
+}
+
+int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* length) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket || kernel_backed(socket.get()))
+    return real().getsockopt(fd, level, name, value, length);
+  if (value == nullptr || length == nullptr) return fail(EFAULT);
+  if (level == SOL_SOCKET && name == SO_ERROR) {
+    const int none = 0;
+    memcpy(value, &none, std::min<socklen_t>(*length, sizeof none));
+    *length = std::min<socklen_t>(*length, sizeof none);
+    socket->connect_pending = false;
+    return 0;
+  }
+  if (level == IPPROTO_TCP && name == TCP_INFO && socket->state == SocketState::kConnected) {
+    struct tcp_info info {};
+    info.tcpi_state = TCP_ESTABLISHED;
+    info.tcpi_snd_mss = info.tcpi_rcv_mss = 65483;  // loopback's
+    info.tcpi_snd_cwnd = 10;
+    const socklen_t copied = std::min<socklen_t>(*length, sizeof info);
+    memcpy(value, &info, copied);
+    *length = copied;
+    return 0;
+  }
+  OptionOracle& oracle = option_oracle(socket->domain);
+  // The kernel's answer for a socket of this family gives the format and the default...
+  if (real().getsockopt(oracle.pristine, level, name, value, length) != 0) return -1;
+  for (const SavedOption& option : socket->options) {
+    if (option.level != level || option.name != name) continue;
+    // ...and the probe, set to this socket's value, gives the kernel's reading of it.
+    real().setsockopt(oracle.probe, level, name, option.value, option.length);
+    return real().getsockopt(oracle.probe, level, name, value, length);
+  }
+  return 0;
+}
+
+int intercepted_dup(int fd) {
+  SocketRef socket = lookup_socket(fd);
+  const int copy = real().dup(fd);
+  if (copy >= 0 && socket) install_socket(copy, socket.get());
+  return copy;
+}
+
+int intercepted_dup3(int fd, int target, int flags) {
+  if (is_internal_fd(target)) return fail(EBADF);
+  SocketRef socket = lookup_socket(fd);
+  if (!socket && !is_netaccel_fd(target)) return real().dup3(fd, target, flags);
+  const int copy = real().dup3(fd, target, flags);
+  if (copy < 0) return -1;
+  Socket* replaced = uninstall_socket(target);
+  if (replaced != nullptr) {
+    epoll_forget(target, replaced, /*now_kernel=*/false);
+    release_socket(replaced);
+  }
+  if (socket) install_socket(target, socket.get());
+  return copy;
+}
+
+int intercepted_dup2(int fd, int target) {
+  if (fd == target) return real().dup2(fd, target);
+  return intercepted_dup3(fd, target, 0);
+}
+
+int netaccel_fcntl(int fd, int command, unsigned long argument) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket) return real().fcntl(fd, command, argument);
+  switch (command) {
+    case F_GETFL: {
+      const int flags = real().fcntl(fd, F_GETFL);
+      if (flags < 0) return flags;
+      return (flags & ~O_NONBLOCK) |
+             (socket->nonblocking.load(std::memory_order_relaxed) ? O_NONBLOCK : 0);
+    }
+    case F_SETFL: {
+      socket->nonblocking.store(argument & O_NONBLOCK, std::memory_order_relaxed);
+      // A kernel listener stays non-blocking underneath; others follow the application.
+      const unsigned long kernel_flags =
+          socket->state == SocketState::kListening ? (argument | O_NONBLOCK) : argument;
+      return real().fcntl(fd, F_SETFL, kernel_flags);
+    }
+    case F_DUPFD:
+    case F_DUPFD_CLOEXEC: {
+      const int copy = real().fcntl(fd, command, argument);
+      if (copy >= 0) install_socket(copy, socket.get());
+      return copy;
+    }
+    default:
+      return real().fcntl(fd, command, argument);
+  }
+}
+
+int netaccel_ioctl(int fd, unsigned long request, void* argument) {
+  SocketRef socket = lookup_socket(fd);
+  if (!socket || kernel_backed(socket.get())) {
+    if (socket && request == FIONBIO && argument != nullptr) {
+      socket->nonblocking.store(*static_cast<int*>(argument) != 0, std::memory_order_relaxed);
+      if (socket->state == SocketState::kListening) return 0;
+    }
+    return real().ioctl(fd, request, argument);
+  }
+  if (argument == nullptr) return fail(EFAULT);
+  switch (request) {
+    case FIONBIO:
+      socket->nonblocking.store(*static_cast<int*>(argument) != 0, std::memory_order_relaxed);
+      return 0;
+    case FIONREAD:  // also SIOCINQ
+      *static_cast<int*>(argument) = socket->state == SocketState::kConnected
+                                         ? static_cast<int>(socket->connection->rx.readable())
+                                         : 0;
+      return 0;
+    case SIOCOUTQ:
+      *static_cast<int*>(argument) = socket->state == SocketState::kConnected
+                                         ? static_cast<int>(socket->connection->tx.unread())
+                                         : 0;
+      return 0;
+    default:
+      return real().ioctl(fd, request, argument);
+  }
+}
+
+int intercepted_pthread_create(pthread_t* thread, const pthread_attr_t* attributes,
+                               void* (*start)(void*), void* argument) {
+  g_multithreaded.store(true, std::memory_order_relaxed);
+  return real().pthread_create(thread, attributes, start, argument);
+}
+
+}  // namespace netaccel::preload

@@ -294,9 +294,9 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
   }
   const int64_t start = monotonic_ns();
   const int64_t deadline = timeout < 0 ? -1 : start + static_cast<int64_t>(timeout) * 1000000;
-  const int64_t spin_until =
-      start + (timeout < 0 ? config().spin_ns
-                           : std::min<int64_t>(config().spin_ns, int64_t{timeout} * 1000000));
+  SpinBudget spin(timeout < 0 ? config().spin_ns
+                              : std::min<int64_t>(config().spin_ns, int64_t{timeout} * 1000000));
+  bool spinning = timeout != 0;
   for (uint32_t round = 0;; ++round) {
     if (set->listeners > 0 && events_pending()) pump_events();
     int found = collect_ready(set, events, max_events);
@@ -308,16 +308,12 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
       }
       return found;
     }
-    const bool spinning = monotonic_ns() < spin_until;
-    if (timeout == 0 || (spinning && (round & 31) == 0)) {
+    if (timeout == 0 || (spinning && (round & 255) == 0)) {
       const int got = real().epoll_pwait(epfd, events, max_events, 0, nullptr);
       const int kept = got > 0 ? filter_kernel_events(events, got) : got;
       if (kept != 0 || timeout == 0) return kept;
     }
-    if (spinning) {
-      __builtin_ia32_pause();
-      continue;
-    }
+    if (spinning && (spinning = spin.keep_spinning())) continue;
     arm_members(set, true);
     fence_before_sleeping();
     found = collect_ready(set, events, max_events);
@@ -478,15 +474,14 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
   for (const PollSlot& slot : slots) listeners |= slot.socket->state == SocketState::kListening;
   const int64_t start = monotonic_ns();
   const int64_t deadline = timeout_ns < 0 ? -1 : start + timeout_ns;
-  const int64_t spin_until =
-      start + (timeout_ns < 0 ? config().spin_ns : std::min(config().spin_ns, timeout_ns));
+  SpinBudget spin(timeout_ns < 0 ? config().spin_ns : std::min(config().spin_ns, timeout_ns));
+  bool spinning = timeout_ns != 0;
   const struct timespec zero { 0, 0 };
   int result = 0;
   for (uint32_t round = 0;; ++round) {
     if (listeners && events_pending()) pump_events();
     for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
-    const bool spinning = monotonic_ns() < spin_until;
-    if (netaccel_poll_half(fds, slots) > 0 || timeout_ns == 0 || (spinning && (round & 31) == 0)) {
+    if (netaccel_poll_half(fds, slots) > 0 || timeout_ns == 0 || (spinning && (round & 255) == 0)) {
       const int got = kernel_poll(fds, count, slots, &zero, nullptr);
       if (got < 0) {
         result = -1;
@@ -496,10 +491,7 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
       result = count_ready(fds, count);
       if (result > 0 || timeout_ns == 0) break;
     }
-    if (spinning) {
-      __builtin_ia32_pause();
-      continue;
-    }
+    if (spinning && (spinning = spin.keep_spinning())) continue;
     // Sleep: the kernel entries as they are, plus the eventfds that wake us.
     std::vector<struct pollfd> sleeping(fds, fds + count);
     for (const PollSlot& slot : slots) {

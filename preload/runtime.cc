@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
-#include <linux/membarrier.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -52,37 +51,27 @@ int64_t monotonic_ns() {
   } while (0)
 
 // ---------------------------------------------------------------------------
-namespace {
-std::atomic<int> g_membarrier_state{-1};  // -1 unknown, 0 unavailable, 1 registered
-
-bool membarrier_registered() {
-  int state = g_membarrier_state.load(std::memory_order_relaxed);
-  if (state >= 0) return state == 1;
-  const long supported = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
-  state = 0;
-  if (supported > 0 && (supported & MEMBARRIER_CMD_GLOBAL_EXPEDITED) &&
-      syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0) {
-    state = 1;
-  }
-  g_membarrier_state.store(state, std::memory_order_relaxed);
-  return state == 1;
-}
-}  // namespace
-
+// Store->load ordering on both sides of the announce/check pair. (membarrier's
+// asymmetric fence would spare the waker this, but on this class of virtual
+// machine one GLOBAL_EXPEDITED call costs about 90 us, far more than it saves.)
 void fence_before_sleeping() {
-  // The sleeper's store of its waiting flag must be visible before it re-reads
-  // the ring; membarrier also puts a full barrier into every running thread of
-  // every registered process, which covers the waker's store->load edge.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (membarrier_registered()) syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0);
+}
+void fence_after_publishing() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
-void fence_after_publishing() {
-  if (g_membarrier_state.load(std::memory_order_relaxed) == 1) {
-    std::atomic_signal_fence(std::memory_order_seq_cst);  // see fence_before_sleeping
-  } else {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+bool SpinBudget::keep_spinning() {
+  if ((++rounds_ & 63) != 0) {
+    __builtin_ia32_pause();
+    return true;
   }
+  const int64_t now = monotonic_ns();
+  if (now >= until_) return false;
+  // Past the first microseconds the peer may be waiting for our core: on a
+  // two-core machine two spinners and a monitor do not fit otherwise.
+  if (now - start_ > 5000) sched_yield();
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -384,7 +373,6 @@ bool register_with_monitor(MonitorLink& l) {
   l.doorbell = std::move(doorbell);
   l.process_id = reply.process_id;
   for (int fd : {l.control.get(), l.wake.get(), l.doorbell.get()}) mark_internal_fd(fd, true);
-  membarrier_registered();
   NETACCEL_DEBUG_LOG("registered with the monitor as process %u\n", l.process_id);
   return true;
 }

@@ -53,11 +53,26 @@ class OptionalSpinLock {
 };
 
 // ---------------------------------------------------------------------------
-// Fences for the sleep announcement (the only store->load edge we need).
-// With membarrier, the waker's side needs only a compiler barrier and the
-// sleeper pays for a process-wide barrier; otherwise both pay a full fence.
+// The announce/check pair around sleeping is the one store->load edge: a
+// sleeper stores its waiting flag then re-reads the ring; a waker publishes
+// then reads the flag. Both sides need a full fence between the two.
 void fence_before_sleeping();
 void fence_after_publishing();
+
+// How long a blocking call polls before it sleeps: pause-spins at first, then
+// yields the core between checks, and gives up after `budget_ns`.
+class SpinBudget {
+ public:
+  explicit SpinBudget(int64_t budget_ns)
+      : start_(monotonic_ns()), until_(start_ + (budget_ns > 0 ? budget_ns : 0)) {}
+  bool keep_spinning();
+  bool exhausted() const { return monotonic_ns() >= until_; }
+
+ private:
+  int64_t start_;
+  int64_t until_;
+  uint32_t rounds_ = 0;
+};
 
 // ---------------------------------------------------------------------------
 // One end of a shared-memory connection.

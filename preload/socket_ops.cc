@@ -109,12 +109,9 @@ bool wait_satisfied(Socket* socket, Connection* c, Want want) {
 
 // 0 when the condition holds, -EAGAIN at the deadline, -EINTR on a signal.
 int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
-  const int64_t start = monotonic_ns();
-  const int64_t spin_until = start + config().spin_ns;
-  for (uint32_t i = 1;; ++i) {
+  SpinBudget spin(config().spin_ns);
+  while (spin.keep_spinning()) {
     if (wait_satisfied(socket, c, want)) return 0;
-    __builtin_ia32_pause();
-    if ((i & 63) == 0 && monotonic_ns() >= spin_until) break;
   }
   std::atomic<uint32_t>& flag =
       want == Want::kData ? c->rx.control().reader_waiting : c->tx.control().writer_waiting;
@@ -537,7 +534,8 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
   }
   if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) return fail(EINVAL);
   const int64_t deadline = deadline_after(socket->receive_timeout_ns);
-  const int64_t spin_until = monotonic_ns() + config().spin_ns;
+  SpinBudget spin(config().spin_ns);
+  bool spinning = true;
   for (uint32_t round = 0;; ++round) {
     if (events_pending()) pump_events();
     PendingConnection pending;
@@ -547,15 +545,12 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
       if (accepted == -EMFILE) return fail(EMFILE);
     }
     // Kernel clients (not under netaccel) arrive on the kernel listener.
-    if ((round & 31) == 0 || monotonic_ns() >= spin_until) {
+    if ((round & 255) == 0 || !spinning) {
       const int kernel = real().accept4(fd, address, length, flags);
       if (kernel >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return kernel;
     }
     if (socket->nonblocking.load(std::memory_order_relaxed)) return fail(EAGAIN);
-    if (monotonic_ns() < spin_until) {
-      __builtin_ia32_pause();
-      continue;
-    }
+    if (spinning && (spinning = spin.keep_spinning())) continue;
     announce_event_wait(true);
     fence_before_sleeping();
     if (events_pending() || backlog_ready(socket.get())) {

@@ -226,6 +226,17 @@ class Child {
     }
   }
 
+  // The first line of stdout that `wanted` accepts; other lines (say, a
+  // library's chatter) are skipped.
+  template <typename Predicate>
+  std::optional<std::string> read_line_where(double seconds, Predicate wanted) {
+    const double deadline = now_seconds() + seconds;
+    for (;;) {
+      auto line = read_line(deadline - now_seconds());
+      if (!line || wanted(*line)) return line;
+    }
+  }
+
   std::optional<int> exit_status() const {
     return pid_ < 0 && status_ != -1 ? std::optional<int>(status_) : std::nullopt;
   }
@@ -454,15 +465,68 @@ struct Metric {
   std::string (*format)(const std::string& json);
 };
 
+// One run, or the combination of a test's rounds in one mode.
 struct RunResult {
   bool ok = false;
   std::string error = "not run";
-  std::string json;
+  std::string json;  // the client's figures; the medians once combined
   // netaccel mode only: growth of the monitor's connections_total.
   std::optional<uint64_t> netaccel_connections;
   std::string verify_error;  // why the growth is unknown
-  bool fell_back() const { return ok && netaccel_connections && *netaccel_connections == 0; }
+  int runs = 1;
+  int failed_runs = 0;
+  int fell_back_runs = 0;  // runs that succeeded without a netaccel connection
+  bool fell_back() const {
+    return ok && (fell_back_runs > 0 || (netaccel_connections && *netaccel_connections == 0));
+  }
 };
+
+// Every figure a table cell or a summary reads.
+const char* const kFigures[] = {"messages_per_s", "mbytes_per_s",      "gbit_per_s",       "p50_us",
+                                "p99_us",         "round_trips_per_s", "connections_per_s"};
+
+// Median of each figure over the successful runs; connections summed.
+RunResult combine(const std::vector<RunResult>& runs) {
+  RunResult combined;
+  combined.runs = static_cast<int>(runs.size());
+  std::vector<const RunResult*> good;
+  bool verified = true;
+  uint64_t connections = 0;
+  for (const RunResult& run : runs) {
+    if (!run.ok) {
+      ++combined.failed_runs;
+      if (combined.error == "not run") combined.error = run.error;
+      continue;
+    }
+    good.push_back(&run);
+    if (run.netaccel_connections) {
+      connections += *run.netaccel_connections;
+      if (*run.netaccel_connections == 0) ++combined.fell_back_runs;
+    } else {
+      if (verified) combined.verify_error = run.verify_error;
+      verified = false;
+    }
+  }
+  if (good.empty()) return combined;
+  combined.ok = true;
+  if (verified) combined.netaccel_connections = connections;
+  std::string json = "{";
+  for (const char* key : kFigures) {
+    std::vector<double> values;
+    for (const RunResult* run : good) {
+      if (const auto value = json_number(run->json, key)) values.push_back(*value);
+    }
+    if (values.empty()) continue;
+    std::sort(values.begin(), values.end());
+    const std::size_t n = values.size();
+    const double median = n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+    char text[96];
+    std::snprintf(text, sizeof text, "%s\"%s\":%.6f", json.size() > 1 ? "," : "", key, median);
+    json += text;
+  }
+  combined.json = json + "}";
+  return combined;
+}
 
 std::string format_messages(const std::string& json) {
   return format_si(json_number(json, "messages_per_s").value_or(0)) + " msg/s";
@@ -500,7 +564,8 @@ struct Setup {
   std::string work_dir;
   std::vector<std::string> kernel_env;
   std::vector<std::string> netaccel_env;
-  double seconds = 2.0;
+  double seconds = 2.0;  // one run
+  int rounds = 1;
 };
 
 // Runs one test once: a server process, then a client process; both are
@@ -526,8 +591,9 @@ RunResult run_once(const Setup& setup, const TestSpec& test, Mode mode, int step
     result.error = "server: " + error;
     return result;
   }
-  const auto ready = server.read_line(10.0);
-  if (!ready || *ready != "ready") {
+  const auto ready =
+      server.read_line_where(10.0, [](const std::string& line) { return line == "ready"; });
+  if (!ready) {
     server.stop(0.5);
     const std::string why = last_line_of(base + "-server.log");
     result.error = "server did not start" + (why.empty() ? std::string() : ": " + why);
@@ -545,7 +611,8 @@ RunResult run_once(const Setup& setup, const TestSpec& test, Mode mode, int step
   }
   // Generous: a slow connect path or a stuck preload must not hang the bench.
   const double limit = setup.seconds * 3 + 20;
-  const auto line = client.read_line(limit);
+  const auto line = client.read_line_where(
+      limit, [](const std::string& text) { return text.rfind("{", 0) == 0; });
   const bool exited = client.wait_exit(line ? 5.0 : 0.0);
   if (!exited) client.stop(0.5);
 
@@ -602,6 +669,11 @@ std::string load_average() {
   return one.empty() ? "unknown" : one + " " + five + " " + fifteen;
 }
 
+// More runnable work than half the CPUs before we even start.
+bool busy(const std::string& load) {
+  return std::atof(load.c_str()) > 0.5 * static_cast<double>(sysconf(_SC_NPROCESSORS_ONLN));
+}
+
 std::string utc_now() {
   const time_t now = time(nullptr);
   struct tm utc {};
@@ -622,6 +694,11 @@ std::string ratio_text(const Metric& metric, const RunResult& kernel, const RunR
   const double n = json_number(netaccel.json, metric.key).value_or(0);
   const double ratio = metric.higher_is_better ? (k > 0 ? n / k : 0) : (n > 0 ? k / n : 0);
   if (ratio <= 0 || !std::isfinite(ratio)) return "n/a";
+  if (ratio < 0.1) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.2gx", ratio);  // two significant digits
+    return text;
+  }
   return format_fixed(ratio, ratio >= 10 ? 1 : 2) + "x";
 }
 
@@ -629,6 +706,12 @@ std::string connections_text(const RunResult& netaccel) {
   if (netaccel.netaccel_connections) return std::to_string(*netaccel.netaccel_connections);
   if (!netaccel.ok) return "-";
   return "unknown";
+}
+
+std::string failed_runs_note(const RunResult& result) {
+  if (result.failed_runs == 0) return "";
+  return " (" + std::to_string(result.failed_runs) + " of " + std::to_string(result.runs) +
+         " runs failed: " + result.error + ")";
 }
 
 std::vector<Row> build_rows(const std::vector<Metric>& metrics,
@@ -640,13 +723,19 @@ std::vector<Row> build_rows(const std::vector<Metric>& metrics,
     const RunResult& n = netaccel[metric.test];
     Row row;
     row.test = metric.label;
-    row.kernel = k.ok ? metric.format(k.json) : "failed: " + k.error;
+    row.kernel = k.ok ? metric.format(k.json) + failed_runs_note(k) : "failed: " + k.error;
     if (!n.ok) {
       row.netaccel = "failed: " + n.error;
     } else {
       row.netaccel = metric.format(n.json);
-      if (n.fell_back()) row.netaccel += " (fell back to kernel)";
+      if (n.fell_back()) {
+        row.netaccel += n.runs > 1
+                            ? " (fell back to kernel in " + std::to_string(n.fell_back_runs) +
+                                  " of " + std::to_string(n.runs) + " runs)"
+                            : " (fell back to kernel)";
+      }
       if (!n.netaccel_connections) row.netaccel += " (unverified: " + n.verify_error + ")";
+      row.netaccel += failed_runs_note(n);
     }
     row.ratio = ratio_text(metric, k, n);
     row.connections = connections_text(n);
@@ -705,7 +794,9 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows, const
       << "- CPUs online: " << sysconf(_SC_NPROCESSORS_ONLN) << "\n"
       << "- CPU: " << cpu_model() << "\n"
       << "- Kernel: " << kernel_release() << "\n"
-      << "- Load average when the run started: " << load << "\n\n"
+      << "- Load average when the run started: " << load
+      << (busy(load) ? " (busy: other work shared the CPUs, so the figures are noisy)" : "")
+      << "\n\n"
       << "## Method\n\n"
       << "- Every test runs two processes of one unmodified program, `netaccel-bench-peer` "
          "(plain POSIX sockets, blocking calls): a server and a client, talking over "
@@ -714,8 +805,12 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows, const
       << "- **netaccel**: the same binaries with the same arguments, started with "
          "`LD_PRELOAD=libnetaccel_preload.so` and `NETACCEL_SOCKET` pointing to a private "
          "`netaccel daemon` that the bench starts for the run and stops at its end.\n"
-      << "- Each test runs for " << format_fixed(setup.seconds, 2)
-      << " s per mode, kernel first, then netaccel, test after test.\n"
+      << "- Each test runs in " << setup.rounds << (setup.rounds == 1 ? " round" : " rounds")
+      << "; a round runs the kernel mode, then the netaccel mode, "
+      << format_fixed(setup.seconds, 2) << " s each. "
+      << (setup.rounds > 1 ? "The table shows the median of the rounds for each figure; "
+                             "alternating the modes spreads any outside load over both.\n"
+                           : "\n")
       << "- msgrate: the client sends 64-byte messages with one blocking `send()` each; the "
          "server `recv()`s exactly 64 bytes per message and counts them. At the end the client "
          "sends an end message and stops its clock when the server's count comes back, so the "
@@ -821,8 +916,10 @@ int run_bench(const BenchOptions& options) {
       preload_override != nullptr && *preload_override != '\0'
           ? std::string(preload_override)
           : fs::weakly_canonical(bin_dir / "../lib/netaccel/libnetaccel_preload.so", ec).string();
+  // seconds_per_test is shared by a test's rounds in each mode.
+  const int rounds = setup.rounds = options.quick ? 1 : 3;
   setup.seconds = options.quick ? std::min(options.seconds_per_test, 0.3)
-                                : std::max(options.seconds_per_test, 0.1);
+                                : std::max(options.seconds_per_test / rounds, 0.25);
 
   if (access(setup.peer.c_str(), X_OK) != 0) {
     std::fprintf(stderr, "netaccel bench: %s: %s\n", setup.peer.c_str(), std::strerror(errno));
@@ -857,8 +954,13 @@ int run_bench(const BenchOptions& options) {
 
   const std::string started = utc_now();
   const std::string load = load_average();
-  std::printf("netaccel bench: %zu tests x {kernel, netaccel}, %.2f s each%s\n", tests.size(),
-              setup.seconds, options.quick ? " (quick)" : "");
+  std::printf("netaccel bench: %zu tests x {kernel, netaccel} x %d round%s, %.2f s each%s\n",
+              tests.size(), rounds, rounds == 1 ? "" : "s", setup.seconds,
+              options.quick ? " (quick)" : "");
+  if (busy(load)) {
+    std::printf("  warning: load average %s on %ld CPUs; the figures will be noisy\n", load.c_str(),
+                sysconf(_SC_NPROCESSORS_ONLN));
+  }
   std::printf("  peer:    %s\n  preload: %s\n  work:    %s\n", setup.peer.c_str(),
               setup.preload.c_str(), setup.work_dir.c_str());
 
@@ -883,49 +985,73 @@ int run_bench(const BenchOptions& options) {
     return error;
   };
 
+  // One run of one test in one mode, with its progress line.
+  auto measure = [&](const TestSpec& test, Mode mode, int step, const std::string& label) {
+    std::printf("%s ... ", label.c_str());
+    std::fflush(stdout);
+    RunResult result;
+    if (mode == Mode::kKernel) {
+      result = run_once(setup, test, mode, step);
+    } else if (const auto unavailable = ensure_monitor()) {
+      result.error = *unavailable;
+    } else {
+      std::string error;
+      const auto before = monitor.connections_total(&error);
+      result = run_once(setup, test, mode, step);
+      const auto after = before ? monitor.connections_total(&error) : std::nullopt;
+      if (before && after) {
+        result.netaccel_connections = *after >= *before ? *after - *before : 0;
+      } else {
+        result.verify_error = error;
+      }
+      if (!result.ok && !monitor.running()) result.error += " (" + monitor.death_reason() + ")";
+    }
+    if (!result.ok) {
+      std::printf("failed: %s\n", result.error.c_str());
+      return result;
+    }
+    std::printf("%s", summarize(test, result.json).c_str());
+    if (mode == Mode::kNetaccel) {
+      if (result.fell_back()) {
+        std::printf("  [fell back to kernel: 0 netaccel connections]");
+      } else if (result.netaccel_connections) {
+        std::printf("  [%llu netaccel connections]",
+                    static_cast<unsigned long long>(*result.netaccel_connections));
+      } else {
+        std::printf("  [unverified: %s]", result.verify_error.c_str());
+      }
+    }
+    std::printf("\n");
+    return result;
+  };
+
+  // Rounds alternate the modes, so that a burst of load from elsewhere on
+  // the machine hits both columns alike; the table keeps the medians.
   std::vector<RunResult> kernel(tests.size()), netaccel(tests.size());
-  const int steps = static_cast<int>(tests.size()) * 2;
+  const int steps = static_cast<int>(tests.size()) * 2 * rounds;
   int step = 0;
   for (std::size_t i = 0; i < tests.size() && !g_interrupted; ++i) {
-    for (Mode mode : {Mode::kKernel, Mode::kNetaccel}) {
-      if (g_interrupted) break;
-      ++step;
-      std::printf("[%d/%d] %s %s ... ", step, steps, tests[i].label.c_str(), mode_name(mode));
-      std::fflush(stdout);
-      RunResult result;
-      if (mode == Mode::kKernel) {
-        result = run_once(setup, tests[i], mode, step);
-      } else if (const auto unavailable = ensure_monitor()) {
-        result.error = *unavailable;
-      } else {
-        std::string error;
-        const auto before = monitor.connections_total(&error);
-        result = run_once(setup, tests[i], mode, step);
-        const auto after = before ? monitor.connections_total(&error) : std::nullopt;
-        if (before && after) {
-          result.netaccel_connections = *after >= *before ? *after - *before : 0;
-        } else {
-          result.verify_error = error;
-        }
-        if (!result.ok && !monitor.running()) result.error += " (" + monitor.death_reason() + ")";
+    std::vector<RunResult> kernel_runs, netaccel_runs;
+    for (int round = 1; round <= rounds && !g_interrupted; ++round) {
+      for (Mode mode : {Mode::kKernel, Mode::kNetaccel}) {
+        if (g_interrupted) break;
+        ++step;
+        std::string label = "[" + std::to_string(step) + "/" + std::to_string(steps) + "] " +
+                            tests[i].label + " " + mode_name(mode);
+        if (rounds > 1) label += " (round " + std::to_string(round) + ")";
+        (mode == Mode::kKernel ? kernel_runs : netaccel_runs)
+            .push_back(measure(tests[i], mode, step, label));
       }
-      if (result.ok) {
-        std::printf("%s", summarize(tests[i], result.json).c_str());
-        if (mode == Mode::kNetaccel) {
-          if (result.fell_back()) {
-            std::printf("  [fell back to kernel: 0 netaccel connections]");
-          } else if (result.netaccel_connections) {
-            std::printf("  [%llu netaccel connections]",
-                        static_cast<unsigned long long>(*result.netaccel_connections));
-          } else {
-            std::printf("  [unverified: %s]", result.verify_error.c_str());
-          }
-        }
-        std::printf("\n");
-      } else {
-        std::printf("failed: %s\n", result.error.c_str());
-      }
-      (mode == Mode::kKernel ? kernel : netaccel)[i] = result;
+    }
+    kernel[i] = combine(kernel_runs);
+    netaccel[i] = combine(netaccel_runs);
+    if (g_interrupted) break;
+    if (rounds > 1) {
+      auto median = [&](const RunResult& r) {
+        return r.ok ? summarize(tests[i], r.json) : "failed: " + r.error;
+      };
+      std::printf("      %s median: kernel %s | netaccel %s\n", tests[i].label.c_str(),
+                  median(kernel[i]).c_str(), median(netaccel[i]).c_str());
     }
   }
   monitor.stop();

@@ -125,7 +125,7 @@ class Child {
       // Die with the bench, even if it is killed outright.
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);
-      const int null = open("/dev/null", O_RDONLY);
+      const int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
       if (null >= 0) dup2(null, STDIN_FILENO);
       dup2(capture_stdout ? pipe_fds[1] : log, STDOUT_FILENO);
       dup2(log, STDERR_FILENO);
@@ -473,6 +473,7 @@ struct RunResult {
   // netaccel mode only: growth of the monitor's connections_total.
   std::optional<uint64_t> netaccel_connections;
   std::string verify_error;  // why the growth is unknown
+  std::string warning;       // the figures stand, but something misbehaved
   int runs = 1;
   int failed_runs = 0;
   int fell_back_runs = 0;  // runs that succeeded without a netaccel connection
@@ -618,8 +619,20 @@ RunResult run_once(const Setup& setup, const TestSpec& test, Mode mode, int step
 
   // The stream and rtt servers leave when their client does; the connect
   // server accepts until told to stop.
-  if (test.peer_test != "connect") server.wait_exit(2.0);
+  if (test.peer_test != "connect" && !server.wait_exit(2.0)) {
+    result.warning = "server did not see the client's close within 2 s";
+  }
   server.stop(0.5);
+  if (result.warning.empty() && test.peer_test != "connect" && server.exit_status() &&
+      *server.exit_status() != 0) {
+    const std::string why = last_line_of(base + "-server.log");
+    result.warning =
+        "server " + describe_status(*server.exit_status()) + (why.empty() ? "" : ": " + why);
+  }
+  if (result.warning.empty() && exited && client.exit_status() && *client.exit_status() != 0 &&
+      line && json_true(*line, "ok")) {
+    result.warning = "client " + describe_status(*client.exit_status()) + " after its report";
+  }
 
   if (g_interrupted) {
     result.error = "interrupted";
@@ -783,7 +796,8 @@ std::string markdown_cell(std::string text) {
   return text;
 }
 
-bool write_markdown(const std::string& path, const std::vector<Row>& rows, const Setup& setup,
+bool write_markdown(const std::string& path, const std::vector<Row>& rows,
+                    const std::vector<std::string>& notes, const Setup& setup,
                     const BenchOptions& options, const std::string& started,
                     const std::string& load) {
   std::ostringstream out;
@@ -844,6 +858,10 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows, const
   }
   out << "\nEvery ratio above is measured in this same run, kernel and netaccel side by side "
          "on the same machine with the same binaries; none is carried over from another run.\n";
+  if (!notes.empty()) {
+    out << "\n## Notes\n\nRuns whose figures stand but where a peer misbehaved:\n\n";
+    for (const auto& note : notes) out << "- " << markdown_cell(note) << "\n";
+  }
 
   std::error_code ignored;
   const fs::path target(path);
@@ -985,6 +1003,7 @@ int run_bench(const BenchOptions& options) {
     return error;
   };
 
+  std::vector<std::string> notes;  // misbehaviour that did not void a run
   // One run of one test in one mode, with its progress line.
   auto measure = [&](const TestSpec& test, Mode mode, int step, const std::string& label) {
     std::printf("%s ... ", label.c_str());
@@ -1006,6 +1025,9 @@ int run_bench(const BenchOptions& options) {
       }
       if (!result.ok && !monitor.running()) result.error += " (" + monitor.death_reason() + ")";
     }
+    if (!result.warning.empty()) {
+      notes.push_back(label.substr(label.find(']') + 2) + ": " + result.warning);
+    }
     if (!result.ok) {
       std::printf("failed: %s\n", result.error.c_str());
       return result;
@@ -1021,6 +1043,7 @@ int run_bench(const BenchOptions& options) {
         std::printf("  [unverified: %s]", result.verify_error.c_str());
       }
     }
+    if (!result.warning.empty()) std::printf("  [warning: %s]", result.warning.c_str());
     std::printf("\n");
     return result;
   };
@@ -1062,10 +1085,14 @@ int run_bench(const BenchOptions& options) {
   const std::vector<Row> rows = build_rows(metrics, kernel, netaccel);
   std::printf("\n");
   print_table(rows);
+  if (!notes.empty()) {
+    std::printf("\nnotes:\n");
+    for (const auto& note : notes) std::printf("  - %s\n", note.c_str());
+  }
   std::printf("\nratio: above 1 means netaccel is better; every ratio is measured in this run.\n");
 
   if (!g_interrupted && !options.output_markdown.empty()) {
-    if (write_markdown(options.output_markdown, rows, setup, options, started, load)) {
+    if (write_markdown(options.output_markdown, rows, notes, setup, options, started, load)) {
       std::printf("wrote %s\n", options.output_markdown.c_str());
     } else {
       std::fprintf(stderr, "netaccel bench: cannot write %s\n", options.output_markdown.c_str());

@@ -10,7 +10,7 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 na_init "$@"
 
-rounds=3 budget_ms=100
+rounds=${NA_SIGKILL_ROUNDS:-3} budget_ms=100
 
 # One program for both ends. `sink PORT` accepts one connection and reads;
 # `source PORT` connects and writes. Each writes its pid to FILE.pid, says

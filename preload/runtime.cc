@@ -75,61 +75,6 @@ bool SpinBudget::keep_spinning() {
 }
 
 // ---------------------------------------------------------------------------
-Connection* attach_connection(Delivery& delivery) {
-  const int64_t bytes = shared_memory_size(delivery.segment.get());
-  if (bytes < static_cast<int64_t>(sizeof(ConnectionSegmentHeader)) ||
-      static_cast<uint64_t>(bytes) != delivery.header.segment_bytes || delivery.header.side > 1) {
-    return nullptr;
-  }
-  SharedMapping mapping = map_shared(delivery.segment.get(), static_cast<std::size_t>(bytes));
-  if (!mapping) return nullptr;
-  auto* header = static_cast<ConnectionSegmentHeader*>(mapping.get());
-  if (header->magic != kSegmentMagic || header->version != kSegmentVersion ||
-      header->connection_id != delivery.header.connection_id) {
-    return nullptr;
-  }
-  auto* base = static_cast<unsigned char*>(mapping.get());
-  for (uint32_t ring = 0; ring < 2; ++ring) {
-    const uint32_t offset = header->ring_offset[ring];
-    if (offset >= bytes ||
-        !byte_ring_valid(base + offset, static_cast<std::size_t>(bytes) - offset)) {
-      return nullptr;
-    }
-  }
-  auto* connection = new Connection;
-  const uint32_t side = delivery.header.side;
-  connection->header = header;
-  connection->tx = ByteRing(base + header->ring_offset[side]);
-  connection->rx = ByteRing(base + header->ring_offset[side ^ 1]);
-  connection->segment = std::move(mapping);
-  connection->own_wake = std::move(delivery.own_wake);
-  connection->peer_wake = std::move(delivery.peer_wake);
-  connection->connection_id = delivery.header.connection_id;
-  connection->side = side;
-  mark_internal_fd(connection->own_wake.get(), true);
-  mark_internal_fd(connection->peer_wake.get(), true);
-  delivery.segment.reset();  // the mapping keeps the memory alive
-  return connection;
-}
-
-void detach_connection(Connection* connection) {
-  // Closing with unread data resets the connection, as the kernel does.
-  if (connection->rx.unread() != 0) {
-    connection->header->aborted[connection->side].store(1, std::memory_order_release);
-  }
-  connection->rx.control().reader_closed.store(1, std::memory_order_release);
-  connection->tx.control().writer_closed.store(1, std::memory_order_release);
-  signal_wake_fd(connection->peer_wake.get());
-  Request request{};
-  request.op = RequestOp::kClose;
-  request.connection_id = connection->connection_id;
-  monitor_post(request);
-  mark_internal_fd(connection->own_wake.get(), false);
-  mark_internal_fd(connection->peer_wake.get(), false);
-  delete connection;
-}
-
-// ---------------------------------------------------------------------------
 // Descriptor tables, indexed by fd number, sized by the hard RLIMIT_NOFILE
 // ceiling we accept; reserved lazily so untouched pages cost nothing.
 namespace {
@@ -232,16 +177,10 @@ Socket* uninstall_socket(int fd) {
 
 void release_socket(Socket* socket) {
   if (socket->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  if (socket->connection != nullptr) detach_connection(socket->connection);
+  if (socket->connection != nullptr) close_connection(socket->connection, false);
   if (socket->state == SocketState::kListening) unregister_listener(socket);
-  for (PendingConnection& pending : socket->backlog) {
-    // Never accepted: the client sees a reset, as with a kernel listener's close.
-    Connection* orphan = attach_connection(pending.delivery);
-    if (orphan != nullptr) {
-      orphan->header->aborted[orphan->side].store(1, std::memory_order_release);
-      detach_connection(orphan);
-    }
-  }
+  // Never accepted: the client sees a reset, as with a kernel listener's close.
+  for (PendingConnection& pending : socket->backlog) close_connection(pending.connection, true);
   if (socket->listener_wake) mark_internal_fd(socket->listener_wake.get(), false);
   socket->reset();
   std::lock_guard lock(g_free_sockets_mutex);
@@ -300,7 +239,7 @@ struct MonitorLink {
   uint32_t awaited_request_id = 0;
   bool reply_arrived = false;
   Event reply{};
-  Delivery* reply_delivery = nullptr;
+  Connection** reply_connection = nullptr;
 };
 
 MonitorLink& link() {
@@ -377,6 +316,14 @@ bool register_with_monitor(MonitorLink& l) {
   return true;
 }
 
+// A connection the monitor handed us, with the fds that came with it.
+struct Delivery {
+  FdDelivery header{};
+  UniqueFd segment;
+  UniqueFd own_wake;
+  UniqueFd peer_wake;
+};
+
 // Receives the fds that the monitor sent ahead of `event`.
 bool receive_delivery(MonitorLink& l, const Event& event, Delivery& delivery) {
   int fds[3] = {-1, -1, -1};
@@ -391,53 +338,187 @@ bool receive_delivery(MonitorLink& l, const Event& event, Delivery& delivery) {
          delivery.header.connection_id == event.connection_id;
 }
 
-void refuse_incoming(Delivery& delivery) {
-  Connection* orphan = attach_connection(delivery);
-  if (orphan == nullptr) return;
-  orphan->header->aborted[orphan->side].store(1, std::memory_order_release);
-  detach_connection(orphan);
+// Points the connection's views at its rings for `side`.
+void bind_rings(Connection* connection, uint32_t side) {
+  auto* base = static_cast<unsigned char*>(connection->segment.get());
+  connection->tx = ByteRing(base + connection->header->ring_offset[side]);
+  connection->rx = ByteRing(base + connection->header->ring_offset[side ^ 1]);
+  connection->side = side;
 }
 
-bool carries_delivery(const Event& event) {
+// Maps a delivered segment after checking that it is one; null otherwise.
+Connection* attach_delivered(Delivery& delivery) {
+  const int64_t bytes = shared_memory_size(delivery.segment.get());
+  if (bytes < static_cast<int64_t>(sizeof(ConnectionSegmentHeader)) ||
+      static_cast<uint64_t>(bytes) != delivery.header.segment_bytes || delivery.header.side > 1) {
+    return nullptr;
+  }
+  SharedMapping mapping = map_shared(delivery.segment.get(), static_cast<std::size_t>(bytes));
+  if (!mapping) return nullptr;
+  auto* header = static_cast<ConnectionSegmentHeader*>(mapping.get());
+  if (header->magic != kSegmentMagic || header->version != kSegmentVersion ||
+      header->connection_id != delivery.header.connection_id) {
+    return nullptr;
+  }
+  auto* base = static_cast<unsigned char*>(mapping.get());
+  for (uint32_t ring = 0; ring < 2; ++ring) {
+    const uint32_t offset = header->ring_offset[ring];
+    if (offset >= bytes ||
+        !byte_ring_valid(base + offset, static_cast<std::size_t>(bytes) - offset)) {
+      return nullptr;
+    }
+  }
+  auto* connection = new Connection;
+  connection->header = header;
+  connection->segment = std::move(mapping);
+  connection->own_wake = std::move(delivery.own_wake);
+  connection->peer_wake = std::move(delivery.peer_wake);
+  connection->connection_id = delivery.header.connection_id;
+  bind_rings(connection, delivery.header.side);
+  mark_internal_fd(connection->own_wake.get(), true);
+  mark_internal_fd(connection->peer_wake.get(), true);
+  return connection;
+}
+
+// Segments of our closed connections, kept mapped for the monitor to reuse.
+std::mutex g_cache_mutex;
+std::vector<Connection*> g_segment_cache;
+
+void free_connection(Connection* connection) {
+  mark_internal_fd(connection->own_wake.get(), false);
+  mark_internal_fd(connection->peer_wake.get(), false);
+  delete connection;
+}
+
+// Takes the cached segment the monitor re-initialised for `event`.
+Connection* attach_reused(const Event& event, uint32_t side) {
+  Connection* connection = nullptr;
+  {
+    std::lock_guard lock(g_cache_mutex);
+    auto found = std::find_if(g_segment_cache.begin(), g_segment_cache.end(), [&](Connection* c) {
+      return c->header->connection_id == event.connection_id;
+    });
+    if (found == g_segment_cache.end()) return nullptr;
+    connection = *found;
+    *found = g_segment_cache.back();
+    g_segment_cache.pop_back();
+  }
+  // Each end's eventfd belongs to a side; we may have changed sides.
+  if (side != connection->side) std::swap(connection->own_wake, connection->peer_wake);
+  connection->connection_id = event.connection_id;
+  bind_rings(connection, side);
+  drain_wake_fd(connection->own_wake.get());
+  return connection;
+}
+
+void drop_cached(uint64_t connection_id) {
+  Connection* connection = nullptr;
+  {
+    std::lock_guard lock(g_cache_mutex);
+    auto found = std::find_if(g_segment_cache.begin(), g_segment_cache.end(), [&](Connection* c) {
+      return c->header->connection_id == connection_id;
+    });
+    if (found == g_segment_cache.end()) return;
+    connection = *found;
+    *found = g_segment_cache.back();
+    g_segment_cache.pop_back();
+  }
+  free_connection(connection);
+}
+
+bool post_locked(MonitorLink& l, Request& request);
+
+void close_connection_locked(MonitorLink* locked, Connection* connection, bool abort) {
+  if (abort || connection->rx.unread() != 0) {
+    connection->header->aborted[connection->side].store(1, std::memory_order_release);
+  }
+  connection->rx.control().reader_closed.store(1, std::memory_order_release);
+  connection->tx.control().writer_closed.store(1, std::memory_order_release);
+  signal_wake_fd(connection->peer_wake.get());
+  Request request{};
+  request.op = RequestOp::kClose;
+  request.connection_id = connection->connection_id;
+  bool told = false;
+  if (locked != nullptr) {
+    told = locked->state.load(std::memory_order_relaxed) == LinkState::kRegistered &&
+           post_locked(*locked, request);
+  } else {
+    told = monitor_post(request);
+  }
+  if (!told) {
+    free_connection(connection);  // no monitor to hand it back
+    return;
+  }
+  std::lock_guard lock(g_cache_mutex);
+  g_segment_cache.push_back(connection);
+}
+
+// The connection an event announces, attached; null if it cannot be.
+Connection* connection_for(MonitorLink& l, const Event& event, uint32_t side, bool* link_broken) {
+  if (event.local.reserved & kEventSegmentReused) return attach_reused(event, side);
+  Delivery delivery;
+  if (!receive_delivery(l, event, delivery)) {
+    *link_broken = true;
+    return nullptr;
+  }
+  return attach_delivered(delivery);
+}
+
+bool carries_connection(const Event& event) {
   return event.type == EventType::kIncoming ||
          (event.type == EventType::kReply && event.op == RequestOp::kConnect && event.status == 0);
 }
 
 // Called with l.mutex held.
 void dispatch(MonitorLink& l, const Event& event) {
-  Delivery delivery;
-  if (carries_delivery(event) && !receive_delivery(l, event, delivery)) {
-    NETACCEL_DEBUG_LOG("lost the fds of connection %llu: monitor link broken\n",
-                       static_cast<unsigned long long>(event.connection_id));
-    mark_unavailable(l);
-    return;
+  Connection* connection = nullptr;
+  if (carries_connection(event)) {
+    bool link_broken = false;
+    const uint32_t side = event.type == EventType::kIncoming ? kServerSide : kClientSide;
+    connection = connection_for(l, event, side, &link_broken);
+    if (link_broken) {
+      NETACCEL_DEBUG_LOG("lost the fds of connection %llu: monitor link broken\n",
+                         static_cast<unsigned long long>(event.connection_id));
+      mark_unavailable(l);
+      return;
+    }
+    if (connection == nullptr) {
+      // Unusable memory: tell the monitor this end is gone so the peer hears of it.
+      Request request{};
+      request.op = RequestOp::kClose;
+      request.connection_id = event.connection_id;
+      post_locked(l, request);
+      if (event.type == EventType::kIncoming) return;
+    }
   }
   switch (event.type) {
     case EventType::kReply:
       if (event.request_id == l.awaited_request_id && !l.reply_arrived) {
         l.reply = event;
         l.reply_arrived = true;
-        if (l.reply_delivery != nullptr) *l.reply_delivery = std::move(delivery);
-      } else if (carries_delivery(event)) {
-        refuse_incoming(delivery);  // its requester gave up; free the connection
+        if (l.reply_connection != nullptr) *l.reply_connection = connection;
+      } else if (connection != nullptr) {
+        close_connection_locked(&l, connection, true);  // its requester gave up
       }
       return;
     case EventType::kIncoming: {
       std::lock_guard listeners(g_listeners_mutex);
       auto found = g_listeners.find(event.socket_id);
       if (found == g_listeners.end()) {
-        refuse_incoming(delivery);
+        close_connection_locked(&l, connection, true);
         return;
       }
       Socket* listener = found->second;
       {
         std::lock_guard backlog(listener->backlog_mutex);
-        listener->backlog.push_back(
-            PendingConnection{std::move(delivery), event.local, event.peer});
+        listener->backlog.push_back(PendingConnection{connection, event.local, event.peer});
       }
       signal_wake_fd(listener->listener_wake.get());
       return;
     }
+    case EventType::kSegmentDropped:
+      drop_cached(event.connection_id);
+      return;
     case EventType::kError:
       NETACCEL_DEBUG_LOG("monitor rejected request %u: %s\n", event.request_id,
                          strerror(-event.status));
@@ -498,13 +579,13 @@ uint64_t next_socket_id() {
   return g_next_socket_id.fetch_add(1, std::memory_order_relaxed);
 }
 
-bool monitor_call(Request& request, Event& reply, Delivery* delivery) {
+bool monitor_call(Request& request, Event& reply, Connection** connection) {
   MonitorLink& l = link();
   std::lock_guard lock(l.mutex);
   if (!post_locked(l, request)) return false;
   l.awaited_request_id = request.request_id;
   l.reply_arrived = false;
-  l.reply_delivery = delivery;
+  l.reply_connection = connection;
   // The monitor answers within microseconds when it is awake: spin briefly,
   // then yield the core (it may need ours), then sleep on our wake fd.
   const int64_t start = monotonic_ns();
@@ -541,16 +622,21 @@ bool monitor_call(Request& request, Event& reply, Delivery* delivery) {
     }
   }
   l.awaited_request_id = 0;
-  l.reply_delivery = nullptr;
+  l.reply_connection = nullptr;
   if (ok) reply = l.reply;
   return ok;
 }
 
-void monitor_post(Request& request) {
+bool monitor_post(Request& request) {
   MonitorLink& l = link();
-  if (l.state.load(std::memory_order_acquire) != LinkState::kRegistered) return;
+  if (l.state.load(std::memory_order_acquire) != LinkState::kRegistered) return false;
   std::lock_guard lock(l.mutex);
-  if (l.state.load(std::memory_order_relaxed) == LinkState::kRegistered) post_locked(l, request);
+  return l.state.load(std::memory_order_relaxed) == LinkState::kRegistered &&
+         post_locked(l, request);
+}
+
+void close_connection(Connection* connection, bool abort) {
+  close_connection_locked(nullptr, connection, abort);
 }
 
 void pump_events() {
@@ -582,7 +668,7 @@ void reset_link_in_child() {
   MonitorLink& l = link();
   new (&l.mutex) std::mutex;
   l.awaited_request_id = 0;
-  l.reply_delivery = nullptr;
+  l.reply_connection = nullptr;
   forget_link(l);
   l.state.store(LinkState::kUnknown, std::memory_order_relaxed);
 }

@@ -101,18 +101,11 @@ struct Connection {
   }
 };
 
-// A connection the monitor handed us, with the fds that came with it.
-struct Delivery {
-  FdDelivery header{};
-  UniqueFd segment;
-  UniqueFd own_wake;
-  UniqueFd peer_wake;
-};
-
-// Builds the connection from a delivery; null if its memory is not a segment.
-Connection* attach_connection(Delivery& delivery);
-// Our end is done: EOF (or reset, with unread data) for the peer, memory unmapped.
-void detach_connection(Connection* connection);
+// Our end is done: EOF for the peer (a reset with `abort`, or when unread
+// data remains, as the kernel does), the monitor told. The segment stays
+// mapped in a cache: the monitor may hand it back for a later connection
+// with the same peer process, which spares a new memfd, mapping and fds.
+void close_connection(Connection* connection, bool abort);
 
 // ---------------------------------------------------------------------------
 enum class SocketState : uint8_t {
@@ -123,7 +116,7 @@ enum class SocketState : uint8_t {
 };
 
 struct PendingConnection {
-  Delivery delivery;
+  Connection* connection;
   InetAddress local;
   InetAddress peer;
 };
@@ -209,9 +202,10 @@ int new_placeholder_fd(bool close_on_exec);
 bool monitor_available();  // registers on first use
 uint64_t next_socket_id();
 // Sends `request` and waits for its reply. False if the monitor is unreachable.
-bool monitor_call(Request& request, Event& reply, Delivery* delivery);
-// Sends `request` without waiting for its reply.
-void monitor_post(Request& request);
+// A successful kConnect reply comes with its connection in `*connection`.
+bool monitor_call(Request& request, Event& reply, Connection** connection);
+// Sends `request` without waiting for its reply; false if it could not.
+bool monitor_post(Request& request);
 // Consumes pending events: replies, incoming connections.
 void pump_events();
 bool events_pending();

@@ -487,12 +487,10 @@ namespace {
 
 int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr* address,
                    socklen_t* length, int flags) {
-  Connection* connection = attach_connection(pending.delivery);
-  if (connection == nullptr) return -EAGAIN;
+  Connection* connection = pending.connection;
   const int fd = new_placeholder_fd(flags & SOCK_CLOEXEC);
   if (fd < 0) {
-    connection->header->aborted[connection->side].store(1, std::memory_order_release);
-    detach_connection(connection);
+    close_connection(connection, true);
     return -EMFILE;
   }
   Socket* socket = new_socket();
@@ -603,19 +601,10 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   request.address = destination;
   if (socket->state == SocketState::kBound && socket->local_known) request.source = socket->local;
   Event reply{};
-  Delivery delivery;
   Connection* connection = nullptr;
   if (inet && destination.port != 0) {
     if (is_local_address(destination)) request.flags |= kRequestDestinationLocal;
-    if (monitor_call(request, reply, &delivery) && reply.status == 0) {
-      connection = attach_connection(delivery);
-      if (connection == nullptr) {
-        Request close_request{};
-        close_request.op = RequestOp::kClose;
-        close_request.connection_id = reply.connection_id;
-        monitor_post(close_request);
-      }
-    }
+    if (!monitor_call(request, reply, &connection) || reply.status != 0) connection = nullptr;
   }
   if (connection == nullptr) {
     // Not a netaccel peer: exactly what the kernel would do.

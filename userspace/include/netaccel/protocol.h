@@ -29,7 +29,7 @@ struct InetAddress {
   uint8_t bytes[16];
   uint16_t port;    // host byte order
   uint8_t family;   // AF_INET or AF_INET6
-  uint8_t reserved;
+  uint8_t reserved;  // zero in requests; EventFlags in Event::local
 };
 static_assert(sizeof(InetAddress) == 20);
 
@@ -65,6 +65,15 @@ enum class EventType : uint8_t {
   kReply = 1,     // answer to request_id; status 0 or -errno
   kIncoming = 2,  // a connection for listener socket_id; an fd delivery follows
   kError = 3,     // a request could not be parsed; status -errno, request_id echoed if any
+  kSegmentDropped = 4,  // free the cached segment whose header says connection_id
+};
+
+// Carried in Event::local.reserved of a connect reply or kIncoming.
+enum EventFlags : uint8_t {
+  // No fd delivery follows: the connection reuses a segment this process
+  // already holds from a closed connection with the same peer process. The
+  // monitor re-initialised it and wrote the new connection_id into its header.
+  kEventSegmentReused = 1 << 0,
 };
 
 struct Event {

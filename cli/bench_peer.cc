@@ -7,9 +7,10 @@
 //   netaccel-bench-peer server --port P --test T [--size N]
 //   netaccel-bench-peer client --port P --test T --seconds S [--size N]
 //
-// Tests: stream (N-byte messages one way; msgrate is stream with N = 64),
-// rtt (N-byte ping-pong), connect (connect+close loop). The server prints
-// "ready" once it listens; the client prints one JSON line with its results.
+// Tests: stream, alias throughput (N-byte messages one way; msgrate is
+// stream with N = 64), rtt (N-byte ping-pong), connect (connect+close loop).
+// The server prints "ready" once it listens; the client prints one JSON line
+// with its results.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -314,7 +315,8 @@ int connect_client(const Options& options) {
   std::fprintf(stderr,
                "usage: netaccel-bench-peer server --port P --test T [--size N]\n"
                "       netaccel-bench-peer client --port P --test T --seconds S [--size N]\n"
-               "tests: msgrate stream rtt connect\n");
+               "tests: msgrate (64 B stream), stream or throughput [--size N], rtt [--size N], "
+               "connect\n");
   std::exit(2);
 }
 
@@ -340,6 +342,7 @@ Options parse(int argc, char** argv) {
     }
   }
   if (options.port <= 0 || options.port > 65535 || options.seconds <= 0) usage();
+  if (options.test == "throughput") options.test = "stream";
   if (options.test == "msgrate") options.size = 64;
   if (options.size < 1 || options.size > (64u << 20)) usage();
   return options;

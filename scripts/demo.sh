@@ -140,6 +140,9 @@ fi
 section "netaccel bench (kernel TCP loopback vs netaccel)"
 bench_args=(--output "$repo/docs/benchmarks.md")
 if [[ $quick == 1 ]]; then bench_args+=(--quick); fi
+stamp=$tmp/bench-started
+touch "$stamp"
 NETACCEL_SOCKET=$sock "$NETACCEL" bench "${bench_args[@]}"
-echo
-echo "figures written to docs/benchmarks.md"
+if [[ $repo/docs/benchmarks.md -nt $stamp ]]; then
+  printf '\nfigures written to docs/benchmarks.md\n'
+fi

@@ -196,6 +196,21 @@ TEST_F(SoftwareEngineTest, ConnectEmitsCreatedThenClientReplyThenIncoming) {
   EXPECT_EQ(counters.rejected_requests, 0u);
 }
 
+TEST_F(SoftwareEngineTest, EventAddressesCarryNoFlagsOfTheRequester) {
+  engine->add_process(1, kNetns);
+  listen_ok(1, 5, ipv4_any(8080));
+  InetAddress destination = ipv4_loopback(8080);
+  destination.reserved = 0xff;
+  InetAddress source = ipv4(127, 0, 0, 1, 40000);
+  source.reserved = 0xff;
+  const auto out = submit(1, connect_request(9, destination, 0, source));
+  ASSERT_EQ(out.size(), 3u);
+  for (const EngineOutput& output : out) {
+    EXPECT_EQ(output.event.local.reserved, 0);
+    EXPECT_EQ(output.event.peer.reserved, 0);
+  }
+}
+
 TEST_F(SoftwareEngineTest, ConnectionIdsIncreaseAndEphemeralPortsRotate) {
   engine->add_process(1, kNetns);
   listen_ok(1, 5, ipv4_any(8080));

@@ -314,7 +314,8 @@ class SoftwareEngine final : public ControlPlaneEngine {
     if (connections_.size() >= limits_.max_connections) {
       return reply(process_id, request, -ENOBUFS, out);
     }
-    const InetAddress destination = unspecified_to_loopback(request.address);
+    InetAddress destination = unspecified_to_loopback(request.address);
+    destination.reserved = 0;  // carries EventFlags in events: nothing of the requester's
     const auto* listener = pick_listener(process.netns_id, destination, request.flags);
     if (listener == nullptr) return reply(process_id, request, -ECONNREFUSED, out);
 

@@ -178,7 +178,13 @@ Socket* uninstall_socket(int fd) {
 void release_socket(Socket* socket) {
   if (socket->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   if (socket->connection != nullptr) close_connection(socket->connection, false);
-  if (socket->state == SocketState::kListening) unregister_listener(socket);
+  if (socket->state == SocketState::kListening) {
+    Request request{};
+    request.op = RequestOp::kUnlisten;
+    request.socket_id = socket->id;
+    monitor_post(request);
+    unregister_listener(socket);
+  }
   // Never accepted: the client sees a reset, as with a kernel listener's close.
   for (PendingConnection& pending : socket->backlog) close_connection(pending.connection, true);
   if (socket->listener_wake) mark_internal_fd(socket->listener_wake.get(), false);

@@ -41,9 +41,9 @@ struct ByteRingControl {
   // Rarely written flags, apart from the hot indices so that polling them
   // keeps the line shared instead of bouncing it on every push or pop.
   alignas(kFalseSharingRange) std::atomic<uint32_t> reader_waiting;  // consumer sleeps for data
-  std::atomic<uint32_t> writer_waiting;  // producer sleeps for space
-  std::atomic<uint32_t> writer_closed;   // no more data will come: EOF once drained
-  std::atomic<uint32_t> reader_closed;   // nobody will read: writes fail with EPIPE
+  std::atomic<uint32_t> writer_waiting;                              // producer sleeps for space
+  std::atomic<uint32_t> writer_closed;  // no more data will come: EOF once drained
+  std::atomic<uint32_t> reader_closed;  // nobody will read: writes fail with EPIPE
 };
 static_assert(offsetof(ByteRingControl, head) == kFalseSharingRange);
 static_assert(offsetof(ByteRingControl, tail) == 2 * kFalseSharingRange);
@@ -116,7 +116,8 @@ class ByteRing {
     std::size_t written = 0;
     for (int i = 0; i < iovcnt && written < space; ++i) {
       const std::size_t n = std::min<std::size_t>(iov[i].iov_len, space - written);
-      copy_in(head + static_cast<uint32_t>(written), static_cast<const unsigned char*>(iov[i].iov_base), n);
+      copy_in(head + static_cast<uint32_t>(written),
+              static_cast<const unsigned char*>(iov[i].iov_base), n);
       written += n;
     }
     // Release publishes the copied bytes before the consumer can see the new head.
@@ -125,17 +126,20 @@ class ByteRing {
   }
 
   std::size_t write(const void* data, std::size_t len) {
-    struct iovec iov{const_cast<void*>(data), len};
+    struct iovec iov {
+      const_cast<void*>(data), len
+    };
     return write(&iov, 1);
   }
 
   // ---- consumer side ----
 
-  // Bytes ready to read, refreshing the cached head only when it shows none.
-  uint32_t readable() {
+  // Bytes ready to read, refreshing the cached head only when it shows fewer
+  // than `wanted`.
+  uint32_t readable(uint32_t wanted = 1) {
     const uint32_t tail = control_->tail.load(std::memory_order_relaxed);  // own index
     uint32_t ready = control_->consumer_cached_head - tail;
-    if (ready == 0) {
+    if (ready < wanted) {
       // Acquire pairs with the producer's release store of head: the bytes
       // before the new head are fully written once we see it.
       control_->consumer_cached_head = control_->head.load(std::memory_order_acquire);
@@ -146,7 +150,10 @@ class ByteRing {
 
   // Copies up to the iovec's size into `iov`; with `peek` the bytes stay.
   std::size_t read(const struct iovec* iov, int iovcnt, bool peek = false) {
-    const uint32_t ready = readable();
+    std::size_t wanted = 0;
+    for (int i = 0; i < iovcnt; ++i) wanted += iov[i].iov_len;
+    const uint32_t ready =
+        readable(static_cast<uint32_t>(std::min<std::size_t>(wanted, capacity())));
     if (ready == 0) return 0;
     const uint32_t tail = control_->tail.load(std::memory_order_relaxed);
     std::size_t done = 0;
@@ -161,7 +168,9 @@ class ByteRing {
   }
 
   std::size_t read(void* data, std::size_t len, bool peek = false) {
-    struct iovec iov{data, len};
+    struct iovec iov {
+      data, len
+    };
     return read(&iov, 1, peek);
   }
 

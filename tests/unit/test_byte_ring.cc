@@ -227,8 +227,8 @@ TEST_F(ByteRingTest, WriteWhenFullIsPartialThenZero) {
   EXPECT_EQ(ring.unread(), 64u);
 
   std::vector<unsigned char> rest(64);
-  ASSERT_EQ(ring.read(rest.data(), rest.size()), 54u) << "bytes seen before the second write";
-  ASSERT_EQ(ring.read(rest.data() + 54, 10), 10u);
+  // Asking for more than the cached head shows refreshes it: all 64 come.
+  ASSERT_EQ(ring.read(rest.data(), rest.size()), 64u);
   EXPECT_EQ(rest, pattern(64, 10));
 }
 

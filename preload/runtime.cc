@@ -620,7 +620,8 @@ bool monitor_call(Request& request, Event& reply, Connection** connection) {
       l.events.control().consumer_sleeping.store(1, std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_seq_cst);
       if (l.events.empty()) {
-        struct pollfd wait[2] = {{l.wake.get(), POLLIN, 0}, {l.control.get(), POLLIN, 0}};
+        struct pollfd wait[2] = {{l.wake.get(), POLLIN, 0},
+                                 {l.control.get(), 0, 0}};  // hang-up only
         real().poll(wait, 2, 100);
         if (wait[1].revents & (POLLHUP | POLLERR)) mark_unavailable(l);
       }

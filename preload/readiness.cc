@@ -122,6 +122,7 @@ int wake_fd_of(Socket* socket) {
 
 void drain_tagged(uint64_t tag) {
   if (tag == kEventWakeTag) {
+    drain_event_wake();
     pump_events();
     return;
   }
@@ -526,6 +527,7 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
     for (std::size_t i = count; i < sleeping.size(); ++i) {
       if (sleeping[i].revents == 0) continue;
       if (sleeping[i].fd == event_wake_fd()) {
+        drain_event_wake();
         pump_events();
       } else {
         drain_wake_fd(sleeping[i].fd);

@@ -440,7 +440,12 @@ void close_connection_locked(MonitorLink* locked, Connection* connection, bool a
   }
   connection->rx.control().reader_closed.store(1, std::memory_order_release);
   connection->tx.control().writer_closed.store(1, std::memory_order_release);
-  signal_wake_fd(connection->peer_wake.get());
+  // A peer asleep for data or for space must hear of the close.
+  fence_after_publishing();
+  if (connection->tx.control().reader_waiting.load(std::memory_order_relaxed) ||
+      connection->rx.control().writer_waiting.load(std::memory_order_relaxed)) {
+    signal_wake_fd(connection->peer_wake.get());
+  }
   Request request{};
   request.op = RequestOp::kClose;
   request.connection_id = connection->connection_id;
@@ -534,7 +539,6 @@ void dispatch(MonitorLink& l, const Event& event) {
 
 void pump_locked(MonitorLink& l) {
   if (l.state.load(std::memory_order_acquire) != LinkState::kRegistered) return;
-  drain_wake_fd(l.wake.get());
   Event event;
   while (l.state.load(std::memory_order_relaxed) == LinkState::kRegistered &&
          l.events.try_pop(event)) {
@@ -623,6 +627,7 @@ bool monitor_call(Request& request, Event& reply, Connection** connection) {
         struct pollfd wait[2] = {{l.wake.get(), POLLIN, 0},
                                  {l.control.get(), 0, 0}};  // hang-up only
         real().poll(wait, 2, 100);
+        if (wait[0].revents & POLLIN) drain_wake_fd(l.wake.get());
         if (wait[1].revents & (POLLHUP | POLLERR)) mark_unavailable(l);
       }
       l.events.control().consumer_sleeping.store(0, std::memory_order_relaxed);
@@ -644,6 +649,11 @@ bool monitor_post(Request& request) {
 
 void close_connection(Connection* connection, bool abort) {
   close_connection_locked(nullptr, connection, abort);
+}
+
+void drain_event_wake() {
+  const int wake = event_wake_fd();
+  if (wake >= 0) drain_wake_fd(wake);
 }
 
 void pump_events() {

@@ -211,6 +211,8 @@ void pump_events();
 bool events_pending();
 // The process-wide wake fd the monitor signals after posting events; -1 if none.
 int event_wake_fd();
+// Consumes the signals on event_wake_fd(); call after a sleep it ended.
+void drain_event_wake();
 void announce_event_wait(bool waiting);
 
 // ---------------------------------------------------------------------------

@@ -542,12 +542,15 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
       if (accepted >= 0) return accepted;
       if (accepted == -EMFILE) return fail(EMFILE);
     }
-    // Kernel clients (not under netaccel) arrive on the kernel listener.
-    if ((round & 255) == 0 || !spinning) {
+    // Kernel clients (not under netaccel) arrive on the kernel listener: look
+    // there at once when we may not wait, now and then while spinning, and
+    // after every sleep (the sleep watches that listener too).
+    const bool nonblocking = socket->nonblocking.load(std::memory_order_relaxed);
+    if (nonblocking || (round & 255) == 255 || !spinning) {
       const int kernel = real().accept4(fd, address, length, flags);
       if (kernel >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return kernel;
     }
-    if (socket->nonblocking.load(std::memory_order_relaxed)) return fail(EAGAIN);
+    if (nonblocking) return fail(EAGAIN);
     if (spinning && (spinning = spin.keep_spinning())) continue;
     announce_event_wait(true);
     fence_before_sleeping();
@@ -570,6 +573,7 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
     const int error = errno;
     announce_event_wait(false);
     if (waits[1].revents & POLLIN) drain_wake_fd(socket->listener_wake.get());
+    if (waits[2].revents & POLLIN) drain_event_wake();
     if (ready < 0 && error == EINTR) return fail(EINTR);
   }
 }

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -30,6 +31,7 @@ using Clock = std::chrono::steady_clock;
 
 // While busy, sockets (new processes, deaths) are still looked at this often.
 constexpr auto kSocketPollInterval = std::chrono::milliseconds(1);
+constexpr auto kPureSpin = std::chrono::microseconds(5);
 // While an event backlog waits for its process, sleep no longer than this.
 constexpr int kBacklogRetryMs = 1;
 // Requests taken from one process before moving on to the next.
@@ -322,7 +324,13 @@ void Monitor::Impl::run() {
       poll_sockets(0);
       last_socket_poll = now;
     }
-    if (worked || now - last_work < options_.idle_spin) continue;
+    if (worked) continue;
+    if (now - last_work < options_.idle_spin) {
+      // Two cores, two applications and us: let a runnable process have the
+      // core rather than burn it polling empty queues.
+      if (now - last_work > kPureSpin) sched_yield();
+      continue;
+    }
 
     sleep_until_work();
     last_work = last_socket_poll = Clock::now();

@@ -446,6 +446,12 @@ void close_connection_locked(MonitorLink* locked, Connection* connection, bool a
       connection->rx.control().writer_waiting.load(std::memory_order_relaxed)) {
     signal_wake_fd(connection->peer_wake.get());
   }
+  // Cached before the monitor hears of the close: another thread may see the
+  // segment handed back the moment it does.
+  {
+    std::lock_guard lock(g_cache_mutex);
+    g_segment_cache.push_back(connection);
+  }
   Request request{};
   request.op = RequestOp::kClose;
   request.connection_id = connection->connection_id;
@@ -456,12 +462,7 @@ void close_connection_locked(MonitorLink* locked, Connection* connection, bool a
   } else {
     told = monitor_post(request);
   }
-  if (!told) {
-    free_connection(connection);  // no monitor to hand it back
-    return;
-  }
-  std::lock_guard lock(g_cache_mutex);
-  g_segment_cache.push_back(connection);
+  if (!told) drop_cached(connection->connection_id);  // no monitor to hand it back
 }
 
 // The connection an event announces, attached; null if it cannot be.

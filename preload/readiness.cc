@@ -184,21 +184,30 @@ int collect_ready(EpollSet* set, struct epoll_event* out, int capacity) {
 }
 
 // Announces (or withdraws) that we are about to sleep on this set's members.
-void arm_members(EpollSet* set, bool armed) {
+// Returns true when a member waits for space in a full ring: such a sleep
+// must be bounded (see Connection::wake_peer_if_writing).
+bool arm_connection(Connection* c, uint32_t events, bool armed) {
+  if (events & EPOLLIN) c->rx.control().reader_waiting.store(armed, std::memory_order_relaxed);
+  if ((events & EPOLLOUT) && (!armed || c->tx.writable() == 0)) {
+    c->tx.control().writer_waiting.store(armed, std::memory_order_relaxed);
+    return armed;
+  }
+  return false;
+}
+
+bool arm_members(EpollSet* set, bool armed) {
   std::lock_guard lock(set->mutex);
+  bool space_wait = false;
   for (const EpollMember& member : set->members) {
     if (member.disarmed) continue;
     SocketRef socket = lookup_socket(member.fd);
     if (!socket) continue;
     if (socket->state == SocketState::kConnected) {
-      Connection* c = socket->connection;
-      if (member.events & EPOLLIN)
-        c->rx.control().reader_waiting.store(armed, std::memory_order_relaxed);
-      if (member.events & EPOLLOUT)
-        c->tx.control().writer_waiting.store(armed, std::memory_order_relaxed);
+      space_wait |= arm_connection(socket->connection, member.events, armed);
     }
   }
   if (set->listeners > 0) announce_event_wait(armed);
+  return space_wait;
 }
 
 int timeout_left_ms(int64_t deadline_ns) {
@@ -315,14 +324,16 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
       if (kept != 0 || timeout == 0) return kept;
     }
     if (spinning && (spinning = spin.keep_spinning())) continue;
-    arm_members(set, true);
+    const bool space_wait = arm_members(set, true);
     fence_before_sleeping();
     found = collect_ready(set, events, max_events);
     if (found > 0) {
       arm_members(set, false);
       return found;
     }
-    const int got = real().epoll_pwait(epfd, events, max_events, timeout_left_ms(deadline), mask);
+    int sleep_ms = timeout_left_ms(deadline);
+    if (space_wait && (sleep_ms < 0 || sleep_ms > kSpaceRecheckMs)) sleep_ms = kSpaceRecheckMs;
+    const int got = real().epoll_pwait(epfd, events, max_events, sleep_ms, mask);
     const int error = errno;
     arm_members(set, false);
     if (got < 0) return fail(error);
@@ -439,18 +450,17 @@ int count_ready(const struct pollfd* fds, nfds_t count) {
   return ready;
 }
 
-void arm_slots(const std::vector<PollSlot>& slots, const struct pollfd* fds, bool armed) {
+bool arm_slots(const std::vector<PollSlot>& slots, const struct pollfd* fds, bool armed) {
   bool listeners = false;
+  bool space_wait = false;
   for (const PollSlot& slot : slots) {
     if (slot.socket->state == SocketState::kListening) listeners = true;
     if (slot.socket->state != SocketState::kConnected) continue;
-    Connection* c = slot.socket->connection;
-    if (fds[slot.index].events & POLLIN)
-      c->rx.control().reader_waiting.store(armed, std::memory_order_relaxed);
-    if (fds[slot.index].events & POLLOUT)
-      c->tx.control().writer_waiting.store(armed, std::memory_order_relaxed);
+    space_wait |= arm_connection(slot.socket->connection,
+                                 static_cast<uint16_t>(fds[slot.index].events), armed);
   }
   if (listeners) announce_event_wait(armed);
+  return space_wait;
 }
 
 int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigset_t* mask) {
@@ -501,7 +511,7 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
       if (wake >= 0) sleeping.push_back({wake, POLLIN, 0});
     }
     if (listeners && event_wake_fd() >= 0) sleeping.push_back({event_wake_fd(), POLLIN, 0});
-    arm_slots(slots, fds, true);
+    const bool space_wait = arm_slots(slots, fds, true);
     fence_before_sleeping();
     for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
     if (netaccel_poll_half(fds, slots) > 0) {
@@ -510,8 +520,10 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
     }
     struct timespec left;
     const struct timespec* left_pointer = nullptr;
-    if (deadline >= 0) {
-      const int64_t remaining = std::max<int64_t>(0, deadline - monotonic_ns());
+    if (deadline >= 0 || space_wait) {
+      int64_t remaining =
+          deadline >= 0 ? std::max<int64_t>(0, deadline - monotonic_ns()) : INT64_MAX;
+      if (space_wait) remaining = std::min<int64_t>(remaining, kSpaceRecheckMs * 1000000LL);
       left = {static_cast<time_t>(remaining / 1000000000),
               static_cast<long>(remaining % 1000000000)};
       left_pointer = &left;

@@ -126,18 +126,21 @@ void Socket::reset() {
 }
 
 SocketRef::~SocketRef() {
-  if (socket_ != nullptr) release_socket(socket_);
+  if (socket_ != nullptr && counted_) release_socket(socket_);
 }
 
 SocketRef lookup_socket(int fd) {
   if (fd < 0 || fd >= kMaxFds) return SocketRef();
   std::atomic<Socket*>& slot = sockets()[fd];
+  if (!g_multithreaded.load(std::memory_order_relaxed)) {
+    return SocketRef(slot.load(std::memory_order_acquire), false);
+  }
   for (;;) {
     Socket* socket = slot.load(std::memory_order_acquire);
     if (socket == nullptr) return SocketRef();
     socket->references.fetch_add(1, std::memory_order_acquire);
     // The slot may have changed between the load and the increment.
-    if (slot.load(std::memory_order_acquire) == socket) return SocketRef(socket);
+    if (slot.load(std::memory_order_acquire) == socket) return SocketRef(socket, true);
     release_socket(socket);
   }
 }

@@ -131,11 +131,14 @@ int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
       }
       timeout_ms = static_cast<int>((left + 999999) / 1000000);
     }
-    // Another thread of ours may drain this eventfd first; a bounded sleep
-    // keeps that from losing the wake-up.
-    if (g_multithreaded.load(std::memory_order_relaxed) && (timeout_ms < 0 || timeout_ms > 20)) {
-      timeout_ms = 20;
+    // Another thread of ours may drain this eventfd first, and space
+    // wake-ups are sent without a fence (see wake_peer_if_writing): a
+    // bounded sleep keeps either from losing the wake-up for long.
+    int bound_ms = want == Want::kSpace ? kSpaceRecheckMs : -1;
+    if (g_multithreaded.load(std::memory_order_relaxed) && (bound_ms < 0 || bound_ms > 20)) {
+      bound_ms = 20;
     }
+    if (bound_ms >= 0 && (timeout_ms < 0 || timeout_ms > bound_ms)) timeout_ms = bound_ms;
     struct pollfd wake {
       c->own_wake.get(), POLLIN, 0
     };

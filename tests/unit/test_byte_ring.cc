@@ -17,33 +17,16 @@
 
 #include "netaccel/byte_ring.h"
 #include "netaccel/shm.h"
+#include "test_support.h"
 
 namespace netaccel {
 namespace {
 
+using test::Deadline;
+using test::splitmix64;
+
 // ---------------------------------------------------------------------------
 // Helpers
-
-// Every test runs under a deadline so that a ring bug fails the test instead
-// of hanging the suite. SIGALRM's handler reports and leaves at once; a
-// forked child dies with us through PR_SET_PDEATHSIG.
-class Deadline {
- public:
-  explicit Deadline(unsigned seconds) {
-    signal(SIGALRM, &Deadline::expired);
-    alarm(seconds);
-  }
-  ~Deadline() { alarm(0); }
-  Deadline(const Deadline&) = delete;
-  Deadline& operator=(const Deadline&) = delete;
-
- private:
-  static void expired(int) {
-    static const char message[] = "test exceeded its deadline\n";
-    [[maybe_unused]] const ssize_t ignored = write(STDERR_FILENO, message, sizeof message - 1);
-    _exit(124);
-  }
-};
 
 // A ring in a fresh memfd mapping, like the monitor makes them.
 struct SharedRing {
@@ -72,13 +55,6 @@ void start_indices_at(ByteRingControl& control, uint32_t start) {
   control.tail.store(start, std::memory_order_relaxed);
   control.producer_cached_tail = start;
   control.consumer_cached_head = start;
-}
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
 }
 
 // Small PRNG for sizes and choices (xorshift64*).

@@ -13,35 +13,13 @@
 #include "netaccel/descriptor_ring.h"
 #include "netaccel/protocol.h"
 #include "netaccel/shm.h"
+#include "test_support.h"
 
 namespace netaccel {
 namespace {
 
-// Every test runs under a deadline (see test_byte_ring.cc).
-class Deadline {
- public:
-  explicit Deadline(unsigned seconds) {
-    signal(SIGALRM, &Deadline::expired);
-    alarm(seconds);
-  }
-  ~Deadline() { alarm(0); }
-  Deadline(const Deadline&) = delete;
-  Deadline& operator=(const Deadline&) = delete;
-
- private:
-  static void expired(int) {
-    static const char message[] = "test exceeded its deadline\n";
-    [[maybe_unused]] const ssize_t ignored = write(STDERR_FILENO, message, sizeof message - 1);
-    _exit(124);
-  }
-};
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+using test::Deadline;
+using test::splitmix64;
 
 // A test descriptor: a sequence number and a body derived from it, so that a
 // torn or stale slot shows up as a body that does not match its sequence.

@@ -23,27 +23,17 @@
 
 #include "netaccel/monitor.h"
 #include "netaccel/shm.h"
+#include "test_support.h"
 
 namespace netaccel {
 namespace {
+
+using test::ipv4;
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 constexpr auto kTimeout = 5s;
-
-InetAddress ipv4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint16_t port) {
-  InetAddress address{};
-  address.bytes[10] = 0xff;
-  address.bytes[11] = 0xff;
-  address.bytes[12] = a;
-  address.bytes[13] = b;
-  address.bytes[14] = c;
-  address.bytes[15] = d;
-  address.port = port;
-  address.family = AF_INET;
-  return address;
-}
 
 UniqueFd connect_unix(const std::string& path) {
   UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));

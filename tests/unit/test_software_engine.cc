@@ -9,25 +9,15 @@
 #include <vector>
 
 #include "netaccel/engine.h"
+#include "test_support.h"
 
 namespace netaccel {
 namespace {
 
+using test::ipv4;
+
 constexpr uint64_t kNetns = 4026531840;
 constexpr uint64_t kOtherNetns = 4026532000;
-
-InetAddress ipv4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint16_t port) {
-  InetAddress address{};
-  address.bytes[10] = 0xff;
-  address.bytes[11] = 0xff;
-  address.bytes[12] = a;
-  address.bytes[13] = b;
-  address.bytes[14] = c;
-  address.bytes[15] = d;
-  address.port = port;
-  address.family = AF_INET;
-  return address;
-}
 
 InetAddress ipv6(std::initializer_list<uint8_t> tail, uint16_t port) {
   InetAddress address{};

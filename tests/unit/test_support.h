@@ -1,0 +1,57 @@
+// Helpers shared by the unit tests.
+#pragma once
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+
+#include "netaccel/protocol.h"
+
+namespace netaccel::test {
+
+// Every test that forks or waits runs under a deadline, so that a bug fails
+// the test instead of hanging the suite. SIGALRM's handler reports and leaves
+// at once; a forked child dies with us through PR_SET_PDEATHSIG.
+class Deadline {
+ public:
+  explicit Deadline(unsigned seconds) {
+    signal(SIGALRM, &Deadline::expired);
+    alarm(seconds);
+  }
+  ~Deadline() { alarm(0); }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+
+ private:
+  static void expired(int) {
+    static const char message[] = "test exceeded its deadline\n";
+    [[maybe_unused]] const ssize_t ignored = write(STDERR_FILENO, message, sizeof message - 1);
+    _exit(124);
+  }
+};
+
+// A well-mixed 64-bit function of `x` (splitmix64's finaliser).
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// a.b.c.d:port as the protocol carries it (IPv4-mapped).
+inline InetAddress ipv4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint16_t port) {
+  InetAddress address{};
+  address.bytes[10] = 0xff;
+  address.bytes[11] = 0xff;
+  address.bytes[12] = a;
+  address.bytes[13] = b;
+  address.bytes[14] = c;
+  address.bytes[15] = d;
+  address.port = port;
+  address.family = AF_INET;
+  return address;
+}
+
+}  // namespace netaccel::test

@@ -26,13 +26,8 @@ NETACCEL_EXPORT int fcntl(int fd, int command, ...) {
   return netaccel::preload::netaccel_fcntl(fd, command, argument);
 }
 
-NETACCEL_EXPORT int fcntl64(int fd, int command, ...) {
-  va_list arguments;
-  va_start(arguments, command);
-  const unsigned long argument = va_arg(arguments, unsigned long);
-  va_end(arguments);
-  return netaccel::preload::netaccel_fcntl(fd, command, argument);
-}
+// The large-file name of the same call.
+NETACCEL_EXPORT int fcntl64(int fd, int command, ...) __attribute__((alias("fcntl")));
 
 NETACCEL_EXPORT int ioctl(int fd, unsigned long request, ...) {
   va_list arguments;

@@ -257,6 +257,12 @@ int main(int argc, char** argv) {
                    "bytes per direction of a connection (a power of two)")
       ->check(CLI::Range(4096u, 1u << 30))
       ->capture_default_str();
+  unsigned idle_spin_us = static_cast<unsigned>(monitor_options.idle_spin.count());
+  daemon
+      ->add_option("--idle-spin-us", idle_spin_us,
+                   "keep polling the queues this long after the last request before sleeping")
+      ->check(CLI::Range(0u, 1000000u))
+      ->capture_default_str();
 
   std::string run_socket_path;
   auto* run = app.add_subcommand(
@@ -308,6 +314,7 @@ int main(int argc, char** argv) {
 
   if (*daemon) {
     monitor_options.socket_path = socket_path;
+    monitor_options.idle_spin = std::chrono::microseconds(idle_spin_us);
     return cli::run_daemon(monitor_options);
   }
   if (*run) {

@@ -32,7 +32,7 @@ const Config& config() {
     snprintf(c.socket_path, sizeof c.socket_path, "%s",
              path != nullptr && *path != '\0' ? path : kDefaultMonitorSocket);
     const char* spin = getenv("NETACCEL_SPIN_US");
-    c.spin_ns = (spin != nullptr ? atoll(spin) : 50) * 1000;
+    c.spin_ns = (spin != nullptr ? atoll(spin) : 500) * 1000;
     c.debug = getenv("NETACCEL_DEBUG") != nullptr;
     return c;
   }();

@@ -205,6 +205,8 @@ class Monitor::Impl {
 
   MonitorOptions options_;
   std::unique_ptr<ControlPlaneEngine> engine_;
+  uint64_t segments_created_ = 0;  // shown by status: how often reuse saved a new segment
+  uint64_t segments_reused_ = 0;
   std::size_t segment_bytes_;
   std::size_t event_ring_offset_;
   std::size_t queues_bytes_;
@@ -575,14 +577,16 @@ void Monitor::Impl::send_status(int socket) {
       json, sizeof json,
       "{\"engine\":\"%.*s\",\"processes\":%llu,\"listeners\":%llu,\"connections_open\":%llu,"
       "\"connections_total\":%llu,\"requests\":%llu,\"rejected_requests\":%llu,"
-      "\"ring_bytes\":%u}",
+      "\"ring_bytes\":%u,\"segments_created\":%llu,\"segments_reused\":%llu}",
       static_cast<int>(engine_name().size()), engine_name().data(),
       static_cast<unsigned long long>(counters.processes),
       static_cast<unsigned long long>(counters.listeners),
       static_cast<unsigned long long>(counters.connections_open),
       static_cast<unsigned long long>(counters.connections_total),
       static_cast<unsigned long long>(counters.requests),
-      static_cast<unsigned long long>(counters.rejected_requests), options_.ring_bytes);
+      static_cast<unsigned long long>(counters.rejected_requests), options_.ring_bytes,
+      static_cast<unsigned long long>(segments_created_),
+      static_cast<unsigned long long>(segments_reused_));
   if (length > 0) send(socket, json, static_cast<std::size_t>(length), MSG_NOSIGNAL);
 }
 
@@ -639,6 +643,7 @@ void Monitor::Impl::create_connection(const EngineOutput& output) {
   connection.process_id[kServerSide] = output.peer_process;
   connection.reused =
       take_pooled_segment(output.destination, output.peer_process, connection.segment);
+  ++(connection.reused ? segments_reused_ : segments_created_);
   if (!connection.reused) {
     int error = 0;
     const int memory = create_sealed_memory("netaccel-connection", segment_bytes_);

@@ -19,7 +19,7 @@ struct MonitorOptions {
   std::string socket_path = kDefaultMonitorSocket;
   std::string engine = "software";
   uint32_t ring_bytes = kDefaultRingBytes;  // per direction of a connection, power of two
-  std::chrono::microseconds idle_spin{50};  // keep polling this long after the last work
+  std::chrono::microseconds idle_spin{500};  // keep polling this long after the last work
 };
 
 // The engines `--engine` accepts, by name; throws std::invalid_argument for others.

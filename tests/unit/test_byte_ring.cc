@@ -24,6 +24,7 @@ namespace {
 
 using test::Deadline;
 using test::splitmix64;
+using test::start_indices_at;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -47,15 +48,6 @@ struct SharedRing {
   UniqueFd fd;
   SharedMapping mapping;
 };
-
-// Moves every index of a fresh ring to `start`, as if `start` bytes had
-// already passed through it: exercises the 32-bit wrap of the counters.
-void start_indices_at(ByteRingControl& control, uint32_t start) {
-  control.head.store(start, std::memory_order_relaxed);
-  control.tail.store(start, std::memory_order_relaxed);
-  control.producer_cached_tail = start;
-  control.consumer_cached_head = start;
-}
 
 // Small PRNG for sizes and choices (xorshift64*).
 class Random {

@@ -20,6 +20,7 @@ namespace {
 
 using test::Deadline;
 using test::splitmix64;
+using test::start_indices_at;
 
 // A test descriptor: a sequence number and a body derived from it, so that a
 // torn or stale slot shows up as a body that does not match its sequence.
@@ -66,13 +67,6 @@ struct SharedQueue {
   UniqueFd fd;
   SharedMapping mapping;
 };
-
-void start_indices_at(DescriptorRingControl& control, uint32_t start) {
-  control.head.store(start, std::memory_order_relaxed);
-  control.tail.store(start, std::memory_order_relaxed);
-  control.producer_cached_tail = start;
-  control.consumer_cached_head = start;
-}
 
 class DescriptorRingTest : public ::testing::Test {
   Deadline deadline_{30};

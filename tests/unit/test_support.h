@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "netaccel/protocol.h"
@@ -38,6 +39,16 @@ inline uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
+}
+
+// Moves every index of a fresh ring (byte or descriptor) to `start`, as if
+// that much had already passed through it: exercises the 32-bit wrap.
+template <typename RingControl>
+void start_indices_at(RingControl& control, uint32_t start) {
+  control.head.store(start, std::memory_order_relaxed);
+  control.tail.store(start, std::memory_order_relaxed);
+  control.producer_cached_tail = start;
+  control.consumer_cached_head = start;
 }
 
 // a.b.c.d:port as the protocol carries it (IPv4-mapped).

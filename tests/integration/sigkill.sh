@@ -125,11 +125,19 @@ while time.monotonic() < deadline:
     time.sleep(0.0005)
 if not end:
     sys.exit("the survivor did not see the end of the stream within 10 s of SIGKILL")
+if gone_at is None:
+    sys.exit("the victim was still alive 10 s after SIGKILL")
 elapsed_ms = (end["t"] - killed_at) * 1000
 print("survivor saw %s %.2f ms after SIGKILL, after %d bytes (kill() took %.2f ms; victim gone after %s)" % (
     end["end"], elapsed_ms, end["bytes"], (kill_returned - killed_at) * 1000,
     "%.2f ms" % ((gone_at - killed_at) * 1000) if gone_at is not None else "?"))
-sys.exit(0 if elapsed_ms <= float(budget_ms) else 1)
+# The budget runs from the victim's death, not from kill(): on our virtual
+# machines the kernel itself sometimes needs most of a second to finish off a
+# SIGKILLed process (seen on the kernel path as well), and nobody can hear of
+# a death before it has happened. The 10 s bound above catches a survivor
+# that never hears of it.
+since_death_ms = (end["t"] - min(gone_at, end["t"])) * 1000
+sys.exit(0 if since_death_ms <= float(budget_ms) else 1)
 EOF
 
 na_start_monitor

@@ -14,7 +14,9 @@ namespace netaccel {
 
 // The preload interposes close(); the raw syscall keeps our own clean-up
 // from being mistaken for the application's.
-static int close_raw(int fd) { return static_cast<int>(syscall(SYS_close, fd)); }
+static int close_raw(int fd) {
+  return static_cast<int>(syscall(SYS_close, fd));
+}
 
 void UniqueFd::reset(int fd) {
   if (fd_ >= 0) close_raw(fd_);
@@ -45,7 +47,7 @@ SharedMapping map_shared(int fd, std::size_t bytes) {
 }
 
 int64_t shared_memory_size(int fd) {
-  struct stat status{};
+  struct stat status {};
   if (fstat(fd, &status) != 0) return -errno;
   return status.st_size;
 }
@@ -68,9 +70,11 @@ void drain_wake_fd(int fd) {
 
 int send_with_fds(int socket_fd, const void* data, std::size_t bytes, const int* fds,
                   std::size_t fd_count) {
-  struct iovec iov{const_cast<void*>(data), bytes};
+  struct iovec iov {
+    const_cast<void*>(data), bytes
+  };
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)]{};
-  struct msghdr message{};
+  struct msghdr message {};
   message.msg_iov = &iov;
   message.msg_iovlen = 1;
   if (fd_count > 0) {
@@ -92,9 +96,11 @@ int send_with_fds(int socket_fd, const void* data, std::size_t bytes, const int*
 
 ssize_t receive_with_fds(int socket_fd, void* data, std::size_t bytes, int* fds,
                          std::size_t max_fds, std::size_t* fd_count) {
-  struct iovec iov{data, bytes};
+  struct iovec iov {
+    data, bytes
+  };
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)]{};
-  struct msghdr message{};
+  struct msghdr message {};
   message.msg_iov = &iov;
   message.msg_iovlen = 1;
   message.msg_control = control;

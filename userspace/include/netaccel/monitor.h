@@ -18,7 +18,7 @@ namespace netaccel {
 struct MonitorOptions {
   std::string socket_path = kDefaultMonitorSocket;
   std::string engine = "software";
-  uint32_t ring_bytes = kDefaultRingBytes;  // per direction of a connection, power of two
+  uint32_t ring_bytes = kDefaultRingBytes;   // per direction of a connection, power of two
   std::chrono::microseconds idle_spin{500};  // keep polling this long after the last work
 };
 

@@ -27,8 +27,8 @@ inline constexpr const char* kMonitorSocketEnv = "NETACCEL_SOCKET";
 // comparison serves both families; `family` remembers what the caller used.
 struct InetAddress {
   uint8_t bytes[16];
-  uint16_t port;    // host byte order
-  uint8_t family;   // AF_INET or AF_INET6
+  uint16_t port;     // host byte order
+  uint8_t family;    // AF_INET or AF_INET6
   uint8_t reserved;  // zero in requests; EventFlags in Event::local
 };
 static_assert(sizeof(InetAddress) == 20);
@@ -36,15 +36,16 @@ static_assert(sizeof(InetAddress) == 20);
 // ---------------------------------------------------------------------------
 // Requests: process -> monitor, one cache line each.
 enum class RequestOp : uint8_t {
-  kListen = 1,   // socket_id, address = bound address, backlog
-  kUnlisten = 2, // socket_id
-  kConnect = 3,  // socket_id, address = destination, source = bound local address or unspecified
-  kClose = 4,    // connection_id: this process's endpoint is closed
+  kListen = 1,    // socket_id, address = bound address, backlog
+  kUnlisten = 2,  // socket_id
+  kConnect = 3,   // socket_id, address = destination, source = bound local address or unspecified
+  kClose = 4,     // connection_id: this process's endpoint is closed
 };
 
 enum RequestFlags : uint8_t {
-  kRequestV6Only = 1 << 0,          // listener: IPV6_V6ONLY, no IPv4-mapped peers
-  kRequestDestinationLocal = 1 << 1, // connect: the monitor found the destination local to the netns
+  kRequestV6Only = 1 << 0,  // listener: IPV6_V6ONLY, no IPv4-mapped peers
+  kRequestDestinationLocal =
+      1 << 1,  // connect: the monitor found the destination local to the netns
 };
 
 struct Request {
@@ -62,9 +63,9 @@ static_assert(sizeof(Request) == kDescriptorBytes);
 // ---------------------------------------------------------------------------
 // Events: monitor -> process, one cache line each.
 enum class EventType : uint8_t {
-  kReply = 1,     // answer to request_id; status 0 or -errno
-  kIncoming = 2,  // a connection for listener socket_id; an fd delivery follows
-  kError = 3,     // a request could not be parsed; status -errno, request_id echoed if any
+  kReply = 1,           // answer to request_id; status 0 or -errno
+  kIncoming = 2,        // a connection for listener socket_id; an fd delivery follows
+  kError = 3,           // a request could not be parsed; status -errno, request_id echoed if any
   kSegmentDropped = 4,  // free the cached segment whose header says connection_id
 };
 
@@ -78,13 +79,13 @@ enum EventFlags : uint8_t {
 
 struct Event {
   EventType type;
-  RequestOp op;        // the request this answers (kReply, kError)
-  int16_t status;      // 0 or -errno
+  RequestOp op;    // the request this answers (kReply, kError)
+  int16_t status;  // 0 or -errno
   uint32_t request_id;
   uint64_t socket_id;
   uint64_t connection_id;
-  InetAddress local;   // kConnect reply: the client's address; kIncoming: the server's
-  InetAddress peer;    // kConnect reply: the server's address; kIncoming: the client's
+  InetAddress local;  // kConnect reply: the client's address; kIncoming: the server's
+  InetAddress peer;   // kConnect reply: the server's address; kIncoming: the client's
 };
 static_assert(sizeof(Event) == kDescriptorBytes);
 

@@ -68,9 +68,9 @@ SharedMapping map_shared(int fd, std::size_t bytes);
 int64_t shared_memory_size(int fd);
 
 // Wake-ups between processes travel as eventfd increments.
-int create_wake_fd();          // non-blocking, close-on-exec eventfd; -errno on failure
-void signal_wake_fd(int fd);   // one increment; never blocks
-void drain_wake_fd(int fd);    // consumes pending increments; never blocks
+int create_wake_fd();         // non-blocking, close-on-exec eventfd; -errno on failure
+void signal_wake_fd(int fd);  // one increment; never blocks
+void drain_wake_fd(int fd);   // consumes pending increments; never blocks
 
 // Passes `fds` with `data` over a unix socket in one message; -errno on failure.
 int send_with_fds(int socket_fd, const void* data, std::size_t bytes, const int* fds,

@@ -225,13 +225,6 @@ int add_kernel_registration(int epfd, int fd, uint32_t events, uint64_t data) {
 
 }  // namespace
 
-int intercepted_epoll_create(int size) {
-  return real().epoll_create(size);
-}
-int intercepted_epoll_create1(int flags) {
-  return real().epoll_create1(flags);
-}
-
 int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
   SocketRef socket = lookup_socket(fd);
   if (!socket || socket->state == SocketState::kBound) return real().epoll_ctl(epfd, op, fd, event);

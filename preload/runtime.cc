@@ -161,21 +161,17 @@ Socket* new_socket() {
   if (socket == nullptr) socket = new Socket;
   socket->reset();
   socket->references.store(1, std::memory_order_relaxed);
-  socket->descriptors.store(0, std::memory_order_relaxed);
   return socket;
 }
 
 void install_socket(int fd, Socket* socket) {
   socket->references.fetch_add(1, std::memory_order_relaxed);
-  socket->descriptors.fetch_add(1, std::memory_order_relaxed);
   sockets()[fd].store(socket, std::memory_order_release);
 }
 
 Socket* uninstall_socket(int fd) {
   if (fd < 0 || fd >= kMaxFds) return nullptr;
-  Socket* socket = sockets()[fd].exchange(nullptr, std::memory_order_acq_rel);
-  if (socket != nullptr) socket->descriptors.fetch_sub(1, std::memory_order_relaxed);
-  return socket;
+  return sockets()[fd].exchange(nullptr, std::memory_order_acq_rel);
 }
 
 void release_socket(Socket* socket) {

@@ -134,8 +134,7 @@ struct SavedOption {
 };
 
 struct Socket {
-  std::atomic<int> references{0};   // table slots + calls in progress
-  std::atomic<int> descriptors{0};  // table slots only
+  std::atomic<int> references{0};  // table slots + calls in progress
   int domain = AF_INET;
   int type = SOCK_STREAM;
   int protocol = 0;

@@ -176,13 +176,6 @@ int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, struct io
   return count;
 }
 
-template <typename Lock>
-struct Guard {
-  explicit Guard(Lock& lock) : lock_(lock) { lock_.lock(); }
-  ~Guard() { lock_.unlock(); }
-  Lock& lock_;
-};
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -199,7 +192,7 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
     raise_sigpipe(flags);
     return fail(EPIPE);
   }
-  Guard guard(socket->send_lock);
+  std::lock_guard guard(socket->send_lock);
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
   const bool nonblocking =
@@ -243,7 +236,7 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
     }
     return fail(ENOTCONN);
   }
-  Guard guard(socket->receive_lock);
+  std::lock_guard guard(socket->receive_lock);
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
   const bool peek = flags & MSG_PEEK;
@@ -493,8 +486,9 @@ int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr
   Connection* connection = pending.connection;
   const int fd = new_placeholder_fd(flags & SOCK_CLOEXEC);
   if (fd < 0) {
+    const int error = errno;
     close_connection(connection, true);
-    return -EMFILE;
+    return fail(error);
   }
   Socket* socket = new_socket();
   socket->domain = listener->domain;
@@ -540,10 +534,8 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
   for (uint32_t round = 0;; ++round) {
     if (events_pending()) pump_events();
     PendingConnection pending;
-    while (pop_pending(socket.get(), pending)) {
-      const int accepted = accept_pending(socket.get(), pending, address, length, flags);
-      if (accepted >= 0) return accepted;
-      if (accepted == -EMFILE) return fail(EMFILE);
+    if (pop_pending(socket.get(), pending)) {
+      return accept_pending(socket.get(), pending, address, length, flags);
     }
     // Kernel clients (not under netaccel) arrive on the kernel listener: look
     // there at once when we may not wait, now and then while spinning, and
@@ -599,9 +591,8 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   }
   if (socket->state == SocketState::kListening) return real().connect(fd, address, length);
   InetAddress destination;
-  const bool inet = to_inet_address(address, length, destination) &&
-                    (destination.family == socket->domain ||
-                     (socket->domain == AF_INET6 && destination.family == AF_INET6));
+  const bool inet =
+      to_inet_address(address, length, destination) && destination.family == socket->domain;
   Request request{};
   request.op = RequestOp::kConnect;
   request.socket_id = socket->id;

@@ -23,6 +23,7 @@ namespace netaccel {
 namespace {
 
 using test::Deadline;
+using test::Random;
 using test::splitmix64;
 using test::start_indices_at;
 
@@ -47,23 +48,6 @@ struct SharedRing {
   std::size_t bytes;
   UniqueFd fd;
   SharedMapping mapping;
-};
-
-// Small PRNG for sizes and choices (xorshift64*).
-class Random {
- public:
-  explicit Random(uint64_t seed) : state_(splitmix64(seed) | 1) {}
-  uint64_t next() {
-    state_ ^= state_ >> 12;
-    state_ ^= state_ << 25;
-    state_ ^= state_ >> 27;
-    return state_ * 0x2545f4914f6cdd1dULL;
-  }
-  // Uniform enough in [low, high].
-  std::size_t between(std::size_t low, std::size_t high) { return low + next() % (high - low + 1); }
-
- private:
-  uint64_t state_;
 };
 
 // The test stream is random-access: byte i depends only on (seed, i), so the

@@ -19,6 +19,7 @@ namespace netaccel {
 namespace {
 
 using test::Deadline;
+using test::Random;
 using test::splitmix64;
 using test::start_indices_at;
 
@@ -259,20 +260,6 @@ struct StressParams {
 struct ProducerDone {
   std::atomic<uint32_t> done;
   uint64_t pushed;
-};
-
-class Random {
- public:
-  explicit Random(uint64_t seed) : state_(splitmix64(seed) | 1) {}
-  uint64_t next() {
-    state_ ^= state_ >> 12;
-    state_ ^= state_ << 25;
-    state_ ^= state_ >> 27;
-    return state_ * 0x2545f4914f6cdd1dULL;
-  }
-
- private:
-  uint64_t state_;
 };
 
 int produce_numbered(DescriptorRing<Numbered> ring, const StressParams& params,

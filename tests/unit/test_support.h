@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 #include "netaccel/protocol.h"
@@ -40,6 +41,23 @@ inline uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
 }
+
+// Small PRNG for sizes and choices (xorshift64*).
+class Random {
+ public:
+  explicit Random(uint64_t seed) : state_(splitmix64(seed) | 1) {}
+  uint64_t next() {
+    state_ ^= state_ >> 12;
+    state_ ^= state_ << 25;
+    state_ ^= state_ >> 27;
+    return state_ * 0x2545f4914f6cdd1dULL;
+  }
+  // Uniform enough in [low, high].
+  std::size_t between(std::size_t low, std::size_t high) { return low + next() % (high - low + 1); }
+
+ private:
+  uint64_t state_;
+};
 
 // Moves every index of a fresh ring (byte or descriptor) to `start`, as if
 // that much had already passed through it: exercises the 32-bit wrap.

@@ -35,10 +35,13 @@ packages=(
   # libraries
   libcli11-dev googletest libgtest-dev libgmock-dev
   libbpf-dev libxdp-dev libelf-dev zlib1g-dev linux-libc-dev
-  # eBPF / XDP tools
-  xdp-tools bpftool
+  # eBPF / XDP tools and the container plugins
+  xdp-tools bpftool containernetworking-plugins
+  # FPGA engine: RTL simulation and synthesis
+  verilator iverilog yosys
   # real applications the tests and the demo run
   redis-server redis-tools iperf3 sockperf curl python3 nginx wrk
+  libpython3.11-testsuite
   # what the scripts themselves use
   iproute2 util-linux psmisc procps jq coreutils shellcheck
 )

@@ -1059,8 +1059,9 @@ int run_bench(const BenchOptions& options) {
       for (Mode mode : {Mode::kKernel, Mode::kNetaccel}) {
         if (g_interrupted) break;
         ++step;
-        std::string label = "[" + std::to_string(step) + "/" + std::to_string(steps) + "] " +
-                            tests[i].label + " " + mode_name(mode);
+        char counter[32];
+        std::snprintf(counter, sizeof counter, "[%d/%d] ", step, steps);
+        std::string label = counter + tests[i].label + " " + mode_name(mode);
         if (rounds > 1) label += " (round " + std::to_string(round) + ")";
         (mode == Mode::kKernel ? kernel_runs : netaccel_runs)
             .push_back(measure(tests[i], mode, step, label));

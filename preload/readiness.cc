@@ -26,10 +26,8 @@ uint32_t socket_readiness(Socket* socket) {
       return EPOLLOUT | EPOLLHUP;  // what the kernel says of an unconnected TCP socket
     case SocketState::kBound:
       return 0;
-    case SocketState::kListening: {
-      std::lock_guard lock(socket->backlog_mutex);
-      return socket->backlog.empty() ? 0 : EPOLLIN | EPOLLRDNORM;
-    }
+    case SocketState::kListening:
+      return listener_has_pending(socket) ? EPOLLIN | EPOLLRDNORM : 0;
     case SocketState::kConnected:
       break;
   }

@@ -178,6 +178,7 @@ void release_socket(Socket* socket) {
   if (socket->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   if (socket->connection != nullptr) close_connection(socket->connection, false);
   if (socket->state == SocketState::kListening) {
+    drop_listener_channels(socket);
     Request request{};
     request.op = RequestOp::kUnlisten;
     request.socket_id = socket->id;
@@ -229,6 +230,13 @@ namespace {
 
 enum class LinkState { kUnknown, kRegistered, kUnavailable };
 
+// Connection ids a channel's client makes up: never equal to the engine's.
+constexpr uint64_t kDirectConnectionBit = uint64_t{1} << 63;
+// Local ports of channel connections rotate through the kernel's default
+// ephemeral range (getsockname and getpeername show them).
+constexpr uint32_t kEphemeralFirst = 32768;
+constexpr uint32_t kEphemeralCount = 60999 - 32768 + 1;
+
 struct MonitorLink {
   std::mutex mutex;  // one thread at a time produces requests and consumes events
   std::atomic<LinkState> state{LinkState::kUnknown};
@@ -274,7 +282,8 @@ bool register_with_monitor(MonitorLink& l) {
   if (!control) return false;
   struct sockaddr_un address {};
   address.sun_family = AF_UNIX;
-  snprintf(address.sun_path, sizeof address.sun_path, "%s", config().socket_path);
+  static_assert(sizeof address.sun_path == sizeof config().socket_path);
+  memcpy(address.sun_path, config().socket_path, sizeof address.sun_path);
   if (real().connect(control.get(), reinterpret_cast<struct sockaddr*>(&address), sizeof address) !=
       0) {
     NETACCEL_DEBUG_LOG("no monitor at %s (%s): kernel sockets only\n", config().socket_path,
@@ -345,10 +354,21 @@ bool receive_delivery(MonitorLink& l, const Event& event, Delivery& delivery) {
 
 // Points the connection's views at its rings for `side`.
 void bind_rings(Connection* connection, uint32_t side) {
-  auto* base = static_cast<unsigned char*>(connection->segment.get());
+  auto* base = reinterpret_cast<unsigned char*>(connection->header);
   connection->tx = ByteRing(base + connection->header->ring_offset[side]);
   connection->rx = ByteRing(base + connection->header->ring_offset[side ^ 1]);
   connection->side = side;
+}
+
+// True when `header` starts a segment of `bytes` whose rings fit in it.
+bool segment_valid(const ConnectionSegmentHeader* header, std::size_t bytes) {
+  if (header->magic != kSegmentMagic || header->version != kSegmentVersion) return false;
+  const auto* base = reinterpret_cast<const unsigned char*>(header);
+  for (uint32_t ring = 0; ring < 2; ++ring) {
+    const uint32_t offset = header->ring_offset[ring];
+    if (offset >= bytes || !byte_ring_valid(base + offset, bytes - offset)) return false;
+  }
+  return true;
 }
 
 // Maps a delivered segment after checking that it is one; null otherwise.
@@ -361,17 +381,9 @@ Connection* attach_delivered(Delivery& delivery) {
   SharedMapping mapping = map_shared(delivery.segment.get(), static_cast<std::size_t>(bytes));
   if (!mapping) return nullptr;
   auto* header = static_cast<ConnectionSegmentHeader*>(mapping.get());
-  if (header->magic != kSegmentMagic || header->version != kSegmentVersion ||
+  if (!segment_valid(header, static_cast<std::size_t>(bytes)) ||
       header->connection_id != delivery.header.connection_id) {
     return nullptr;
-  }
-  auto* base = static_cast<unsigned char*>(mapping.get());
-  for (uint32_t ring = 0; ring < 2; ++ring) {
-    const uint32_t offset = header->ring_offset[ring];
-    if (offset >= bytes ||
-        !byte_ring_valid(base + offset, static_cast<std::size_t>(bytes) - offset)) {
-      return nullptr;
-    }
   }
   auto* connection = new Connection;
   connection->header = header;
@@ -393,6 +405,46 @@ void free_connection(Connection* connection) {
   mark_internal_fd(connection->own_wake.get(), false);
   mark_internal_fd(connection->peer_wake.get(), false);
   delete connection;
+}
+
+// ---------------------------------------------------------------------------
+// Channels.
+
+OptionalSpinLock g_client_channels_lock;
+std::vector<Channel*> g_client_channels;
+
+void drop_channel_reference(Channel* channel) {
+  if (channel->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  for (const UniqueFd& wake : channel->wake) mark_internal_fd(wake.get(), false);
+  mark_internal_fd(channel->acceptor_wake.get(), false);
+  delete channel;
+}
+
+// Our end of a channel slot is done; the last of the two ends frees the slot.
+void release_channel_slot(Connection* connection) {
+  Channel* channel = connection->channel;
+  const uint32_t own = connection->side == kClientSide ? kSlotClientOpen : kSlotServerOpen;
+  // Release: the next user of the slot sees all our use of it done.
+  channel->header->slot_state[connection->slot].fetch_and(~own, std::memory_order_acq_rel);
+  // The channel owns the eventfds.
+  (void)connection->own_wake.release();
+  (void)connection->peer_wake.release();
+  delete connection;
+  drop_channel_reference(channel);
+}
+
+Connection* slot_connection(Channel* channel, uint32_t slot, uint32_t side) {
+  auto* base = static_cast<unsigned char*>(channel->mapping.get());
+  auto* connection = new Connection;
+  connection->channel = channel;
+  connection->slot = slot;
+  connection->header = reinterpret_cast<ConnectionSegmentHeader*>(
+      base + channel->header->slot_offset + slot * channel->header->slot_bytes);
+  connection->connection_id = connection->header->connection_id;
+  connection->own_wake.reset(channel->wake[slot * 2 + side].get());
+  connection->peer_wake.reset(channel->wake[slot * 2 + (side ^ 1)].get());
+  channel->references.fetch_add(1, std::memory_order_relaxed);
+  return connection;
 }
 
 // Takes the cached segment the monitor re-initialised for `event`.
@@ -445,6 +497,7 @@ void close_connection_locked(MonitorLink* locked, Connection* connection, bool a
       connection->rx.control().writer_waiting.load(std::memory_order_relaxed)) {
     signal_wake_fd(connection->peer_wake.get());
   }
+  if (connection->channel != nullptr) return release_channel_slot(connection);
   // Cached before the monitor hears of the close: another thread may see the
   // segment handed back the moment it does.
   {
@@ -473,6 +526,81 @@ Connection* connection_for(MonitorLink& l, const Event& event, uint32_t side, bo
     return nullptr;
   }
   return attach_delivered(delivery);
+}
+
+// Receives and maps the channel a kChannelOpened event announces, and hands
+// it to its holder: our client table, or the listener it feeds. One we cannot
+// use goes back to the monitor, which then refuses what its queue holds.
+void adopt_channel(MonitorLink& l, const Event& event, bool* link_broken) {
+  constexpr std::size_t kMostFds = 2 + 2 * kChannelSlots;
+  ChannelDelivery delivery{};
+  int fds[kMostFds];
+  std::size_t fd_count = 0;
+  const ssize_t got =
+      receive_with_fds(l.control.get(), &delivery, sizeof delivery, fds, kMostFds, &fd_count);
+  std::vector<UniqueFd> received;
+  for (std::size_t i = 0; i < fd_count; ++i) received.emplace_back(fds[i]);
+  if (got != sizeof delivery || delivery.magic != kProtocolMagic ||
+      delivery.channel_id != event.connection_id) {
+    *link_broken = true;
+    return;
+  }
+  const bool client = event.socket_id == 0;
+  auto refuse = [&] {
+    Request request{};
+    request.op = RequestOp::kCloseChannel;
+    request.connection_id = event.connection_id;
+    post_locked(l, request);
+  };
+  const std::size_t expected_fds = 1 + 2 * kChannelSlots + (client ? 1 : 0);
+  const int64_t bytes = fd_count == expected_fds ? shared_memory_size(received[0].get()) : -1;
+  if (delivery.side != (client ? kClientSide : kServerSide) || bytes < 0 ||
+      static_cast<uint64_t>(bytes) != delivery.channel_bytes) {
+    return refuse();
+  }
+  SharedMapping mapping = map_shared(received[0].get(), static_cast<std::size_t>(bytes));
+  if (!mapping) return refuse();
+  auto* header = static_cast<ChannelHeader*>(mapping.get());
+  auto* base = static_cast<unsigned char*>(mapping.get());
+  const uint64_t slots_end =
+      uint64_t{header->slot_offset} + uint64_t{kChannelSlots} * header->slot_bytes;
+  if (header->magic != kChannelMagic || header->version != kChannelVersion ||
+      header->channel_id != delivery.channel_id || header->slot_count != kChannelSlots ||
+      header->ring_capacity == 0 || (header->ring_capacity & (header->ring_capacity - 1)) != 0 ||
+      header->slot_bytes < connection_segment_bytes(header->ring_capacity) ||
+      slots_end > static_cast<uint64_t>(bytes) || header->queue_offset >= header->slot_offset ||
+      !descriptor_ring_valid(base + header->queue_offset,
+                             header->slot_offset - header->queue_offset)) {
+    return refuse();
+  }
+  auto* channel = new Channel;
+  channel->header = header;
+  channel->queue = DescriptorRing<Event>(base + header->queue_offset);
+  channel->mapping = std::move(mapping);
+  channel->side = delivery.side;
+  channel->channel_id = delivery.channel_id;
+  for (std::size_t i = 1; i <= 2 * kChannelSlots; ++i) {
+    mark_internal_fd(received[i].get(), true);
+    channel->wake.push_back(std::move(received[i]));
+  }
+  if (client) {
+    channel->acceptor_wake = std::move(received.back());
+    mark_internal_fd(channel->acceptor_wake.get(), true);
+    channel->destination = event.peer;
+    channel->client_address = event.local;
+    std::lock_guard lock(g_client_channels_lock);
+    g_client_channels.push_back(channel);
+    return;
+  }
+  channel->listener_id = event.socket_id;
+  std::lock_guard listeners(g_listeners_mutex);
+  const auto found = g_listeners.find(event.socket_id);
+  if (found == g_listeners.end()) {
+    drop_channel_reference(channel);
+    return refuse();
+  }
+  std::lock_guard backlog(found->second->backlog_mutex);
+  found->second->channels.push_back(channel);
 }
 
 bool carries_connection(const Event& event) {
@@ -530,6 +658,12 @@ void dispatch(MonitorLink& l, const Event& event) {
     case EventType::kSegmentDropped:
       drop_cached(event.connection_id);
       return;
+    case EventType::kChannelOpened: {
+      bool link_broken = false;
+      adopt_channel(l, event, &link_broken);
+      if (link_broken) mark_unavailable(l);
+      return;
+    }
     case EventType::kError:
       NETACCEL_DEBUG_LOG("monitor rejected request %u: %s\n", event.request_id,
                          strerror(-event.status));
@@ -677,11 +811,149 @@ void announce_event_wait(bool waiting) {
   MonitorLink& l = link();
   if (l.state.load(std::memory_order_acquire) != LinkState::kRegistered) return;
   l.events.control().consumer_sleeping.store(waiting ? 1 : 0, std::memory_order_relaxed);
+  // Channel clients wake us through the same eventfd as the monitor.
+  std::lock_guard listeners(g_listeners_mutex);
+  for (const auto& [id, listener] : g_listeners) {
+    std::lock_guard backlog(listener->backlog_mutex);
+    for (Channel* channel : listener->channels) {
+      channel->header->acceptor_sleeping.store(waiting ? 1 : 0, std::memory_order_relaxed);
+    }
+  }
+}
+
+Connection* channel_connect(const InetAddress& destination, InetAddress& local, InetAddress& peer) {
+  Channel* channel = nullptr;
+  {
+    std::lock_guard lock(g_client_channels_lock);
+    for (auto it = g_client_channels.begin(); it != g_client_channels.end(); ++it) {
+      Channel* candidate = *it;
+      if (candidate->destination.port != destination.port ||
+          memcmp(candidate->destination.bytes, destination.bytes, 16) != 0) {
+        continue;
+      }
+      if (candidate->closed()) {
+        // The listener or its process is gone: the monitor decides anew.
+        g_client_channels.erase(it);
+        drop_channel_reference(candidate);
+        return nullptr;
+      }
+      channel = candidate;
+      channel->references.fetch_add(1, std::memory_order_relaxed);
+      break;
+    }
+  }
+  if (channel == nullptr) return nullptr;
+  Connection* connection = nullptr;
+  {
+    std::lock_guard lock(channel->lock);
+    ChannelHeader* header = channel->header;
+    for (uint32_t tried = 0; tried < kChannelSlots && connection == nullptr; ++tried) {
+      const uint32_t slot = channel->next_slot++ % kChannelSlots;
+      uint32_t free = 0;
+      // Acquire: both ends' last use of the slot happened before we lay it out.
+      if (!header->slot_state[slot].compare_exchange_strong(
+              free, kSlotClientOpen | kSlotServerOpen | kSlotQueued, std::memory_order_acquire,
+              std::memory_order_relaxed)) {
+        continue;
+      }
+      auto* base = static_cast<unsigned char*>(channel->mapping.get());
+      const uint64_t number = ++channel->connections;
+      layout_connection_segment(
+          base + header->slot_offset + slot * header->slot_bytes,
+          kDirectConnectionBit | channel->channel_id << 24 | (number & 0xffffff),
+          header->ring_capacity);
+      connection = slot_connection(channel, slot, kClientSide);
+      bind_rings(connection, kClientSide);
+      local = channel->client_address;
+      local.port = static_cast<uint16_t>(kEphemeralFirst +
+                                         (channel->channel_id * 7919 + number) % kEphemeralCount);
+      peer = destination;
+      Event entry{};
+      entry.type = EventType::kIncoming;
+      entry.request_id = slot;
+      entry.socket_id = channel->listener_id;
+      entry.connection_id = connection->connection_id;
+      entry.local = peer;
+      entry.peer = local;
+      // Release (inside try_push): the layout is visible with the entry.
+      if (!channel->queue.try_push(entry)) {
+        release_channel_slot(connection);
+        header->slot_state[slot].store(0, std::memory_order_release);
+        connection = nullptr;
+        break;
+      }
+      header->connections_total.fetch_add(1, std::memory_order_relaxed);
+      // Dekker pair with the monitor's close (closed, fence, drain) and with
+      // the acceptor's announcement (sleeping, fence, re-check the queue).
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (channel->closed()) {
+        const uint32_t before = header->slot_state[slot].fetch_and(
+            ~static_cast<uint32_t>(kSlotQueued), std::memory_order_acq_rel);
+        if (before & kSlotQueued) {
+          // Ours to withdraw: nobody took the entry. Free the whole slot.
+          release_channel_slot(connection);
+          header->slot_state[slot].store(0, std::memory_order_release);
+          connection = nullptr;
+        }
+        break;
+      }
+      if (header->acceptor_sleeping.load(std::memory_order_relaxed)) {
+        signal_wake_fd(channel->acceptor_wake.get());
+      }
+    }
+  }
+  drop_channel_reference(channel);
+  return connection;
+}
+
+bool channel_accept(Socket* listener, PendingConnection& out) {
+  std::lock_guard backlog(listener->backlog_mutex);
+  for (Channel* channel : listener->channels) {
+    std::lock_guard lock(channel->lock);
+    Event entry;
+    while (channel->queue.try_pop(entry)) {
+      const uint32_t slot = entry.request_id;
+      if (slot >= kChannelSlots) continue;  // garbage from the client
+      const uint32_t before = channel->header->slot_state[slot].fetch_and(
+          ~static_cast<uint32_t>(kSlotQueued), std::memory_order_acq_rel);
+      if ((before & kSlotQueued) == 0) continue;  // withdrawn by the client
+      Connection* connection = slot_connection(channel, slot, kServerSide);
+      // The client wrote this segment: check it as we check the monitor's.
+      if (!segment_valid(connection->header, channel->header->slot_bytes)) {
+        release_channel_slot(connection);
+        continue;
+      }
+      bind_rings(connection, kServerSide);
+      out = PendingConnection{connection, entry.local, entry.peer};
+      return true;
+    }
+  }
+  return false;
+}
+
+bool listener_has_pending(Socket* listener) {
+  std::lock_guard backlog(listener->backlog_mutex);
+  if (!listener->backlog.empty()) return true;
+  for (Channel* channel : listener->channels) {
+    if (!channel->queue.empty()) return true;
+  }
+  return false;
+}
+
+void drop_listener_channels(Socket* listener) {
+  std::lock_guard backlog(listener->backlog_mutex);
+  for (Channel* channel : listener->channels) drop_channel_reference(channel);
+  listener->channels.clear();
 }
 
 // A forked child shares the parent's queues, which have one producer and one
 // consumer each: the child registers anew on its first netaccel call.
 void reset_link_in_child() {
+  // The parent's channels are the parent's: it alone produces and consumes
+  // on their queues. (Their memory stays mapped for inherited connections.)
+  // No locks: another thread of the parent may have held them at the fork.
+  g_client_channels.clear();
+  for (const auto& [id, listener] : g_listeners) listener->channels.clear();
   MonitorLink& l = link();
   new (&l.mutex) std::mutex;
   l.awaited_request_id = 0;

@@ -77,10 +77,15 @@ class SpinBudget {
   uint32_t rounds_ = 0;
 };
 
+struct Channel;
+
 // ---------------------------------------------------------------------------
-// One end of a shared-memory connection.
+// One end of a shared-memory connection: its own segment from the monitor, or
+// a slot of a channel (then `segment` is empty and the channel owns the fds).
 struct Connection {
   SharedMapping segment;
+  Channel* channel = nullptr;
+  uint32_t slot = 0;
   ConnectionSegmentHeader* header = nullptr;
   ByteRing tx;         // our bytes to the peer
   ByteRing rx;         // the peer's bytes to us
@@ -126,6 +131,36 @@ struct PendingConnection {
   InetAddress peer;
 };
 
+// A channel (protocol.h) as one of its two processes holds it.
+struct Channel {
+  SharedMapping mapping;
+  ChannelHeader* header = nullptr;
+  DescriptorRing<Event> queue;  // we produce (client) or consume (server)
+  uint32_t side = 0;
+  uint64_t channel_id = 0;
+  std::vector<UniqueFd> wake;      // [slot * 2 + side]
+  UniqueFd acceptor_wake;          // client: the server process's event-queue eventfd
+  InetAddress destination{};       // client: the address it connects to
+  InetAddress client_address{};    // client: our address in its connections
+  uint64_t listener_id = 0;        // server: the listening socket it feeds
+  std::atomic<int> references{1};  // its holder, plus each open connection in it
+  OptionalSpinLock lock;           // client: claims and pushes; server: pops
+  uint32_t next_slot = 0;
+  uint32_t connections = 0;  // client: picks local ports
+
+  bool closed() const { return header->closed.load(std::memory_order_acquire) != 0; }
+};
+
+// Connects over a channel to `destination`, if this process holds an open one
+// with a free slot; null otherwise (the monitor is asked then).
+Connection* channel_connect(const InetAddress& destination, InetAddress& local, InetAddress& peer);
+// Takes the oldest connection queued on one of the listener's channels.
+bool channel_accept(struct Socket* listener, PendingConnection& out);
+// A connection waits in the listener's backlog or on one of its channels.
+bool listener_has_pending(struct Socket* listener);
+// The listener closes: its channels go (the monitor refuses what is queued).
+void drop_listener_channels(struct Socket* listener);
+
 struct SavedOption {
   int level;
   int name;
@@ -160,6 +195,7 @@ struct Socket {
   UniqueFd listener_wake;  // signalled when the backlog gains a connection
   std::mutex backlog_mutex;
   std::deque<PendingConnection> backlog;
+  std::vector<Channel*> channels;  // under backlog_mutex
 
   void reset();
 };

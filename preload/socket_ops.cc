@@ -508,16 +508,15 @@ int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr
 }
 
 bool pop_pending(Socket* listener, PendingConnection& out) {
-  std::lock_guard lock(listener->backlog_mutex);
-  if (listener->backlog.empty()) return false;
-  out = std::move(listener->backlog.front());
-  listener->backlog.pop_front();
-  return true;
-}
-
-bool backlog_ready(Socket* listener) {
-  std::lock_guard lock(listener->backlog_mutex);
-  return !listener->backlog.empty();
+  {
+    std::lock_guard lock(listener->backlog_mutex);
+    if (!listener->backlog.empty()) {
+      out = std::move(listener->backlog.front());
+      listener->backlog.pop_front();
+      return true;
+    }
+  }
+  return channel_accept(listener, out);
 }
 
 }  // namespace
@@ -549,7 +548,7 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
     if (spinning && (spinning = spin.keep_spinning())) continue;
     announce_event_wait(true);
     fence_before_sleeping();
-    if (events_pending() || backlog_ready(socket.get())) {
+    if (events_pending() || listener_has_pending(socket.get())) {
       announce_event_wait(false);
       continue;
     }
@@ -601,8 +600,14 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   Event reply{};
   Connection* connection = nullptr;
   if (inet && destination.port != 0) {
-    if (is_local_address(destination)) request.flags |= kRequestDestinationLocal;
-    if (!monitor_call(request, reply, &connection) || reply.status != 0) connection = nullptr;
+    // A socket bound to an address of its own needs the monitor to check it.
+    if (socket->state == SocketState::kFresh) {
+      connection = channel_connect(destination, reply.local, reply.peer);
+    }
+    if (connection == nullptr) {
+      if (is_local_address(destination)) request.flags |= kRequestDestinationLocal;
+      if (!monitor_call(request, reply, &connection) || reply.status != 0) connection = nullptr;
+    }
   }
   if (connection == nullptr) {
     // Not a netaccel peer: exactly what the kernel would do.

@@ -44,6 +44,9 @@ constexpr std::size_t kBacklogLimit = 4 * kEventSlots;
 // process, since each pins 2 * ring_bytes of memory.
 constexpr std::size_t kPooledSegmentsPerPair = 8;
 constexpr std::size_t kPooledSegmentsPerProcess = 32;
+// Channels a process may hold in each role: each costs it 2 * kChannelSlots
+// eventfds, which live among the application's own descriptors.
+constexpr std::size_t kChannelsPerProcessRole = 8;
 constexpr uint32_t kMinRingBytes = 4096;
 constexpr uint32_t kMaxRingBytes = 1u << 30;  // segment offsets are 32-bit
 
@@ -129,10 +132,11 @@ class Monitor::Impl {
 
  private:
   // An event on its way to a process's event queue. Events leave in order;
-  // one that carries a connection first needs its FdDelivery sent.
+  // one that carries a connection or a channel first needs its fds sent.
+  enum class Attachment : uint8_t { kNone, kConnection, kChannel };
   struct PendingEvent {
     Event event;
-    bool delivery_pending;
+    Attachment attachment;
     ConnectionSide side;
   };
 
@@ -165,6 +169,19 @@ class Monitor::Impl {
     Segment segment;
     uint64_t held_as;
     uint32_t process_id[2];
+  };
+
+  // A channel between a client process and a listener (see protocol.h). We
+  // keep it mapped: we close it, drain its accept queue and abort the ends
+  // of a process that died.
+  struct Channel {
+    UniqueFd memory;
+    SharedMapping mapping;
+    std::vector<UniqueFd> wake;  // [slot * 2 + side]
+    uint32_t process_id[2];      // by ConnectionSide
+    uint64_t listener_id;        // the server's socket id
+    std::string client_key;      // in channel_by_client_
+    ChannelHeader* header() const { return static_cast<ChannelHeader*>(mapping.get()); }
   };
 
   void bind_socket();
@@ -203,6 +220,18 @@ class Monitor::Impl {
   };
   void close_unbacked_connection(uint64_t connection_id, const UnbackedConnection& connection);
 
+  void open_channel_after_connect(uint32_t client, const Request& request);
+  int send_channel(Process& process, const PendingEvent& pending);
+  void close_channel(uint64_t channel_id, bool queue_is_ours);
+  void abort_channel_ends(Channel& channel, ConnectionSide dead);
+  void abort_slot_end(Channel& channel, uint32_t slot, ConnectionSide dead);
+  void abort_segment_end(unsigned char* segment, ConnectionSide dead) const;
+  void drain_channel_queue(Channel& channel);
+  void close_channels_of_listener(uint32_t process_id, uint64_t listener_id);
+  void close_channel_of(uint32_t process_id, uint64_t channel_id);
+  void close_channels_of_process(uint32_t process_id);
+  uint64_t direct_connections_total() const;
+
   MonitorOptions options_;
   std::unique_ptr<ControlPlaneEngine> engine_;
   uint64_t segments_created_ = 0;  // shown by status: how often reuse saved a new segment
@@ -228,6 +257,11 @@ class Monitor::Impl {
   std::unordered_map<uint64_t, UnbackedConnection> unbacked_connections_;
   std::vector<EngineOutput> outputs_;
   bool events_pushed_ = false;
+  std::size_t channel_bytes_;
+  std::unordered_map<uint64_t, Channel> channels_;
+  std::unordered_map<std::string, uint64_t> channel_by_client_;  // client + destination
+  uint64_t next_channel_id_ = 1;
+  uint64_t direct_connections_of_closed_channels_ = 0;
 };
 
 Monitor::Impl::Impl(MonitorOptions options)
@@ -238,6 +272,7 @@ Monitor::Impl::Impl(MonitorOptions options)
     throw std::invalid_argument("ring bytes must be a power of two between 4096 and 2^30");
   }
   segment_bytes_ = connection_segment_bytes(ring_bytes);
+  channel_bytes_ = channel_bytes(ring_bytes);
   event_ring_offset_ = page_round_up(descriptor_ring_footprint(kRequestSlots));
   queues_bytes_ = page_round_up(event_ring_offset_ + descriptor_ring_footprint(kEventSlots));
 
@@ -348,9 +383,18 @@ bool Monitor::Impl::serve_request_queues() {
     for (int taken = 0; taken < kRequestBatch && process.backlog.size() < kBacklogLimit &&
                         process.requests.try_pop(request);
          ++taken) {
+      if (request.op == RequestOp::kCloseChannel) {
+        close_channel_of(process_id, request.connection_id);
+        worked = true;
+        continue;
+      }
       outputs_.clear();
       engine_->submit(process_id, request, outputs_);
+      // The channel's fds reach both processes ahead of the connection itself.
+      if (request.op == RequestOp::kConnect) open_channel_after_connect(process_id, request);
       handle_outputs();
+      if (request.op == RequestOp::kUnlisten)
+        close_channels_of_listener(process_id, request.socket_id);
       worked = true;
     }
   }
@@ -369,8 +413,10 @@ bool Monitor::Impl::flush_backlog(Process& process) {
   bool progress = false;
   while (!process.backlog.empty()) {
     PendingEvent& pending = process.backlog.front();
-    if (pending.delivery_pending) {
-      const int sent = send_delivery(process, pending);
+    if (pending.attachment != Attachment::kNone) {
+      const int sent = pending.attachment == Attachment::kConnection
+                           ? send_delivery(process, pending)
+                           : send_channel(process, pending);
       if (sent == -EAGAIN || sent == -ENOBUFS || sent == -ETOOMANYREFS) break;  // retry later
       progress = true;
       if (sent < 0) {
@@ -379,7 +425,7 @@ bool Monitor::Impl::flush_backlog(Process& process) {
         process.backlog.pop_front();
         continue;
       }
-      pending.delivery_pending = false;
+      pending.attachment = Attachment::kNone;
     }
     if (!process.events.try_push(pending.event)) break;  // full: never block, retry later
     process.backlog.pop_front();
@@ -572,21 +618,24 @@ void Monitor::Impl::register_process(UniqueFd socket, UniqueFd wake) {
 
 void Monitor::Impl::send_status(int socket) {
   const EngineCounters counters = engine_->counters();
-  char json[512];
+  const uint64_t direct = direct_connections_total();
+  char json[768];
   const int length = std::snprintf(
       json, sizeof json,
       "{\"engine\":\"%.*s\",\"processes\":%llu,\"listeners\":%llu,\"connections_open\":%llu,"
       "\"connections_total\":%llu,\"requests\":%llu,\"rejected_requests\":%llu,"
-      "\"ring_bytes\":%u,\"segments_created\":%llu,\"segments_reused\":%llu}",
+      "\"ring_bytes\":%u,\"segments_created\":%llu,\"segments_reused\":%llu,"
+      "\"channels_open\":%zu,\"direct_connections_total\":%llu}",
       static_cast<int>(engine_name().size()), engine_name().data(),
       static_cast<unsigned long long>(counters.processes),
       static_cast<unsigned long long>(counters.listeners),
       static_cast<unsigned long long>(counters.connections_open),
-      static_cast<unsigned long long>(counters.connections_total),
+      static_cast<unsigned long long>(counters.connections_total + direct),
       static_cast<unsigned long long>(counters.requests),
       static_cast<unsigned long long>(counters.rejected_requests), options_.ring_bytes,
       static_cast<unsigned long long>(segments_created_),
-      static_cast<unsigned long long>(segments_reused_));
+      static_cast<unsigned long long>(segments_reused_), channels_.size(),
+      static_cast<unsigned long long>(direct));
   if (length > 0) send(socket, json, static_cast<std::size_t>(length), MSG_NOSIGNAL);
 }
 
@@ -612,6 +661,7 @@ void Monitor::Impl::remove_process(uint32_t process_id) {
   engine_->remove_process(process_id, outputs_);
   handle_outputs();
   drop_pooled_segments_of(process_id);
+  close_channels_of_process(process_id);
 }
 
 // ---------------------------------------------------------------------------
@@ -675,18 +725,7 @@ void Monitor::Impl::layout_segment(int memory, uint64_t connection_id) {
     log_error("cannot map connection memory", errno);
     return;
   }
-  auto* base = static_cast<unsigned char*>(mapping.get());
-  const uint32_t ring_bytes = options_.ring_bytes;
-  auto* header = new (base) ConnectionSegmentHeader{};
-  header->magic = kSegmentMagic;
-  header->version = kSegmentVersion;
-  header->connection_id = connection_id;
-  header->ring_offset[kClientSide] = sizeof(ConnectionSegmentHeader);
-  header->ring_offset[kServerSide] =
-      static_cast<uint32_t>(sizeof(ConnectionSegmentHeader) + byte_ring_footprint(ring_bytes));
-  header->ring_capacity = ring_bytes;
-  byte_ring_init(base + header->ring_offset[kClientSide], ring_bytes);
-  byte_ring_init(base + header->ring_offset[kServerSide], ring_bytes);
+  layout_connection_segment(mapping.get(), connection_id, options_.ring_bytes);
   // Release: an endpoint that reads the new connection id from the header
   // (after popping the event that names it) sees the whole layout.
   std::atomic_thread_fence(std::memory_order_release);
@@ -785,7 +824,8 @@ void Monitor::Impl::deliver_event(uint32_t process_id, const Event& event) {
       needs_delivery = false;
     }
   }
-  process.backlog.push_back(PendingEvent{delivered, needs_delivery, side});
+  process.backlog.push_back(
+      PendingEvent{delivered, needs_delivery ? Attachment::kConnection : Attachment::kNone, side});
   // Straight through unless older events are still waiting.
   if (process.backlog.size() == 1) flush_backlog(process);
 }
@@ -824,24 +864,226 @@ void Monitor::Impl::abandon_endpoint(const EngineOutput& output) {
     log_error("cannot map connection memory", errno);
     return;
   }
-  // Offsets come from our own layout, not from the header the endpoints can write.
-  auto* base = static_cast<unsigned char*>(mapping.get());
-  auto* header = reinterpret_cast<ConnectionSegmentHeader*>(base);
+  for (const ConnectionSide dead : {kClientSide, kServerSide}) {
+    if (connection.process_id[dead] != output.destination) continue;
+    abort_segment_end(static_cast<unsigned char*>(mapping.get()), dead);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    signal_wake_fd(connection.segment.wake[other_side(dead)].get());
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Channels
+
+namespace {
+
+std::string client_channel_key(uint32_t client, const InetAddress& destination) {
+  std::string key(sizeof client + sizeof destination.bytes + sizeof destination.port, '\0');
+  std::memcpy(key.data(), &client, sizeof client);
+  std::memcpy(key.data() + sizeof client, destination.bytes, sizeof destination.bytes);
+  std::memcpy(key.data() + sizeof client + sizeof destination.bytes, &destination.port,
+              sizeof destination.port);
+  return key;
+}
+
+}  // namespace
+
+// A connect the engine accepted proves the client may reach that listener;
+// the channel lets its next connects to the same destination skip us.
+void Monitor::Impl::open_channel_after_connect(uint32_t client, const Request& request) {
+  uint32_t server = 0;
+  uint64_t listener_id = 0;
+  InetAddress client_address{};
+  for (const EngineOutput& output : outputs_) {
+    if (output.notice == EngineNotice::kConnectionCreated) server = output.peer_process;
+    if (output.notice != EngineNotice::kDeliver) continue;
+    if (output.event.type == EventType::kIncoming) listener_id = output.event.socket_id;
+    if (output.event.type == EventType::kReply) client_address = output.event.local;
+  }
+  if (server == 0 || listener_id == 0 || !processes_.contains(server)) return;
+  std::string key = client_channel_key(client, request.address);
+  if (channel_by_client_.contains(key)) return;
+  std::size_t as_client = 0;
+  std::size_t as_server = 0;
+  for (const auto& [id, channel] : channels_) {
+    as_client += channel.process_id[kClientSide] == client;
+    as_server += channel.process_id[kServerSide] == server;
+  }
+  if (as_client >= kChannelsPerProcessRole || as_server >= kChannelsPerProcessRole) return;
+
+  Channel channel;
+  const int memory = create_sealed_memory("netaccel-channel", channel_bytes_);
+  if (memory < 0) return log_error("cannot create channel memory", -memory);
+  channel.memory.reset(memory);
+  channel.mapping = map_shared(memory, channel_bytes_);
+  if (!channel.mapping) return log_error("cannot map channel memory", errno);
+  for (uint32_t i = 0; i < 2 * kChannelSlots; ++i) {
+    const int wake = create_wake_fd();
+    if (wake < 0) return log_error("cannot create channel eventfds", -wake);
+    channel.wake.emplace_back(wake);
+  }
+  const uint64_t channel_id = next_channel_id_++;
+  auto* header = new (channel.mapping.get()) ChannelHeader{};
+  header->magic = kChannelMagic;
+  header->version = kChannelVersion;
+  header->channel_id = channel_id;
+  header->slot_count = kChannelSlots;
+  header->queue_offset = static_cast<uint32_t>(channel_queue_offset());
+  header->slot_offset = static_cast<uint32_t>(channel_slot_offset());
+  header->slot_bytes = static_cast<uint32_t>(channel_slot_stride(options_.ring_bytes));
+  header->ring_capacity = options_.ring_bytes;
+  // Until the server adopts the channel it cannot announce anything: clients
+  // wake it for every connection meanwhile.
+  header->acceptor_sleeping.store(1, std::memory_order_relaxed);
+  descriptor_ring_init(static_cast<unsigned char*>(channel.mapping.get()) + header->queue_offset,
+                       kChannelQueueSlots);
+  // Release: the layout is complete before either process can map it.
+  std::atomic_thread_fence(std::memory_order_release);
+  channel.process_id[kClientSide] = client;
+  channel.process_id[kServerSide] = server;
+  channel.listener_id = listener_id;
+  channel.client_key = key;
+
+  Event opened{};
+  opened.type = EventType::kChannelOpened;
+  opened.connection_id = channel_id;
+  opened.socket_id = listener_id;
+  processes_.at(server).backlog.push_back(PendingEvent{opened, Attachment::kChannel, kServerSide});
+  opened.socket_id = 0;
+  opened.local = client_address;
+  opened.local.reserved = 0;
+  opened.peer = request.address;
+  processes_.at(client).backlog.push_back(PendingEvent{opened, Attachment::kChannel, kClientSide});
+  channel_by_client_.emplace(std::move(key), channel_id);
+  channels_.emplace(channel_id, std::move(channel));
+  for (const uint32_t end : {server, client}) flush_backlog(processes_.at(end));
+}
+
+int Monitor::Impl::send_channel(Process& process, const PendingEvent& pending) {
+  const auto found = channels_.find(pending.event.connection_id);
+  if (found == channels_.end()) return -ENOENT;
+  const Channel& channel = found->second;
+  const ChannelDelivery delivery{kProtocolMagic, pending.side, pending.event.connection_id,
+                                 channel_bytes_};
+  std::vector<int> fds{channel.memory.get()};
+  for (const UniqueFd& wake : channel.wake) fds.push_back(wake.get());
+  if (pending.side == kClientSide) {
+    const auto server = processes_.find(channel.process_id[kServerSide]);
+    if (server == processes_.end()) return -ENOENT;
+    fds.push_back(server->second.wake.get());
+  }
+  return send_with_fds(process.socket.get(), &delivery, sizeof delivery, fds.data(), fds.size());
+}
+
+// No new connections from now on. `queue_is_ours` when the server can no
+// longer consume its accept queue (it closed the listener, or died): what is
+// still queued is refused, as a kernel listener's close resets its backlog.
+void Monitor::Impl::close_channel(uint64_t channel_id, bool queue_is_ours) {
+  const auto found = channels_.find(channel_id);
+  if (found == channels_.end()) return;
+  Channel& channel = found->second;
+  ChannelHeader* header = channel.header();
+  header->closed.store(1, std::memory_order_relaxed);
+  // Pairs with the client's fence between pushing and reading `closed`: either
+  // it sees the flag and cancels its entry, or the drain below sees the entry.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (queue_is_ours) drain_channel_queue(channel);
+  direct_connections_of_closed_channels_ +=
+      header->connections_total.load(std::memory_order_relaxed);
+  channel_by_client_.erase(channel.client_key);
+  channels_.erase(found);
+}
+
+void Monitor::Impl::drain_channel_queue(Channel& channel) {
+  ChannelHeader* header = channel.header();
+  auto* base = static_cast<unsigned char*>(channel.mapping.get());
+  DescriptorRing<Event> queue(base + channel_queue_offset());
+  Event entry;
+  while (queue.try_pop(entry)) {
+    const uint32_t slot = entry.request_id;
+    if (slot >= kChannelSlots) continue;  // garbage from the client
+    const uint32_t before = header->slot_state[slot].fetch_and(~static_cast<uint32_t>(kSlotQueued),
+                                                               std::memory_order_acq_rel);
+    // Unless the client cancelled it, the server end was never accepted.
+    if (before & kSlotQueued) abort_slot_end(channel, slot, kServerSide);
+  }
+}
+
+void Monitor::Impl::abort_channel_ends(Channel& channel, ConnectionSide dead) {
+  for (uint32_t slot = 0; slot < kChannelSlots; ++slot) abort_slot_end(channel, slot, dead);
+}
+
+// The `dead` end of a slot, if it is open: the peer reads EOF after the
+// data, then ECONNRESET; its writes fail. The slot frees when the peer closes.
+void Monitor::Impl::abort_slot_end(Channel& channel, uint32_t slot, ConnectionSide dead) {
+  std::atomic<uint32_t>& state = channel.header()->slot_state[slot];
+  const uint32_t dead_bit = dead == kClientSide ? kSlotClientOpen : kSlotServerOpen;
+  if ((state.load(std::memory_order_acquire) & dead_bit) == 0) return;
+  // Offsets from our own layout, never from what the processes wrote.
+  unsigned char* segment = static_cast<unsigned char*>(channel.mapping.get()) +
+                           channel_slot_offset() + slot * channel_slot_stride(options_.ring_bytes);
+  abort_segment_end(segment, dead);
+  state.fetch_and(~dead_bit, std::memory_order_acq_rel);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  signal_wake_fd(channel.wake[slot * 2 + other_side(dead)].get());
+}
+
+// Marks `dead`'s end of a segment laid out by layout_connection_segment.
+void Monitor::Impl::abort_segment_end(unsigned char* segment, ConnectionSide dead) const {
+  auto* header = reinterpret_cast<ConnectionSegmentHeader*>(segment);
   auto ring = [&](ConnectionSide side) {
     const std::size_t offset = sizeof(ConnectionSegmentHeader) +
                                (side == kClientSide ? 0 : byte_ring_footprint(options_.ring_bytes));
-    return reinterpret_cast<ByteRingControl*>(base + offset);
+    return reinterpret_cast<ByteRingControl*>(segment + offset);
   };
-  for (const ConnectionSide dead : {kClientSide, kServerSide}) {
-    if (connection.process_id[dead] != output.destination) continue;
-    const ConnectionSide other = other_side(dead);
-    // Release: a peer that sees a flag also sees everything written before it.
-    header->aborted[dead].store(1, std::memory_order_release);
-    ring(dead)->writer_closed.store(1, std::memory_order_release);
-    ring(other)->reader_closed.store(1, std::memory_order_release);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    signal_wake_fd(connection.segment.wake[other].get());
+  // Release: a peer that sees a flag also sees everything written before it.
+  header->aborted[dead].store(1, std::memory_order_release);
+  ring(dead)->writer_closed.store(1, std::memory_order_release);
+  ring(other_side(dead))->reader_closed.store(1, std::memory_order_release);
+}
+
+void Monitor::Impl::close_channels_of_listener(uint32_t process_id, uint64_t listener_id) {
+  std::vector<uint64_t> closing;
+  for (const auto& [id, channel] : channels_) {
+    if (channel.process_id[kServerSide] == process_id && channel.listener_id == listener_id) {
+      closing.push_back(id);
+    }
   }
+  for (const uint64_t id : closing) close_channel(id, true);
+}
+
+// A process could not take the channel: nobody would consume its queue.
+void Monitor::Impl::close_channel_of(uint32_t process_id, uint64_t channel_id) {
+  const auto found = channels_.find(channel_id);
+  if (found == channels_.end()) return;
+  const uint32_t* ends = found->second.process_id;
+  if (ends[kClientSide] != process_id && ends[kServerSide] != process_id) return;
+  close_channel(channel_id, ends[kServerSide] == process_id);
+}
+
+void Monitor::Impl::close_channels_of_process(uint32_t process_id) {
+  std::vector<uint64_t> closing;
+  for (auto& [id, channel] : channels_) {
+    for (const ConnectionSide side : {kClientSide, kServerSide}) {
+      if (channel.process_id[side] != process_id) continue;
+      abort_channel_ends(channel, side);
+      closing.push_back(id);
+    }
+  }
+  for (const uint64_t id : closing) {
+    const auto found = channels_.find(id);
+    if (found == channels_.end()) continue;  // a process connected to itself
+    const bool server_died = found->second.process_id[kServerSide] == process_id;
+    close_channel(id, server_died);
+  }
+}
+
+uint64_t Monitor::Impl::direct_connections_total() const {
+  uint64_t total = direct_connections_of_closed_channels_;
+  for (const auto& [id, channel] : channels_) {
+    total += channel.header()->connections_total.load(std::memory_order_relaxed);
+  }
+  return total;
 }
 
 // ---------------------------------------------------------------------------

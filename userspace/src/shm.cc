@@ -73,12 +73,12 @@ int send_with_fds(int socket_fd, const void* data, std::size_t bytes, const int*
   struct iovec iov {
     const_cast<void*>(data), bytes
   };
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)]{};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxPassedFds)]{};
   struct msghdr message {};
   message.msg_iov = &iov;
   message.msg_iovlen = 1;
   if (fd_count > 0) {
-    if (fd_count > 4) return -EINVAL;
+    if (fd_count > kMaxPassedFds) return -EINVAL;
     message.msg_control = control;
     message.msg_controllen = CMSG_SPACE(sizeof(int) * fd_count);
     struct cmsghdr* header = CMSG_FIRSTHDR(&message);
@@ -99,7 +99,7 @@ ssize_t receive_with_fds(int socket_fd, void* data, std::size_t bytes, int* fds,
   struct iovec iov {
     data, bytes
   };
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)]{};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxPassedFds)]{};
   struct msghdr message {};
   message.msg_iov = &iov;
   message.msg_iovlen = 1;

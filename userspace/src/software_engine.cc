@@ -185,6 +185,8 @@ class SoftwareEngine final : public ControlPlaneEngine {
         return connect(process_id, found->second, request, out);
       case RequestOp::kClose:
         return close(process_id, found->second, request, out);
+      case RequestOp::kCloseChannel:
+        break;  // channels belong to the monitor; it never passes this on
     }
     reject_malformed(process_id, request, -EINVAL, out);
   }

@@ -11,9 +11,11 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 
 #include "netaccel/byte_ring.h"
 #include "netaccel/descriptor_ring.h"
+#include "netaccel/shm.h"
 
 namespace netaccel {
 
@@ -40,6 +42,7 @@ enum class RequestOp : uint8_t {
   kUnlisten = 2,  // socket_id
   kConnect = 3,   // socket_id, address = destination, source = bound local address or unspecified
   kClose = 4,     // connection_id: this process's endpoint is closed
+  kCloseChannel = 5,  // connection_id = channel id: this process cannot use it
 };
 
 enum RequestFlags : uint8_t {
@@ -67,6 +70,9 @@ enum class EventType : uint8_t {
   kIncoming = 2,        // a connection for listener socket_id; an fd delivery follows
   kError = 3,           // a request could not be parsed; status -errno, request_id echoed if any
   kSegmentDropped = 4,  // free the cached segment whose header says connection_id
+  kChannelOpened = 5,   // a ChannelDelivery follows; socket_id is the listener (server
+                        // side) or 0 (client side: `peer` is the destination it serves,
+                        // `local` the client's address)
 };
 
 // Carried in Event::local.reserved of a connect reply or kIncoming.
@@ -132,6 +138,16 @@ struct StatusRequest {
   uint32_t version;
 };
 
+// A channel's fds follow a kChannelOpened event: [channel memfd, then for each
+// slot its client end's and its server end's wake eventfds, then, for the
+// client only, the server process's event-queue wake eventfd].
+struct ChannelDelivery {
+  uint32_t magic;
+  uint32_t side;  // ConnectionSide of this process in every slot
+  uint64_t channel_id;
+  uint64_t channel_bytes;
+};
+
 inline constexpr uint32_t kRequestSlots = 256;
 inline constexpr uint32_t kEventSlots = 1024;
 
@@ -159,6 +175,86 @@ static_assert(sizeof(ConnectionSegmentHeader) == 2 * kFalseSharingRange);
 
 inline constexpr std::size_t connection_segment_bytes(uint32_t ring_capacity) {
   return sizeof(ConnectionSegmentHeader) + 2 * byte_ring_footprint(ring_capacity);
+}
+
+// ---------------------------------------------------------------------------
+// A channel: connections between one client process and one listener, made
+// without the monitor. The first connect from a process to a listener goes
+// through the monitor (admission, engine); its success also opens a channel,
+// one memfd mapped only by the two processes, holding kChannelSlots connection
+// segments and an accept queue. Later connects claim a free slot, lay out its
+// segment and push an kIncoming event onto the accept queue: no monitor, no
+// sleeping process in between. The monitor still owns the channel's life:
+// it closes it when the listener or either process goes, and then consumes
+// what is left on the accept queue.
+inline constexpr uint32_t kChannelMagic = 0x4e414348;  // "NACH"
+inline constexpr uint32_t kChannelVersion = 1;
+// Each slot costs both processes two eventfds, so a channel stays small.
+inline constexpr uint32_t kChannelSlots = 8;
+static_assert(2 + 2 * kChannelSlots <= kMaxPassedFds);
+// Room for every slot twice: a cancelled entry stays queued until popped.
+inline constexpr uint32_t kChannelQueueSlots = 2 * kChannelSlots;
+
+// Bits of ChannelHeader::slot_state. 0 is a free slot.
+enum ChannelSlotBits : uint32_t {
+  kSlotClientOpen = 1 << 0,
+  kSlotServerOpen = 1 << 1,  // from the claim on: the accept queue holds the server end
+  kSlotQueued = 1 << 2,      // cleared by whoever takes the queue entry or cancels it
+};
+
+struct ChannelHeader {
+  alignas(kFalseSharingRange) uint32_t magic;
+  uint32_t version;
+  uint64_t channel_id;
+  uint32_t slot_count;
+  uint32_t queue_offset;   // accept queue (DescriptorRing<Event>) from the channel start
+  uint32_t slot_offset;    // first slot's segment
+  uint32_t slot_bytes;     // segment stride
+  uint32_t ring_capacity;  // of each slot's two rings
+
+  // Set by the monitor: no new connections; the queue belongs to the monitor.
+  alignas(kFalseSharingRange) std::atomic<uint32_t> closed;
+  // Set while the server process may sleep with this listener in its waits.
+  alignas(kFalseSharingRange) std::atomic<uint32_t> acceptor_sleeping;
+  // Written by the client only; the monitor reads it for its status.
+  alignas(kFalseSharingRange) std::atomic<uint64_t> connections_total;
+  alignas(kFalseSharingRange) std::atomic<uint32_t> slot_state[kChannelSlots];
+};
+static_assert(sizeof(ChannelHeader) == 5 * kFalseSharingRange);
+
+inline constexpr std::size_t channel_page_round_up(std::size_t bytes) {
+  return (bytes + 4095) & ~std::size_t{4095};
+}
+inline constexpr std::size_t channel_queue_offset() {
+  return sizeof(ChannelHeader);
+}
+inline constexpr std::size_t channel_slot_offset() {
+  return channel_page_round_up(channel_queue_offset() +
+                               descriptor_ring_footprint(kChannelQueueSlots));
+}
+inline constexpr std::size_t channel_slot_stride(uint32_t ring_capacity) {
+  return channel_page_round_up(connection_segment_bytes(ring_capacity));
+}
+inline constexpr std::size_t channel_bytes(uint32_t ring_capacity) {
+  return channel_slot_offset() + kChannelSlots * channel_slot_stride(ring_capacity);
+}
+
+// Lays out a connection segment at `base`: header, two empty rings. Used by
+// the monitor for its segments and by a channel's client for each slot.
+inline ConnectionSegmentHeader* layout_connection_segment(void* base, uint64_t connection_id,
+                                                          uint32_t ring_capacity) {
+  auto* bytes = static_cast<unsigned char*>(base);
+  auto* header = new (base) ConnectionSegmentHeader{};
+  header->magic = kSegmentMagic;
+  header->version = kSegmentVersion;
+  header->connection_id = connection_id;
+  header->ring_offset[kClientSide] = sizeof(ConnectionSegmentHeader);
+  header->ring_offset[kServerSide] =
+      static_cast<uint32_t>(sizeof(ConnectionSegmentHeader) + byte_ring_footprint(ring_capacity));
+  header->ring_capacity = ring_capacity;
+  byte_ring_init(bytes + header->ring_offset[kClientSide], ring_capacity);
+  byte_ring_init(bytes + header->ring_offset[kServerSide], ring_capacity);
+  return header;
 }
 
 }  // namespace netaccel

@@ -72,6 +72,9 @@ int create_wake_fd();         // non-blocking, close-on-exec eventfd; -errno on 
 void signal_wake_fd(int fd);  // one increment; never blocks
 void drain_wake_fd(int fd);   // consumes pending increments; never blocks
 
+// The most fds one message carries (a channel: its memfd and two eventfds per slot).
+inline constexpr std::size_t kMaxPassedFds = 32;
+
 // Passes `fds` with `data` over a unix socket in one message; -errno on failure.
 int send_with_fds(int socket_fd, const void* data, std::size_t bytes, const int* fds,
                   std::size_t fd_count);

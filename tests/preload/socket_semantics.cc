@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -481,6 +482,65 @@ TEST_F(SocketSemantics, ClosingWithUnreadDataResetsThePeer) {
   EXPECT_EQ(recv(client, buffer, sizeof buffer, 0), -1);
   EXPECT_EQ(errno, ECONNRESET);
   close(client);
+}
+
+// Under netaccel the first connection to a listener goes through the monitor
+// and the rest over a channel with a handful of slots, each reused many times.
+TEST_F(SocketSemantics, ManyShortConnectionsEachCarryTheirOwnBytes) {
+  constexpr int kConnections = 300;
+  expect_netaccel_connections(kConnections);
+  const int listener = listen_on();
+  const uint16_t port = port_of(listener);
+  std::thread server([&] {
+    for (int i = 0; i < kConnections; ++i) {
+      const int fd = accept(listener, nullptr, nullptr);
+      ASSERT_GE(fd, 0) << strerror(errno);
+      char request[32] = {};
+      const ssize_t n = recv(fd, request, sizeof request, 0);
+      ASSERT_GT(n, 0);
+      std::string reply = "echo " + std::string(request, static_cast<std::size_t>(n));
+      ASSERT_EQ(send(fd, reply.data(), reply.size(), 0), static_cast<ssize_t>(reply.size()));
+      close(fd);
+    }
+  });
+  std::set<uint16_t> client_ports;
+  for (int i = 0; i < kConnections; ++i) {
+    const int fd = connect_to(AF_INET, port);
+    sockaddr_in local{};
+    socklen_t length = sizeof local;
+    ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length), 0);
+    client_ports.insert(ntohs(local.sin_port));
+    const std::string request = "request " + std::to_string(i);
+    ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+    char reply[64] = {};
+    std::size_t got = 0;
+    for (;;) {
+      const ssize_t n = recv(fd, reply + got, sizeof reply - 1 - got, 0);
+      ASSERT_GE(n, 0) << strerror(errno);
+      if (n == 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    EXPECT_EQ(std::string(reply, got), "echo " + request);
+    close(fd);
+  }
+  server.join();
+  EXPECT_GT(client_ports.size(), kConnections / 2u) << "client ports should vary";
+  close(listener);
+}
+
+TEST_F(SocketSemantics, ClosingAListenerResetsConnectionsNeverAccepted) {
+  expect_netaccel_connections(4);
+  const int listener = listen_on();
+  const uint16_t port = port_of(listener);
+  std::vector<int> clients;
+  for (int i = 0; i < 4; ++i) clients.push_back(connect_to(AF_INET, port));
+  close(listener);
+  for (const int fd : clients) {
+    char byte;
+    EXPECT_EQ(recv(fd, &byte, 1, 0), -1);
+    EXPECT_EQ(errno, ECONNRESET);
+    close(fd);
+  }
 }
 
 TEST_F(SocketSemantics, ManyThreadsShareOneSocket) {

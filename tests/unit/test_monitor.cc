@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -791,6 +792,131 @@ TEST_F(MonitorTest, StopRemovesTheSocket) {
   ASSERT_TRUE(std::filesystem::exists(path()));
   stop();
   EXPECT_FALSE(std::filesystem::exists(path()));
+}
+
+// ---------------------------------------------------------------------------
+// Channels
+
+// A client's view of the channel it received: queue one connection on slot 0
+// as the preload does.
+struct ClientChannelView {
+  SharedMapping mapping;
+  ChannelHeader* header = nullptr;
+  ConnectionSegmentHeader* slot0 = nullptr;
+
+  explicit ClientChannelView(const TestProcess::OpenedChannel& channel)
+      : mapping(map_shared(channel.fds[0].get(), channel.header.channel_bytes)) {
+    if (!mapping) return;
+    header = static_cast<ChannelHeader*>(mapping.get());
+    slot0 = reinterpret_cast<ConnectionSegmentHeader*>(static_cast<unsigned char*>(mapping.get()) +
+                                                       header->slot_offset);
+  }
+
+  bool queue_slot0(uint64_t listener_id) {
+    uint32_t free = 0;
+    if (!header->slot_state[0].compare_exchange_strong(
+            free, kSlotClientOpen | kSlotServerOpen | kSlotQueued)) {
+      return false;
+    }
+    layout_connection_segment(slot0, 77, header->ring_capacity);
+    DescriptorRing<Event> queue(static_cast<unsigned char*>(mapping.get()) + header->queue_offset);
+    Event entry{};
+    entry.type = EventType::kIncoming;
+    entry.request_id = 0;
+    entry.socket_id = listener_id;
+    return queue.try_push(entry);
+  }
+};
+
+bool eventually(const std::function<bool()>& condition) {
+  const Clock::time_point deadline = Clock::now() + kTimeout;
+  while (!condition()) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+TEST_F(MonitorTest, FirstConnectOpensAChannelForBothProcesses) {
+  start();
+  TestProcess server = TestProcess::register_at(path());
+  TestProcess client = TestProcess::register_at(path());
+  Delivery server_delivery, client_delivery;
+  ASSERT_NO_FATAL_FAILURE(connect_pair(server, client, 9100, server_delivery, client_delivery));
+  ASSERT_EQ(client.channels.size(), 1u);
+  ASSERT_EQ(server.channels.size(), 1u);
+  const auto& client_channel = client.channels[0];
+  const auto& server_channel = server.channels[0];
+  EXPECT_EQ(client_channel.header.side, kClientSide);
+  EXPECT_EQ(server_channel.header.side, kServerSide);
+  EXPECT_EQ(client_channel.header.channel_id, server_channel.header.channel_id);
+  // Client: memfd, two eventfds per slot, the server's wake; server: no wake.
+  EXPECT_EQ(client_channel.fds.size(), 2 + 2 * kChannelSlots);
+  EXPECT_EQ(server_channel.fds.size(), 1 + 2 * kChannelSlots);
+  EXPECT_EQ(client_channel.event.socket_id, 0u);
+  EXPECT_EQ(server_channel.event.socket_id, 10u);
+  EXPECT_EQ(client_channel.event.peer.port, 9100);
+  EXPECT_EQ(client_channel.header.channel_bytes, channel_bytes(options_.ring_bytes));
+
+  ClientChannelView view(client_channel);
+  ASSERT_TRUE(view.header);
+  EXPECT_EQ(view.header->magic, kChannelMagic);
+  EXPECT_EQ(view.header->slot_count, kChannelSlots);
+  EXPECT_EQ(view.header->ring_capacity, options_.ring_bytes);
+  EXPECT_GE(view.header->slot_bytes, connection_segment_bytes(options_.ring_bytes));
+  EXPECT_EQ(view.header->closed.load(), 0u);
+
+  // A second connect to the same destination opens no second channel.
+  client.push(connect_request(3, 21, 9100));
+  ASSERT_TRUE(client.next_event());
+  EXPECT_EQ(client.channels.size(), 1u);
+  EXPECT_TRUE(has_field(query_status(path()), "\"channels_open\":1"));
+}
+
+TEST_F(MonitorTest, UnlistenRefusesWhatTheChannelStillQueues) {
+  start();
+  TestProcess server = TestProcess::register_at(path());
+  TestProcess client = TestProcess::register_at(path());
+  Delivery server_delivery, client_delivery;
+  ASSERT_NO_FATAL_FAILURE(connect_pair(server, client, 9101, server_delivery, client_delivery));
+  ASSERT_EQ(client.channels.size(), 1u);
+  ClientChannelView view(client.channels[0]);
+  ASSERT_TRUE(view.header);
+  ASSERT_TRUE(view.queue_slot0(10));
+
+  Request unlisten{};
+  unlisten.op = RequestOp::kUnlisten;
+  unlisten.request_id = 5;
+  unlisten.socket_id = 10;
+  server.push(unlisten);
+  ASSERT_TRUE(eventually([&] { return view.header->closed.load() == 1; }));
+  ASSERT_TRUE(eventually([&] { return view.slot0->aborted[kServerSide].load() == 1; }));
+  // The server end is gone and the entry taken; the client's end frees the slot.
+  EXPECT_EQ(view.header->slot_state[0].load(), static_cast<uint32_t>(kSlotClientOpen));
+  EXPECT_TRUE(readable_within(client.channels[0].fds[1 + 2 * 0 + kClientSide].get(), 1000ms));
+  EXPECT_TRUE(eventually([&] { return has_field(query_status(path()), "\"channels_open\":0"); }));
+}
+
+TEST_F(MonitorTest, DeadClientAbortsItsChannelConnections) {
+  start();
+  TestProcess server = TestProcess::register_at(path());
+  auto client = std::make_unique<TestProcess>(TestProcess::register_at(path()));
+  Delivery server_delivery, client_delivery;
+  ASSERT_NO_FATAL_FAILURE(connect_pair(server, *client, 9102, server_delivery, client_delivery));
+  ASSERT_EQ(server.channels.size(), 1u);
+  ClientChannelView view(client->channels[0]);
+  ASSERT_TRUE(view.header);
+  ASSERT_TRUE(view.queue_slot0(10));
+  // The server accepts it, as the preload does: it takes the queued bit.
+  view.header->slot_state[0].fetch_and(~static_cast<uint32_t>(kSlotQueued));
+  const UniqueFd& server_wake = server.channels[0].fds[1 + 2 * 0 + kServerSide];
+  drain_wake_fd(server_wake.get());
+
+  client.reset();
+  ASSERT_TRUE(readable_within(server_wake.get(), 2000ms));
+  EXPECT_EQ(view.slot0->aborted[kClientSide].load(), 1u);
+  EXPECT_EQ(view.header->slot_state[0].load(), static_cast<uint32_t>(kSlotServerOpen));
+  EXPECT_TRUE(eventually([&] { return view.header->closed.load() == 1; }));
 }
 
 }  // namespace

@@ -236,6 +236,8 @@ constexpr uint64_t kDirectConnectionBit = uint64_t{1} << 63;
 // ephemeral range (getsockname and getpeername show them).
 constexpr uint32_t kEphemeralFirst = 32768;
 constexpr uint32_t kEphemeralCount = 60999 - 32768 + 1;
+// How long a connect waits for a channel slot before it asks the monitor.
+constexpr int64_t kSlotWaitNs = 50'000;
 
 struct MonitorLink {
   std::mutex mutex;  // one thread at a time produces requests and consumes events
@@ -821,6 +823,74 @@ void announce_event_wait(bool waiting) {
   }
 }
 
+// One attempt at a free slot of `channel`; null when none is free now (then
+// `*busy`) or the connection could not be queued.
+Connection* claim_channel_slot(Channel* channel, const InetAddress& destination, InetAddress& local,
+                               InetAddress& peer, bool* busy) {
+  std::lock_guard lock(channel->lock);
+  Connection* connection = nullptr;
+  ChannelHeader* header = channel->header;
+  *busy = true;
+  for (uint32_t tried = 0; tried < kChannelSlots && connection == nullptr; ++tried) {
+    const uint32_t slot = channel->next_slot++ % kChannelSlots;
+    uint32_t free = 0;
+    // Acquire: both ends' last use of the slot happened before we lay it out.
+    if (!header->slot_state[slot].compare_exchange_strong(
+            free, kSlotClientOpen | kSlotServerOpen | kSlotQueued, std::memory_order_acquire,
+            std::memory_order_relaxed)) {
+      continue;
+    }
+    auto* base = static_cast<unsigned char*>(channel->mapping.get());
+    const uint64_t number = ++channel->connections;
+    layout_connection_segment(
+        base + header->slot_offset + slot * header->slot_bytes,
+        kDirectConnectionBit | channel->channel_id << 24 | (number & 0xffffff),
+        header->ring_capacity);
+    connection = slot_connection(channel, slot, kClientSide);
+    bind_rings(connection, kClientSide);
+    local = channel->client_address;
+    local.port = static_cast<uint16_t>(kEphemeralFirst +
+                                       (channel->channel_id * 7919 + number) % kEphemeralCount);
+    peer = destination;
+    Event entry{};
+    entry.type = EventType::kIncoming;
+    entry.request_id = slot;
+    entry.socket_id = channel->listener_id;
+    entry.connection_id = connection->connection_id;
+    entry.local = peer;
+    entry.peer = local;
+    // Release (inside try_push): the layout is visible with the entry.
+    if (!channel->queue.try_push(entry)) {
+      release_channel_slot(connection);
+      header->slot_state[slot].store(0, std::memory_order_release);
+      connection = nullptr;
+      *busy = false;
+      break;
+    }
+    header->connections_total.fetch_add(1, std::memory_order_relaxed);
+    // Dekker pair with the monitor's close (closed, fence, drain) and with
+    // the acceptor's announcement (sleeping, fence, re-check the queue).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (channel->closed()) {
+      const uint32_t before = header->slot_state[slot].fetch_and(
+          ~static_cast<uint32_t>(kSlotQueued), std::memory_order_acq_rel);
+      if (before & kSlotQueued) {
+        // Ours to withdraw: nobody took the entry. Free the whole slot.
+        release_channel_slot(connection);
+        header->slot_state[slot].store(0, std::memory_order_release);
+        connection = nullptr;
+      }
+      *busy = false;
+      break;
+    }
+    if (header->acceptor_sleeping.load(std::memory_order_relaxed)) {
+      signal_wake_fd(channel->acceptor_wake.get());
+    }
+  }
+  if (connection != nullptr) *busy = false;
+  return connection;
+}
+
 Connection* channel_connect(const InetAddress& destination, InetAddress& local, InetAddress& peer) {
   Channel* channel = nullptr;
   {
@@ -843,64 +913,15 @@ Connection* channel_connect(const InetAddress& destination, InetAddress& local, 
     }
   }
   if (channel == nullptr) return nullptr;
+  // Every slot busy means the server is behind: give it our core for a
+  // moment, as a kernel client waits for room in a full backlog, rather than
+  // load the monitor too.
   Connection* connection = nullptr;
-  {
-    std::lock_guard lock(channel->lock);
-    ChannelHeader* header = channel->header;
-    for (uint32_t tried = 0; tried < kChannelSlots && connection == nullptr; ++tried) {
-      const uint32_t slot = channel->next_slot++ % kChannelSlots;
-      uint32_t free = 0;
-      // Acquire: both ends' last use of the slot happened before we lay it out.
-      if (!header->slot_state[slot].compare_exchange_strong(
-              free, kSlotClientOpen | kSlotServerOpen | kSlotQueued, std::memory_order_acquire,
-              std::memory_order_relaxed)) {
-        continue;
-      }
-      auto* base = static_cast<unsigned char*>(channel->mapping.get());
-      const uint64_t number = ++channel->connections;
-      layout_connection_segment(
-          base + header->slot_offset + slot * header->slot_bytes,
-          kDirectConnectionBit | channel->channel_id << 24 | (number & 0xffffff),
-          header->ring_capacity);
-      connection = slot_connection(channel, slot, kClientSide);
-      bind_rings(connection, kClientSide);
-      local = channel->client_address;
-      local.port = static_cast<uint16_t>(kEphemeralFirst +
-                                         (channel->channel_id * 7919 + number) % kEphemeralCount);
-      peer = destination;
-      Event entry{};
-      entry.type = EventType::kIncoming;
-      entry.request_id = slot;
-      entry.socket_id = channel->listener_id;
-      entry.connection_id = connection->connection_id;
-      entry.local = peer;
-      entry.peer = local;
-      // Release (inside try_push): the layout is visible with the entry.
-      if (!channel->queue.try_push(entry)) {
-        release_channel_slot(connection);
-        header->slot_state[slot].store(0, std::memory_order_release);
-        connection = nullptr;
-        break;
-      }
-      header->connections_total.fetch_add(1, std::memory_order_relaxed);
-      // Dekker pair with the monitor's close (closed, fence, drain) and with
-      // the acceptor's announcement (sleeping, fence, re-check the queue).
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (channel->closed()) {
-        const uint32_t before = header->slot_state[slot].fetch_and(
-            ~static_cast<uint32_t>(kSlotQueued), std::memory_order_acq_rel);
-        if (before & kSlotQueued) {
-          // Ours to withdraw: nobody took the entry. Free the whole slot.
-          release_channel_slot(connection);
-          header->slot_state[slot].store(0, std::memory_order_release);
-          connection = nullptr;
-        }
-        break;
-      }
-      if (header->acceptor_sleeping.load(std::memory_order_relaxed)) {
-        signal_wake_fd(channel->acceptor_wake.get());
-      }
-    }
+  const int64_t give_up = monotonic_ns() + kSlotWaitNs;
+  bool busy = true;
+  while ((connection = claim_channel_slot(channel, destination, local, peer, &busy)) == nullptr &&
+         busy && !channel->closed() && monotonic_ns() < give_up) {
+    sched_yield();
   }
   drop_channel_reference(channel);
   return connection;

@@ -8,6 +8,7 @@
 #include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 namespace netaccel::preload {
@@ -30,7 +31,8 @@ void epoll_closed(int fd);
 
 // Fork bookkeeping for the monitor link.
 void lock_link_for_fork();
-void unlock_link_after_fork();
 void reset_link_in_child();
+// The parent's half of a fork: its listeners wait to be announced again.
+void withdraw_listeners_after_fork();
 
 }  // namespace netaccel::preload

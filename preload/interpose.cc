@@ -42,7 +42,8 @@ namespace {
 __attribute__((constructor)) void initialise_preload() {
   netaccel::preload::real();
   netaccel::preload::config();
-  pthread_atfork(netaccel::preload::lock_link_for_fork, netaccel::preload::unlock_link_after_fork,
+  pthread_atfork(netaccel::preload::lock_link_for_fork,
+                 netaccel::preload::withdraw_listeners_after_fork,
                  netaccel::preload::reset_link_in_child);
 }
 

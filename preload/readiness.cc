@@ -73,6 +73,7 @@ struct EpollSet {
   std::mutex mutex;
   std::vector<EpollMember> members;
   int listeners = 0;
+  uint32_t fork_generation = 0;  // listeners announced since this many forks
   bool event_wake_registered = false;
   uint32_t rotation = 0;
 };
@@ -208,6 +209,25 @@ bool arm_members(EpollSet* set, bool armed) {
   return space_wait;
 }
 
+// A set that watched listeners before a fork waits for connections now:
+// whichever process waits on it takes them.
+void announce_listeners_after_fork(EpollSet* set) {
+  const uint32_t generation = g_fork_generation.load(std::memory_order_relaxed);
+  if (set->listeners == 0 || set->fork_generation == generation) return;
+  std::vector<int> listeners;
+  {
+    std::lock_guard lock(set->mutex);
+    for (const EpollMember& member : set->members) {
+      if (member.listener) listeners.push_back(member.fd);
+    }
+    set->fork_generation = generation;
+  }
+  for (const int fd : listeners) {
+    SocketRef socket = lookup_socket(fd);
+    if (socket) ensure_listener_announced(socket.get());
+  }
+}
+
 int timeout_left_ms(int64_t deadline_ns) {
   if (deadline_ns < 0) return -1;
   const int64_t left = deadline_ns - monotonic_ns();
@@ -234,6 +254,7 @@ int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
   auto member = std::find_if(set->members.begin(), set->members.end(),
                              [fd](const EpollMember& m) { return m.fd == fd; });
   const bool listener = socket->state == SocketState::kListening;
+  if (listener) ensure_listener_announced(socket.get());
   switch (op) {
     case EPOLL_CTL_ADD: {
       if (member != set->members.end()) return fail(EEXIST);
@@ -293,6 +314,7 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
       if (kept > 0 || timeout == 0) return kept;
     }
   }
+  announce_listeners_after_fork(set);
   const int64_t start = monotonic_ns();
   const int64_t deadline = timeout < 0 ? -1 : start + static_cast<int64_t>(timeout) * 1000000;
   SpinBudget spin(timeout < 0 ? config().spin_ns
@@ -461,6 +483,7 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
     if (socket && socket->state != SocketState::kBound) {
       socket->references.fetch_add(1, std::memory_order_relaxed);  // released below
       slots.push_back({i, socket.get()});
+      ensure_listener_announced(socket.get());
     }
   }
   struct timespec timeout_spec;

@@ -23,6 +23,7 @@
 namespace netaccel::preload {
 
 std::atomic<bool> g_multithreaded{false};
+std::atomic<uint32_t> g_fork_generation{0};
 
 // ---------------------------------------------------------------------------
 const Config& config() {
@@ -122,6 +123,9 @@ void Socket::reset() {
   connection = nullptr;
   epoll_memberships.store(0, std::memory_order_relaxed);
   listener_wake.reset();
+  listen_backlog = 0;
+  listen_v6only = false;
+  listener_announced.store(false, std::memory_order_relaxed);
   backlog.clear();
 }
 
@@ -164,9 +168,42 @@ Socket* new_socket() {
   return socket;
 }
 
+std::atomic<int> g_highest_fd{-1};
+
 void install_socket(int fd, Socket* socket) {
   socket->references.fetch_add(1, std::memory_order_relaxed);
   sockets()[fd].store(socket, std::memory_order_release);
+  int highest = g_highest_fd.load(std::memory_order_relaxed);
+  while (fd > highest && !g_highest_fd.compare_exchange_weak(highest, fd)) {
+  }
+}
+
+namespace {
+// Each connection end held through one of our descriptors, once.
+template <typename Visit>
+void for_each_held_connection(Visit visit) {
+  std::vector<Connection*> seen;
+  const int highest = g_highest_fd.load(std::memory_order_acquire);
+  for (int fd = 0; fd <= highest; ++fd) {
+    Socket* socket = sockets()[fd].load(std::memory_order_acquire);
+    if (socket == nullptr || socket->state != SocketState::kConnected) continue;
+    Connection* connection = socket->connection;
+    if (std::find(seen.begin(), seen.end(), connection) != seen.end()) continue;
+    seen.push_back(connection);
+    visit(connection);
+  }
+}
+}  // namespace
+
+void share_connections_with_child(bool shared) {
+  for_each_held_connection([shared](Connection* connection) {
+    std::atomic<uint32_t>& holders = connection->header->holders[connection->side];
+    if (shared) {
+      holders.fetch_add(1, std::memory_order_acq_rel);
+    } else {
+      release_last_holder(holders);
+    }
+  });
 }
 
 Socket* uninstall_socket(int fd) {
@@ -179,10 +216,12 @@ void release_socket(Socket* socket) {
   if (socket->connection != nullptr) close_connection(socket->connection, false);
   if (socket->state == SocketState::kListening) {
     drop_listener_channels(socket);
-    Request request{};
-    request.op = RequestOp::kUnlisten;
-    request.socket_id = socket->id;
-    monitor_post(request);
+    if (socket->listener_announced.load(std::memory_order_acquire)) {
+      Request request{};
+      request.op = RequestOp::kUnlisten;
+      request.socket_id = socket->id;
+      monitor_post(request);
+    }
     unregister_listener(socket);
   }
   // Never accepted: the client sees a reset, as with a kernel listener's close.
@@ -422,17 +461,22 @@ void drop_channel_reference(Channel* channel) {
   delete channel;
 }
 
-// Our end of a channel slot is done; the last of the two ends frees the slot.
-void release_channel_slot(Connection* connection) {
+// Lets go of our view of a channel slot; the channel owns the eventfds.
+void forget_channel_slot(Connection* connection) {
   Channel* channel = connection->channel;
-  const uint32_t own = connection->side == kClientSide ? kSlotClientOpen : kSlotServerOpen;
-  // Release: the next user of the slot sees all our use of it done.
-  channel->header->slot_state[connection->slot].fetch_and(~own, std::memory_order_acq_rel);
-  // The channel owns the eventfds.
   (void)connection->own_wake.release();
   (void)connection->peer_wake.release();
   delete connection;
   drop_channel_reference(channel);
+}
+
+// Our end of a channel slot is done; the last of the two ends frees the slot.
+void release_channel_slot(Connection* connection) {
+  const uint32_t own = connection->side == kClientSide ? kSlotClientOpen : kSlotServerOpen;
+  // Release: the next user of the slot sees all our use of it done.
+  connection->channel->header->slot_state[connection->slot].fetch_and(~own,
+                                                                      std::memory_order_acq_rel);
+  forget_channel_slot(connection);
 }
 
 Connection* slot_connection(Channel* channel, uint32_t slot, uint32_t side) {
@@ -487,7 +531,32 @@ void drop_cached(uint64_t connection_id) {
 
 bool post_locked(MonitorLink& l, Request& request);
 
+// Another process still holds the end: only our share goes.
+void leave_shared_connection(MonitorLink* locked, Connection* connection) {
+  if (!connection->inherited) {
+    connection->header->owner_left[connection->side].store(1, std::memory_order_release);
+    if (connection->channel == nullptr) {
+      // The engine forgets our end; the segment stays with the other holders.
+      Request request{};
+      request.op = RequestOp::kClose;
+      request.connection_id = connection->connection_id;
+      if (locked != nullptr) {
+        if (locked->state.load(std::memory_order_relaxed) == LinkState::kRegistered) {
+          post_locked(*locked, request);
+        }
+      } else {
+        monitor_post(request);
+      }
+    }
+  }
+  if (connection->channel != nullptr) return forget_channel_slot(connection);
+  free_connection(connection);
+}
+
 void close_connection_locked(MonitorLink* locked, Connection* connection, bool abort) {
+  if (!release_last_holder(connection->header->holders[connection->side])) {
+    return leave_shared_connection(locked, connection);
+  }
   if (abort || connection->rx.unread() != 0) {
     connection->header->aborted[connection->side].store(1, std::memory_order_release);
   }
@@ -500,6 +569,8 @@ void close_connection_locked(MonitorLink* locked, Connection* connection, bool a
     signal_wake_fd(connection->peer_wake.get());
   }
   if (connection->channel != nullptr) return release_channel_slot(connection);
+  // The monitor hands segments back to the process it gave them to.
+  if (connection->inherited) return free_connection(connection);
   // Cached before the monitor hears of the close: another thread may see the
   // segment handed back the moment it does.
   {
@@ -929,6 +1000,12 @@ Connection* channel_connect(const InetAddress& destination, InetAddress& local, 
 
 bool channel_accept(Socket* listener, PendingConnection& out) {
   std::lock_guard backlog(listener->backlog_mutex);
+  // A closed channel gets no new entries: once drained, it goes.
+  std::erase_if(listener->channels, [](Channel* channel) {
+    if (!channel->closed() || !channel->queue.empty()) return false;
+    drop_channel_reference(channel);
+    return true;
+  });
   for (Channel* channel : listener->channels) {
     std::lock_guard lock(channel->lock);
     Event entry;
@@ -970,11 +1047,18 @@ void drop_listener_channels(Socket* listener) {
 // A forked child shares the parent's queues, which have one producer and one
 // consumer each: the child registers anew on its first netaccel call.
 void reset_link_in_child() {
-  // The parent's channels are the parent's: it alone produces and consumes
-  // on their queues. (Their memory stays mapped for inherited connections.)
+  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  for_each_held_connection([](Connection* connection) { connection->inherited = true; });
+  // What the parent was handed is the parent's: its channels (it alone
+  // produces and consumes on their queues; their memory stays mapped for
+  // inherited connections) and the connections queued for its listeners.
   // No locks: another thread of the parent may have held them at the fork.
   g_client_channels.clear();
-  for (const auto& [id, listener] : g_listeners) listener->channels.clear();
+  for (const auto& [id, listener] : g_listeners) {
+    listener->channels.clear();
+    listener->backlog.clear();
+    listener->listener_announced.store(false, std::memory_order_relaxed);
+  }
   MonitorLink& l = link();
   new (&l.mutex) std::mutex;
   l.awaited_request_id = 0;
@@ -986,8 +1070,28 @@ void reset_link_in_child() {
 void lock_link_for_fork() {
   link().mutex.lock();
 }
-void unlock_link_after_fork() {
+void withdraw_listeners_after_fork() {
   link().mutex.unlock();
+  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  std::vector<Socket*> announced;
+  {
+    std::lock_guard listeners(g_listeners_mutex);
+    for (const auto& [id, listener] : g_listeners) {
+      if (listener->listener_announced.exchange(false, std::memory_order_acq_rel)) {
+        listener->references.fetch_add(1, std::memory_order_relaxed);
+        announced.push_back(listener);
+      }
+    }
+  }
+  for (Socket* listener : announced) {
+    // Its channels close to new connections; what they queued is still ours.
+    Request request{};
+    request.op = RequestOp::kUnlisten;
+    request.flags = kRequestKeepQueued;
+    request.socket_id = listener->id;
+    monitor_post(request);
+    release_socket(listener);
+  }
 }
 
 // ---------------------------------------------------------------------------

@@ -86,6 +86,7 @@ struct Connection {
   SharedMapping segment;
   Channel* channel = nullptr;
   uint32_t slot = 0;
+  bool inherited = false;  // came with a fork: the monitor knows another owner
   ConnectionSegmentHeader* header = nullptr;
   ByteRing tx;         // our bytes to the peer
   ByteRing rx;         // the peer's bytes to us
@@ -156,6 +157,15 @@ struct Channel {
 Connection* channel_connect(const InetAddress& destination, InetAddress& local, InetAddress& peer);
 // Takes the oldest connection queued on one of the listener's channels.
 bool channel_accept(struct Socket* listener, PendingConnection& out);
+// fork(): every connection end this process holds gains the child as a
+// holder before the fork, and loses it again if the fork fails.
+void share_connections_with_child(bool shared);
+
+// Announces a listener that a fork left unannounced; see Socket::listener_announced.
+void ensure_listener_announced(struct Socket* socket);
+// Counts forks, so that epoll sets know to look for unannounced listeners.
+extern std::atomic<uint32_t> g_fork_generation;
+
 // A connection waits in the listener's backlog or on one of its channels.
 bool listener_has_pending(struct Socket* listener);
 // The listener closes: its channels go (the monitor refuses what is queued).
@@ -193,6 +203,14 @@ struct Socket {
 
   // Listener state.
   UniqueFd listener_wake;  // signalled when the backlog gains a connection
+  uint16_t listen_backlog = 0;
+  bool listen_v6only = false;
+  // Whether the monitor routes connections to this process's listener. After
+  // a fork neither process is announced: each announces itself again when it
+  // next waits for connections (accept, epoll, poll, select), so those go to
+  // the processes that take them (an nginx worker, not its master).
+  std::atomic<bool> listener_announced{false};
+  std::mutex announce_mutex;
   std::mutex backlog_mutex;
   std::deque<PendingConnection> backlog;
   std::vector<Channel*> channels;  // under backlog_mutex

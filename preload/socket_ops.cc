@@ -424,6 +424,30 @@ int intercepted_bind(int fd, const struct sockaddr* address, socklen_t length) {
   return 0;
 }
 
+// Announces a listening socket to the monitor; false if it will not carry it.
+bool announce_listener(Socket* socket) {
+  Request request{};
+  request.op = RequestOp::kListen;
+  request.socket_id = socket->id;
+  request.address = socket->local;
+  request.backlog = socket->listen_backlog;
+  if (socket->listen_v6only) request.flags |= kRequestV6Only;
+  Event reply{};
+  return monitor_available() && monitor_call(request, reply, nullptr) && reply.status == 0;
+}
+
+void ensure_listener_announced(Socket* socket) {
+  if (socket->state != SocketState::kListening ||
+      socket->listener_announced.load(std::memory_order_acquire)) {
+    return;
+  }
+  // Not the backlog's lock: the reply's wait pumps events, which fill the backlog.
+  std::lock_guard lock(socket->announce_mutex);
+  if (socket->listener_announced.load(std::memory_order_relaxed)) return;
+  // Without the monitor, clients reach us through the kernel listener.
+  if (announce_listener(socket)) socket->listener_announced.store(true, std::memory_order_release);
+}
+
 int intercepted_listen(int fd, int backlog) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) return real().listen(fd, backlog);
@@ -453,29 +477,26 @@ int intercepted_listen(int fd, int backlog) {
   const int flags = real().fcntl(fd, F_GETFL);
   real().fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 
-  Request request{};
-  request.op = RequestOp::kListen;
-  request.socket_id = socket->id;
-  request.address = socket->local;
-  request.backlog = static_cast<uint16_t>(std::clamp(backlog, 0, 65535));
+  socket->listen_backlog = static_cast<uint16_t>(std::clamp(backlog, 0, 65535));
   if (socket->domain == AF_INET6) {
     int v6only = 0;
     socklen_t v6only_length = sizeof v6only;
     real().getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &v6only_length);
-    if (v6only) request.flags |= kRequestV6Only;
+    socket->listen_v6only = v6only != 0;
   }
   // Registered first so that a connection arriving right after the reply finds it.
   socket->state = SocketState::kListening;
   register_listener(socket.get());
-  Event reply{};
-  if (!monitor_call(request, reply, nullptr) || reply.status != 0) {
+  if (!announce_listener(socket.get())) {
     unregister_listener(socket.get());
     socket->state = SocketState::kBound;
     mark_internal_fd(wake, false);
     socket->listener_wake.reset();
     real().fcntl(fd, F_SETFL, flags);
     fall_back_to_kernel(fd, socket.get());
+    return 0;
   }
+  socket->listener_announced.store(true, std::memory_order_release);
   return 0;
 }
 
@@ -527,6 +548,7 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
     return real().accept4(fd, address, length, flags);
   }
   if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) return fail(EINVAL);
+  ensure_listener_announced(socket.get());
   const int64_t deadline = deadline_after(socket->receive_timeout_ns);
   SpinBudget spin(config().spin_ns);
   bool spinning = true;
@@ -822,6 +844,20 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
     default:
       return real().ioctl(fd, request, argument);
   }
+}
+
+// Interposed rather than left to pthread_atfork alone: the child must count
+// as a holder of every connection before the parent can close its copy, and
+// only here can a failed fork take that back.
+pid_t intercepted_fork() {
+  share_connections_with_child(true);
+  const pid_t child = real().fork();
+  if (child < 0) {
+    const int error = errno;
+    share_connections_with_child(false);
+    errno = error;
+  }
+  return child;
 }
 
 int intercepted_pthread_create(pthread_t* thread, const pthread_attr_t* attributes,

@@ -109,6 +109,14 @@ ConnectionSide other_side(ConnectionSide side) {
   return side == kClientSide ? kServerSide : kClientSide;
 }
 
+// The owner of `dead`'s end died: true when that ends the end. A process it
+// forked may still hold it, or the owner had let go of its share already.
+bool release_dead_owner_share(unsigned char* segment, ConnectionSide dead) {
+  auto* header = reinterpret_cast<ConnectionSegmentHeader*>(segment);
+  if (header->owner_left[dead].load(std::memory_order_acquire) != 0) return false;
+  return release_last_holder(header->holders[dead]);
+}
+
 }  // namespace
 
 std::unique_ptr<ControlPlaneEngine> make_engine(std::string_view name) {
@@ -213,6 +221,7 @@ class Monitor::Impl {
   void drop_segment(uint64_t held_as, const uint32_t (&process_id)[2]);
   void drop_pooled_segments_of(uint32_t process_id);
   bool take_pooled_segment(uint32_t client, uint32_t server, Segment& segment);
+  bool segment_left_to_a_fork(const Segment& segment) const;
   void layout_segment(int memory, uint64_t connection_id);
   struct UnbackedConnection {
     int error;
@@ -227,7 +236,7 @@ class Monitor::Impl {
   void abort_slot_end(Channel& channel, uint32_t slot, ConnectionSide dead);
   void abort_segment_end(unsigned char* segment, ConnectionSide dead) const;
   void drain_channel_queue(Channel& channel);
-  void close_channels_of_listener(uint32_t process_id, uint64_t listener_id);
+  void close_channels_of_listener(uint32_t process_id, uint64_t listener_id, bool refuse_queued);
   void close_channel_of(uint32_t process_id, uint64_t channel_id);
   void close_channels_of_process(uint32_t process_id);
   uint64_t direct_connections_total() const;
@@ -394,7 +403,8 @@ bool Monitor::Impl::serve_request_queues() {
       if (request.op == RequestOp::kConnect) open_channel_after_connect(process_id, request);
       handle_outputs();
       if (request.op == RequestOp::kUnlisten)
-        close_channels_of_listener(process_id, request.socket_id);
+        close_channels_of_listener(process_id, request.socket_id,
+                                   (request.flags & kRequestKeepQueued) == 0);
       worked = true;
     }
   }
@@ -731,6 +741,16 @@ void Monitor::Impl::layout_segment(int memory, uint64_t connection_id) {
   std::atomic_thread_fence(std::memory_order_release);
 }
 
+bool Monitor::Impl::segment_left_to_a_fork(const Segment& segment) const {
+  const SharedMapping mapping = map_shared(segment.memory.get(), segment_bytes_);
+  if (!mapping) return true;  // cannot tell: do not reuse it
+  // An owner that left its end to a process it forked unmapped the segment
+  // (nothing to reuse there), and that process may still be using it.
+  const auto* header = static_cast<const ConnectionSegmentHeader*>(mapping.get());
+  return header->owner_left[kClientSide].load(std::memory_order_acquire) != 0 ||
+         header->owner_left[kServerSide].load(std::memory_order_acquire) != 0;
+}
+
 bool Monitor::Impl::take_pooled_segment(uint32_t client, uint32_t server, Segment& segment) {
   const auto found = segment_pool_.find(pair_key(client, server));
   if (found == segment_pool_.end()) return false;
@@ -751,7 +771,10 @@ void Monitor::Impl::release_connection(uint64_t connection_id) {
   Connection& connection = found->second;
   const uint32_t client = connection.process_id[kClientSide];
   const uint32_t server = connection.process_id[kServerSide];
-  const bool both_alive = processes_.contains(client) && processes_.contains(server);
+  // A process forked from one of the two may still use the segment, or
+  // hold the only mapping of it.
+  const bool both_alive = processes_.contains(client) && processes_.contains(server) &&
+                          !segment_left_to_a_fork(connection.segment);
   std::vector<PooledSegment>& pool = segment_pool_[pair_key(client, server)];
   if (both_alive && pool.size() < kPooledSegmentsPerPair &&
       pooled_per_process_[client] < kPooledSegmentsPerProcess &&
@@ -864,9 +887,11 @@ void Monitor::Impl::abandon_endpoint(const EngineOutput& output) {
     log_error("cannot map connection memory", errno);
     return;
   }
+  auto* segment = static_cast<unsigned char*>(mapping.get());
   for (const ConnectionSide dead : {kClientSide, kServerSide}) {
     if (connection.process_id[dead] != output.destination) continue;
-    abort_segment_end(static_cast<unsigned char*>(mapping.get()), dead);
+    if (!release_dead_owner_share(segment, dead)) continue;
+    abort_segment_end(segment, dead);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     signal_wake_fd(connection.segment.wake[other_side(dead)].get());
   }
@@ -1022,6 +1047,7 @@ void Monitor::Impl::abort_slot_end(Channel& channel, uint32_t slot, ConnectionSi
   // Offsets from our own layout, never from what the processes wrote.
   unsigned char* segment = static_cast<unsigned char*>(channel.mapping.get()) +
                            channel_slot_offset() + slot * channel_slot_stride(options_.ring_bytes);
+  if (!release_dead_owner_share(segment, dead)) return;
   abort_segment_end(segment, dead);
   state.fetch_and(~dead_bit, std::memory_order_acq_rel);
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -1042,14 +1068,15 @@ void Monitor::Impl::abort_segment_end(unsigned char* segment, ConnectionSide dea
   ring(other_side(dead))->reader_closed.store(1, std::memory_order_release);
 }
 
-void Monitor::Impl::close_channels_of_listener(uint32_t process_id, uint64_t listener_id) {
+void Monitor::Impl::close_channels_of_listener(uint32_t process_id, uint64_t listener_id,
+                                               bool refuse_queued) {
   std::vector<uint64_t> closing;
   for (const auto& [id, channel] : channels_) {
     if (channel.process_id[kServerSide] == process_id && channel.listener_id == listener_id) {
       closing.push_back(id);
     }
   }
-  for (const uint64_t id : closing) close_channel(id, true);
+  for (const uint64_t id : closing) close_channel(id, refuse_queued);
 }
 
 // A process could not take the channel: nobody would consume its queue.

@@ -49,6 +49,9 @@ enum RequestFlags : uint8_t {
   kRequestV6Only = 1 << 0,  // listener: IPV6_V6ONLY, no IPv4-mapped peers
   kRequestDestinationLocal =
       1 << 1,  // connect: the monitor found the destination local to the netns
+  // unlisten after a fork: the process keeps taking what its channels
+  // already queued; only new connections go elsewhere.
+  kRequestKeepQueued = 1 << 2,
 };
 
 struct Request {
@@ -157,7 +160,7 @@ inline constexpr uint32_t kEventSlots = 1024;
 enum ConnectionSide : uint32_t { kClientSide = 0, kServerSide = 1 };
 
 inline constexpr uint32_t kSegmentMagic = 0x4e414353;  // "NACS"
-inline constexpr uint32_t kSegmentVersion = 1;
+inline constexpr uint32_t kSegmentVersion = 2;
 inline constexpr uint32_t kDefaultRingBytes = 256 * 1024;
 
 struct ConnectionSegmentHeader {
@@ -170,6 +173,14 @@ struct ConnectionSegmentHeader {
   // Set when side i aborted (closed with unread data, or died): the other
   // side's reads and writes fail with ECONNRESET.
   alignas(kFalseSharingRange) std::atomic<uint32_t> aborted[2];
+  // Processes holding side i: a fork shares every connection end with the
+  // child, and only the last holder's close (or death) ends it, as with a
+  // kernel socket shared by two processes.
+  std::atomic<uint32_t> holders[2];
+  // Set when the process the monitor knows as side i's owner let go of its
+  // share while a forked process still holds it: the owner's death then
+  // leaves the end alone.
+  std::atomic<uint32_t> owner_left[2];
 };
 static_assert(sizeof(ConnectionSegmentHeader) == 2 * kFalseSharingRange);
 
@@ -239,6 +250,16 @@ inline constexpr std::size_t channel_bytes(uint32_t ring_capacity) {
   return channel_slot_offset() + kChannelSlots * channel_slot_stride(ring_capacity);
 }
 
+// Lets go of one holder of a connection end; true when it was the last, so
+// the end is now closed (never true twice, and never below zero).
+inline bool release_last_holder(std::atomic<uint32_t>& holders) {
+  uint32_t count = holders.load(std::memory_order_acquire);
+  while (count != 0 &&
+         !holders.compare_exchange_weak(count, count - 1, std::memory_order_acq_rel)) {
+  }
+  return count == 1;
+}
+
 // Lays out a connection segment at `base`: header, two empty rings. Used by
 // the monitor for its segments and by a channel's client for each slot.
 inline ConnectionSegmentHeader* layout_connection_segment(void* base, uint64_t connection_id,
@@ -252,6 +273,8 @@ inline ConnectionSegmentHeader* layout_connection_segment(void* base, uint64_t c
   header->ring_offset[kServerSide] =
       static_cast<uint32_t>(sizeof(ConnectionSegmentHeader) + byte_ring_footprint(ring_capacity));
   header->ring_capacity = ring_capacity;
+  for (std::atomic<uint32_t>& holders : header->holders)
+    holders.store(1, std::memory_order_relaxed);
   byte_ring_init(bytes + header->ring_offset[kClientSide], ring_capacity);
   byte_ring_init(bytes + header->ring_offset[kServerSide], ring_capacity);
   return header;

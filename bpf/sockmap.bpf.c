@@ -5,11 +5,14 @@
 // receive queue, skipping TCP/IP, the veths and the bridge. The maps are
 // shared by all containers: both ends of a connection must be in one
 // sockhash.
+// vmlinux.h first: the libbpf headers and ours use its types.
+// clang-format off
+#include "vmlinux.h"
+// clang-format on
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "netaccel_bpf.h"
-#include "vmlinux.h"
 
 #define AF_INET 2
 #define AF_INET6 10

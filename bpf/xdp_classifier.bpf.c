@@ -3,11 +3,14 @@
 // and UDP; counts per-flow and per-container packets and bytes; and applies
 // the steering map that the user-space stack fills (pass, AF_XDP, drop).
 // Anything it cannot parse goes to the kernel, which decides about it.
+// vmlinux.h first: the libbpf headers and ours use its types.
+// clang-format off
+#include "vmlinux.h"
+// clang-format on
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "netaccel_bpf.h"
-#include "vmlinux.h"
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Unmodified redis-server and redis-benchmark, NOT preloaded, in two
+# containers made by the CNI bridge plugin: attached, the sockmap path must
+# carry their bytes (its counters say so) and the data must come back
+# intact; detached, the same must work over the bridge with nothing left.
+source "$(dirname "$(readlink -f "$0")")/../integration/lib.sh"
+na_init "$@"
+source "$(dirname "$NA_SELF")/containers.sh"
+na_require_tools redis-server redis-benchmark redis-cli jq sha256sum
+na_containers_init
+
+readonly PORT=6391 REQUESTS=20000 CLIENTS=20 VALUE_BYTES=262144
+na_container_add na-client
+na_container_add na-server
+SERVER=${NA_IP[na-server]}
+
+na_step "containers running before attach"
+na_container_bg na-server redis-server redis-server --port "$PORT" --bind 0.0.0.0 \
+  --protected-mode no --save '' --appendonly no
+# The client container's resident process, as a runtime's pause container.
+na_container_bg na-client resident sleep "$NA_PROC_TIMEOUT"
+na_container_wait_listen na-server "$PORT"
+head -c "$VALUE_BYTES" /dev/urandom | base64 -w 0 >"$NA_TMP/value"
+
+commands_processed() {
+  na_container_run na-client redis-cli -h "$SERVER" -p "$PORT" info stats |
+    tr -d '\r' | awk -F: '$1 == "total_commands_processed" {print $2}'
+}
+
+# run_workload LABEL: a large SET/GET checked byte for byte, then
+# redis-benchmark whose requests the server must have processed.
+run_workload() {
+  local label=$1 before after
+  na_container_run na-client redis-cli -h "$SERVER" -p "$PORT" -x set "big-$label" \
+    <"$NA_TMP/value" >/dev/null || na_fail "$label: SET failed"
+  na_container_run na-client redis-cli -h "$SERVER" -p "$PORT" --raw get "big-$label" |
+    head -c "$(stat -c %s "$NA_TMP/value")" >"$NA_TMP/got" || na_fail "$label: GET failed"
+  [[ $(sha256sum <"$NA_TMP/got") == $(sha256sum <"$NA_TMP/value") ]] ||
+    na_fail "$label: the value read back differs from the one written"
+  before=$(commands_processed)
+  na_container_run na-client redis-benchmark -h "$SERVER" -p "$PORT" -c "$CLIENTS" \
+    -n "$REQUESTS" -t set,get,lpush,lpop --csv >"$NA_TMP/bench-$label.csv" ||
+    na_fail "$label: redis-benchmark failed"
+  after=$(commands_processed)
+  ((after - before >= 4 * REQUESTS)) ||
+    na_fail "$label: the server processed $((after - before)) commands, expected >= $((4 * REQUESTS))"
+  na_log "$label: value intact; $((after - before)) commands processed"
+  cat "$NA_TMP/bench-$label.csv"
+}
+
+na_step "attach both (one by netns name, one by PID)"
+"$NETACCEL" attach na-server || na_fail "attach na-server failed"
+"$NETACCEL" attach "$(na_container_pid na-client)" || na_fail "attach by PID failed"
+"$NETACCEL" status >"$NA_TMP/status.txt" 2>&1
+cat "$NA_TMP/status.txt"
+for name in na-client na-server; do
+  grep -q "^  $name .*XDP native" "$NA_TMP/status.txt" || na_fail "status does not list $name"
+done
+grep -q 'sock_ops_link .*cgroup program sockops_track' "$NA_TMP/status.txt" ||
+  na_fail "status shows no sock_ops link"
+
+na_step "pinned maps carry BTF: bpftool prints named fields"
+bpftool map dump pinned /sys/fs/bpf/netaccel/na-server/container_record | tee "$NA_TMP/record.json"
+jq -e --arg ip "$SERVER" '.[0].value | .name == "na-server" and .netns_inode > 0 and .ifname[0] == "eth0"' \
+  "$NA_TMP/record.json" >/dev/null || na_fail "container_record lacks named fields"
+bpftool map dump pinned /sys/fs/bpf/netaccel/local_endpoints | grep -q '"container_id":' ||
+  na_fail "local_endpoints shows no container_id field"
+bpftool map dump pinned /sys/fs/bpf/netaccel/na-client/container_stats | grep -q '"packets":' ||
+  na_fail "container_stats shows no packets field"
+
+na_step "redis across the containers on the sockmap path"
+run_workload attached
+"$NETACCEL" stats
+for name in na-client na-server; do
+  redirected=$(na_stat "$name" sockmap redirected_bytes)
+  added=$(na_stat "$name" sockmap sockets_added)
+  packets=$(na_stat "$name" xdp packets)
+  na_log "$name: sockmap redirected $redirected bytes, $added sockets; XDP saw $packets packets"
+  ((redirected >= VALUE_BYTES)) || na_fail "$name: the sockmap carried $redirected bytes, expected >= $VALUE_BYTES"
+  ((added >= CLIENTS)) || na_fail "$name: $added sockets entered the sockhash, expected >= $CLIENTS"
+  ((packets > 0)) || na_fail "$name: the XDP classifier counted no packets"
+done
+
+na_step "detach (one by cgroup, one by name): nothing left"
+"$NETACCEL" detach "${NA_CGROUP[na-client]}" || na_fail "detach by cgroup failed"
+"$NETACCEL" detach na-server || na_fail "detach na-server failed"
+[[ ! -e /sys/fs/bpf/netaccel ]] || na_fail "pins left behind: $(find /sys/fs/bpf/netaccel)"
+state=$(na_bpf_state)
+grep -q 'prog/xdp' <<<"$state" && na_fail "XDP still attached: $state"
+grep -q 'sockops' <<<"$state" && na_fail "sock_ops still attached: $state"
+
+na_step "redis again over the plain bridge"
+run_workload detached
+[[ $("$NETACCEL" stats) == "no container attached" ]] || na_fail "stats still lists containers"
+na_pass

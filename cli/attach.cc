@@ -150,7 +150,7 @@ extern "C" void stop_watching(int) {
 }
 
 int show_stats(const BpfCommands& commands) {
-  bpf::require_privileges("stats");
+  bpf::require_privileges();
   if (commands.watch) {
     struct sigaction action {};
     action.sa_handler = stop_watching;

@@ -130,7 +130,7 @@ na_bpf_state() {
   find /sys/fs/bpf/netaccel 2>/dev/null | sort
   [[ -e /sys/fs/bpf/netaccel/local_endpoints ]] &&
     bpftool map dump pinned /sys/fs/bpf/netaccel/local_endpoints
-  for name in "${NA_CONTAINERS[@]}"; do
+  for name in "${!NA_CGROUP[@]}"; do
     ip -n "$name" -d link show eth0 | grep -o 'prog/xdp id [0-9]*' || echo "$name: no xdp"
     bpftool cgroup show "${NA_CGROUP[$name]}"
   done

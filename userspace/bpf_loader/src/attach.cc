@@ -253,7 +253,7 @@ void remove_container(const std::string& name) {
 }  // namespace
 
 Container attach_container(const std::string& spec) {
-  require_privileges("attach");
+  require_privileges();
   route_libbpf_log();
   ensure_bpffs();
   AttachLock lock;
@@ -289,7 +289,7 @@ Container attach_container(const std::string& spec) {
 }
 
 std::string detach_container(const std::string& spec) {
-  require_privileges("detach");
+  require_privileges();
   route_libbpf_log();
   AttachLock lock;
   std::string name = spec;

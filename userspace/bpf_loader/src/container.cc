@@ -294,7 +294,7 @@ NetnsScope::~NetnsScope() {
   setns(original_.get(), CLONE_NEWNET);
 }
 
-void require_privileges(const std::string& command) {
+void require_privileges() {
   std::ifstream status("/proc/self/status");
   std::string line;
   std::uint64_t effective = 0;
@@ -304,9 +304,9 @@ void require_privileges(const std::string& command) {
   const bool privileged =
       (effective >> kCapSysAdmin & 1) != 0 && (effective >> kCapNetAdmin & 1) != 0;
   if (!privileged) {
-    throw BpfError("netaccel " + command +
-                   " needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN: it loads BPF programs and "
-                   "enters the container's network namespace)");
+    throw BpfError(
+        "needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN: to load BPF programs, enter containers' "
+        "network namespaces and read the pins)");
   }
 }
 

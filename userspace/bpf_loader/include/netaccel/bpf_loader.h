@@ -47,9 +47,9 @@ struct Container {
   std::vector<Address> addresses;              // IPv4-mapped or IPv6, no link-local
 };
 
-// Throws BpfError naming `command` when the process lacks CAP_SYS_ADMIN or
-// CAP_NET_ADMIN (loading programs, entering namespaces, reading pins).
-void require_privileges(const std::string& command);
+// Throws BpfError when the process lacks CAP_SYS_ADMIN or CAP_NET_ADMIN
+// (loading programs, entering namespaces, reading pins).
+void require_privileges();
 
 // CONTAINER as the user gives it: a netns name (/run/netns/NAME), a netns
 // path, a PID, or a cgroup v2 directory.

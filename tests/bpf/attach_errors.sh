@@ -3,8 +3,10 @@
 # attached twice, no privileges, the host itself, a netns without
 # processes, detaching what is not attached, and two attaches racing. Each
 # must fail with a clear message and change nothing.
+# shellcheck source-path=SCRIPTDIR source=../integration/lib.sh
 source "$(dirname "$(readlink -f "$0")")/../integration/lib.sh"
 na_init "$@"
+# shellcheck source-path=SCRIPTDIR source=containers.sh
 source "$(dirname "$NA_SELF")/containers.sh"
 na_require_tools setpriv jq
 na_containers_init

@@ -38,6 +38,7 @@ na_containers_init() {
  "isGateway": true, "ipMasq": false,
  "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": "$NA_TMP/ipam"}}
 JSON
+  # shellcheck disable=SC2154  # assigned inside the trap itself
   trap 'na_containers_status=$?; na_containers_cleanup; (exit $na_containers_status); na_cleanup' EXIT
 }
 
@@ -66,6 +67,7 @@ na_container_add() {
 na_container_bg() {
   local name=$1 log=$2
   shift 2
+  # shellcheck disable=SC2016  # expanded by the inner shell
   na_bg "$log" bash -c 'echo $$ >"$1/cgroup.procs" && exec nsenter --net="/run/netns/$2" "${@:3}"' \
     _ "${NA_CGROUP[$name]}" "$name" "$@"
 }
@@ -74,6 +76,7 @@ na_container_bg() {
 na_container_run() {
   local name=$1
   shift
+  # shellcheck disable=SC2016  # expanded by the inner shell
   na_timeout "$NA_PROC_TIMEOUT" bash -c \
     'echo $$ >"$1/cgroup.procs" && exec nsenter --net="/run/netns/$2" "${@:3}"' \
     _ "${NA_CGROUP[$name]}" "$name" "$@"

@@ -3,8 +3,10 @@
 # containers made by the CNI bridge plugin: attached, the sockmap path must
 # carry their bytes (its counters say so) and the data must come back
 # intact; detached, the same must work over the bridge with nothing left.
+# shellcheck source-path=SCRIPTDIR source=../integration/lib.sh
 source "$(dirname "$(readlink -f "$0")")/../integration/lib.sh"
 na_init "$@"
+# shellcheck source-path=SCRIPTDIR source=containers.sh
 source "$(dirname "$NA_SELF")/containers.sh"
 na_require_tools redis-server redis-benchmark redis-cli jq sha256sum
 na_containers_init

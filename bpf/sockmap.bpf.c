@@ -61,6 +61,21 @@ static __always_inline struct netaccel_sockmap_counters* container_counters(
   return bpf_map_lookup_elem(&sockmap_stats, &endpoint->container_id);
 }
 
+// The socket's key as seen from its own end. sock_ops and sk_msg contexts
+// name these fields alike; a macro serves both because the verifier does
+// not let a context's arrays be passed by pointer: they are copied first.
+#define SOCKET_KEY_OF(ctx, key)                                                                 \
+  do {                                                                                          \
+    const __u32 local_ipv6[4] = {(ctx)->local_ip6[0], (ctx)->local_ip6[1], (ctx)->local_ip6[2], \
+                                 (ctx)->local_ip6[3]};                                          \
+    const __u32 remote_ipv6[4] = {(ctx)->remote_ip6[0], (ctx)->remote_ip6[1],                   \
+                                  (ctx)->remote_ip6[2], (ctx)->remote_ip6[3]};                  \
+    set_address((key)->local_address, (ctx)->family, (ctx)->local_ip4, local_ipv6);             \
+    set_address((key)->remote_address, (ctx)->family, (ctx)->remote_ip4, remote_ipv6);          \
+    (key)->local_port = (ctx)->local_port;                                                      \
+    (key)->remote_port = bpf_ntohl((ctx)->remote_port); /* the port, shifted, network order */  \
+  } while (0)
+
 SEC("sockops")
 int sockops_track(struct bpf_sock_ops* skops) {
   if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
@@ -68,15 +83,7 @@ int sockops_track(struct bpf_sock_ops* skops) {
     return 1;
   if (skops->family != AF_INET && skops->family != AF_INET6) return 1;
   struct netaccel_socket_key key = {};
-  // The context's arrays cannot be passed by pointer: copy them first.
-  const __u32 local_ipv6[4] = {skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
-                               skops->local_ip6[3]};
-  const __u32 remote_ipv6[4] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
-                                skops->remote_ip6[3]};
-  set_address(key.local_address, skops->family, skops->local_ip4, local_ipv6);
-  set_address(key.remote_address, skops->family, skops->remote_ip4, remote_ipv6);
-  key.local_port = skops->local_port;
-  key.remote_port = bpf_ntohl(skops->remote_port);  // the port, shifted into network order
+  SOCKET_KEY_OF(skops, &key);
 
   struct netaccel_sockmap_counters* counters = container_counters(key.local_address);
   if (!counters || !bpf_map_lookup_elem(&local_endpoints, key.remote_address)) return 1;
@@ -88,21 +95,19 @@ int sockops_track(struct bpf_sock_ops* skops) {
 SEC("sk_msg")
 int sk_msg_redirect(struct sk_msg_md* msg) {
   const __u64 bytes = msg->size;
+  struct netaccel_socket_key self = {};
+  SOCKET_KEY_OF(msg, &self);
   // The peer's entry: its local end is our remote end.
   struct netaccel_socket_key peer = {};
-  const __u32 local_ipv6[4] = {msg->local_ip6[0], msg->local_ip6[1], msg->local_ip6[2],
-                               msg->local_ip6[3]};
-  const __u32 remote_ipv6[4] = {msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2],
-                                msg->remote_ip6[3]};
-  set_address(peer.local_address, msg->family, msg->remote_ip4, remote_ipv6);
-  set_address(peer.remote_address, msg->family, msg->local_ip4, local_ipv6);
-  peer.local_port = bpf_ntohl(msg->remote_port);
-  peer.remote_port = msg->local_port;
+  __builtin_memcpy(peer.local_address, self.remote_address, NETACCEL_ADDRESS_BYTES);
+  __builtin_memcpy(peer.remote_address, self.local_address, NETACCEL_ADDRESS_BYTES);
+  peer.local_port = self.remote_port;
+  peer.remote_port = self.local_port;
 
   // A detached container's sockets stay in the sockhash until they close;
   // without its endpoint they are no longer short-circuited.
-  struct netaccel_sockmap_counters* counters = container_counters(peer.remote_address);
-  if (counters && bpf_map_lookup_elem(&local_endpoints, peer.local_address) &&
+  struct netaccel_sockmap_counters* counters = container_counters(self.local_address);
+  if (counters && bpf_map_lookup_elem(&local_endpoints, self.remote_address) &&
       bpf_msg_redirect_hash(msg, &established_sockets, &peer, BPF_F_INGRESS) == SK_PASS) {
     __sync_fetch_and_add(&counters->redirected_msgs, 1);
     __sync_fetch_and_add(&counters->redirected_bytes, bytes);

@@ -50,6 +50,35 @@ run_workload() {
   cat "$NA_TMP/bench-$label.csv"
 }
 
+# A client connection that lives through attach and detach: one line in,
+# one PING round trip, the reply out, through two FIFOs.
+declare -A PINGER_IN PINGER_OUT
+start_pinger() {
+  local name=$1
+  mkfifo "$NA_TMP/$name.in" "$NA_TMP/$name.out"
+  na_container_run na-client "$NA_PYTHON" -u -c '
+import socket, sys
+connection = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+for _ in sys.stdin:
+    connection.sendall(b"PING\r\n")
+    print(connection.recv(64).decode().strip())
+' "$SERVER" "$PORT" <"$NA_TMP/$name.in" >"$NA_TMP/$name.out" 2>&1 &
+  NA_PIDS+=("$!")
+  local in out
+  exec {in}>"$NA_TMP/$name.in" {out}<"$NA_TMP/$name.out"
+  PINGER_IN[$name]=$in
+  PINGER_OUT[$name]=$out
+}
+# ping NAME: the pinger's connection still answers.
+ping() {
+  local reply=
+  echo >&"${PINGER_IN[$1]}"
+  read -r -t 10 -u "${PINGER_OUT[$1]}" reply || true
+  [[ $reply == +PONG ]] || na_fail "$1: the connection opened earlier got '$reply' instead of +PONG"
+}
+start_pinger BEFORE_ATTACH
+ping BEFORE_ATTACH
+
 na_step "attach both (one by netns name, one by PID)"
 "$NETACCEL" attach na-server || na_fail "attach na-server failed"
 "$NETACCEL" attach "$(na_container_pid na-client)" || na_fail "attach by PID failed"
@@ -60,6 +89,16 @@ for name in na-client na-server; do
 done
 grep -q 'sock_ops_link .*cgroup program sockops_track' "$NA_TMP/status.txt" ||
   na_fail "status shows no sock_ops link"
+
+ping BEFORE_ATTACH
+start_pinger WHILE_ATTACHED
+ping WHILE_ATTACHED
+
+na_step "status --json keeps the monitor's fields and adds the containers"
+na_start_monitor
+na_status_json >"$NA_TMP/status.json" || na_fail "status --json failed"
+jq -e '(.connections_total | type) == "number" and ([.bpf.containers[].name] | sort) == ["na-client", "na-server"]' \
+  "$NA_TMP/status.json" >/dev/null || na_fail "status --json: $(cat "$NA_TMP/status.json")"
 
 na_step "pinned maps carry BTF: bpftool prints named fields"
 bpftool map dump pinned /sys/fs/bpf/netaccel/na-server/container_record | tee "$NA_TMP/record.json"
@@ -72,6 +111,10 @@ bpftool map dump pinned /sys/fs/bpf/netaccel/na-client/container_stats | grep -q
 
 na_step "redis across the containers on the sockmap path"
 run_workload attached
+ping BEFORE_ATTACH
+ping WHILE_ATTACHED
+reports=$(na_timeout 10 "$NETACCEL" stats --watch --json --interval 0.2 | head -n 3 | jq -c '.containers | length')
+[[ $reports == $'2\n2\n2' ]] || na_fail "stats --watch --json gave: $reports"
 "$NETACCEL" stats
 for name in na-client na-server; do
   redirected=$(na_stat "$name" sockmap redirected_bytes)
@@ -90,6 +133,9 @@ na_step "detach (one by cgroup, one by name): nothing left"
 state=$(na_bpf_state)
 grep -q 'prog/xdp' <<<"$state" && na_fail "XDP still attached: $state"
 grep -q 'sockops' <<<"$state" && na_fail "sock_ops still attached: $state"
+
+ping BEFORE_ATTACH
+ping WHILE_ATTACHED
 
 na_step "redis again over the plain bridge"
 run_workload detached

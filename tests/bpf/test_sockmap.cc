@@ -1,4 +1,4 @@
-// The sockmap short-circuit on real loopback TCP connections: the verifier
+// The sockmap short-circuit on real loopback TCP connections (IPv4, IPv6): the verifier
 // accepts both programs, and sk_msg hands a message straight to the peer
 // socket only when both ends are registered endpoints in the sockhash,
 // counting what it redirected and what it passed. (sock_ops has no
@@ -27,47 +27,63 @@ struct TcpPair {
   netaccel_socket_key server_key{};
 };
 
-void set_loopback(__u8 (&address)[NETACCEL_ADDRESS_BYTES]) {
+// The loopback address of `family` as netaccel's maps store it.
+void set_loopback(int family, __u8 (&address)[NETACCEL_ADDRESS_BYTES]) {
   std::memset(address, 0, sizeof address);
-  address[10] = address[11] = 0xff;
-  address[12] = 127;
+  if (family == AF_INET) {
+    address[10] = address[11] = 0xff;  // IPv4-mapped
+    address[12] = 127;
+  }
   address[15] = 1;
 }
 
-TcpPair connect_pair() {
-  TcpPair pair;
-  const UniqueFd listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+// The port of a bound socket.
+std::uint16_t local_port(int fd) {
+  sockaddr_storage address{};
   socklen_t length = sizeof address;
-  if (bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  return ntohs(address.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&address)->sin_port
+                                            : reinterpret_cast<sockaddr_in6*>(&address)->sin6_port);
+}
+
+TcpPair connect_pair(int family) {
+  TcpPair pair;
+  sockaddr_storage address{};
+  socklen_t length = 0;
+  if (family == AF_INET) {
+    auto* ipv4 = reinterpret_cast<sockaddr_in*>(&address);
+    ipv4->sin_family = AF_INET;
+    ipv4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    length = sizeof *ipv4;
+  } else {
+    auto* ipv6 = reinterpret_cast<sockaddr_in6*>(&address);
+    ipv6->sin6_family = AF_INET6;
+    ipv6->sin6_addr = in6addr_loopback;
+    length = sizeof *ipv6;
+  }
+  const UniqueFd listener(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (bind(listener.get(), reinterpret_cast<sockaddr*>(&address), length) != 0 ||
       listen(listener.get(), 1) != 0 ||
       getsockname(listener.get(), reinterpret_cast<sockaddr*>(&address), &length) != 0) {
     ADD_FAILURE() << "listen: " << std::strerror(errno);
     return pair;
   }
-  pair.client = UniqueFd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (connect(pair.client.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+  pair.client = UniqueFd(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (connect(pair.client.get(), reinterpret_cast<sockaddr*>(&address), length) != 0) {
     ADD_FAILURE() << "connect: " << std::strerror(errno);
     return pair;
   }
   pair.server = UniqueFd(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
-  sockaddr_in client_address{};
-  length = sizeof client_address;
-  getsockname(pair.client.get(), reinterpret_cast<sockaddr*>(&client_address), &length);
   for (netaccel_socket_key* key : {&pair.client_key, &pair.server_key}) {
-    set_loopback(key->local_address);
-    set_loopback(key->remote_address);
+    set_loopback(family, key->local_address);
+    set_loopback(family, key->remote_address);
   }
-  pair.client_key.local_port = ntohs(client_address.sin_port);
-  pair.client_key.remote_port = ntohs(address.sin_port);
-  pair.server_key.local_port = ntohs(address.sin_port);
-  pair.server_key.remote_port = ntohs(client_address.sin_port);
+  pair.client_key.local_port = pair.server_key.remote_port = local_port(pair.client.get());
+  pair.server_key.local_port = pair.client_key.remote_port = local_port(pair.server.get());
   return pair;
 }
 
-class SockmapTest : public BpfTest {
+class SockmapTest : public BpfTest, public ::testing::WithParamInterface<int> {
  protected:
   void SetUp() override {
     NETACCEL_SKIP_WITHOUT_BPF_PRIVILEGES();
@@ -88,7 +104,7 @@ class SockmapTest : public BpfTest {
 
   void register_loopback() {
     __u8 loopback[NETACCEL_ADDRESS_BYTES];
-    set_loopback(loopback);
+    set_loopback(GetParam(), loopback);
     const netaccel_endpoint endpoint{kContainerId};
     ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skeleton_->maps.local_endpoints), loopback, &endpoint,
                                   BPF_ANY),
@@ -97,7 +113,7 @@ class SockmapTest : public BpfTest {
 
   void unregister_loopback() {
     __u8 loopback[NETACCEL_ADDRESS_BYTES];
-    set_loopback(loopback);
+    set_loopback(GetParam(), loopback);
     ASSERT_EQ(bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.local_endpoints), loopback), 0);
   }
 
@@ -133,9 +149,9 @@ class SockmapTest : public BpfTest {
   std::unique_ptr<sockmap, Destroy> skeleton_;
 };
 
-TEST_F(SockmapTest, BothEndsRegisteredAreShortCircuited) {
+TEST_P(SockmapTest, BothEndsRegisteredAreShortCircuited) {
   register_loopback();
-  TcpPair pair = connect_pair();
+  TcpPair pair = connect_pair(GetParam());
   add_to_sockhash(pair.client.get(), pair.client_key);
   add_to_sockhash(pair.server.get(), pair.server_key);
 
@@ -147,9 +163,9 @@ TEST_F(SockmapTest, BothEndsRegisteredAreShortCircuited) {
   EXPECT_EQ(after.passed_msgs, 0u);
 }
 
-TEST_F(SockmapTest, PeerMissingFromTheSockhashGoesThroughTcp) {
+TEST_P(SockmapTest, PeerMissingFromTheSockhashGoesThroughTcp) {
   register_loopback();
-  TcpPair pair = connect_pair();
+  TcpPair pair = connect_pair(GetParam());
   add_to_sockhash(pair.client.get(), pair.client_key);  // the server end is not there
 
   send_and_expect(pair.client.get(), pair.server.get(), "hello");
@@ -161,9 +177,9 @@ TEST_F(SockmapTest, PeerMissingFromTheSockhashGoesThroughTcp) {
 
 // Detach unregisters the endpoints first: sockets still in the sockhash go
 // back to TCP, and bytes already redirected are read before the later ones.
-TEST_F(SockmapTest, UnregisteredEndpointsStopTheShortCircuitInOrder) {
+TEST_P(SockmapTest, UnregisteredEndpointsStopTheShortCircuitInOrder) {
   register_loopback();
-  TcpPair pair = connect_pair();
+  TcpPair pair = connect_pair(GetParam());
   add_to_sockhash(pair.client.get(), pair.client_key);
   add_to_sockhash(pair.server.get(), pair.server_key);
   const std::string first = "redirected;";
@@ -184,6 +200,11 @@ TEST_F(SockmapTest, UnregisteredEndpointsStopTheShortCircuitInOrder) {
   EXPECT_EQ(received, first + second);
   EXPECT_EQ(counters().redirected_msgs, 1u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Families, SockmapTest, ::testing::Values(AF_INET, AF_INET6),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return info.param == AF_INET ? "IPv4" : "IPv6";
+                         });
 
 }  // namespace
 }  // namespace netaccel::testing

@@ -90,7 +90,7 @@ void pin_link(bpf_link* link, const std::string& path, const std::string& what) 
   check(pinned, "cannot pin " + what + " at " + path);
 }
 
-// Keys of the addresses already registered by attached containers.
+// Refuses addresses that another attached container registered.
 void check_addresses_free(const Container& container) {
   const UniqueFd endpoints = open_pin(shared_pin(kEndpointsPin));
   if (!endpoints) return;
@@ -107,6 +107,12 @@ void check_addresses_free(const Container& container) {
 
 netaccel_container_record make_record(const Container& container) {
   netaccel_container_record record{};
+  if (container.name.size() >= sizeof record.name ||
+      container.cgroup_path.size() >= sizeof record.cgroup_path) {
+    throw BpfError("container '" + container.name + "': its name (at most " +
+                   std::to_string(sizeof record.name - 1) + " bytes) or cgroup path (at most " +
+                   std::to_string(sizeof record.cgroup_path - 1) + ") is too long");
+  }
   std::snprintf(record.name, sizeof record.name, "%s", container.name.c_str());
   std::snprintf(record.cgroup_path, sizeof record.cgroup_path, "%s", container.cgroup_path.c_str());
   record.netns_inode = container.netns_inode;
@@ -255,7 +261,6 @@ void remove_container(const std::string& name) {
 Container attach_container(const std::string& spec) {
   require_privileges();
   route_libbpf_log();
-  ensure_bpffs();
   AttachLock lock;
   Container container = resolve_container(spec);
   const std::string directory = std::string(kPinRoot) + "/" + container.name;
@@ -271,6 +276,9 @@ Container attach_container(const std::string& spec) {
     }
   }
   check_addresses_free(container);
+  netaccel_container_record record = make_record(container);
+  // Refusals are over: from here on, attach changes the system.
+  ensure_bpffs();
   if (mkdir(kPinRoot, 0700) != 0 && errno != EEXIST) {
     throw BpfError(std::string("cannot create ") + kPinRoot + ": " + error_text(errno));
   }
@@ -278,7 +286,6 @@ Container attach_container(const std::string& spec) {
     throw BpfError("cannot create " + directory + ": " + error_text(errno));
   }
   try {
-    netaccel_container_record record = make_record(container);
     attach_xdp(container, record);
     attach_sockmap(container, record);
   } catch (...) {

@@ -151,6 +151,17 @@ std::string cgroup_of_netns(const NetnsIdentity& netns, const std::string& spec)
   return *cgroups.begin();
 }
 
+void set_cgroup_directory(Container& container, const std::string& directory,
+                          const std::string& spec) {
+  struct stat status {};
+  if (stat(directory.c_str(), &status) != 0) {
+    throw BpfError("cgroup " + directory + " of '" + spec + "': " + error_text(errno));
+  }
+  container.cgroup_path = directory;
+  // The inode number of a cgroup v2 directory is its cgroup id.
+  container.cgroup_id = status.st_ino;
+}
+
 // Fills the cgroup fields from a path relative to the hierarchy's root.
 void set_cgroup(Container& container, const std::string& relative, const std::string& spec) {
   if (relative == "/") {
@@ -159,13 +170,7 @@ void set_cgroup(Container& container, const std::string& relative, const std::st
   }
   const std::string mount = cgroup2_mount();
   if (mount.empty()) throw BpfError("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)");
-  container.cgroup_path = mount + relative;
-  struct stat status {};
-  if (stat(container.cgroup_path.c_str(), &status) != 0) {
-    throw BpfError("cgroup " + container.cgroup_path + " of '" + spec + "': " + error_text(errno));
-  }
-  // The inode number of a cgroup v2 directory is its cgroup id.
-  container.cgroup_id = status.st_ino;
+  set_cgroup_directory(container, mount + relative, spec);
 }
 
 void set_netns(Container& container, const std::string& path, const NetnsIdentity& netns,
@@ -223,10 +228,7 @@ Container from_cgroup(const std::string& directory) {
   }
   Container container;
   set_netns(container, netns_path, netns, directory);
-  struct stat status {};
-  stat(directory.c_str(), &status);
-  container.cgroup_path = directory;
-  container.cgroup_id = status.st_ino;
+  set_cgroup_directory(container, directory, directory);
   return container;
 }
 

@@ -61,6 +61,16 @@ void ensure_bpffs() {
     throw BpfError(std::string("cannot mount the BPF filesystem on ") + kBpfFsRoot + ": " +
                    error_text(errno));
   }
+  // `ip netns exec` and the like give a mount namespace of their own: pins
+  // in a BPF filesystem mounted there vanish with it, and so do the programs.
+  struct stat ours {};
+  struct stat init {};
+  if (stat("/proc/self/ns/mnt", &ours) == 0 && stat("/proc/1/ns/mnt", &init) == 0 &&
+      ours.st_ino != init.st_ino) {
+    std::cerr << "netaccel: warning: mounted a BPF filesystem on " << kBpfFsRoot
+              << " in a private mount namespace: the pins (and the attachment) last only as "
+                 "long as that namespace\n";
+  }
 }
 
 bool exists(const std::string& path) {

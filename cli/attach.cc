@@ -177,10 +177,7 @@ int show_stats(const BpfCommands& commands) {
 int run_guarded(const char* command, auto&& body) {
   try {
     return body();
-  } catch (const BpfError& error) {
-    std::cerr << "netaccel " << command << ": " << error.what() << "\n";
-    return 1;
-  } catch (const std::exception& error) {
+  } catch (const std::exception& error) {  // BpfError, and whatever the library throws
     std::cerr << "netaccel " << command << ": " << error.what() << "\n";
     return 1;
   }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 
 #include "internal.h"
 #include "netaccel/bpf_loader.h"

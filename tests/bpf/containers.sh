@@ -36,7 +36,8 @@ na_containers_init() {
   cat >"$NA_CNI_CONFIG" <<JSON
 {"cniVersion": "1.0.0", "name": "netaccel-test", "type": "bridge", "bridge": "na-br0",
  "isGateway": true, "ipMasq": false,
- "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": "$NA_TMP/ipam"}}
+ "ipam": {"type": "host-local", "dataDir": "$NA_TMP/ipam",
+          "ranges": [[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd77::/64"}]]}}
 JSON
   # shellcheck disable=SC2154  # assigned inside the trap itself
   trap 'na_containers_status=$?; na_containers_cleanup; (exit $na_containers_status); na_cleanup' EXIT
@@ -48,19 +49,21 @@ na_cni() {
     "$NA_CNI_PATH/bridge" <"$NA_CNI_CONFIG"
 }
 
-# na_container_add NAME: sets NA_IP[NAME] and NA_CGROUP[NAME].
-declare -A NA_IP NA_CGROUP
+# na_container_add NAME: sets NA_IP[NAME], NA_IP6[NAME] and NA_CGROUP[NAME].
+declare -A NA_IP NA_IP6 NA_CGROUP
 na_container_add() {
   local name=$1 result
   ip netns add "$name" || na_fail "ip netns add $name failed"
   NA_CONTAINERS+=("$name")
   ip -n "$name" link set lo up
   result=$(na_cni ADD "$name") || na_fail "CNI ADD for $name failed: $result"
-  NA_IP[$name]=$(jq -r '.ips[0].address' <<<"$result" | cut -d/ -f1)
-  [[ ${NA_IP[$name]} =~ ^10\.77\. ]] || na_fail "CNI gave $name no address: $result"
+  NA_IP[$name]=$(jq -r '.ips[] | .address | select(startswith("10."))' <<<"$result" | cut -d/ -f1)
+  NA_IP6[$name]=$(jq -r '.ips[] | .address | select(startswith("fd77:"))' <<<"$result" | cut -d/ -f1)
+  [[ ${NA_IP[$name]} =~ ^10\.77\. && ${NA_IP6[$name]} =~ ^fd77: ]] ||
+    na_fail "CNI gave $name no IPv4 and IPv6 address: $result"
   NA_CGROUP[$name]=$NA_CGROUP_PARENT/$name
   mkdir "${NA_CGROUP[$name]}" || na_fail "cannot create cgroup ${NA_CGROUP[$name]}"
-  na_log "container $name: netns /run/netns/$name, ${NA_IP[$name]}, cgroup ${NA_CGROUP[$name]}"
+  na_log "container $name: netns /run/netns/$name, ${NA_IP[$name]} and ${NA_IP6[$name]}, cgroup ${NA_CGROUP[$name]}"
 }
 
 # na_container_bg NAME LOG CMD...: CMD in the container's netns and cgroup.

@@ -17,7 +17,7 @@ na_container_add na-server
 SERVER=${NA_IP[na-server]}
 
 na_step "containers running before attach"
-na_container_bg na-server redis-server redis-server --port "$PORT" --bind 0.0.0.0 \
+na_container_bg na-server redis-server redis-server --port "$PORT" --bind 0.0.0.0 :: \
   --protected-mode no --save '' --appendonly no
 # The client container's resident process, as a runtime's pause container.
 na_container_bg na-client resident sleep "$NA_PROC_TIMEOUT"
@@ -125,6 +125,17 @@ for name in na-client na-server; do
   ((added >= CLIENTS)) || na_fail "$name: $added sockets entered the sockhash, expected >= $CLIENTS"
   ((packets > 0)) || na_fail "$name: the XDP classifier counted no packets"
 done
+
+na_step "IPv6 between the containers on the sockmap path"
+before=$(na_stat na-server sockmap redirected_bytes)
+na_container_run na-client redis-cli -h "${NA_IP6[na-server]}" -p "$PORT" --raw get big-attached |
+  head -c "$(stat -c %s "$NA_TMP/value")" >"$NA_TMP/got6" || na_fail "GET over IPv6 failed"
+[[ $(sha256sum <"$NA_TMP/got6") == $(sha256sum <"$NA_TMP/value") ]] ||
+  na_fail "the value read over IPv6 differs from the one written"
+after=$(na_stat na-server sockmap redirected_bytes)
+((after - before >= VALUE_BYTES)) ||
+  na_fail "IPv6: the sockmap carried $((after - before)) bytes of the reply, expected >= $VALUE_BYTES"
+na_log "IPv6: value intact, the sockmap carried $((after - before)) bytes of the reply"
 
 na_step "detach (one by cgroup, one by name): nothing left"
 "$NETACCEL" detach "${NA_CGROUP[na-client]}" || na_fail "detach by cgroup failed"

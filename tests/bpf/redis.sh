@@ -126,6 +126,26 @@ for name in na-client na-server; do
   ((packets > 0)) || na_fail "$name: the XDP classifier counted no packets"
 done
 
+na_step "the XDP classifier saw the flows and its steering map drops by policy"
+bpftool map dump pinned /sys/fs/bpf/netaccel/na-server/flow_stats >"$NA_TMP/flows.json"
+jq -e --argjson port "$PORT" 'any(.[]; .key.destination_port == $port and .key.protocol == 6 and .value.packets > 0)' \
+  "$NA_TMP/flows.json" >/dev/null || na_fail "na-server's flow_stats has no flow to port $PORT"
+can_connect() {
+  # shellcheck disable=SC2016  # expanded by the inner shell
+  na_container_run na-client timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$SERVER" "$PORT" 2>/dev/null
+}
+can_connect || na_fail "cannot connect before steering"
+# (destination port, TCP) -> drop; the key and value layouts of netaccel_bpf.h, little-endian.
+steer_key=(hex "$(printf '%02x' $((PORT & 0xff)))" "$(printf '%02x' $((PORT >> 8)))" 06 00)
+bpftool map update pinned /sys/fs/bpf/netaccel/na-server/steering key "${steer_key[@]}" \
+  value hex 02 00 00 00 00 00 00 00 || na_fail "cannot fill the steering map"
+can_connect && na_fail "connected although the steering map drops port $PORT"
+dropped=$(na_stat na-server xdp dropped)
+((dropped > 0)) || na_fail "the classifier counted no drop"
+bpftool map delete pinned /sys/fs/bpf/netaccel/na-server/steering key "${steer_key[@]}"
+can_connect || na_fail "cannot connect once the steering entry is gone"
+na_log "flows counted; steering dropped $dropped packets, then let them through again"
+
 na_step "IPv6 between the containers on the sockmap path"
 before=$(na_stat na-server sockmap redirected_bytes)
 na_container_run na-client redis-cli -h "${NA_IP6[na-server]}" -p "$PORT" --raw get big-attached |

@@ -10,10 +10,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <thread>
 
 #include "internal.h"
 #include "netaccel/bpf_loader.h"
@@ -25,6 +27,7 @@ namespace netaccel::bpf {
 namespace {
 
 constexpr long kBpfFsMagic = 0xcafe4a11;  // BPF_FS_MAGIC
+constexpr std::chrono::milliseconds kDrainBeforeFree{200};
 
 // libbpf's warnings (verifier logs among them) go to our stderr; its
 // informational chatter does not.
@@ -261,6 +264,15 @@ void remove_container(const std::string& name) {
     throw BpfError("cannot remove " + directory + ": " + error_text(errno));
   }
   if (!attached_names().empty()) return;
+  // Freeing the sockhash takes its sockets out, and the kernel discards what
+  // was redirected to them and not yet read. Redirection stopped above; give
+  // the applications a moment to read what is already in their queues.
+  if (const UniqueFd sockhash = open_pin(shared_pin(kSockhashPin))) {
+    netaccel_socket_key first{};
+    if (bpf_map_get_next_key(sockhash.get(), nullptr, &first) == 0) {
+      std::this_thread::sleep_for(kDrainBeforeFree);
+    }
+  }
   for (const char* pin : {kSockhashPin, kEndpointsPin, kSockmapStatsPin})
     remove_pin(shared_pin(pin));
   rmdir(kPinRoot);

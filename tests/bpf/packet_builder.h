@@ -52,11 +52,7 @@ class PacketBuilder {
     ip.ttl = 64;
     inet_pton(AF_INET, source, &ip.saddr);
     inet_pton(AF_INET, destination, &ip.daddr);
-    ip_offset_ = bytes_.size();
-    ip_version_ = 4;
-    protocol_offset_ = ip_offset_ + offsetof(iphdr, protocol);
-    append(&ip, sizeof ip);
-    return *this;
+    return add_ip_header(&ip, sizeof ip, 4, offsetof(iphdr, protocol));
   }
 
   PacketBuilder& ipv6(const char* source, const char* destination) {
@@ -66,11 +62,7 @@ class PacketBuilder {
     ip.hop_limit = 64;
     inet_pton(AF_INET6, source, &ip.saddr);
     inet_pton(AF_INET6, destination, &ip.daddr);
-    ip_offset_ = bytes_.size();
-    ip_version_ = 6;
-    protocol_offset_ = ip_offset_ + offsetof(ipv6hdr, nexthdr);
-    append(&ip, sizeof ip);
-    return *this;
+    return add_ip_header(&ip, sizeof ip, 6, offsetof(ipv6hdr, nexthdr));
   }
 
   // An 8-byte IPv6 extension header: hop-by-hop, routing, destination options.
@@ -101,25 +93,19 @@ class PacketBuilder {
   }
 
   PacketBuilder& tcp(std::uint16_t source_port, std::uint16_t destination_port) {
-    set_protocol(IPPROTO_TCP);
     tcphdr tcp{};
     tcp.source = htons(source_port);
     tcp.dest = htons(destination_port);
     tcp.doff = 5;
     tcp.syn = 1;
-    l4_offset_ = bytes_.size();
-    append(&tcp, sizeof tcp);
-    return *this;
+    return add_transport_header(IPPROTO_TCP, &tcp, sizeof tcp);
   }
 
   PacketBuilder& udp(std::uint16_t source_port, std::uint16_t destination_port) {
-    set_protocol(IPPROTO_UDP);
     udphdr udp{};
     udp.source = htons(source_port);
     udp.dest = htons(destination_port);
-    l4_offset_ = bytes_.size();
-    append(&udp, sizeof udp);
-    return *this;
+    return add_transport_header(IPPROTO_UDP, &udp, sizeof udp);
   }
 
   PacketBuilder& protocol(std::uint8_t value) {
@@ -167,6 +153,22 @@ class PacketBuilder {
   iphdr* ipv4_header() { return header<iphdr>(ip_offset_); }
 
  private:
+  PacketBuilder& add_transport_header(std::uint8_t protocol, const void* header, std::size_t size) {
+    set_protocol(protocol);
+    l4_offset_ = bytes_.size();
+    append(header, size);
+    return *this;
+  }
+
+  PacketBuilder& add_ip_header(const void* header, std::size_t size, int version,
+                               std::size_t protocol_field) {
+    ip_offset_ = bytes_.size();
+    ip_version_ = version;
+    protocol_offset_ = ip_offset_ + protocol_field;
+    append(header, size);
+    return *this;
+  }
+
   template <typename Header>
   Header* header(std::size_t offset) {
     if (offset == 0) throw std::logic_error("PacketBuilder: no such header yet");

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "attach.h"
 #include "bench.h"
 #include "netaccel/monitor.h"
 #include "netaccel/protocol.h"
@@ -218,10 +219,11 @@ int show_status(const std::string& socket_path, bool as_json) {
   const StatusReply reply = query_status(socket_path);
   if (!reply.json) {
     std::cerr << "netaccel status: " << reply.error << "\n";
+    if (!as_json) print_attached_containers();
     return 1;
   }
   if (as_json) {
-    std::cout << *reply.json << "\n";
+    std::cout << add_attached_containers(*reply.json) << "\n";
     return 0;
   }
   std::cout << "netaccel monitor at " << socket_path << "\n";
@@ -229,6 +231,7 @@ int show_status(const std::string& socket_path, bool as_json) {
     std::replace(key.begin(), key.end(), '_', ' ');
     std::printf("  %-20s %s\n", key.c_str(), value.c_str());
   }
+  print_attached_containers();
   return 0;
 }
 
@@ -286,6 +289,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench->add_flag("--quick", bench_options.quick, "short runs, for a smoke test");
 
+  cli::BpfCommands bpf_commands;
+  cli::add_bpf_commands(app, bpf_commands);
+
   // `run [--socket PATH] -- CMD ARGS`: what follows "--" is the command's,
   // untouched (CLI11 would take it as extra arguments of ours).
   int our_argc = argc;
@@ -304,7 +310,7 @@ int main(int argc, char** argv) {
     // A mistyped subcommand lands here as "a subcommand is required".
     if (argc > 1 && argv[1][0] != '-') {
       std::cerr << "netaccel: unknown command '" << argv[1]
-                << "' (commands: daemon, run, status, bench; see --help)\n";
+                << "' (commands: daemon, run, status, bench, attach, detach, stats; see --help)\n";
       return 2;
     }
     return app.exit(error);
@@ -326,5 +332,6 @@ int main(int argc, char** argv) {
   }
   if (*status) return cli::show_status(socket_path, status_json);
   if (*bench) return cli::run_bench(bench_options);
+  if (const auto exit_code = cli::run_bpf_command(bpf_commands)) return *exit_code;
   return 0;
 }

@@ -1,0 +1,278 @@
+// `netaccel attach|detach CONTAINER`, `netaccel stats` and the attached
+// containers in `netaccel status`.
+#include "attach.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "netaccel/bpf_loader.h"
+
+namespace netaccel::cli {
+namespace {
+
+using bpf::AttachedContainer;
+using bpf::BpfError;
+using bpf::ContainerStats;
+using bpf::PinnedObject;
+
+std::string json_string(const std::string& text) {
+  std::string quoted = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      quoted += '\\';
+      quoted += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\u%04x", c);
+      quoted += escaped;
+    } else {
+      quoted += c;
+    }
+  }
+  return quoted + "\"";
+}
+
+std::string pins_json(const std::vector<PinnedObject>& pins) {
+  std::string json = "[";
+  for (const PinnedObject& pin : pins) {
+    if (json.size() > 1) json += ",";
+    json += "{\"pin\":" + json_string(pin.pin) + ",\"kind\":" + json_string(pin.kind) +
+            ",\"id\":" + std::to_string(pin.id) + ",\"detail\":" + json_string(pin.detail) + "}";
+  }
+  return json + "]";
+}
+
+std::vector<std::string> interfaces_of(const netaccel_container_record& record) {
+  std::vector<std::string> names;
+  for (__u32 i = 0; i < record.interface_count && i < NETACCEL_MAX_INTERFACES; ++i) {
+    names.emplace_back(record.ifname[i]);
+  }
+  return names;
+}
+
+std::vector<std::string> addresses_of(const netaccel_container_record& record) {
+  std::vector<std::string> addresses;
+  for (__u32 i = 0; i < record.address_count && i < NETACCEL_MAX_ADDRESSES; ++i) {
+    addresses.push_back(bpf::address_to_string(record.addresses[i]));
+  }
+  return addresses;
+}
+
+std::string strings_json(const std::vector<std::string>& strings) {
+  std::string json = "[";
+  for (const std::string& text : strings) json += (json.size() > 1 ? "," : "") + json_string(text);
+  return json + "]";
+}
+
+const char* xdp_mode(const netaccel_container_record& record) {
+  return record.xdp_generic != 0 ? "generic" : "native";
+}
+
+// The "bpf" member of `netaccel status --json`.
+std::string attached_containers_json() {
+  std::string json = "{\"containers\":[";
+  bool first = true;
+  for (const AttachedContainer& container : bpf::list_attached()) {
+    const netaccel_container_record& record = container.record;
+    json += first ? "" : ",";
+    first = false;
+    json += "{\"name\":" + json_string(record.name) +
+            ",\"container_id\":" + std::to_string(record.container_id) +
+            ",\"netns_inode\":" + std::to_string(record.netns_inode) +
+            ",\"cgroup\":" + json_string(record.cgroup_path) +
+            ",\"cgroup_id\":" + std::to_string(record.cgroup_id) +
+            ",\"interfaces\":" + strings_json(interfaces_of(record)) +
+            ",\"addresses\":" + strings_json(addresses_of(record)) +
+            ",\"xdp_mode\":" + json_string(xdp_mode(record)) +
+            ",\"pins\":" + pins_json(container.pins) + "}";
+  }
+  return json + "],\"shared_pins\":" + pins_json(bpf::list_shared_pins()) + "}";
+}
+
+std::string join(const std::vector<std::string>& parts) {
+  std::string text;
+  for (const std::string& part : parts) text += (text.empty() ? "" : " ") + part;
+  return text.empty() ? "-" : text;
+}
+
+// ---------------------------------------------------------------------------
+// netaccel stats
+
+std::string stats_json(const std::vector<ContainerStats>& all) {
+  std::ostringstream json;
+  json << "{\"containers\":[";
+  bool first = true;
+  for (const ContainerStats& stats : all) {
+    const auto& x = stats.xdp;
+    const auto& s = stats.sockmap;
+    json << (first ? "" : ",") << "{\"name\":" << json_string(stats.name)
+         << ",\"xdp\":{\"packets\":" << x.packets << ",\"bytes\":" << x.bytes
+         << ",\"passed\":" << x.passed << ",\"to_xsk\":" << x.to_xsk
+         << ",\"xsk_missing\":" << x.xsk_missing << ",\"dropped\":" << x.dropped
+         << ",\"malformed\":" << x.malformed << ",\"not_ip\":" << x.not_ip
+         << ",\"flows\":" << stats.flows << "},\"sockmap\":{\"sockets\":" << stats.sockets
+         << ",\"sockets_added\":" << s.sockets_added << ",\"redirected_msgs\":" << s.redirected_msgs
+         << ",\"redirected_bytes\":" << s.redirected_bytes << ",\"passed_msgs\":" << s.passed_msgs
+         << ",\"passed_bytes\":" << s.passed_bytes << "}}";
+    first = false;
+  }
+  json << "]}";
+  return json.str();
+}
+
+void print_stats_table(const std::vector<ContainerStats>& all) {
+  if (all.empty()) {
+    std::cout << "no container attached\n";
+    return;
+  }
+  std::printf("%-20s %12s %14s %8s %8s %8s %8s %6s | %8s %10s %14s %10s\n", "container",
+              "xdp packets", "xdp bytes", "passed", "to xsk", "dropped", "malformd", "flows",
+              "sockets", "redir msgs", "redir bytes", "pass msgs");
+  for (const ContainerStats& stats : all) {
+    const auto& x = stats.xdp;
+    const auto& s = stats.sockmap;
+    std::printf("%-20s %12llu %14llu %8llu %8llu %8llu %8llu %6zu | %8zu %10llu %14llu %10llu\n",
+                stats.name.c_str(), x.packets, x.bytes, x.passed, x.to_xsk, x.dropped, x.malformed,
+                stats.flows, stats.sockets, s.redirected_msgs, s.redirected_bytes, s.passed_msgs);
+  }
+}
+
+std::atomic<bool> g_stop_watching{false};
+extern "C" void stop_watching(int) {
+  g_stop_watching.store(true);
+}
+
+int show_stats(const BpfCommands& commands) {
+  bpf::require_privileges();
+  if (commands.watch) {
+    struct sigaction action {};
+    action.sa_handler = stop_watching;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
+  }
+  const auto interval = std::chrono::duration<double>(commands.interval_seconds);
+  do {
+    const std::vector<ContainerStats> all = bpf::read_stats();
+    if (commands.json) {
+      std::cout << stats_json(all) << std::endl;
+    } else {
+      if (commands.watch) std::cout << "\n";
+      print_stats_table(all);
+      std::cout.flush();
+    }
+    if (!commands.watch) break;
+    std::this_thread::sleep_for(interval);
+  } while (!g_stop_watching.load());
+  return 0;
+}
+
+int run_guarded(const char* command, auto&& body) {
+  try {
+    return body();
+  } catch (const std::exception& error) {  // BpfError, and whatever the library throws
+    std::cerr << "netaccel " << command << ": " << error.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace
+
+void add_bpf_commands(CLI::App& app, BpfCommands& commands) {
+  const std::string container_help =
+      "a network namespace name (/run/netns/NAME) or path, a PID, or a cgroup v2 directory";
+  commands.attach = app.add_subcommand(
+      "attach", "put a running container's traffic on the eBPF paths (XDP classifier, sockmap)");
+  commands.attach->add_option("CONTAINER", commands.container, container_help)->required();
+  commands.detach =
+      app.add_subcommand("detach", "take a container off the eBPF paths, leaving nothing pinned");
+  commands.detach
+      ->add_option("CONTAINER", commands.container,
+                   container_help + ", or its name in `netaccel status`")
+      ->required();
+  commands.stats = app.add_subcommand("stats", "per-container counters of the eBPF programs");
+  commands.stats->add_flag("--watch", commands.watch, "print again every interval until stopped");
+  commands.stats->add_flag("--json", commands.json, "one JSON object per report");
+  commands.stats
+      ->add_option("--interval", commands.interval_seconds, "seconds between reports with --watch")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+}
+
+std::optional<int> run_bpf_command(const BpfCommands& commands) {
+  if (*commands.attach) {
+    return run_guarded("attach", [&] {
+      const bpf::Container container = bpf::attach_container(commands.container);
+      std::vector<std::string> interfaces;
+      for (const auto& interface : container.interfaces) interfaces.push_back(interface.name);
+      std::cout << "attached " << container.name << " (interfaces " << join(interfaces)
+                << ", cgroup " << container.cgroup_path << "), pinned under " << bpf::kPinRoot
+                << "/" << container.name << "\n";
+      return 0;
+    });
+  }
+  if (*commands.detach) {
+    return run_guarded("detach", [&] {
+      const std::string name = bpf::detach_container(commands.container);
+      std::cout << "detached " << name << "\n";
+      return 0;
+    });
+  }
+  if (*commands.stats) return run_guarded("stats", [&] { return show_stats(commands); });
+  return std::nullopt;
+}
+
+std::string add_attached_containers(const std::string& monitor_json) {
+  const std::size_t closing = monitor_json.rfind('}');
+  if (geteuid() != 0 || closing == std::string::npos) return monitor_json;
+  std::string bpf;
+  try {
+    bpf = attached_containers_json();
+  } catch (const BpfError& error) {
+    bpf = "{\"error\":" + json_string(error.what()) + "}";
+  }
+  const bool empty_object =
+      monitor_json.find_first_not_of(" \t\n{", monitor_json.find('{')) == closing;
+  return monitor_json.substr(0, closing) + (empty_object ? "" : ",") + "\"bpf\":" + bpf +
+         monitor_json.substr(closing);
+}
+
+void print_attached_containers() {
+  if (geteuid() != 0) {
+    std::cout << "attached containers: only root can read the BPF pins\n";
+    return;
+  }
+  try {
+    const std::vector<AttachedContainer> containers = bpf::list_attached();
+    std::cout << "attached containers (eBPF, pinned under " << bpf::kPinRoot
+              << "): " << containers.size() << "\n";
+    for (const AttachedContainer& container : containers) {
+      const netaccel_container_record& record = container.record;
+      std::cout << "  " << record.name << "  netns " << record.netns_inode << ", cgroup "
+                << record.cgroup_path << ", interfaces " << join(interfaces_of(record)) << " (XDP "
+                << xdp_mode(record) << "), addresses " << join(addresses_of(record)) << "\n";
+      for (const PinnedObject& pin : container.pins) {
+        std::printf("    %-22s %-5s id %-6u %s\n", pin.pin.c_str(), pin.kind.c_str(), pin.id,
+                    pin.detail.c_str());
+      }
+    }
+    if (!containers.empty()) {
+      std::cout << "  shared by all containers:\n";
+      for (const PinnedObject& pin : bpf::list_shared_pins()) {
+        std::printf("    %-22s %-5s id %-6u %s\n", pin.pin.c_str(), pin.kind.c_str(), pin.id,
+                    pin.detail.c_str());
+      }
+    }
+  } catch (const BpfError& error) {
+    std::cout << "attached containers: " << error.what() << "\n";
+  }
+}
+
+}  // namespace netaccel::cli

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Kernel bridge vs the sockmap short-circuit between two containers made by
+# the CNI bridge plugin, side by side in one run, with unmodified programs:
+# redis-benchmark (request/response), sockperf ping-pong (64-byte round
+# trips), iperf3 (one TCP stream). Writes its section of docs/benchmarks.md
+# between <!-- bpf:begin --> and <!-- bpf:end -->.
+#
+#   scripts/bench_bpf.sh BUILD_BIN_DIR      # as root
+# Environment: NA_BENCH_SECONDS (per measurement, 5), NA_BENCH_ROUNDS (3),
+# NA_BENCH_OUTPUT (docs/benchmarks.md; empty: print only).
+repo=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=../tests/integration/lib.sh
+source "$repo/tests/integration/lib.sh"
+na_init "$@"
+# shellcheck source-path=SCRIPTDIR source=../tests/bpf/containers.sh
+source "$repo/tests/bpf/containers.sh"
+na_require_tools redis-server redis-benchmark sockperf iperf3 jq python3
+na_containers_init
+
+SECONDS_EACH=${NA_BENCH_SECONDS:-5}
+ROUNDS=${NA_BENCH_ROUNDS:-3}
+OUTPUT=${NA_BENCH_OUTPUT-$repo/docs/benchmarks.md}
+readonly REDIS_PORT=6392 SOCKPERF_PORT=11112 IPERF_PORT=5212
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+na_container_add na-client
+na_container_add na-server
+SERVER=${NA_IP[na-server]}
+na_container_bg na-client resident sleep "$NA_PROC_TIMEOUT"
+na_container_bg na-server redis-server redis-server --port "$REDIS_PORT" --bind 0.0.0.0 \
+  --protected-mode no --save '' --appendonly no
+na_container_bg na-server sockperf-server sockperf server --tcp -i "$SERVER" -p "$SOCKPERF_PORT"
+na_container_bg na-server iperf3-server iperf3 -s -B "$SERVER" -p "$IPERF_PORT"
+for port in "$REDIS_PORT" "$SOCKPERF_PORT" "$IPERF_PORT"; do na_container_wait_listen na-server "$port"; done
+
+# Each measurement prints "NAME VALUE" lines on stdout.
+redis_rate() {  # redis_rate CLIENTS TEST: requests per second
+  local requests
+  requests=$((80000 * SECONDS_EACH))  # about SECONDS_EACH at the rates seen here
+  na_container_run na-client redis-benchmark -h "$SERVER" -p "$REDIS_PORT" -c "$1" -n "$requests" \
+    -t "$2" --csv | tr -d '"' | awk -F, -v name="redis_$2_c$1" 'NR > 1 {print name, $2}'
+}
+
+sockperf_round_trips() {
+  local log=$NA_TMP/sockperf.log
+  na_container_run na-client sockperf ping-pong --tcp -i "$SERVER" -p "$SOCKPERF_PORT" -m 64 \
+    -t "$SECONDS_EACH" >"$log" 2>&1 || na_fail "sockperf failed: $(tail -5 "$log")"
+  sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
+    /Valid Duration/ { split($0, a, "RunTime="); run = a[2] + 0; split($0, b, "ReceivedMessages="); n = b[2] + 0 }
+    /percentile 50.000/ { p50 = $NF } /percentile 99.000/ { p99 = $NF }
+    END { printf "rtt_rate %.0f\nrtt_p50_us %.2f\nrtt_p99_us %.2f\n", n / run, 2 * p50, 2 * p99 }'
+}
+
+iperf_throughput() {
+  na_container_run na-client iperf3 -c "$SERVER" -p "$IPERF_PORT" -t "$SECONDS_EACH" -J |
+    jq -r '"iperf_gbits \(.end.sum_received.bits_per_second / 1e9)"'
+}
+
+measure() {
+  redis_rate 1 get
+  redis_rate 1 ping_inline
+  redis_rate 50 get
+  sockperf_round_trips
+  iperf_throughput
+}
+
+# The sockmap figures count only if the sockmap carried the traffic.
+redirected_bytes() {
+  local total=0 name
+  for name in na-client na-server; do total=$((total + $(na_stat "$name" sockmap redirected_bytes))); done
+  echo "$total"
+}
+
+declare -A RESULTS
+for round in $(seq "$ROUNDS"); do
+  na_step "round $round/$ROUNDS: kernel bridge"
+  while read -r name value; do RESULTS[kernel.$name]+="$value "; done < <(measure)
+  na_step "round $round/$ROUNDS: sockmap"
+  for name in na-client na-server; do
+    "$NETACCEL" attach "$name" >/dev/null || na_fail "attach $name failed"
+  done
+  while read -r name value; do RESULTS[sockmap.$name]+="$value "; done < <(measure)
+  redirected=$(redirected_bytes)
+  ((redirected > 0)) || na_fail "round $round: the sockmap carried nothing: its figures would be the bridge's"
+  na_log "round $round: the sockmap carried $redirected bytes"
+  for name in na-client na-server; do
+    "$NETACCEL" detach "$name" >/dev/null || na_fail "detach $name failed"
+  done
+done
+
+na_step "results (median of $ROUNDS rounds)"
+results_file=$NA_TMP/results.txt
+for key in "${!RESULTS[@]}"; do echo "$key ${RESULTS[$key]}"; done | sort >"$results_file"
+cat "$results_file"
+python3 - "$results_file" "$OUTPUT" "$SECONDS_EACH" "$ROUNDS" "$load_before" "$(uname -r)" \
+  "$(nproc)" <<'PYTHON'
+import datetime, statistics, sys
+
+results_file, output, seconds, rounds, load, kernel, cpus = sys.argv[1:]
+values = {}
+for line in open(results_file):
+    key, *numbers = line.split()
+    values[key] = statistics.median(float(n) for n in numbers)
+
+rows = [  # (label, key, unit, higher is better)
+    ("redis GET, 1 client (requests/s)", "redis_get_c1", "req/s", True),
+    ("redis PING, 1 client (requests/s)", "redis_ping_inline_c1", "req/s", True),
+    ("redis GET, 50 clients (requests/s)", "redis_get_c50", "req/s", True),
+    ("TCP ping-pong 64 B (round trips/s)", "rtt_rate", "rt/s", True),
+    ("TCP ping-pong 64 B, RTT p50", "rtt_p50_us", "us", False),
+    ("TCP ping-pong 64 B, RTT p99", "rtt_p99_us", "us", False),
+    ("iperf3, one TCP stream", "iperf_gbits", "Gbit/s", True),
+]
+def show(value, unit):
+    if unit in ("req/s", "rt/s"):
+        return f"{value / 1000:.1f} k {unit}"
+    return f"{value:.2f} {unit}"
+lines = [
+    "<!-- bpf:begin -->",
+    "## Containers: kernel bridge vs sockmap short-circuit",
+    "",
+    f"Measured by `scripts/bench_bpf.sh` on {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC: kernel {kernel}, "
+    f"{cpus} CPUs, load average {load} at the start (other work shared the CPUs).",
+    "",
+    "Two containers made by Debian's CNI `bridge` + `host-local` plugins on one bridge, each "
+    "in a cgroup v2 of its own; unmodified, not preloaded programs: redis-server, sockperf "
+    "server and iperf3 server in one, redis-benchmark, sockperf ping-pong and iperf3 in the "
+    "other. **kernel**: nothing attached, TCP over veth and bridge. **sockmap**: both "
+    "containers attached with `netaccel attach` (XDP classifier on each eth0, sock_ops on "
+    "each cgroup, sk_msg redirect between the two sockets). Each round measures kernel then "
+    f"sockmap, {seconds} s per figure; the table gives the median of {rounds} rounds. Every "
+    "sockmap round checks that the sockmap counters grew, so no figure is the bridge's in "
+    "disguise.",
+    "",
+    "| test | kernel bridge | sockmap | ratio |",
+    "| --- | ---: | ---: | ---: |",
+]
+for label, key, unit, higher in rows:
+    kernel_value, sockmap_value = values.get("kernel." + key), values.get("sockmap." + key)
+    if kernel_value is None or sockmap_value is None:
+        continue
+    ratio = sockmap_value / kernel_value if higher else kernel_value / sockmap_value
+    lines.append(f"| {label} | {show(kernel_value, unit)} | {show(sockmap_value, unit)} | {ratio:.2f}x |")
+lines += [
+    "",
+    "Ratio: above 1 means the sockmap path is better (rates: sockmap/kernel; latencies: kernel/sockmap).",
+    "",
+    "Why: for every message the sockmap path skips the sender's TCP output (segmentation, "
+    "checksums, qdisc), two softirq hops through the veth pair and the bridge, and the "
+    "receiver's TCP input and its ACKs; what is left is the sk_msg program, one copy into "
+    "the peer socket's queue and the wake-up. It gains most where that per-message stack "
+    "cost dominates: one connection doing small request/response (the round trip roughly "
+    "halves) and a bulk stream (no segments, no ACKs). Redis gains less than the bare "
+    "round trip because its own work per request (parsing, the event loop, on two cores "
+    "shared with the benchmark client) stays. Where sockmap has been measured with little or no "
+    "gain, the usual causes are a loopback baseline (no veth, no bridge, so less to skip) and "
+    "sk_skb stream verdicts, which add a program and a queue to the receive path on top of "
+    "TCP instead of replacing it; here sk_msg redirects at sendmsg, before TCP, into the "
+    "peer's receive queue. The figures are medians of a shared, busy machine: they move by "
+    "tens of percent between runs, the ratios much less.",
+    "",
+    "<!-- bpf:end -->",
+]
+section = "\n".join(lines) + "\n"
+print(section)
+if output:
+    try:
+        text = open(output).read()
+    except FileNotFoundError:
+        text = ""
+    begin, end = text.find("<!-- bpf:begin -->"), text.find("<!-- bpf:end -->")
+    if begin != -1 and end != -1:
+        text = text[:begin] + section + text[end + len("<!-- bpf:end -->"):].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    open(output, "w").write(text)
+    print(f"wrote the bpf section of {output}")
+PYTHON
+na_pass

@@ -1,0 +1,95 @@
+// Attaching netaccel's BPF programs to containers and reading them back.
+//
+// A container is a network namespace whose processes share one cgroup v2.
+// Attaching it loads the XDP classifier on each of its interfaces and the
+// sock_ops program on its cgroup, registers its addresses with the shared
+// sockmap short-circuit, and pins everything under
+// /sys/fs/bpf/netaccel/<name>/ so that it outlives the command. Detaching
+// removes exactly that. Real failures throw BpfError with a message meant for
+// the user; nothing is left half-attached.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "netaccel_bpf.h"
+
+namespace netaccel::bpf {
+
+inline constexpr const char* kBpfFsRoot = "/sys/fs/bpf";
+inline constexpr const char* kPinRoot = "/sys/fs/bpf/netaccel";
+// Attach and detach take this lock: they read and change shared maps.
+inline constexpr const char* kLockPath = "/run/netaccel/bpf.lock";
+
+class BpfError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+using Address = std::array<std::uint8_t, NETACCEL_ADDRESS_BYTES>;
+
+struct ContainerInterface {
+  std::string name;
+  unsigned ifindex = 0;
+};
+
+struct Container {
+  std::string name;        // its directory under kPinRoot
+  std::string netns_path;  // a path that opens its network namespace
+  std::uint64_t netns_inode = 0;
+  std::uint64_t netns_device = 0;
+  std::string cgroup_path;  // absolute, under the cgroup v2 mount
+  std::uint64_t cgroup_id = 0;
+  std::vector<ContainerInterface> interfaces;  // all but loopback
+  std::vector<Address> addresses;              // IPv4-mapped or IPv6, no link-local
+};
+
+// Throws BpfError when the process lacks CAP_SYS_ADMIN or CAP_NET_ADMIN
+// (loading programs, entering namespaces, reading pins).
+void require_privileges();
+
+// CONTAINER as the user gives it: a netns name (/run/netns/NAME), a netns
+// path, a PID, or a cgroup v2 directory.
+Container resolve_container(const std::string& spec);
+
+// Needs CAP_SYS_ADMIN and CAP_NET_ADMIN; serialised with other attaches and
+// detaches. Returns what was attached.
+Container attach_container(const std::string& spec);
+// CONTAINER as for attach, or the name shown by `netaccel status`. Returns
+// the name of the container detached.
+std::string detach_container(const std::string& spec);
+
+struct PinnedObject {
+  std::string pin;   // file name under the container's directory (or kPinRoot)
+  std::string kind;  // "map" or "link"
+  std::uint32_t id = 0;
+  std::string detail;  // map type and name, or link type and program
+};
+
+struct AttachedContainer {
+  netaccel_container_record record{};
+  std::vector<PinnedObject> pins;
+};
+
+// Attached containers from the pins; empty when nothing is attached.
+std::vector<AttachedContainer> list_attached();
+// The maps shared by all containers, when any container is attached.
+std::vector<PinnedObject> list_shared_pins();
+
+struct ContainerStats {
+  std::string name;
+  netaccel_container_counters xdp{};
+  netaccel_sockmap_counters sockmap{};
+  std::size_t flows = 0;    // entries in its flow_stats
+  std::size_t sockets = 0;  // its sockets in the shared sockhash
+};
+
+std::vector<ContainerStats> read_stats();
+
+std::string address_to_string(const Address& address);
+std::string address_to_string(const std::uint8_t (&address)[NETACCEL_ADDRESS_BYTES]);
+
+}  // namespace netaccel::bpf

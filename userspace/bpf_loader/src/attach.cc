@@ -1,0 +1,337 @@
+// netaccel attach / detach: load, attach and pin the BPF programs of a
+// container, and remove exactly what was pinned.
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/if_link.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include "internal.h"
+#include "netaccel/bpf_loader.h"
+#include "sockmap.skel.h"
+#include "xdp_classifier.skel.h"
+
+namespace netaccel::bpf {
+
+namespace {
+
+constexpr long kBpfFsMagic = 0xcafe4a11;  // BPF_FS_MAGIC
+constexpr std::chrono::milliseconds kDrainBeforeFree{200};
+
+// libbpf's warnings (verifier logs among them) go to our stderr; its
+// informational chatter does not.
+int print_libbpf_log(libbpf_print_level level, const char* format, va_list arguments) {
+  if (level != LIBBPF_WARN) return 0;
+  std::fputs("libbpf: ", stderr);
+  return std::vfprintf(stderr, format, arguments);
+}
+
+void route_libbpf_log() {
+  libbpf_set_print(print_libbpf_log);
+}
+
+// Serialises attach and detach across processes.
+class AttachLock {
+ public:
+  AttachLock() {
+    mkdir("/run/netaccel", 0755);
+    fd_ = UniqueFd(open(kLockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!fd_ || flock(fd_.get(), LOCK_EX) != 0) {
+      throw BpfError(std::string("cannot take the lock ") + kLockPath + ": " + error_text(errno));
+    }
+  }
+
+ private:
+  UniqueFd fd_;  // closing it releases the lock
+};
+
+// The BPF filesystem at /sys/fs/bpf, mounted if it is not (as bpftool does).
+void ensure_bpffs() {
+  struct statfs filesystem {};
+  if (statfs(kBpfFsRoot, &filesystem) == 0 && filesystem.f_type == kBpfFsMagic) return;
+  if (mount("bpf", kBpfFsRoot, "bpf", 0, "mode=0700") != 0) {
+    throw BpfError(std::string("cannot mount the BPF filesystem on ") + kBpfFsRoot + ": " +
+                   error_text(errno));
+  }
+  // `ip netns exec` and the like give a mount namespace of their own: pins
+  // in a BPF filesystem mounted there vanish with it, and so do the programs.
+  struct stat ours {};
+  struct stat init {};
+  if (stat("/proc/self/ns/mnt", &ours) == 0 && stat("/proc/1/ns/mnt", &init) == 0 &&
+      ours.st_ino != init.st_ino) {
+    std::cerr << "netaccel: warning: mounted a BPF filesystem on " << kBpfFsRoot
+              << " in a private mount namespace: the pins (and the attachment) last only as "
+                 "long as that namespace\n";
+  }
+}
+
+bool exists(const std::string& path) {
+  return access(path.c_str(), F_OK) == 0;
+}
+
+void check(int error, const std::string& what) {
+  if (error < 0) throw BpfError(what + ": " + error_text(-error));
+}
+
+template <typename Skeleton, void (*Destroy)(Skeleton*)>
+struct SkeletonDeleter {
+  void operator()(Skeleton* skeleton) const { Destroy(skeleton); }
+};
+using SockmapSkeleton = std::unique_ptr<sockmap, SkeletonDeleter<sockmap, sockmap::destroy>>;
+using XdpSkeleton =
+    std::unique_ptr<xdp_classifier, SkeletonDeleter<xdp_classifier, xdp_classifier::destroy>>;
+
+void pin_link(bpf_link* link, const std::string& path, const std::string& what) {
+  const long error = libbpf_get_error(link);
+  if (link == nullptr || error != 0) {
+    throw BpfError("cannot attach " + what + ": " +
+                   error_text(static_cast<int>(error != 0 ? -error : errno)));
+  }
+  const int pinned = bpf_link__pin(link, path.c_str());
+  bpf_link__destroy(link);  // the pin keeps it attached
+  check(pinned, "cannot pin " + what + " at " + path);
+}
+
+// Refuses addresses that another attached container registered.
+void check_addresses_free(const Container& container) {
+  const UniqueFd endpoints = open_pin(shared_pin(kEndpointsPin));
+  if (!endpoints) return;
+  for (const Address& address : container.addresses) {
+    netaccel_endpoint owner{};
+    if (bpf_map_lookup_elem(endpoints.get(), address.data(), &owner) == 0) {
+      throw BpfError("address " + address_to_string(address) + " of container '" + container.name +
+                     "' is already registered by attached container id " +
+                     std::to_string(owner.container_id) +
+                     ": the short-circuit tells containers apart by address");
+    }
+  }
+}
+
+netaccel_container_record make_record(const Container& container) {
+  netaccel_container_record record{};
+  if (container.name.size() >= sizeof record.name ||
+      container.cgroup_path.size() >= sizeof record.cgroup_path) {
+    throw BpfError("container '" + container.name + "': its name (at most " +
+                   std::to_string(sizeof record.name - 1) + " bytes) or cgroup path (at most " +
+                   std::to_string(sizeof record.cgroup_path - 1) + ") is too long");
+  }
+  std::snprintf(record.name, sizeof record.name, "%s", container.name.c_str());
+  std::snprintf(record.cgroup_path, sizeof record.cgroup_path, "%s", container.cgroup_path.c_str());
+  record.netns_inode = container.netns_inode;
+  record.netns_device = container.netns_device;
+  record.cgroup_id = container.cgroup_id;
+  // A netns inode is unique among live namespaces and fits 32 bits (proc inums).
+  record.container_id = static_cast<__u32>(container.netns_inode);
+  record.interface_count = static_cast<__u32>(container.interfaces.size());
+  for (std::size_t i = 0; i < container.interfaces.size(); ++i) {
+    record.ifindex[i] = container.interfaces[i].ifindex;
+    std::snprintf(record.ifname[i], sizeof record.ifname[i], "%s",
+                  container.interfaces[i].name.c_str());
+  }
+  record.address_count = static_cast<__u32>(container.addresses.size());
+  for (std::size_t i = 0; i < container.addresses.size(); ++i) {
+    std::memcpy(record.addresses[i], container.addresses[i].data(), NETACCEL_ADDRESS_BYTES);
+  }
+  return record;
+}
+
+// The short-circuit: shared maps (created by the first attach, reused
+// after), sk_msg on the sockhash, sock_ops on the container's cgroup.
+void attach_sockmap(const Container& container, const netaccel_container_record& record) {
+  SockmapSkeleton skeleton(sockmap::open());
+  if (!skeleton) throw BpfError("cannot open the sockmap BPF object: " + error_text(errno));
+  check(bpf_map__set_pin_path(skeleton->maps.established_sockets, shared_pin(kSockhashPin).c_str()),
+        "sockhash pin path");
+  check(bpf_map__set_pin_path(skeleton->maps.local_endpoints, shared_pin(kEndpointsPin).c_str()),
+        "endpoint map pin path");
+  check(bpf_map__set_pin_path(skeleton->maps.sockmap_stats, shared_pin(kSockmapStatsPin).c_str()),
+        "sockmap counters pin path");
+  check(sockmap::load(skeleton.get()), "cannot load the sockmap programs");
+
+  // Attaching again replaces the sk_msg program with this identical one;
+  // sockets already in the sockhash keep the one they started with.
+  check(bpf_prog_attach(bpf_program__fd(skeleton->progs.sk_msg_redirect),
+                        bpf_map__fd(skeleton->maps.established_sockets), BPF_SK_MSG_VERDICT, 0),
+        "cannot attach sk_msg to the sockhash");
+
+  const UniqueFd cgroup(open(container.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cgroup)
+    throw BpfError("cannot open cgroup " + container.cgroup_path + ": " + error_text(errno));
+  pin_link(bpf_program__attach_cgroup(skeleton->progs.sockops_track, cgroup.get()),
+           container_pin(container.name, kSockOpsLinkPin), "sock_ops to " + container.cgroup_path);
+
+  const std::vector<netaccel_sockmap_counters> zeros(
+      static_cast<std::size_t>(libbpf_num_possible_cpus()));
+  check(bpf_map_update_elem(bpf_map__fd(skeleton->maps.sockmap_stats), &record.container_id,
+                            zeros.data(), BPF_NOEXIST),
+        "cannot create the container's sockmap counters");
+  // Registering the addresses comes last: it switches the short-circuit on.
+  const netaccel_endpoint endpoint{record.container_id};
+  for (const Address& address : container.addresses) {
+    if (bpf_map_update_elem(bpf_map__fd(skeleton->maps.local_endpoints), address.data(), &endpoint,
+                            BPF_NOEXIST) != 0) {
+      throw BpfError("cannot register address " + address_to_string(address) + ": " +
+                     error_text(errno));
+    }
+  }
+}
+
+// The classifier: one instance per container, its maps pinned in the
+// container's directory, one XDP link per interface. Returns whether the
+// kernel runs it in generic (skb) mode.
+bool attach_xdp(const Container& container, netaccel_container_record& record) {
+  XdpSkeleton skeleton(xdp_classifier::open());
+  if (!skeleton) throw BpfError("cannot open the XDP BPF object: " + error_text(errno));
+  bpf_map* map = nullptr;
+  bpf_object__for_each_map(map, skeleton->obj) {
+    check(bpf_map__set_pin_path(map, container_pin(container.name, bpf_map__name(map)).c_str()),
+          std::string("pin path of ") + bpf_map__name(map));
+  }
+  check(xdp_classifier::load(skeleton.get()), "cannot load the XDP classifier");
+
+  bool generic = false;
+  {
+    NetnsScope inside(container.netns_path);
+    for (const ContainerInterface& interface : container.interfaces) {
+      pin_link(bpf_program__attach_xdp(skeleton->progs.xdp_classify,
+                                       static_cast<int>(interface.ifindex)),
+               container_pin(container.name, kXdpLinkPinPrefix + interface.name),
+               "XDP to " + interface.name);
+      LIBBPF_OPTS(bpf_xdp_query_opts, query);
+      if (bpf_xdp_query(static_cast<int>(interface.ifindex), 0, &query) == 0 &&
+          query.attach_mode == XDP_ATTACHED_SKB) {
+        generic = true;
+      }
+    }
+  }
+  record.xdp_generic = generic ? 1 : 0;
+  const __u32 zero = 0;
+  if (bpf_map_update_elem(bpf_map__fd(skeleton->maps.container_record), &zero, &record, BPF_ANY) !=
+      0) {
+    throw BpfError("cannot write the container record: " + error_text(errno));
+  }
+  return generic;
+}
+
+void remove_pin(const std::string& path) {
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    std::cerr << "netaccel: cannot remove " << path << ": " << error_text(errno) << "\n";
+  }
+}
+
+// Removes whatever of the container is pinned, from a complete attach or a
+// failed one, then the shared maps once no container is left.
+void remove_container(const std::string& name) {
+  netaccel_container_record record{};
+  if (read_record(name, record)) {
+    // Unregistering the addresses switches the short-circuit off for the
+    // container's sockets. They stay in the sockhash until they close:
+    // taking a socket out drops bytes already handed to it and not yet read.
+    if (const UniqueFd endpoints = open_pin(shared_pin(kEndpointsPin))) {
+      for (__u32 i = 0; i < record.address_count && i < NETACCEL_MAX_ADDRESSES; ++i) {
+        netaccel_endpoint owner{};
+        if (bpf_map_lookup_elem(endpoints.get(), record.addresses[i], &owner) == 0 &&
+            owner.container_id == record.container_id) {
+          bpf_map_delete_elem(endpoints.get(), record.addresses[i]);
+        }
+      }
+    }
+    if (const UniqueFd counters = open_pin(shared_pin(kSockmapStatsPin))) {
+      bpf_map_delete_elem(counters.get(), &record.container_id);
+    }
+  }
+  const std::string directory = std::string(kPinRoot) + "/" + name;
+  if (DIR* pins = opendir(directory.c_str())) {
+    std::vector<std::string> files;
+    while (dirent* entry = readdir(pins)) {
+      if (entry->d_type != DT_DIR) files.push_back(directory + "/" + entry->d_name);
+    }
+    closedir(pins);
+    for (const std::string& file : files) remove_pin(file);
+  }
+  if (rmdir(directory.c_str()) != 0 && errno != ENOENT) {
+    throw BpfError("cannot remove " + directory + ": " + error_text(errno));
+  }
+  if (!attached_names().empty()) return;
+  // Freeing the sockhash takes its sockets out, and the kernel discards what
+  // was redirected to them and not yet read. Redirection stopped above; give
+  // the applications a moment to read what is already in their queues.
+  if (const UniqueFd sockhash = open_pin(shared_pin(kSockhashPin))) {
+    netaccel_socket_key first{};
+    if (bpf_map_get_next_key(sockhash.get(), nullptr, &first) == 0) {
+      std::this_thread::sleep_for(kDrainBeforeFree);
+    }
+  }
+  for (const char* pin : {kSockhashPin, kEndpointsPin, kSockmapStatsPin})
+    remove_pin(shared_pin(pin));
+  rmdir(kPinRoot);
+}
+
+}  // namespace
+
+Container attach_container(const std::string& spec) {
+  require_privileges();
+  route_libbpf_log();
+  AttachLock lock;
+  Container container = resolve_container(spec);
+  const std::string directory = std::string(kPinRoot) + "/" + container.name;
+  if (exists(directory)) {
+    throw BpfError("container '" + container.name + "' is already attached (pins in " + directory +
+                   "); detach it first");
+  }
+  for (const std::string& name : attached_names()) {
+    netaccel_container_record other{};
+    if (read_record(name, other) && other.netns_inode == container.netns_inode &&
+        other.netns_device == container.netns_device) {
+      throw BpfError("network namespace of '" + spec + "' is already attached as '" + name + "'");
+    }
+  }
+  check_addresses_free(container);
+  netaccel_container_record record = make_record(container);
+  // Refusals are over: from here on, attach changes the system.
+  ensure_bpffs();
+  if (mkdir(kPinRoot, 0700) != 0 && errno != EEXIST) {
+    throw BpfError(std::string("cannot create ") + kPinRoot + ": " + error_text(errno));
+  }
+  if (mkdir(directory.c_str(), 0700) != 0) {
+    throw BpfError("cannot create " + directory + ": " + error_text(errno));
+  }
+  try {
+    attach_xdp(container, record);
+    attach_sockmap(container, record);
+  } catch (...) {
+    remove_container(container.name);
+    throw;
+  }
+  return container;
+}
+
+std::string detach_container(const std::string& spec) {
+  require_privileges();
+  route_libbpf_log();
+  AttachLock lock;
+  std::string name = spec;
+  const bool plain_name =
+      !spec.empty() && spec.find('/') == std::string::npos && spec != "." && spec != "..";
+  if (!plain_name || !exists(std::string(kPinRoot) + "/" + spec)) {
+    name = resolve_container(spec).name;
+  }
+  if (!exists(std::string(kPinRoot) + "/" + name)) {
+    throw BpfError("container '" + name + "' is not attached");
+  }
+  remove_container(name);
+  return name;
+}
+
+}  // namespace netaccel::bpf

@@ -24,6 +24,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -796,22 +797,53 @@ std::string markdown_cell(std::string text) {
   return text;
 }
 
+// Other benchmarks write their own sections of the same file (between
+// <!-- NAME:begin --> and <!-- NAME:end -->, as scripts/replace_section.py
+// does): replace ours, or append it, and keep theirs.
+bool replace_section(const std::string& path, const std::string& name, const std::string& body) {
+  const std::string begin_marker = "<!-- " + name + ":begin -->";
+  const std::string end_marker = "<!-- " + name + ":end -->";
+  const std::string section = begin_marker + "\n" + body + end_marker + "\n";
+  std::string text = "# netaccel benchmarks\n";
+  if (std::ifstream existing(path); existing) {
+    text.assign(std::istreambuf_iterator<char>(existing), std::istreambuf_iterator<char>());
+  }
+  const std::size_t begin = text.find(begin_marker);
+  const std::size_t end = text.find(end_marker);
+  if (begin != std::string::npos && end != std::string::npos && end > begin) {
+    std::size_t after = end + end_marker.size();
+    while (after < text.size() && text[after] == '\n') ++after;
+    const std::string rest = text.substr(after);
+    text = text.substr(0, begin) + section + (rest.empty() ? "" : "\n" + rest);
+  } else {
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    text += "\n\n" + section;
+  }
+  std::error_code ignored;
+  const fs::path target(path);
+  if (target.has_parent_path()) fs::create_directories(target.parent_path(), ignored);
+  std::ofstream file(path, std::ios::trunc);
+  file << text;
+  file.close();
+  return static_cast<bool>(file);
+}
+
 bool write_markdown(const std::string& path, const std::vector<Row>& rows,
                     const std::vector<std::string>& notes, const Setup& setup,
                     const BenchOptions& options, const std::string& started,
                     const std::string& load) {
   std::ostringstream out;
-  out << "# netaccel benchmarks\n\n"
+  out << "## Same-host sockets: kernel TCP loopback vs netaccel\n\n"
       << "Measured by `netaccel bench` on " << started << (options.quick ? " (quick mode)" : "")
       << ".\n\n"
-      << "## Machine\n\n"
+      << "### Machine\n\n"
       << "- CPUs online: " << sysconf(_SC_NPROCESSORS_ONLN) << "\n"
       << "- CPU: " << cpu_model() << "\n"
       << "- Kernel: " << kernel_release() << "\n"
       << "- Load average when the run started: " << load
       << (busy(load) ? " (busy: other work shared the CPUs, so the figures are noisy)" : "")
       << "\n\n"
-      << "## Method\n\n"
+      << "### Method\n\n"
       << "- Every test runs two processes of one unmodified program, `netaccel-bench-peer` "
          "(plain POSIX sockets, blocking calls): a server and a client, talking over "
          "127.0.0.1 on a fresh port.\n"
@@ -845,7 +877,7 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows,
          "kernel\" and has no ratio.\n"
       << "- Nothing is pinned: on a 2-core machine the server and the client each get a core "
          "and the monitor sleeps while idle.\n\n"
-      << "## Results\n\n";
+      << "### Results\n\n";
   out << "|";
   for (const char* header : kHeaders) out << " " << header << " |";
   out << "\n|";
@@ -859,17 +891,11 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows,
   out << "\nEvery ratio above is measured in this same run, kernel and netaccel side by side "
          "on the same machine with the same binaries; none is carried over from another run.\n";
   if (!notes.empty()) {
-    out << "\n## Notes\n\nRuns whose figures stand but where a peer misbehaved:\n\n";
+    out << "\n### Notes\n\nRuns whose figures stand but where a peer misbehaved:\n\n";
     for (const auto& note : notes) out << "- " << markdown_cell(note) << "\n";
   }
 
-  std::error_code ignored;
-  const fs::path target(path);
-  if (target.has_parent_path()) fs::create_directories(target.parent_path(), ignored);
-  std::ofstream file(path, std::ios::trunc);
-  file << out.str();
-  file.close();
-  return static_cast<bool>(file);
+  return replace_section(path, "bench", out.str());
 }
 
 // The environment of the children: ours without any preload, plus the

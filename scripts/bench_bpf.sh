@@ -92,11 +92,11 @@ na_step "results (median of $ROUNDS rounds)"
 results_file=$NA_TMP/results.txt
 for key in "${!RESULTS[@]}"; do echo "$key ${RESULTS[$key]}"; done | sort >"$results_file"
 cat "$results_file"
-python3 - "$results_file" "$OUTPUT" "$SECONDS_EACH" "$ROUNDS" "$load_before" "$(uname -r)" \
+section=$(python3 - "$results_file" "$SECONDS_EACH" "$ROUNDS" "$load_before" "$(uname -r)" \
   "$(nproc)" <<'PYTHON'
 import datetime, statistics, sys
 
-results_file, output, seconds, rounds, load, kernel, cpus = sys.argv[1:]
+results_file, seconds, rounds, load, kernel, cpus = sys.argv[1:]
 values = {}
 for line in open(results_file):
     key, *numbers = line.split()
@@ -116,7 +116,6 @@ def show(value, unit):
         return f"{value / 1000:.1f} k {unit}"
     return f"{value:.2f} {unit}"
 lines = [
-    "<!-- bpf:begin -->",
     "## Containers: kernel bridge vs sockmap short-circuit",
     "",
     f"Measured by `scripts/bench_bpf.sh` on {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC: kernel {kernel}, "
@@ -159,21 +158,13 @@ lines += [
     "peer's receive queue. The figures are medians of a shared, busy machine: they move by "
     "tens of percent between runs, the ratios much less.",
     "",
-    "<!-- bpf:end -->",
 ]
-section = "\n".join(lines) + "\n"
-print(section)
-if output:
-    try:
-        text = open(output).read()
-    except FileNotFoundError:
-        text = ""
-    begin, end = text.find("<!-- bpf:begin -->"), text.find("<!-- bpf:end -->")
-    if begin != -1 and end != -1:
-        text = text[:begin] + section + text[end + len("<!-- bpf:end -->"):].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    open(output, "w").write(text)
-    print(f"wrote the bpf section of {output}")
+print("\n".join(lines))
 PYTHON
+)
+printf '%s\n' "$section"
+if [[ -n $OUTPUT ]]; then
+  printf '%s\n' "$section" | python3 "$repo/scripts/replace_section.py" "$OUTPUT" bpf
+  na_log "wrote the bpf section of $OUTPUT"
+fi
 na_pass

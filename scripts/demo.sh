@@ -118,9 +118,8 @@ print(" ".join("%s %s" % (rows[t]["rps"], rows[t]["p50_latency_ms"]) for t in ("
 }
 
 before=$(connections_total)
-redis_markdown=$tmp/redis.md  # appended to docs/benchmarks.md below
+redis_markdown=$tmp/redis.md  # its own section of docs/benchmarks.md, below
 {
-  echo
   echo "## Real applications: redis-server + redis-benchmark"
   echo
   echo "Measured by \`scripts/demo.sh\` in the same run as the table above: Debian's"
@@ -158,6 +157,6 @@ touch "$stamp"
 NETACCEL_SOCKET=$sock "$NETACCEL" bench "${bench_args[@]}"
 if [[ $repo/docs/benchmarks.md -nt $stamp ]]; then
   echo "(netaccel carried $((after - before)) connections during the netaccel redis runs.)" >>"$redis_markdown"
-  cat "$redis_markdown" >>"$repo/docs/benchmarks.md"
+  python3 "$repo/scripts/replace_section.py" "$repo/docs/benchmarks.md" redis <"$redis_markdown"
   printf '\nfigures written to docs/benchmarks.md\n'
 fi

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "intercepted.h"
 #include "real_calls.h"
@@ -307,6 +308,46 @@ ssize_t intercepted_write(int fd, const void* buffer, size_t length) {
     const_cast<void*>(buffer), length
   };
   return stream_send(fd, socket.get(), &iov, 1, 0);
+}
+
+// A file's bytes into a netaccel connection: read, then sent as write()
+// would send them. Only what is sent counts: the file offset (ours or the
+// file's) advances by exactly that, so a partial send loses nothing.
+ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count) {
+  SocketRef socket = lookup_socket(out_fd);
+  if (!socket || socket->state != SocketState::kConnected) {
+    return real().sendfile(out_fd, in_fd, offset, count);
+  }
+  off_t position = offset != nullptr ? *offset : lseek(in_fd, 0, SEEK_CUR);
+  if (position < 0) return fail(EINVAL);  // a pipe or socket: not for sendfile, says the kernel
+  constexpr std::size_t kChunk = 64 * 1024;
+  std::unique_ptr<unsigned char[]> buffer(new (std::nothrow) unsigned char[kChunk]);
+  if (!buffer) return fail(ENOMEM);
+  std::size_t done = 0;
+  while (done < count) {
+    const ssize_t got = pread(in_fd, buffer.get(), std::min(kChunk, count - done), position);
+    if (got <= 0) {
+      if (got < 0 && done == 0) return -1;
+      break;  // end of file, or an error after some bytes: report those
+    }
+    struct iovec iov {
+      buffer.get(), static_cast<std::size_t>(got)
+    };
+    const ssize_t sent = stream_send(out_fd, socket.get(), &iov, 1, 0);
+    if (sent < 0) {
+      if (done == 0) return -1;
+      break;
+    }
+    done += static_cast<std::size_t>(sent);
+    position += sent;
+    if (sent < got) break;  // non-blocking and the ring is full
+  }
+  if (offset != nullptr) {
+    *offset = position;
+  } else {
+    lseek(in_fd, position, SEEK_SET);
+  }
+  return static_cast<ssize_t>(done);
 }
 
 ssize_t intercepted_writev(int fd, const struct iovec* iov, int iovcnt) {

@@ -13,10 +13,12 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/select.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -541,6 +543,50 @@ TEST_F(SocketSemantics, ClosingAListenerResetsConnectionsNeverAccepted) {
     EXPECT_EQ(errno, ECONNRESET);
     close(fd);
   }
+}
+
+TEST_F(SocketSemantics, SendfileCarriesAFileAndMovesTheOffsets) {
+  expect_netaccel_connections(1);
+  auto [client, server] = connected_pair();
+  char path[] = "/tmp/netaccel-sendfile-XXXXXX";
+  const int file = mkstemp(path);
+  ASSERT_GE(file, 0);
+  unlink(path);
+  std::vector<unsigned char> content(300 * 1024);
+  for (std::size_t i = 0; i < content.size(); ++i) content[i] = static_cast<unsigned char>(i % 251);
+  ASSERT_EQ(write(file, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+
+  // With an offset of our own: the file's position does not move.
+  off_t offset = 1000;
+  std::vector<unsigned char> received;
+  std::thread reader([&, server = server] {
+    unsigned char buffer[65536];
+    while (received.size() < content.size() - 1000 + 5000) {
+      const ssize_t n = recv(server, buffer, sizeof buffer, 0);
+      ASSERT_GT(n, 0);
+      received.insert(received.end(), buffer, buffer + n);
+    }
+  });
+  std::size_t total = 0;
+  while (total < content.size() - 1000) {
+    const ssize_t n = sendfile(client, file, &offset, content.size());
+    ASSERT_GT(n, 0) << strerror(errno);
+    total += static_cast<std::size_t>(n);
+  }
+  EXPECT_EQ(offset, static_cast<off_t>(content.size()));
+  EXPECT_EQ(lseek(file, 0, SEEK_CUR), static_cast<off_t>(content.size()));  // from write()
+  // Without one: from the file's position, which moves.
+  ASSERT_EQ(lseek(file, 0, SEEK_SET), 0);
+  EXPECT_EQ(sendfile(client, file, nullptr, 5000), 5000);
+  EXPECT_EQ(lseek(file, 0, SEEK_CUR), 5000);
+  reader.join();
+  ASSERT_EQ(received.size(), content.size() - 1000 + 5000);
+  EXPECT_TRUE(std::equal(content.begin() + 1000, content.end(), received.begin()));
+  EXPECT_TRUE(std::equal(content.begin(), content.begin() + 5000,
+                         received.begin() + static_cast<std::ptrdiff_t>(content.size() - 1000)));
+  close(file);
+  close(client);
+  close(server);
 }
 
 TEST_F(SocketSemantics, ManyThreadsShareOneSocket) {

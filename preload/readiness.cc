@@ -80,6 +80,7 @@ struct EpollSet {
 
 constexpr int kMaxEpollFds = 1 << 20;
 std::mutex g_sets_mutex;
+std::vector<int> g_set_fds;  // the epoll fds that have a set, under g_sets_mutex
 std::atomic<EpollSet*>* epoll_sets() {
   static auto* table = static_cast<std::atomic<EpollSet*>*>(
       mmap(nullptr, sizeof(std::atomic<EpollSet*>) * kMaxEpollFds, PROT_READ | PROT_WRITE,
@@ -99,6 +100,7 @@ EpollSet* find_or_create_set(int epfd) {
   if (set == nullptr) {
     set = new EpollSet;  // kept until the epoll fd closes; see epoll_closed
     epoll_sets()[epfd].store(set, std::memory_order_release);
+    g_set_fds.push_back(epfd);
   }
   return set;
 }
@@ -106,10 +108,7 @@ EpollSet* find_or_create_set(int epfd) {
 template <typename Visit>
 void for_each_set(Visit visit) {
   std::lock_guard lock(g_sets_mutex);
-  for (int epfd = 0; epfd < kMaxEpollFds; ++epfd) {
-    EpollSet* set = epoll_sets()[epfd].load(std::memory_order_relaxed);
-    if (set != nullptr) visit(epfd, set);
-  }
+  for (const int epfd : g_set_fds) visit(epfd, epoll_sets()[epfd].load(std::memory_order_relaxed));
 }
 
 // The kernel object that wakes sleepers for this socket.
@@ -406,6 +405,7 @@ void epoll_closed(int fd) {
   {
     std::lock_guard lock(g_sets_mutex);
     set = epoll_sets()[fd].exchange(nullptr, std::memory_order_acq_rel);
+    if (set != nullptr) std::erase(g_set_fds, fd);
   }
   if (set == nullptr) return;
   std::lock_guard lock(set->mutex);

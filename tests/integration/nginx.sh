@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Debian's nginx with Debian's default settings (a daemon: master plus
+# `worker_processes auto` workers, `sendfile on`, `tcp_nopush on`, workers
+# running as www-data), only its port, paths and logs made private, under
+# netaccel, with wrk and curl under netaccel:
+# - curl fetches a 4 MB file (sendfile) and a small one, sha256 intact;
+# - wrk loads it with 50 connections: no socket errors, no non-2xx answers;
+# - `nginx -s reload` while wrk loads it: the workers are replaced and nginx
+#   serves on, with no error afterwards. During the reload itself a few
+#   connections that were queued for a retiring worker when it closed its
+#   listener are reset under netaccel (the kernel has one queue that the new
+#   workers drain): a known gap, counted in the log and in
+#   docs/compatibility.md; the test fails if it grows beyond those few;
+# - and the connections went through netaccel.
+set -uo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+na_require_tools nginx wrk curl sha256sum
+na_init "$@"
+
+port=18300
+www=$NA_TMP/www
+mkdir -p "$www" "$NA_TMP/nginx"
+head -c $((4 * 1024 * 1024)) /dev/urandom >"$www/big.bin"
+seq 1 200 | sed 's/^/line /' >"$www/small.txt"
+chmod -R a+rX "$NA_TMP"
+conf=$NA_TMP/nginx.conf
+cat >"$conf" <<CONF
+user www-data;
+worker_processes auto;
+pid $NA_TMP/nginx.pid;
+error_log $NA_TMP/nginx-error.log;
+events {
+	worker_connections 768;
+}
+http {
+	sendfile on;
+	tcp_nopush on;
+	types_hash_max_size 2048;
+	include /etc/nginx/mime.types;
+	default_type application/octet-stream;
+	access_log off;
+	client_body_temp_path $NA_TMP/nginx/body;
+	proxy_temp_path $NA_TMP/nginx/proxy;
+	fastcgi_temp_path $NA_TMP/nginx/fastcgi;
+	uwsgi_temp_path $NA_TMP/nginx/uwsgi;
+	scgi_temp_path $NA_TMP/nginx/scgi;
+	server {
+		listen 127.0.0.1:$port;
+		root $www;
+	}
+}
+CONF
+NA_LOGS+=("$NA_TMP/nginx-error.log")
+
+na_start_monitor
+na_step "nginx (daemon, master + workers) under netaccel"
+na_timeout 30 "${NA_RUN[@]}" nginx -c "$conf" </dev/null || na_fail "nginx did not start"
+na_wait_listen "$port"
+master=$(cat "$NA_TMP/nginx.pid")
+na_log "nginx master $master, workers: $(pgrep -P "$master" | tr '\n' ' ')"
+
+na_connections_total
+before=$NA_TOTAL
+for name in big.bin small.txt big.bin; do
+  na_timeout 60 "${NA_RUN[@]}" curl -sf --max-time 50 -o "$NA_TMP/got" "http://127.0.0.1:$port/$name" </dev/null ||
+    na_fail "curl of $name failed with $?"
+  [[ $(sha256sum <"$NA_TMP/got") == $(sha256sum <"$www/$name") ]] || na_fail "$name arrived changed"
+done
+na_log "curl: big.bin (sendfile, 4 MB) and small.txt arrived intact"
+
+# wrk_errors SECONDS OUT [WRK ARGS...]: wrk under netaccel, its report in OUT;
+# prints how many requests failed (socket errors plus non-2xx answers).
+wrk_errors() {
+  local seconds=$1 out=$2
+  shift 2
+  na_timeout $((seconds + 60)) "${NA_RUN[@]}" wrk -t 2 -c 50 -d "${seconds}s" "$@" "http://127.0.0.1:$port/small.txt" \
+    >"$out" 2>&1 </dev/null || na_fail "wrk failed: $(cat "$out")"
+  grep -q "Requests/sec" "$out" || na_fail "wrk printed no rate: $(cat "$out")"
+  python3 - "$out" <<'PYTHON'
+import re, sys
+text = open(sys.argv[1]).read()
+errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+errors += sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", text))
+print(errors)
+PYTHON
+}
+
+# wrk_clean SECONDS [WRK ARGS...]: wrk under netaccel; fails on any failed request.
+wrk_clean() {
+  local seconds=$1 out=$NA_TMP/wrk-$RANDOM.txt errors
+  shift
+  errors=$(wrk_errors "$seconds" "$out" "$@") || exit 1
+  na_log "wrk: $(grep "Requests/sec" "$out"), $errors failed requests"
+  ((errors == 0)) || na_fail "wrk saw errors: $(cat "$out")"
+}
+
+na_step "wrk -c 50 under netaccel"
+wrk_clean 3
+
+na_step "nginx -s reload while wrk loads it"
+old_workers=$(pgrep -P "$master" | sort | tr '\n' ' ')
+# A worker that a reload retires closes its idle keep-alive connections, and
+# wrk counts a request it had just sent on one as a read error, on the
+# kernel too: one request per connection makes the reload invisible there.
+reload_report=$NA_TMP/wrk-reload.txt
+wrk_errors 6 "$reload_report" -H "Connection: close" >"$NA_TMP/reload-errors" &
+wrk_pid=$!
+sleep 2
+nginx -c "$conf" -s reload || na_fail "nginx -s reload failed"
+wait "$wrk_pid" || na_fail "wrk during the reload failed"
+reload_errors=$(cat "$NA_TMP/reload-errors")
+requests=$(awk '/requests in/ {print $1}' "$reload_report")
+na_log "during the reload: $requests requests, $reload_errors failed (known gap under netaccel; 0 on the kernel)"
+# The gap is the handful queued for the retiring workers, not a collapse.
+((reload_errors <= 100)) || na_fail "too many failed requests during the reload: $(cat "$reload_report")"
+new_workers=$(pgrep -P "$master" | sort | tr '\n' ' ')
+[[ $new_workers != "$old_workers" ]] || na_fail "the reload did not replace the workers ($old_workers)"
+na_log "workers before the reload: $old_workers; after: $new_workers"
+for pid in $old_workers; do
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && na_fail "retired worker $pid still runs 10 s after the reload"
+done
+na_step "after the reload: wrk -c 50, one request per connection"
+wrk_clean 3 -H "Connection: close"
+
+na_step "the connections went through netaccel"
+na_expect_connections "$before" 100 "curl and wrk to nginx"
+na_pass

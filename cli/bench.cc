@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_floor.h"
 #include "netaccel/protocol.h"
 
 extern char** environ;
@@ -828,9 +829,33 @@ bool replace_section(const std::string& path, const std::string& name, const std
   return static_cast<bool>(file);
 }
 
+// The floor beside the kernel's message rate and round trip: the largest
+// ratio any shared-memory transport could show on this machine.
+std::string describe_floor(const HardwareFloor& floor, const RunResult& kernel_messages,
+                           const RunResult& kernel_round_trips) {
+  std::string text;
+  const auto kernel_rate = json_number(kernel_messages.json, "messages_per_s");
+  const auto kernel_p50 = json_number(kernel_round_trips.json, "p50_us");
+  text +=
+      "- 64-byte messages through a bare shared-memory ring (no socket API, two spinning "
+      "processes): " +
+      format_si(floor.messages_per_s) + " msg/s";
+  if (kernel_messages.ok && kernel_rate && *kernel_rate > 0 && floor.messages_per_s > 0) {
+    text += ", " + format_fixed(floor.messages_per_s / *kernel_rate, 1) +
+            "x the kernel's rate above: the most any shared-memory socket could reach here";
+  }
+  text += "\n- one cache line bounced between two processes: " +
+          format_latency(floor.round_trip_p50_us) + " p50 per round trip";
+  if (kernel_round_trips.ok && kernel_p50 && floor.round_trip_p50_us > 0) {
+    text += ", " + format_fixed(*kernel_p50 / floor.round_trip_p50_us, 1) +
+            "x below the kernel's p50 above: the most any shared-memory transport could gain";
+  }
+  return text + "\n";
+}
+
 bool write_markdown(const std::string& path, const std::vector<Row>& rows,
-                    const std::vector<std::string>& notes, const Setup& setup,
-                    const BenchOptions& options, const std::string& started,
+                    const std::vector<std::string>& notes, const std::string& floor_text,
+                    const Setup& setup, const BenchOptions& options, const std::string& started,
                     const std::string& load) {
   std::ostringstream out;
   out << "## Same-host sockets: kernel TCP loopback vs netaccel\n\n"
@@ -890,6 +915,11 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows,
   }
   out << "\nEvery ratio above is measured in this same run, kernel and netaccel side by side "
          "on the same machine with the same binaries; none is carried over from another run.\n";
+  if (!floor_text.empty()) {
+    out << "\n### What this machine allows\n\nMeasured right after the table by the same "
+           "command:\n\n"
+        << floor_text;
+  }
   if (!notes.empty()) {
     out << "\n### Notes\n\nRuns whose figures stand but where a peer misbehaved:\n\n";
     for (const auto& note : notes) out << "- " << markdown_cell(note) << "\n";
@@ -1112,6 +1142,13 @@ int run_bench(const BenchOptions& options) {
   const std::vector<Row> rows = build_rows(metrics, kernel, netaccel);
   std::printf("\n");
   print_table(rows);
+  std::string floor_text;
+  if (!g_interrupted) {
+    std::printf(
+        "\nmeasuring what the machine allows (two processes sharing memory, no sockets)...\n");
+    floor_text = describe_floor(measure_hardware_floor(setup.seconds), kernel[0], kernel[1]);
+    std::printf("%s", floor_text.c_str());
+  }
   if (!notes.empty()) {
     std::printf("\nnotes:\n");
     for (const auto& note : notes) std::printf("  - %s\n", note.c_str());
@@ -1119,7 +1156,8 @@ int run_bench(const BenchOptions& options) {
   std::printf("\nratio: above 1 means netaccel is better; every ratio is measured in this run.\n");
 
   if (!g_interrupted && !options.output_markdown.empty()) {
-    if (write_markdown(options.output_markdown, rows, notes, setup, options, started, load)) {
+    if (write_markdown(options.output_markdown, rows, notes, floor_text, setup, options, started,
+                       load)) {
       std::printf("wrote %s\n", options.output_markdown.c_str());
     } else {
       std::fprintf(stderr, "netaccel bench: cannot write %s\n", options.output_markdown.c_str());

@@ -2,7 +2,8 @@
 # netaccel against the kernel, side by side, on real applications:
 #   1. redis-server + redis-benchmark (-c 1 and -c 50, SET and GET), once on
 #      the kernel's loopback and once with both ends under `netaccel run`;
-#   2. `netaccel bench`, which measures message rate, round-trip latency,
+#   2. nginx (Debian's default settings) + wrk, with and without keep-alive;
+#   3. `netaccel bench`, which measures message rate, round-trip latency,
 #      throughput and connection setup on both paths and writes
 #      docs/benchmarks.md.
 # Everything runs inside a fresh network namespace with only loopback up.
@@ -15,7 +16,7 @@ quick=0
 for arg in "$@"; do
   case $arg in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -24,7 +25,7 @@ if [[ -z ${NETACCEL:-} ]]; then
   NETACCEL=$(command -v netaccel || echo "$repo/build/bin/netaccel")
 fi
 export NETACCEL
-for tool in "$NETACCEL" redis-server redis-benchmark unshare ip python3; do
+for tool in "$NETACCEL" redis-server redis-benchmark nginx wrk unshare ip python3; do
   command -v "$tool" >/dev/null || { echo "demo.sh: $tool not found: run scripts/setup.sh first" >&2; exit 1; }
 done
 
@@ -149,6 +150,74 @@ if ((after - before < 4)); then
 fi
 
 # ---------------------------------------------------------------------------
+section "nginx + wrk: kernel loopback vs netaccel"
+# Debian's nginx with Debian's default settings, twice: on the kernel and
+# under netaccel; wrk -c 50 on each, with keep-alive and with one request per
+# connection, the two modes alternating over the rounds.
+nginx_seconds=5 nginx_rounds=3
+if [[ $quick == 1 ]]; then nginx_seconds=2 nginx_rounds=1; fi
+www=$tmp/www
+mkdir -p "$www"
+seq 1 200 | sed 's/^/line /' >"$www/index.txt"
+chmod -R a+rX "$tmp"
+nginx_conf=$repo/tests/integration/apps/nginx_conf.sh
+mkdir -p "$tmp/nginx-kernel" "$tmp/nginx-netaccel"
+"$nginx_conf" "$tmp/nginx-kernel" 7101 "$www" >"$tmp/nginx-kernel.conf"
+"$nginx_conf" "$tmp/nginx-netaccel" 7102 "$www" >"$tmp/nginx-netaccel.conf"
+nginx -c "$tmp/nginx-kernel.conf"
+"${run[@]}" nginx -c "$tmp/nginx-netaccel.conf"
+wait_listen 7101
+wait_listen 7102
+# wrk_rate PORT [ARGS...] [-- PREFIX...]: requests/s, or 0 with errors.
+wrk_rate() {
+  local port=$1 header=$2
+  shift 2
+  local -a args=(-t 2 -c 50 -d "${nginx_seconds}s")
+  if [[ $header == close ]]; then args+=(-H "Connection: close"); fi
+  timeout 120 "$@" wrk "${args[@]}" "http://127.0.0.1:$port/index.txt" </dev/null 2>&1 | python3 -c '
+import re, sys
+text = sys.stdin.read()
+errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+errors += sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", text))
+rate = re.search(r"Requests/sec:\s+([0-9.]+)", text)
+print("%s %d" % (rate.group(1) if rate else "0", errors))'
+}
+median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+nginx_before=$(connections_total)
+nginx_markdown=$tmp/nginx.md
+{
+  echo "## Real applications: nginx + wrk"
+  echo
+  echo "Measured by \`scripts/demo.sh\`: Debian's nginx with Debian's default settings"
+  echo "(\`tests/integration/apps/nginx_conf.sh\`: master + \`worker_processes auto\`, sendfile on),"
+  echo "serving a 1.3 KB file to \`wrk -t 2 -c 50 -d ${nginx_seconds}s\`, both on the kernel's loopback,"
+  echo "then both under \`netaccel run\`; median of $nginx_rounds rounds, the modes alternating."
+  echo
+  echo "| connections | kernel req/s | netaccel req/s | ratio | failed requests (kernel / netaccel) |"
+  echo "|---|---|---|---|---|"
+} >"$nginx_markdown"
+printf '%-28s %14s %14s %8s %s\n' "connections" "kernel req/s" "netaccel req/s" "ratio" "failed (kernel/netaccel)"
+for header in keep-alive close; do
+  kernel_rates=() netaccel_rates=() kernel_failed=0 netaccel_failed=0
+  for ((round = 0; round < nginx_rounds; round++)); do
+    read -r rate failed <<<"$(wrk_rate 7101 "$header")"
+    kernel_rates+=("$rate") kernel_failed=$((kernel_failed + failed))
+    read -r rate failed <<<"$(wrk_rate 7102 "$header" "${run[@]}")"
+    netaccel_rates+=("$rate") netaccel_failed=$((netaccel_failed + failed))
+  done
+  k=$(median "${kernel_rates[@]}") n=$(median "${netaccel_rates[@]}")
+  ratio=$(python3 -c "print('%.2fx' % ($n / $k) if $k > 0 else 'n/a')")
+  label="keep-alive"
+  if [[ $header == close ]]; then label="one request per connection"; fi
+  printf '%-28s %14.0f %14.0f %8s %s / %s\n' "$label" "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed"
+  printf '| %s | %.0f | %.0f | %s | %s / %s |\n' "$label" "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed" >>"$nginx_markdown"
+done
+nginx_after=$(connections_total)
+echo "(netaccel carried $((nginx_after - nginx_before)) connections during the netaccel nginx runs)"
+nginx -c "$tmp/nginx-kernel.conf" -s stop || true
+nginx -c "$tmp/nginx-netaccel.conf" -s stop || true
+
+# ---------------------------------------------------------------------------
 section "netaccel bench (kernel TCP loopback vs netaccel)"
 bench_args=(--output "$repo/docs/benchmarks.md")
 if [[ $quick == 1 ]]; then bench_args+=(--quick); fi
@@ -158,5 +227,7 @@ NETACCEL_SOCKET=$sock "$NETACCEL" bench "${bench_args[@]}"
 if [[ $repo/docs/benchmarks.md -nt $stamp ]]; then
   echo "(netaccel carried $((after - before)) connections during the netaccel redis runs.)" >>"$redis_markdown"
   python3 "$repo/scripts/replace_section.py" "$repo/docs/benchmarks.md" redis <"$redis_markdown"
+  echo "(netaccel carried $((nginx_after - nginx_before)) connections during the netaccel nginx runs.)" >>"$nginx_markdown"
+  python3 "$repo/scripts/replace_section.py" "$repo/docs/benchmarks.md" nginx <"$nginx_markdown"
   printf '\nfigures written to docs/benchmarks.md\n'
 fi

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Debian's nginx with Debian's default settings (a daemon: master plus
-# `worker_processes auto` workers, `sendfile on`, `tcp_nopush on`, workers
-# running as www-data), only its port, paths and logs made private, under
-# netaccel, with wrk and curl under netaccel:
+# Debian's nginx with Debian's default settings (apps/nginx_conf.sh: a
+# daemon, master plus `worker_processes auto` workers as www-data, sendfile,
+# tcp_nopush), under netaccel, with wrk and curl under netaccel:
 # - curl fetches a 4 MB file (sendfile) and a small one, sha256 intact;
 # - wrk loads it with 50 connections: no socket errors, no non-2xx answers;
 # - `nginx -s reload` while wrk loads it: the workers are replaced and nginx
@@ -20,37 +19,12 @@ na_init "$@"
 
 port=18300
 www=$NA_TMP/www
-mkdir -p "$www" "$NA_TMP/nginx"
+mkdir -p "$www"
 head -c $((4 * 1024 * 1024)) /dev/urandom >"$www/big.bin"
 seq 1 200 | sed 's/^/line /' >"$www/small.txt"
 chmod -R a+rX "$NA_TMP"
 conf=$NA_TMP/nginx.conf
-cat >"$conf" <<CONF
-user www-data;
-worker_processes auto;
-pid $NA_TMP/nginx.pid;
-error_log $NA_TMP/nginx-error.log;
-events {
-	worker_connections 768;
-}
-http {
-	sendfile on;
-	tcp_nopush on;
-	types_hash_max_size 2048;
-	include /etc/nginx/mime.types;
-	default_type application/octet-stream;
-	access_log off;
-	client_body_temp_path $NA_TMP/nginx/body;
-	proxy_temp_path $NA_TMP/nginx/proxy;
-	fastcgi_temp_path $NA_TMP/nginx/fastcgi;
-	uwsgi_temp_path $NA_TMP/nginx/uwsgi;
-	scgi_temp_path $NA_TMP/nginx/scgi;
-	server {
-		listen 127.0.0.1:$port;
-		root $www;
-	}
-}
-CONF
+"$(dirname "$NA_SELF")/apps/nginx_conf.sh" "$NA_TMP" "$port" "$www" >"$conf"
 NA_LOGS+=("$NA_TMP/nginx-error.log")
 
 na_start_monitor

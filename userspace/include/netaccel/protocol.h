@@ -201,7 +201,7 @@ inline constexpr std::size_t connection_segment_bytes(uint32_t ring_capacity) {
 inline constexpr uint32_t kChannelMagic = 0x4e414348;  // "NACH"
 inline constexpr uint32_t kChannelVersion = 1;
 // Each slot costs both processes two eventfds, so a channel stays small.
-inline constexpr uint32_t kChannelSlots = 8;
+inline constexpr uint32_t kChannelSlots = 16;
 static_assert(2 + 2 * kChannelSlots <= kMaxPassedFds);
 // Room for every slot twice: a cancelled entry stays queued until popped.
 inline constexpr uint32_t kChannelQueueSlots = 2 * kChannelSlots;

@@ -73,7 +73,7 @@ void signal_wake_fd(int fd);  // one increment; never blocks
 void drain_wake_fd(int fd);   // consumes pending increments; never blocks
 
 // The most fds one message carries (a channel: its memfd and two eventfds per slot).
-inline constexpr std::size_t kMaxPassedFds = 32;
+inline constexpr std::size_t kMaxPassedFds = 64;
 
 // Passes `fds` with `data` over a unix socket in one message; -errno on failure.
 int send_with_fds(int socket_fd, const void* data, std::size_t bytes, const int* fds,

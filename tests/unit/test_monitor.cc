@@ -285,6 +285,14 @@ class MonitorTest : public ::testing::Test {
     server_delivery = std::move(*delivery);
   }
 
+  // connect_pair, which also opens a channel between the two.
+  void connect_pair_with_channel(TestProcess& server, TestProcess& client, uint16_t port) {
+    Delivery server_delivery, client_delivery;
+    ASSERT_NO_FATAL_FAILURE(connect_pair(server, client, port, server_delivery, client_delivery));
+    ASSERT_EQ(client.channels.size(), 1u);
+    ASSERT_EQ(server.channels.size(), 1u);
+  }
+
   std::string directory_;
   MonitorOptions options_;
   std::unique_ptr<Monitor> monitor_;
@@ -841,10 +849,7 @@ TEST_F(MonitorTest, FirstConnectOpensAChannelForBothProcesses) {
   start();
   TestProcess server = TestProcess::register_at(path());
   TestProcess client = TestProcess::register_at(path());
-  Delivery server_delivery, client_delivery;
-  ASSERT_NO_FATAL_FAILURE(connect_pair(server, client, 9100, server_delivery, client_delivery));
-  ASSERT_EQ(client.channels.size(), 1u);
-  ASSERT_EQ(server.channels.size(), 1u);
+  ASSERT_NO_FATAL_FAILURE(connect_pair_with_channel(server, client, 9100));
   const auto& client_channel = client.channels[0];
   const auto& server_channel = server.channels[0];
   EXPECT_EQ(client_channel.header.side, kClientSide);
@@ -877,9 +882,7 @@ TEST_F(MonitorTest, UnlistenRefusesWhatTheChannelStillQueues) {
   start();
   TestProcess server = TestProcess::register_at(path());
   TestProcess client = TestProcess::register_at(path());
-  Delivery server_delivery, client_delivery;
-  ASSERT_NO_FATAL_FAILURE(connect_pair(server, client, 9101, server_delivery, client_delivery));
-  ASSERT_EQ(client.channels.size(), 1u);
+  ASSERT_NO_FATAL_FAILURE(connect_pair_with_channel(server, client, 9101));
   ClientChannelView view(client.channels[0]);
   ASSERT_TRUE(view.header);
   ASSERT_TRUE(view.queue_slot0(10));
@@ -901,9 +904,7 @@ TEST_F(MonitorTest, DeadClientAbortsItsChannelConnections) {
   start();
   TestProcess server = TestProcess::register_at(path());
   auto client = std::make_unique<TestProcess>(TestProcess::register_at(path()));
-  Delivery server_delivery, client_delivery;
-  ASSERT_NO_FATAL_FAILURE(connect_pair(server, *client, 9102, server_delivery, client_delivery));
-  ASSERT_EQ(server.channels.size(), 1u);
+  ASSERT_NO_FATAL_FAILURE(connect_pair_with_channel(server, *client, 9102));
   ClientChannelView view(client->channels[0]);
   ASSERT_TRUE(view.header);
   ASSERT_TRUE(view.queue_slot0(10));

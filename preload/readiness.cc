@@ -73,7 +73,7 @@ struct EpollSet {
   std::mutex mutex;
   std::vector<EpollMember> members;
   int listeners = 0;
-  uint32_t fork_generation = 0;  // listeners announced since this many forks
+  uint32_t listener_generation = 0;  // its listeners announced as of this generation
   bool event_wake_registered = false;
   uint32_t rotation = 0;
 };
@@ -208,18 +208,18 @@ bool arm_members(EpollSet* set, bool armed) {
   return space_wait;
 }
 
-// A set that watched listeners before a fork waits for connections now:
-// whichever process waits on it takes them.
-void announce_listeners_after_fork(EpollSet* set) {
-  const uint32_t generation = g_fork_generation.load(std::memory_order_relaxed);
-  if (set->listeners == 0 || set->fork_generation == generation) return;
+// A set that watched listeners before a fork (or before the monitor came
+// back) waits for connections now: whichever process waits on it takes them.
+void announce_unannounced_listeners(EpollSet* set) {
+  const uint32_t generation = g_listener_generation.load(std::memory_order_relaxed);
+  if (set->listeners == 0 || set->listener_generation == generation) return;
   std::vector<int> listeners;
   {
     std::lock_guard lock(set->mutex);
     for (const EpollMember& member : set->members) {
       if (member.listener) listeners.push_back(member.fd);
     }
-    set->fork_generation = generation;
+    set->listener_generation = generation;
   }
   for (const int fd : listeners) {
     SocketRef socket = lookup_socket(fd);
@@ -313,7 +313,7 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
       if (kept > 0 || timeout == 0) return kept;
     }
   }
-  announce_listeners_after_fork(set);
+  announce_unannounced_listeners(set);
   const int64_t start = monotonic_ns();
   const int64_t deadline = timeout < 0 ? -1 : start + static_cast<int64_t>(timeout) * 1000000;
   SpinBudget spin(timeout < 0 ? config().spin_ns

@@ -23,7 +23,7 @@
 namespace netaccel::preload {
 
 std::atomic<bool> g_multithreaded{false};
-std::atomic<uint32_t> g_fork_generation{0};
+std::atomic<uint32_t> g_listener_generation{0};
 
 // ---------------------------------------------------------------------------
 const Config& config() {
@@ -269,6 +269,10 @@ namespace {
 
 enum class LinkState { kUnknown, kRegistered, kUnavailable };
 
+// A process without a monitor looks for one again this often: a restarted
+// monitor gets new connections back.
+constexpr int64_t kMonitorRetryNs = 1'000'000'000;
+
 // Connection ids a channel's client makes up: never equal to the engine's.
 constexpr uint64_t kDirectConnectionBit = uint64_t{1} << 63;
 // Local ports of channel connections rotate through the kernel's default
@@ -289,6 +293,8 @@ struct MonitorLink {
   DescriptorRing<Event> events;
   uint32_t process_id = 0;
   uint32_t next_request_id = 1;
+  std::atomic<int64_t> retry_at{0};  // while unavailable: when to look for a monitor again
+  bool registered_before = false;
   // The one reply a thread holding `mutex` waits for.
   uint32_t awaited_request_id = 0;
   bool reply_arrived = false;
@@ -315,6 +321,7 @@ void forget_link(MonitorLink& l) {
 
 void mark_unavailable(MonitorLink& l) {
   forget_link(l);
+  l.retry_at.store(monotonic_ns() + kMonitorRetryNs, std::memory_order_relaxed);
   l.state.store(LinkState::kUnavailable, std::memory_order_release);
 }
 
@@ -777,19 +784,88 @@ bool post_locked(MonitorLink& l, Request& request) {
 
 }  // namespace
 
-bool monitor_available() {
-  MonitorLink& l = link();
-  const LinkState state = l.state.load(std::memory_order_acquire);
-  if (state != LinkState::kUnknown) return state == LinkState::kRegistered;
-  std::lock_guard lock(l.mutex);
-  if (l.state.load(std::memory_order_relaxed) == LinkState::kUnknown) {
-    if (register_with_monitor(l)) {
-      l.state.store(LinkState::kRegistered, std::memory_order_release);
-    } else {
-      mark_unavailable(l);
+namespace {
+
+// Registered with a monitor that does not know us (it restarted, or we are
+// a forked child): what the last one handed us for reuse is gone, and our
+// listeners wait to be announced to this one.
+void forget_previous_monitor() {
+  std::vector<Connection*> cached;
+  {
+    std::lock_guard lock(g_cache_mutex);
+    cached.swap(g_segment_cache);
+  }
+  for (Connection* connection : cached) free_connection(connection);
+  // Channels from the last monitor have nobody to close them when a process
+  // dies: new connections go through the new one, which opens new channels.
+  // Closed, they still carry their connections and drain their queues.
+  std::vector<Channel*> clients;
+  {
+    std::lock_guard lock(g_client_channels_lock);
+    clients.swap(g_client_channels);
+  }
+  for (Channel* channel : clients) {
+    channel->header->closed.store(1, std::memory_order_release);
+    drop_channel_reference(channel);
+  }
+  {
+    std::lock_guard listeners(g_listeners_mutex);
+    for (const auto& [id, listener] : g_listeners) {
+      listener->listener_announced.store(false, std::memory_order_release);
+      std::lock_guard backlog(listener->backlog_mutex);
+      for (Channel* channel : listener->channels) {
+        channel->header->closed.store(1, std::memory_order_release);
+      }
     }
   }
-  return l.state.load(std::memory_order_relaxed) == LinkState::kRegistered;
+  g_listener_generation.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Whether the monitor we registered with still holds its end of our socket;
+// asked at most once per kMonitorRetryNs.
+bool monitor_still_there(MonitorLink& l) {
+  const int64_t now = monotonic_ns();
+  if (now < l.retry_at.load(std::memory_order_relaxed)) return true;
+  l.retry_at.store(now + kMonitorRetryNs, std::memory_order_relaxed);
+  std::lock_guard lock(l.mutex);
+  if (l.state.load(std::memory_order_relaxed) != LinkState::kRegistered) return false;
+  struct pollfd hangup {
+    l.control.get(), 0, 0
+  };
+  if (real().poll(&hangup, 1, 0) == 1 && (hangup.revents & (POLLHUP | POLLERR))) {
+    NETACCEL_DEBUG_LOG("the monitor went away: kernel sockets until it is back\n");
+    mark_unavailable(l);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool monitor_available() {
+  MonitorLink& l = link();
+  auto retry_due = [&l] {
+    return l.state.load(std::memory_order_acquire) == LinkState::kUnknown ||
+           monotonic_ns() >= l.retry_at.load(std::memory_order_relaxed);
+  };
+  const LinkState state = l.state.load(std::memory_order_acquire);
+  if (state == LinkState::kRegistered && monitor_still_there(l)) return true;
+  if (!retry_due()) return false;
+  bool new_monitor = false;
+  {
+    std::lock_guard lock(l.mutex);
+    if (l.state.load(std::memory_order_relaxed) != LinkState::kRegistered && retry_due()) {
+      if (register_with_monitor(l)) {
+        new_monitor = l.registered_before;
+        l.registered_before = true;
+        l.state.store(LinkState::kRegistered, std::memory_order_release);
+      } else {
+        mark_unavailable(l);
+      }
+    }
+  }
+  if (new_monitor) forget_previous_monitor();
+  return l.state.load(std::memory_order_acquire) == LinkState::kRegistered;
 }
 
 uint64_t next_socket_id() {
@@ -1047,7 +1123,7 @@ void drop_listener_channels(Socket* listener) {
 // A forked child shares the parent's queues, which have one producer and one
 // consumer each: the child registers anew on its first netaccel call.
 void reset_link_in_child() {
-  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  g_listener_generation.fetch_add(1, std::memory_order_relaxed);
   for_each_held_connection([](Connection* connection) { connection->inherited = true; });
   // What the parent was handed is the parent's: its channels (it alone
   // produces and consumes on their queues; their memory stays mapped for
@@ -1072,7 +1148,7 @@ void lock_link_for_fork() {
 }
 void withdraw_listeners_after_fork() {
   link().mutex.unlock();
-  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  g_listener_generation.fetch_add(1, std::memory_order_relaxed);
   std::vector<Socket*> announced;
   {
     std::lock_guard listeners(g_listeners_mutex);

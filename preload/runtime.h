@@ -163,8 +163,9 @@ void share_connections_with_child(bool shared);
 
 // Announces a listener that a fork left unannounced; see Socket::listener_announced.
 void ensure_listener_announced(struct Socket* socket);
-// Counts forks, so that epoll sets know to look for unannounced listeners.
-extern std::atomic<uint32_t> g_fork_generation;
+// Counts the events that leave listeners unannounced (a fork, a new
+// monitor), so that epoll sets know to look for them.
+extern std::atomic<uint32_t> g_listener_generation;
 
 // A connection waits in the listener's backlog or on one of its channels.
 bool listener_has_pending(struct Socket* listener);

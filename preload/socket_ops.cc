@@ -478,10 +478,10 @@ bool announce_listener(Socket* socket) {
 }
 
 void ensure_listener_announced(Socket* socket) {
-  if (socket->state != SocketState::kListening ||
-      socket->listener_announced.load(std::memory_order_acquire)) {
-    return;
-  }
+  if (socket->state != SocketState::kListening) return;
+  // Also how a listener learns, now and then, that a monitor died (its
+  // clients then reach it through the kernel) or came back (announce again).
+  if (!monitor_available() || socket->listener_announced.load(std::memory_order_acquire)) return;
   // Not the backlog's lock: the reply's wait pumps events, which fill the backlog.
   std::lock_guard lock(socket->announce_mutex);
   if (socket->listener_announced.load(std::memory_order_relaxed)) return;

@@ -1014,7 +1014,6 @@ Connection* claim_channel_slot(Channel* channel, const InetAddress& destination,
       *busy = false;
       break;
     }
-    header->connections_total.fetch_add(1, std::memory_order_relaxed);
     // Dekker pair with the monitor's close (closed, fence, drain) and with
     // the acceptor's announcement (sleeping, fence, re-check the queue).
     std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -1034,7 +1033,10 @@ Connection* claim_channel_slot(Channel* channel, const InetAddress& destination,
       signal_wake_fd(channel->acceptor_wake.get());
     }
   }
-  if (connection != nullptr) *busy = false;
+  if (connection != nullptr) {
+    *busy = false;
+    header->connections_total.fetch_add(1, std::memory_order_relaxed);
+  }
   return connection;
 }
 

@@ -497,7 +497,7 @@ Connection* slot_connection(Channel* channel, uint32_t slot, uint32_t side) {
   connection->channel = channel;
   connection->slot = slot;
   connection->header = reinterpret_cast<ConnectionSegmentHeader*>(
-      base + channel->header->slot_offset + slot * channel->header->slot_bytes);
+      base + channel->slot_offset + std::size_t{slot} * channel->slot_bytes);
   connection->connection_id = connection->header->connection_id;
   connection->own_wake.reset(channel->wake[slot * 2 + side].get());
   connection->peer_wake.reset(channel->wake[slot * 2 + (side ^ 1)].get());
@@ -661,6 +661,9 @@ void adopt_channel(MonitorLink& l, const Event& event, bool* link_broken) {
   auto* channel = new Channel;
   channel->header = header;
   channel->queue = DescriptorRing<Event>(base + header->queue_offset);
+  channel->slot_offset = header->slot_offset;
+  channel->slot_bytes = header->slot_bytes;
+  channel->ring_capacity = header->ring_capacity;
   channel->mapping = std::move(mapping);
   channel->side = delivery.side;
   channel->channel_id = delivery.channel_id;
@@ -995,9 +998,9 @@ Connection* claim_channel_slot(Channel* channel, const InetAddress& destination,
     auto* base = static_cast<unsigned char*>(channel->mapping.get());
     const uint64_t number = ++channel->connections;
     layout_connection_segment(
-        base + header->slot_offset + slot * header->slot_bytes,
+        base + channel->slot_offset + std::size_t{slot} * channel->slot_bytes,
         kDirectConnectionBit | channel->channel_id << 24 | (number & 0xffffff),
-        header->ring_capacity);
+        channel->ring_capacity);
     connection = slot_connection(channel, slot, kClientSide);
     bind_rings(connection, kClientSide);
     local = channel->client_address;
@@ -1100,7 +1103,7 @@ bool channel_accept(Socket* listener, PendingConnection& out) {
       if ((before & kSlotQueued) == 0) continue;  // withdrawn by the client
       Connection* connection = slot_connection(channel, slot, kServerSide);
       // The client wrote this segment: check it as we check the monitor's.
-      if (!segment_valid(connection->header, channel->header->slot_bytes)) {
+      if (!segment_valid(connection->header, channel->slot_bytes)) {
         release_channel_slot(connection);
         continue;
       }

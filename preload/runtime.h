@@ -139,6 +139,11 @@ struct Channel {
   DescriptorRing<Event> queue;  // we produce (client) or consume (server)
   uint32_t side = 0;
   uint64_t channel_id = 0;
+  // The layout as checked when the channel came: the other process can
+  // rewrite the header, never what we index the mapping with.
+  uint32_t slot_offset = 0;
+  uint32_t slot_bytes = 0;
+  uint32_t ring_capacity = 0;
   std::vector<UniqueFd> wake;      // [slot * 2 + side]
   UniqueFd acceptor_wake;          // client: the server process's event-queue eventfd
   InetAddress destination{};       // client: the address it connects to

@@ -52,9 +52,9 @@ phase("checked-down")
 wait_for("monitor-restarted")
 echo(kept, "after the restart")
 # Processes look for a monitor again once a second, and a server announces
-# its listener when it next waits for connections: for 3 s, a new
+# its listener when it next waits for connections: for 6 s, a new
 # connection every 100 ms; the later ones go through the new monitor.
-for number in range(30):
+for number in range(60):
     new_connection("new after the restart %d" % number)
     time.sleep(0.1)
 kept.close()

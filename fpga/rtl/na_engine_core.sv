@@ -57,6 +57,7 @@ module na_engine_core
     S_CLOSE,
     S_CLOSE_CHECK,
     S_REMOVE_LISTENERS,
+    S_REMOVE_LISTENER,
     S_REMOVE_READ,
     S_REMOVE_CHECK,
     S_REMOVE_NOTICES,
@@ -252,9 +253,17 @@ module na_engine_core
   logic [15:0] next_probe_port;
   assign next_probe_port = probe_port_q == na_protocol::EPHEMERAL_LAST ? na_protocol::EPHEMERAL_FIRST : probe_port_q + 1;
 
-  logic [31:0] listener_limit, connection_limit;
-  assign listener_limit = max_listeners < LISTENERS ? max_listeners : LISTENERS;
-  assign connection_limit = max_connections < CONNECTIONS ? max_connections : CONNECTIONS;
+  // Registered a cycle ahead, off the request's path: the counts they
+  // compare last changed at least three cycles before a listen or connect.
+  logic listener_room_q, connection_room_q;
+  logic owner_hit_q;  // the owner lookup, registered in S_DISPATCH
+  logic [ListenerIndexBits-1:0] owner_index_q, victim_index_q;
+  always_ff @(posedge clk) begin
+    listener_room_q <= 32'(listener_count) < max_listeners &&
+                       32'(listener_count) < LISTENERS;
+    connection_room_q <= connections_open_q < max_connections &&
+                         connections_open_q < CONNECTIONS;
+  end
 
   logic [31:0] connections_open_q;
   logic [63:0] connections_total_q, requests_q, rejected_q;
@@ -329,15 +338,15 @@ module na_engine_core
 
   // ---- table commands (combinational, from the current state) ----
   logic listen_ok, unlisten_ok;
-  assign listen_ok = !listen_malformed && !owner_hit && 32'(listener_count) < listener_limit;
-  assign unlisten_ok = owner_hit;
+  assign listen_ok = !listen_malformed && !owner_hit_q && listener_room_q;
+  assign unlisten_ok = owner_hit_q;
   assign in_take = state_q == S_IDLE && table_ready && in_valid;
   assign process_add = state_q == S_DISPATCH && kind_q == na_protocol::KIND_ADD_PROCESS;
   assign process_remove = state_q == S_REMOVE_FINISH;
   assign listener_insert = state_q == S_LISTEN && listen_ok;
   assign listener_remove = (state_q == S_UNLISTEN && unlisten_ok) ||
-                           (state_q == S_REMOVE_LISTENERS && process_listens);
-  assign remove_index = state_q == S_UNLISTEN ? owner_index : process_listener_index;
+                           state_q == S_REMOVE_LISTENER;
+  assign remove_index = state_q == S_UNLISTEN ? owner_index_q : victim_index_q;
   assign read_index = state_q == S_CONNECT_PICKED ? chosen_index_q
                                                   : scan_q[ListenerIndexBits-1:0];
   assign set_port_cursor = state_q == S_CONNECT_PICKED;
@@ -405,6 +414,8 @@ module na_engine_core
 
         S_DISPATCH: begin
           netns_q <= process_netns;
+          owner_hit_q <= owner_hit;
+          owner_index_q <= owner_index;
           slot_q <= connection_id[SlotBits-1:0];
           displacement_q <= '0;
           if (kind_q == na_protocol::KIND_ADD_PROCESS) state_q <= S_IDLE;
@@ -425,7 +436,7 @@ module na_engine_core
 
         S_LISTEN:
         if (listen_malformed) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_EINVAL);
-        else if (owner_hit) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_EADDRINUSE);
+        else if (owner_hit_q) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_EADDRINUSE);
         else if (!listen_ok) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ENOBUFS);
         else answer(na_protocol::EVT_REPLY, na_protocol::STATUS_OK);
 
@@ -433,7 +444,7 @@ module na_engine_core
 
         S_CONNECT:
         if (connect_malformed) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_EINVAL);
-        else if (connections_open_q >= connection_limit) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ENOBUFS);
+        else if (!connection_room_q) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ENOBUFS);
         else if (!port_hit) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ECONNREFUSED);
         else begin
           members_q <= port_count;
@@ -539,11 +550,17 @@ module na_engine_core
           state_q <= S_CLOSE;
         end
 
+        // One listener per two cycles: pick it, then remove it.
         S_REMOVE_LISTENERS:
-        if (!process_listens) begin
+        if (process_listens) begin
+          victim_index_q <= process_listener_index;
+          state_q <= S_REMOVE_LISTENER;
+        end else begin
           slot_q <= '0;
           state_q <= S_REMOVE_READ;
         end
+
+        S_REMOVE_LISTENER: state_q <= S_REMOVE_LISTENERS;
 
         S_REMOVE_READ: state_q <= S_REMOVE_CHECK;  // the table reads slot_q
 

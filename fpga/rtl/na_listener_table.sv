@@ -80,42 +80,52 @@ module na_listener_table #(
   assign count = count_q;
 
   // ---- lookups ----
-  logic [IndexBits-1:0] port_slot;
-  logic free_port_found;
-  logic [IndexBits-1:0] free_port_slot;
+  logic [ENTRIES-1:0] in_use, of_process, of_owner, of_port, port_probed;
   always_comb begin
-    owner_hit = 0;
-    owner_index = '0;
-    process_hit = 0;
-    process_index = '0;
-    port_hit = 0;
-    port_slot = '0;
-    probe_port_used = 0;
-    free_port_found = 0;
-    free_port_slot = '0;
-    for (int i = ENTRIES - 1; i >= 0; i--) begin
-      // Counting down leaves the lowest match: the oldest listener.
-      if (CountBits'(i) < count_q && process_q[i] == owner_process) begin
-        process_hit = 1;
-        process_index = IndexBits'(i);
-        if (socket_q[i] == owner_socket) begin
-          owner_hit = 1;
-          owner_index = IndexBits'(i);
-        end
-      end
-      if (port_valid_q[i] && port_netns_q[i] == port_netns) begin
-        if (port_port_q[i] == port) begin
-          port_hit = 1;
-          port_slot = IndexBits'(i);
-        end
-        if (port_port_q[i] == probe_port) probe_port_used = 1;
-      end
-      if (!port_valid_q[i]) begin
-        free_port_found = 1;
-        free_port_slot = IndexBits'(i);
-      end
+    for (int i = 0; i < ENTRIES; i++) begin
+      in_use[i] = CountBits'(i) < count_q;
+      of_process[i] = in_use[i] && process_q[i] == owner_process;
+      of_owner[i] = of_process[i] && socket_q[i] == owner_socket;
+      of_port[i] = port_valid_q[i] && port_netns_q[i] == port_netns && port_port_q[i] == port;
+      port_probed[i] = port_valid_q[i] && port_netns_q[i] == port_netns &&
+                       port_port_q[i] == probe_port;
     end
   end
+  assign probe_port_used = |port_probed;
+  na_first_set #(
+      .SLOTS(ENTRIES),
+      .AT_MOST_ONE(1)
+  ) find_owner (
+      .bits (of_owner),
+      .found(owner_hit),
+      .index(owner_index)
+  );
+  // The oldest listener of the process (any would do; this is deterministic).
+  na_first_set #(
+      .SLOTS(ENTRIES)
+  ) find_process (
+      .bits (of_process),
+      .found(process_hit),
+      .index(process_index)
+  );
+  logic [IndexBits-1:0] port_slot;
+  na_first_set #(
+      .SLOTS(ENTRIES),
+      .AT_MOST_ONE(1)
+  ) find_port (
+      .bits (of_port),
+      .found(port_hit),
+      .index(port_slot)
+  );
+  logic free_port_found;
+  logic [IndexBits-1:0] free_port_slot;
+  na_first_set #(
+      .SLOTS(ENTRIES)
+  ) find_free_port (
+      .bits (~port_valid_q),
+      .found(free_port_found),
+      .index(free_port_slot)
+  );
   assign port_count = port_count_q[port_slot];
   assign port_cursor = port_cursor_q[port_slot];
 

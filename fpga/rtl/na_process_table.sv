@@ -30,43 +30,47 @@ module na_process_table #(
   logic [31:0] process_q[PROCESSES];
   logic [63:0] netns_q[PROCESSES];
 
+  logic [PROCESSES-1:0] of_process;
+  always_comb begin
+    for (int i = 0; i < PROCESSES; i++) of_process[i] = valid_q[i] && process_q[i] == process_id;
+  end
   logic [ProcessBits-1:0] hit_index;
+  na_first_set #(
+      .SLOTS(PROCESSES),
+      .AT_MOST_ONE(1)
+  ) find_process (
+      .bits (of_process),
+      .found(process_hit),
+      .index(hit_index)
+  );
   logic free_found;
   logic [ProcessBits-1:0] free_index;
-  always_comb begin
-    process_hit = 0;
-    hit_index = '0;
-    free_found = 0;
-    free_index = '0;
-    for (int i = 0; i < PROCESSES; i++) begin
-      if (valid_q[i] && process_q[i] == process_id) begin
-        process_hit = 1;
-        hit_index = ProcessBits'(i);
-      end
-      if (!valid_q[i]) begin
-        free_found = 1;
-        free_index = ProcessBits'(i);
-      end
-    end
-  end
+  na_first_set #(
+      .SLOTS(PROCESSES)
+  ) find_free (
+      .bits (~valid_q),
+      .found(free_found),
+      .index(free_index)
+  );
   assign process_netns = netns_q[hit_index];
 
-  always_comb begin
-    count = '0;
-    for (int i = 0; i < PROCESSES; i++) count = count + 32'(valid_q[i]);
-  end
+  logic [31:0] count_q;
+  assign count = count_q;
 
   always_ff @(posedge clk) begin
     if (!rst_n) begin
       valid_q <= '0;
+      count_q <= '0;
     end else if (add && process_hit) begin
       netns_q[hit_index] <= add_netns;
     end else if (add && free_found) begin
       valid_q[free_index] <= 1;
       process_q[free_index] <= process_id;
       netns_q[free_index] <= add_netns;
+      count_q <= count_q + 1;
     end else if (remove && process_hit) begin
       valid_q[hit_index] <= 0;
+      count_q <= count_q - 1;
     end
   end
 
@@ -76,26 +80,31 @@ module na_process_table #(
   logic [15:0] cursor_q[NAMESPACES];
   logic [NamespaceBits-1:0] replace_q;  // next victim when full
 
-  logic cursor_hit;
-  logic [NamespaceBits-1:0] cursor_index;
-  logic cursor_free_found;
-  logic [NamespaceBits-1:0] cursor_free_index;
+  logic [NAMESPACES-1:0] cursor_matches;
   always_comb begin
-    cursor_hit = 0;
-    cursor_index = '0;
-    cursor_free_found = 0;
-    cursor_free_index = '0;
     for (int i = 0; i < NAMESPACES; i++) begin
-      if (cursor_valid_q[i] && cursor_netns_q[i] == cursor_netns) begin
-        cursor_hit = 1;
-        cursor_index = NamespaceBits'(i);
-      end
-      if (!cursor_valid_q[i]) begin
-        cursor_free_found = 1;
-        cursor_free_index = NamespaceBits'(i);
-      end
+      cursor_matches[i] = cursor_valid_q[i] && cursor_netns_q[i] == cursor_netns;
     end
   end
+  logic cursor_hit;
+  logic [NamespaceBits-1:0] cursor_index;
+  na_first_set #(
+      .SLOTS(NAMESPACES),
+      .AT_MOST_ONE(1)
+  ) find_cursor (
+      .bits (cursor_matches),
+      .found(cursor_hit),
+      .index(cursor_index)
+  );
+  logic cursor_free_found;
+  logic [NamespaceBits-1:0] cursor_free_index;
+  na_first_set #(
+      .SLOTS(NAMESPACES)
+  ) find_free_cursor (
+      .bits (~cursor_valid_q),
+      .found(cursor_free_found),
+      .index(cursor_free_index)
+  );
   assign cursor = cursor_hit ? cursor_q[cursor_index] : '0;
 
   logic [NamespaceBits-1:0] cursor_slot;

@@ -303,10 +303,11 @@ int main(int argc, char** argv) {
        << kFpgaListeners << " listeners, " << kFpgaConnections
        << " connections): " << report.at("luts") << " LUTs, " << report.at("flip_flops")
        << " flip-flops, " << report.at("bram36") << " RAMB36 + " << report.at("bram18")
-       << " RAMB18, " << report.at("lutram_cells") << " LUT-RAM cells; the longest "
-       << "register-to-register path crosses " << report.at("logic_levels")
-       << " cells (LUTs, carry and mux cells), and the clock assumes 0.7 ns per cell and 1 ns "
-       << "per register stage (`fpga/synth/synthesize.sh`).\n\n"
+       << " RAMB18, " << report.at("lutram_cells")
+       << " LUT-RAM cells. Its slowest register-to-register path adds up to "
+       << report.at("critical_path_cells_ns")
+       << " ns of cell delay in yosys's timing analysis (`sta`); the clock doubles that for "
+       << "routing (`fpga/synth/synthesize.sh`).\n\n"
        << "Doorbell batching, simulated: " << clients
        << " client processes each connect, then close; the server closes each connection as "
        << "it comes in. The host rings the doorbell when a batch is full and at the end of "

@@ -65,11 +65,13 @@ module na_listener_table #(
   logic [15:0] port_q[ENTRIES];
   logic [127:0] host_q[ENTRIES];
   logic [7:0] family_q[ENTRIES];
-  logic [ENTRIES-1:0] v6only_q;
-  logic [ENTRIES-1:0] ipv4_wildcard_q;
-  logic [ENTRIES-1:0] ipv6_wildcard_q;
+  logic v6only_q[ENTRIES];
+  logic ipv4_wildcard_q[ENTRIES];
+  logic ipv6_wildcard_q[ENTRIES];
   logic [IndexBits-1:0] slot_q[ENTRIES];  // its port entry
 
+  // A vector, for the free-slot search; written through a decoder (a
+  // variable bit index would cost yosys an adder on the critical path).
   logic [ENTRIES-1:0] port_valid_q;
   logic [63:0] port_netns_q[ENTRIES];
   logic [15:0] port_port_q[ENTRIES];
@@ -167,7 +169,7 @@ module na_listener_table #(
       if (port_hit) begin
         port_count_q[insert_slot] <= port_count_q[insert_slot] + 1;
       end else begin
-        port_valid_q[insert_slot] <= 1;
+        for (int i = 0; i < ENTRIES; i++) if (IndexBits'(i) == insert_slot) port_valid_q[i] <= 1;
         port_netns_q[insert_slot] <= port_netns;
         port_port_q[insert_slot] <= port;
         port_count_q[insert_slot] <= 1;
@@ -190,7 +192,9 @@ module na_listener_table #(
       end
       count_q <= count_q - 1;
       port_count_q[removed_slot] <= port_count_q[removed_slot] - 1;
-      if (port_count_q[removed_slot] == 1) port_valid_q[removed_slot] <= 0;
+      for (int i = 0; i < ENTRIES; i++) begin
+        if (IndexBits'(i) == removed_slot && port_count_q[removed_slot] == 1) port_valid_q[i] <= 0;
+      end
     end else if (set_cursor) begin
       port_cursor_q[port_slot] <= cursor;
     end

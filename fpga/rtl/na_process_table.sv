@@ -26,6 +26,8 @@ module na_process_table #(
     input  logic        set_cursor,
     input  logic [15:0] new_cursor
 );
+  // Valid bits as vectors, for the free-slot searches; written through
+  // decoders (a variable bit index would cost yosys an adder).
   logic [PROCESSES-1:0] valid_q;
   logic [31:0] process_q[PROCESSES];
   logic [63:0] netns_q[PROCESSES];
@@ -64,12 +66,12 @@ module na_process_table #(
     end else if (add && process_hit) begin
       netns_q[hit_index] <= add_netns;
     end else if (add && free_found) begin
-      valid_q[free_index] <= 1;
+      for (int i = 0; i < PROCESSES; i++) if (ProcessBits'(i) == free_index) valid_q[i] <= 1;
       process_q[free_index] <= process_id;
       netns_q[free_index] <= add_netns;
       count_q <= count_q + 1;
     end else if (remove && process_hit) begin
-      valid_q[hit_index] <= 0;
+      for (int i = 0; i < PROCESSES; i++) if (ProcessBits'(i) == hit_index) valid_q[i] <= 0;
       count_q <= count_q - 1;
     end
   end
@@ -115,7 +117,9 @@ module na_process_table #(
       cursor_valid_q <= '0;
       replace_q <= '0;
     end else if (set_cursor) begin
-      cursor_valid_q[cursor_slot] <= 1;
+      for (int i = 0; i < NAMESPACES; i++) begin
+        if (NamespaceBits'(i) == cursor_slot) cursor_valid_q[i] <= 1;
+      end
       cursor_netns_q[cursor_slot] <= cursor_netns;
       cursor_q[cursor_slot] <= new_cursor;
       if (!cursor_hit && !cursor_free_found) replace_q <= replace_q + 1;

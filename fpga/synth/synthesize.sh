@@ -55,6 +55,11 @@ bram18=$(count RAMB18E1)
 carry=$(count CARRY4)
 muxes=$(count MUXF7 MUXF8)
 cells_ps=$(sed -n "s/^Latest arrival time in .* is \([0-9]*\):.*/\1/p" "$log.sta" | tail -1)
+# The path is printed from its end back to the clock: the net after the end
+# flip-flop's D pin, and the net before the start flip-flop's C->Q.
+path_end=$(awk '/^Latest arrival/ { getline; getline; print $1; exit }' "$log.sta")
+path_start=$(awk '/^Latest arrival/ { on = 1 } on && /C->Q\)/ { print previous; exit }
+                  on { previous = $1 }' "$log.sta")
 rm -f "$log.stat" "$log.sta"
 
 # The analysis adds cell delays only. Routing on a 7-series part typically
@@ -69,6 +74,8 @@ clock_mhz=$(awk -v ps="${cells_ps:-0}" 'BEGIN { if (ps > 0) printf "%d", 1e6 / (
   echo "lutram_cells: $lutram"
   echo "bram36: $bram36"
   echo "bram18: $bram18"
+  echo "critical_path_from: $path_start"
+  echo "critical_path_to: $path_end"
   echo "critical_path_cells_ns: $(awk -v ps="${cells_ps:-0}" 'BEGIN { printf "%.2f", ps / 1000 }')"
   echo "plausible_clock_mhz: $clock_mhz"
 } > "$report"

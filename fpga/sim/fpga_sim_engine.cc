@@ -7,6 +7,7 @@
 #include <bit>
 #include <cstring>
 #include <span>
+#include <stdexcept>
 
 #include "Vna_engine_top.h"
 #include "host_descriptor.h"
@@ -33,6 +34,10 @@ constexpr std::size_t kEventWords = sizeof(Event) / kWordBytes;
 constexpr std::size_t kPeerWord = kEventWords;
 constexpr std::size_t kDestinationWord = kEventWords + 1;
 constexpr std::size_t kNoticeWord = kEventWords + 2;
+
+// Far beyond any batch (a process removal walks the connection table in about
+// two cycles a slot): a model that runs this long is stuck.
+constexpr uint64_t kMaxCyclesPerDoorbell = 100 * kFpgaConnections * kFpgaRequestSlots;
 
 }  // namespace
 
@@ -102,11 +107,12 @@ class FpgaSimEngine::Model {
     stats_.descriptors += batch.size();
     spend_doorbell_latency();
 
-    for (;;) {
+    for (uint64_t cycles = 0;; ++cycles) {
       const bool popping = top_->output_valid;
       if (popping) out.push_back(decode_output());
       top_->output_pop = popping;
       if (!popping && top_->idle) break;
+      if (cycles == kMaxCyclesPerDoorbell) throw std::runtime_error("the FPGA model hangs");
       tick();
       ++stats_.busy_cycles;
     }

@@ -324,6 +324,76 @@ TEST(FpgaEngineDifferential, RandomRequestsFullTables) {
   }
 }
 
+// Both engines fed the same scripted requests, every answer compared.
+class Lockstep {
+ public:
+  Lockstep()
+      : software_(make_software_engine()),
+        fpga_(make_fpga_sim_engine(FpgaSimOptions{std::chrono::nanoseconds(0), 1})) {}
+
+  void add_process(uint32_t process_id, uint64_t netns) {
+    software_->add_process(process_id, netns);
+    fpga_->add_process(process_id, netns);
+  }
+
+  std::vector<EngineOutput> submit(uint32_t process_id, const Request& request) {
+    std::vector<EngineOutput> software_out, fpga_out;
+    software_->submit(process_id, request, software_out);
+    fpga_->submit(process_id, request, fpga_out);
+    fpga_->flush(fpga_out);
+    EXPECT_EQ(software_out.size(), fpga_out.size());
+    for (std::size_t i = 0; i < std::min(software_out.size(), fpga_out.size()); ++i) {
+      EXPECT_TRUE(same_output(software_out[i], fpga_out[i]))
+          << "software: " << describe(software_out[i]) << "\nfpga:     " << describe(fpga_out[i]);
+    }
+    return software_out;
+  }
+
+ private:
+  std::unique_ptr<ControlPlaneEngine> software_;
+  std::unique_ptr<FpgaSimEngine> fpga_;
+};
+
+// A connection that outlives a whole table's worth of ids makes its
+// successor's slot taken: the RTL must probe past it, on insertion and on
+// every lookup after.
+TEST(FpgaEngineDifferential, ConnectionTableProbesPastOccupiedSlots) {
+  Lockstep engines;
+  engines.add_process(1, 7);
+  engines.add_process(2, 7);
+  Request listen{};
+  listen.op = RequestOp::kListen;
+  listen.address = ipv4(127, 0, 0, 1, 8080);
+  engines.submit(1, listen);
+  Request connect{};
+  connect.op = RequestOp::kConnect;
+  connect.address = listen.address;
+  auto close = [](uint64_t connection_id) {
+    Request request{};
+    request.op = RequestOp::kClose;
+    request.connection_id = connection_id;
+    return request;
+  };
+
+  std::vector<uint64_t> long_lived;
+  for (uint64_t id = 1; id <= 3 * kFpgaConnections + 5 && !::testing::Test::HasFailure(); ++id) {
+    ASSERT_EQ(engines.submit(2, connect).size(), 3u);
+    // Every 1024th id stays open, so the ids after it collide with it.
+    if (id % kFpgaConnections == 1) {
+      long_lived.push_back(id);
+      continue;
+    }
+    engines.submit(2, close(id));
+    engines.submit(1, close(id));
+  }
+  for (const uint64_t id : long_lived) {
+    engines.submit(1, close(id));
+    engines.submit(1, close(id));  // twice: -EBADF after a probe
+    engines.submit(2, close(id));
+  }
+  engines.submit(2, close(5 * kFpgaConnections));  // never existed
+}
+
 // Requests wait for the doorbell: nothing comes back until the batch is full
 // or the host flushes.
 TEST(FpgaEngine, OutputsWaitForTheDoorbell) {

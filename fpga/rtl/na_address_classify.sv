@@ -23,5 +23,6 @@ module na_address_classify
   logic unused;  // port and reserved byte say nothing about the host
   assign unused = ^{address[na_protocol::ADDR_PORT_LSB+:na_protocol::ADDR_PORT_BITS],
                     address[na_protocol::ADDR_RESERVED_LSB+:na_protocol::ADDR_RESERVED_BITS]};
-  assign well_formed = family == na_protocol::FAMILY_INET6 || (family == na_protocol::FAMILY_INET && ipv4_mapped);
+  assign well_formed = family == na_protocol::FAMILY_INET6 ||
+                       (family == na_protocol::FAMILY_INET && ipv4_mapped);
 endmodule

@@ -36,7 +36,8 @@ module na_descriptor_parser
   assign flags = descriptor[na_protocol::REQ_FLAGS_LSB+:na_protocol::REQ_FLAGS_BITS];
   assign request_id = descriptor[na_protocol::REQ_REQUEST_ID_LSB+:na_protocol::REQ_REQUEST_ID_BITS];
   assign socket_id = descriptor[na_protocol::REQ_SOCKET_ID_LSB+:na_protocol::REQ_SOCKET_ID_BITS];
-  assign connection_id = descriptor[na_protocol::REQ_CONNECTION_ID_LSB+:na_protocol::REQ_CONNECTION_ID_BITS];
+  assign connection_id =
+      descriptor[na_protocol::REQ_CONNECTION_ID_LSB+:na_protocol::REQ_CONNECTION_ID_BITS];
   assign address = descriptor[na_protocol::REQ_ADDRESS_LSB+:na_protocol::REQ_ADDRESS_BITS];
   assign source = descriptor[na_protocol::REQ_SOURCE_LSB+:na_protocol::REQ_SOURCE_BITS];
   assign port = address[na_protocol::ADDR_PORT_LSB+:na_protocol::ADDR_PORT_BITS];
@@ -76,7 +77,8 @@ module na_descriptor_parser
   logic source_given;
   assign source_port = source[na_protocol::ADDR_PORT_LSB+:na_protocol::ADDR_PORT_BITS];
   assign source_family = source[na_protocol::ADDR_FAMILY_LSB+:na_protocol::ADDR_FAMILY_BITS];
-  assign source_given = source_family == na_protocol::FAMILY_INET || source_family == na_protocol::FAMILY_INET6;
+  assign source_given = source_family == na_protocol::FAMILY_INET ||
+                        source_family == na_protocol::FAMILY_INET6;
 
   assign listen_malformed = !address_well_formed || port == 0;
   assign connect_malformed = !address_well_formed || port == 0 ||
@@ -105,5 +107,6 @@ module na_descriptor_parser
 
   // The monitor ignores the backlog (the kernel listener enforces it).
   logic unused;
-  assign unused = ^{source_mapped, source_loopback, descriptor[na_protocol::REQ_BACKLOG_LSB+:na_protocol::REQ_BACKLOG_BITS]};
+  assign unused = ^{source_mapped, source_loopback,
+                    descriptor[na_protocol::REQ_BACKLOG_LSB+:na_protocol::REQ_BACKLOG_BITS]};
 endmodule

@@ -249,9 +249,11 @@ module na_engine_core
   // remove_process: notices still to send for the connection at slot_q
   logic abandon_client_q, abandon_server_q, release_q;
 
-  localparam logic [14:0] EphemeralTries = 15'(na_protocol::EPHEMERAL_LAST - na_protocol::EPHEMERAL_FIRST);
+  localparam logic [14:0] EphemeralTries =
+      15'(na_protocol::EPHEMERAL_LAST - na_protocol::EPHEMERAL_FIRST);
   logic [15:0] next_probe_port;
-  assign next_probe_port = probe_port_q == na_protocol::EPHEMERAL_LAST ? na_protocol::EPHEMERAL_FIRST : probe_port_q + 1;
+  assign next_probe_port = probe_port_q == na_protocol::EPHEMERAL_LAST
+                           ? na_protocol::EPHEMERAL_FIRST : probe_port_q + 1;
 
   // Registered a cycle ahead, off the request's path: the counts they
   // compare last changed at least three cycles before a listen or connect.
@@ -281,57 +283,79 @@ module na_engine_core
     client_view[na_protocol::ADDR_FAMILY_LSB+:na_protocol::ADDR_FAMILY_BITS] = address_family;
     client_view[na_protocol::ADDR_RESERVED_LSB+:na_protocol::ADDR_RESERVED_BITS] = '0;
     server_view_local = destination;
-    server_view_local[na_protocol::ADDR_FAMILY_LSB+:na_protocol::ADDR_FAMILY_BITS] = server_family_q;
+    server_view_local[na_protocol::ADDR_FAMILY_LSB+:na_protocol::ADDR_FAMILY_BITS] =
+        server_family_q;
     server_view_peer = client_address_q;
     server_view_peer[na_protocol::ADDR_FAMILY_LSB+:na_protocol::ADDR_FAMILY_BITS] = server_family_q;
   end
 
   logic [7:0] out_notice;
   logic [31:0] out_destination, out_peer_process;
-  logic [na_protocol::DESCRIPTOR_BITS-1:0] out_event;
+  // The event's fields, packed below at the generated offsets.
+  logic [7:0] event_type, event_op;
+  logic [15:0] event_status;
+  logic [31:0] event_request_id;
+  logic [63:0] event_socket_id, event_connection_id;
+  logic [na_protocol::ADDRESS_BITS-1:0] event_local, event_peer;
   always_comb begin
     out_notice = na_protocol::NOTICE_DELIVER;
     out_destination = process_q;
     out_peer_process = '0;
-    out_event = '0;
+    event_type = '0;
+    event_op = '0;
+    event_status = na_protocol::STATUS_OK;
+    event_request_id = '0;
+    event_socket_id = '0;
+    event_connection_id = entry_id_q;  // every output but a plain reply
+    event_local = '0;
+    event_peer = '0;
     case (emit_q)
       EMIT_REPLY, EMIT_CONNECT_REPLY: begin
-        out_event[na_protocol::EVT_TYPE_LSB+:na_protocol::EVT_TYPE_BITS] = type_q;
-        out_event[na_protocol::EVT_OP_LSB+:na_protocol::EVT_OP_BITS] = op;
-        out_event[na_protocol::EVT_STATUS_LSB+:na_protocol::EVT_STATUS_BITS] = status_q;
-        out_event[na_protocol::EVT_REQUEST_ID_LSB+:na_protocol::EVT_REQUEST_ID_BITS] = request_id;
-        out_event[na_protocol::EVT_SOCKET_ID_LSB+:na_protocol::EVT_SOCKET_ID_BITS] = socket_id;
-        out_event[na_protocol::EVT_CONNECTION_ID_LSB+:na_protocol::EVT_CONNECTION_ID_BITS] = connection_id;
+        event_type = type_q;
+        event_op = op;
+        event_status = status_q;
+        event_request_id = request_id;
+        event_socket_id = socket_id;
         if (emit_q == EMIT_CONNECT_REPLY) begin
-          out_event[na_protocol::EVT_CONNECTION_ID_LSB+:na_protocol::EVT_CONNECTION_ID_BITS] = entry_id_q;
-          out_event[na_protocol::EVT_LOCAL_LSB+:na_protocol::EVT_LOCAL_BITS] = client_address_q;
-          out_event[na_protocol::EVT_PEER_LSB+:na_protocol::EVT_PEER_BITS] = destination;
+          event_local = client_address_q;
+          event_peer = destination;
+        end else begin
+          event_connection_id = connection_id;
         end
       end
       EMIT_INCOMING: begin
         out_destination = server_process_q;
-        out_event[na_protocol::EVT_TYPE_LSB+:na_protocol::EVT_TYPE_BITS] = na_protocol::EVT_INCOMING;
-        out_event[na_protocol::EVT_OP_LSB+:na_protocol::EVT_OP_BITS] = na_protocol::OP_CONNECT;
-        out_event[na_protocol::EVT_SOCKET_ID_LSB+:na_protocol::EVT_SOCKET_ID_BITS] = server_socket_q;
-        out_event[na_protocol::EVT_CONNECTION_ID_LSB+:na_protocol::EVT_CONNECTION_ID_BITS] = entry_id_q;
-        out_event[na_protocol::EVT_LOCAL_LSB+:na_protocol::EVT_LOCAL_BITS] = server_view_local;
-        out_event[na_protocol::EVT_PEER_LSB+:na_protocol::EVT_PEER_BITS] = server_view_peer;
+        event_type = na_protocol::EVT_INCOMING;
+        event_op = na_protocol::OP_CONNECT;
+        event_socket_id = server_socket_q;
+        event_local = server_view_local;
+        event_peer = server_view_peer;
       end
       EMIT_CREATED: begin
         out_notice = na_protocol::NOTICE_CONNECTION_CREATED;
         out_peer_process = server_process_q;
-        out_event[na_protocol::EVT_CONNECTION_ID_LSB+:na_protocol::EVT_CONNECTION_ID_BITS] = entry_id_q;
       end
       EMIT_RELEASED: begin
         out_notice = na_protocol::NOTICE_CONNECTION_RELEASED;
         out_destination = na_protocol::MONITOR_DESTINATION;
-        out_event[na_protocol::EVT_CONNECTION_ID_LSB+:na_protocol::EVT_CONNECTION_ID_BITS] = entry_id_q;
       end
-      default: begin  // EMIT_ABANDONED
-        out_notice = na_protocol::NOTICE_ENDPOINT_ABANDONED;
-        out_event[na_protocol::EVT_CONNECTION_ID_LSB+:na_protocol::EVT_CONNECTION_ID_BITS] = entry_id_q;
-      end
+      default: out_notice = na_protocol::NOTICE_ENDPOINT_ABANDONED;  // EMIT_ABANDONED
     endcase
+  end
+
+  logic [na_protocol::DESCRIPTOR_BITS-1:0] out_event;
+  always_comb begin
+    out_event = '0;
+    out_event[na_protocol::EVT_TYPE_LSB+:na_protocol::EVT_TYPE_BITS] = event_type;
+    out_event[na_protocol::EVT_OP_LSB+:na_protocol::EVT_OP_BITS] = event_op;
+    out_event[na_protocol::EVT_STATUS_LSB+:na_protocol::EVT_STATUS_BITS] = event_status;
+    out_event[na_protocol::EVT_REQUEST_ID_LSB+:na_protocol::EVT_REQUEST_ID_BITS] =
+        event_request_id;
+    out_event[na_protocol::EVT_SOCKET_ID_LSB+:na_protocol::EVT_SOCKET_ID_BITS] = event_socket_id;
+    out_event[na_protocol::EVT_CONNECTION_ID_LSB+:na_protocol::EVT_CONNECTION_ID_BITS] =
+        event_connection_id;
+    out_event[na_protocol::EVT_LOCAL_LSB+:na_protocol::EVT_LOCAL_BITS] = event_local;
+    out_event[na_protocol::EVT_PEER_LSB+:na_protocol::EVT_PEER_BITS] = event_peer;
   end
   assign out_word = {out_notice, out_destination, out_peer_process, out_event};
   assign out_push = state_q == S_EMIT && !out_full;
@@ -384,8 +408,8 @@ module na_engine_core
     state_q <= S_EMIT;
   endtask
 
-  task automatic answer(input logic [7:0] event_type, input logic [15:0] status);
-    type_q <= event_type;
+  task automatic answer(input logic [7:0] reply_type, input logic [15:0] status);
+    type_q <= reply_type;
     status_q <= status;
     if (status != na_protocol::STATUS_OK) rejected_q <= rejected_q + 1;
     emit(EMIT_REPLY, S_IDLE);
@@ -419,7 +443,8 @@ module na_engine_core
           slot_q <= connection_id[SlotBits-1:0];
           displacement_q <= '0;
           if (kind_q == na_protocol::KIND_ADD_PROCESS) state_q <= S_IDLE;
-          else if (kind_q == na_protocol::KIND_REMOVE_PROCESS) state_q <= process_hit ? S_REMOVE_LISTENERS : S_IDLE;
+          else if (kind_q == na_protocol::KIND_REMOVE_PROCESS)
+            state_q <= process_hit ? S_REMOVE_LISTENERS : S_IDLE;
           else if (kind_q == na_protocol::KIND_REQUEST) begin
             requests_q <= requests_q + 1;
             if (!process_hit) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_ESRCH);
@@ -440,7 +465,9 @@ module na_engine_core
         else if (!listen_ok) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ENOBUFS);
         else answer(na_protocol::EVT_REPLY, na_protocol::STATUS_OK);
 
-        S_UNLISTEN: answer(na_protocol::EVT_REPLY, unlisten_ok ? na_protocol::STATUS_OK : na_protocol::STATUS_EBADF);
+        S_UNLISTEN:
+        answer(na_protocol::EVT_REPLY,
+               unlisten_ok ? na_protocol::STATUS_OK : na_protocol::STATUS_EBADF);
 
         S_CONNECT:
         if (connect_malformed) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_EINVAL);
@@ -495,7 +522,8 @@ module na_engine_core
 
         // Rotate through the ephemeral range, skipping ports listened on in the netns.
         S_EPHEMERAL_START: begin
-          probe_port_q <= ephemeral_cursor < na_protocol::EPHEMERAL_FIRST || ephemeral_cursor > na_protocol::EPHEMERAL_LAST
+          probe_port_q <= ephemeral_cursor < na_protocol::EPHEMERAL_FIRST ||
+                          ephemeral_cursor > na_protocol::EPHEMERAL_LAST
                           ? na_protocol::EPHEMERAL_FIRST : ephemeral_cursor;
           tries_q <= '0;
           state_q <= S_EPHEMERAL;
@@ -534,8 +562,9 @@ module na_engine_core
         S_CLOSE_CHECK:
         if (word_valid && word_id == connection_id) begin
           entry_id_q <= word_id;
-          if (!client_end_ours && !server_end_ours) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_EBADF);
-          else begin
+          if (!client_end_ours && !server_end_ours) begin
+            answer(na_protocol::EVT_REPLY, na_protocol::STATUS_EBADF);
+          end else begin
             type_q <= na_protocol::EVT_REPLY;
             status_q <= na_protocol::STATUS_OK;
             if (connection_write && write_word == '0) begin
@@ -543,8 +572,9 @@ module na_engine_core
               emit(EMIT_REPLY, S_EMIT);
             end else emit(EMIT_REPLY, S_IDLE);
           end
-        end else if (displacement_q == max_displacement_q) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_EBADF);
-        else begin
+        end else if (displacement_q == max_displacement_q) begin
+          answer(na_protocol::EVT_REPLY, na_protocol::STATUS_EBADF);
+        end else begin
           slot_q <= slot_q + 1;
           displacement_q <= displacement_q + 1;
           state_q <= S_CLOSE;

@@ -110,7 +110,8 @@ module na_process_table #(
   assign cursor = cursor_hit ? cursor_q[cursor_index] : '0;
 
   logic [NamespaceBits-1:0] cursor_slot;
-  assign cursor_slot = cursor_hit ? cursor_index : cursor_free_found ? cursor_free_index : replace_q;
+  assign cursor_slot = cursor_hit ? cursor_index
+                     : cursor_free_found ? cursor_free_index : replace_q;
 
   always_ff @(posedge clk) begin
     if (!rst_n) begin

@@ -327,8 +327,8 @@ int main(int argc, char** argv) {
        << " connections): " << report.at("luts") << " LUTs, " << report.at("flip_flops")
        << " flip-flops, " << report.at("bram36") << " RAMB36 + " << report.at("bram18")
        << " RAMB18, " << report.at("lutram_cells")
-       << " LUT-RAM cells. Its slowest register-to-register path adds up to "
-       << report.at("critical_path_cells_ns")
+       << " LUT-RAM cells. Its slowest register-to-register path, starting at `"
+       << report.at("critical_path_from") << "`, adds up to " << report.at("critical_path_cells_ns")
        << " ns of cell delay in yosys's timing analysis (`sta`); the clock doubles that for "
        << "routing (`fpga/synth/synthesize.sh`).\n\n"
        << "Doorbell batching, simulated: " << clients

@@ -44,6 +44,7 @@ module na_engine_core
   typedef enum logic [4:0] {
     S_IDLE,
     S_DISPATCH,
+    S_PORT_LOOKUP,
     S_LISTEN,
     S_UNLISTEN,
     S_CONNECT,
@@ -51,6 +52,7 @@ module na_engine_core
     S_CONNECT_SCAN,
     S_CONNECT_PICKED,
     S_EPHEMERAL_START,
+    S_EPHEMERAL_PROBE,
     S_EPHEMERAL,
     S_ALLOCATE,
     S_ALLOCATE_CHECK,
@@ -450,14 +452,17 @@ module na_engine_core
             if (!process_hit) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_ESRCH);
             else
               case (op)
-                na_protocol::OP_LISTEN: state_q <= S_LISTEN;
+                na_protocol::OP_LISTEN: state_q <= S_PORT_LOOKUP;
                 na_protocol::OP_UNLISTEN: state_q <= S_UNLISTEN;
-                na_protocol::OP_CONNECT: state_q <= S_CONNECT;
+                na_protocol::OP_CONNECT: state_q <= S_PORT_LOOKUP;
                 na_protocol::OP_CLOSE: state_q <= S_CLOSE;
                 default: answer(na_protocol::EVT_ERROR, na_protocol::STATUS_EINVAL);
               endcase
           end else state_q <= S_IDLE;  // no such kind: the host's bug, not a request
         end
+
+        // The listener table looks the port up (netns_q is set now).
+        S_PORT_LOOKUP: state_q <= op == na_protocol::OP_LISTEN ? S_LISTEN : S_CONNECT;
 
         S_LISTEN:
         if (listen_malformed) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_EINVAL);
@@ -526,8 +531,10 @@ module na_engine_core
                           ephemeral_cursor > na_protocol::EPHEMERAL_LAST
                           ? na_protocol::EPHEMERAL_FIRST : ephemeral_cursor;
           tries_q <= '0;
-          state_q <= S_EPHEMERAL;
+          state_q <= S_EPHEMERAL_PROBE;
         end
+
+        S_EPHEMERAL_PROBE: state_q <= S_EPHEMERAL;  // the listener table checks probe_port_q
 
         S_EPHEMERAL:
         if (set_ephemeral_cursor) begin
@@ -536,6 +543,7 @@ module na_engine_core
         end else begin
           probe_port_q <= next_probe_port;
           tries_q <= tries_q + 1;
+          state_q <= S_EPHEMERAL_PROBE;
         end
 
         S_ALLOCATE: state_q <= S_ALLOCATE_CHECK;  // the table reads slot_q

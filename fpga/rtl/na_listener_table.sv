@@ -5,6 +5,8 @@
 // they started listening. Each port (network namespace, port) in use has an
 // entry holding its listener count and its round-robin cursor. Lookups are
 // parallel compares; one command (insert, remove, set cursor) per cycle.
+// Port lookups, the slowest logic here, are registered: they answer the
+// cycle after their keys are set.
 module na_listener_table #(
     parameter int ENTRIES = 32,
     localparam int IndexBits = $clog2(ENTRIES),
@@ -93,7 +95,7 @@ module na_listener_table #(
                        port_port_q[i] == probe_port;
     end
   end
-  assign probe_port_used = |port_probed;
+  logic port_found;
   na_first_set #(
       .SLOTS(ENTRIES),
       .AT_MOST_ONE(1)
@@ -110,14 +112,14 @@ module na_listener_table #(
       .found(process_hit),
       .index(process_index)
   );
-  logic [IndexBits-1:0] port_slot;
+  logic [IndexBits-1:0] port_found_slot;
   na_first_set #(
       .SLOTS(ENTRIES),
       .AT_MOST_ONE(1)
   ) find_port (
       .bits (of_port),
-      .found(port_hit),
-      .index(port_slot)
+      .found(port_found),
+      .index(port_found_slot)
   );
   logic free_port_found;
   logic [IndexBits-1:0] free_port_slot;
@@ -128,6 +130,12 @@ module na_listener_table #(
       .found(free_port_found),
       .index(free_port_slot)
   );
+  logic [IndexBits-1:0] port_slot;
+  always_ff @(posedge clk) begin
+    port_hit <= port_found;
+    port_slot <= port_found_slot;
+    probe_port_used <= |port_probed;
+  end
   assign port_count = port_count_q[port_slot];
   assign port_cursor = port_cursor_q[port_slot];
 

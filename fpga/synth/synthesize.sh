@@ -56,9 +56,9 @@ carry=$(count CARRY4)
 muxes=$(count MUXF7 MUXF8)
 cells_ps=$(sed -n "s/^Latest arrival time in .* is \([0-9]*\):.*/\1/p" "$log.sta" | tail -1)
 # The path is printed from its end back to the clock: the net after the end
-# flip-flop's D pin, and the net before the start flip-flop's C->Q.
+# flip-flop's D pin, and the net before the start flip-flop's (or RAM's) clock.
 path_end=$(awk '/^Latest arrival/ { getline; getline; print $1; exit }' "$log.sta")
-path_start=$(awk '/^Latest arrival/ { on = 1 } on && /C->Q\)/ { print previous; exit }
+path_start=$(awk '/^Latest arrival/ { on = 1 } on && /[.](C|CLK[A-Z]*)->[A-Z0-9]*\)/ { print previous; exit }
                   on { previous = $1 }' "$log.sta")
 rm -f "$log.stat" "$log.sta"
 

@@ -557,8 +557,7 @@ module na_engine_core
           if (displacement_q > max_displacement_q) max_displacement_q <= displacement_q;
           type_q <= na_protocol::EVT_REPLY;
           status_q <= na_protocol::STATUS_OK;
-          emit(EMIT_CREATED, S_EMIT);
-          // S_EMIT as "then" chains: CREATED, then the reply, then incoming.
+          emit(EMIT_CREATED, S_EMIT);  // then the reply, then incoming (see S_EMIT)
         end else begin
           slot_q <= slot_q + 1;
           displacement_q <= displacement_q + 1;

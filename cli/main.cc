@@ -251,9 +251,22 @@ int main(int argc, char** argv) {
   MonitorOptions monitor_options;
   auto* daemon = app.add_subcommand("daemon", "run the monitor (one per host)");
   daemon->add_option("--socket", socket_path, socket_help);
-  // "fpga-sim" joins the list when the FPGA engine lands.
-  daemon->add_option("--engine", monitor_options.engine, "control-plane engine")
-      ->check(CLI::IsMember({"software"}))
+  daemon
+      ->add_option("--engine", monitor_options.engine,
+                   "control-plane engine (fpga-sim: the FPGA engine's RTL under Verilator)")
+      ->check(CLI::IsMember({"software", "fpga-sim"}))
+      ->capture_default_str();
+  uint32_t doorbell_latency_ns =
+      static_cast<uint32_t>(monitor_options.fpga_sim.doorbell_latency.count());
+  daemon
+      ->add_option("--doorbell-latency-ns", doorbell_latency_ns,
+                   "fpga-sim: time one doorbell costs (PCIe write, descriptor fetch, events back)")
+      ->check(CLI::Range(0u, 1000000u))
+      ->capture_default_str();
+  daemon
+      ->add_option("--doorbell-batch", monitor_options.fpga_sim.doorbell_batch,
+                   "fpga-sim: requests per doorbell (a polling round's end rings it sooner)")
+      ->check(CLI::Range(1u, kFpgaRequestSlots))
       ->capture_default_str();
   daemon
       ->add_option("--ring-bytes", monitor_options.ring_bytes,
@@ -321,6 +334,7 @@ int main(int argc, char** argv) {
   if (*daemon) {
     monitor_options.socket_path = socket_path;
     monitor_options.idle_spin = std::chrono::microseconds(idle_spin_us);
+    monitor_options.fpga_sim.doorbell_latency = std::chrono::nanoseconds(doorbell_latency_ns);
     return cli::run_daemon(monitor_options);
   }
   if (*run) {

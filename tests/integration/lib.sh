@@ -9,6 +9,10 @@
 # its own PID namespace (so every process it started dies with it), with a
 # scratch directory in $NA_TMP. Exit codes: 0 pass, 1 fail, 77 skip.
 #
+# NETACCEL_TEST_ENGINE=fpga-sim runs the monitor with that control-plane
+# engine (default: the daemon's own, software); the applications and the
+# assertions stay the same.
+#
 # NETACCEL_TEST_WITHOUT_PRELOAD=1 runs the applications on the plain kernel
 # and does not check netaccel's counters. It exists only to check the tests
 # themselves against the kernel; a test run that way proves nothing about
@@ -20,6 +24,7 @@ NA_PIDS=()
 NA_LOGS=()
 NA_PROC_TIMEOUT=${NA_PROC_TIMEOUT:-180}  # upper bound on any background process
 NA_WITHOUT_PRELOAD=${NETACCEL_TEST_WITHOUT_PRELOAD:-0}
+NA_ENGINE=${NETACCEL_TEST_ENGINE:-}
 
 na_log() { printf '[%s %s] %s\n' "$NA_NAME" "$(date +%T.%3N)" "$*"; }
 na_step() { printf '\n[%s %s] --- %s\n' "$NA_NAME" "$(date +%T.%3N)" "$*"; }
@@ -175,12 +180,17 @@ na_wait_exit() {
 
 na_start_monitor() {
   if [[ $NA_WITHOUT_PRELOAD == 1 ]]; then return 0; fi
-  na_bg monitor "$NETACCEL" daemon --socket "$NA_SOCK"
+  local -a engine_args=()
+  if [[ -n $NA_ENGINE ]]; then engine_args=(--engine "$NA_ENGINE"); fi
+  na_bg monitor "$NETACCEL" daemon --socket "$NA_SOCK" "${engine_args[@]}"
   NA_MONITOR_PID=$NA_LAST_PID
   local deadline=$((SECONDS + 10))
   while ((SECONDS < deadline)); do
     if [[ -S $NA_SOCK ]] && na_status_json >/dev/null 2>&1; then
-      na_log "monitor up on $NA_SOCK (pid $NA_MONITOR_PID)"
+      if [[ -n $NA_ENGINE && $(na_status_json) != *"\"engine\":\"$NA_ENGINE\""* ]]; then
+        na_fail "the monitor does not run the $NA_ENGINE engine: $(na_status_json)"
+      fi
+      na_log "monitor up on $NA_SOCK (pid $NA_MONITOR_PID, engine ${NA_ENGINE:-default})"
       return 0
     fi
     kill -0 "$NA_MONITOR_PID" 2>/dev/null || na_fail "netaccel daemon exited at start-up"

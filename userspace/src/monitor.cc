@@ -119,10 +119,12 @@ bool release_dead_owner_share(unsigned char* segment, ConnectionSide dead) {
 
 }  // namespace
 
-std::unique_ptr<ControlPlaneEngine> make_engine(std::string_view name) {
+std::unique_ptr<ControlPlaneEngine> make_engine(std::string_view name,
+                                                const FpgaSimOptions& fpga_sim) {
   if (name == "software") return make_software_engine();
-  // The FPGA engine ("fpga-sim": the RTL under Verilator) plugs in here.
-  throw std::invalid_argument("unknown engine '" + std::string(name) + "' (available: software)");
+  if (name == "fpga-sim") return make_fpga_sim_engine(fpga_sim);
+  throw std::invalid_argument("unknown engine '" + std::string(name) +
+                              "' (available: software, fpga-sim)");
 }
 
 class Monitor::Impl {
@@ -274,7 +276,7 @@ class Monitor::Impl {
 };
 
 Monitor::Impl::Impl(MonitorOptions options)
-    : options_(std::move(options)), engine_(make_engine(options_.engine)) {
+    : options_(std::move(options)), engine_(make_engine(options_.engine, options_.fpga_sim)) {
   const uint32_t ring_bytes = options_.ring_bytes;
   if (ring_bytes < kMinRingBytes || ring_bytes > kMaxRingBytes ||
       (ring_bytes & (ring_bytes - 1)) != 0) {
@@ -408,6 +410,10 @@ bool Monitor::Impl::serve_request_queues() {
       worked = true;
     }
   }
+  // The end of a polling round rings the FPGA engine's doorbell.
+  outputs_.clear();
+  engine_->flush(outputs_);
+  handle_outputs();
   return worked;
 }
 
@@ -863,6 +869,9 @@ void Monitor::Impl::close_unbacked_connection(uint64_t connection_id,
     close.connection_id = connection_id;
     engine_->submit(process_id, close, outputs);
   }
+  // Outputs only come from a doorbell, which leaves nothing else held back:
+  // this returns the closes' outputs alone.
+  engine_->flush(outputs);
 }
 
 int Monitor::Impl::send_delivery(Process& process, const PendingEvent& pending) {

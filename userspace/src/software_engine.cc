@@ -16,10 +16,6 @@
 namespace netaccel {
 namespace {
 
-// Linux's default net.ipv4.ip_local_port_range.
-constexpr uint16_t kEphemeralFirst = 32768;
-constexpr uint16_t kEphemeralLast = 60999;
-
 // ---- address classification (IPv4 travels IPv4-mapped) --------------------
 
 bool is_ipv4_mapped(const InetAddress& address) {
@@ -295,11 +291,11 @@ class SoftwareEngine final : public ControlPlaneEngine {
   // listened on in the namespace.
   uint16_t next_ephemeral_port(uint64_t netns_id) {
     uint16_t& next = next_ephemeral_[netns_id];
-    if (next < kEphemeralFirst || next > kEphemeralLast) next = kEphemeralFirst;
+    if (next < kEphemeralPortFirst || next > kEphemeralPortLast) next = kEphemeralPortFirst;
     uint16_t port = next;
-    for (int tries = 0; tries <= kEphemeralLast - kEphemeralFirst; ++tries) {
+    for (int tries = 0; tries <= kEphemeralPortLast - kEphemeralPortFirst; ++tries) {
       port = next;
-      next = next == kEphemeralLast ? kEphemeralFirst : next + 1;
+      next = next == kEphemeralPortLast ? kEphemeralPortFirst : next + 1;
       if (!ports_.contains(PortKey{netns_id, port})) break;
     }
     return port;

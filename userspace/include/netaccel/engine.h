@@ -15,6 +15,11 @@
 
 namespace netaccel {
 
+// Connects without a bound port get one from Linux's default
+// net.ipv4.ip_local_port_range, rotating per network namespace.
+inline constexpr uint16_t kEphemeralPortFirst = 32768;
+inline constexpr uint16_t kEphemeralPortLast = 60999;
+
 // Destination of an engine output that is meant for the monitor itself.
 inline constexpr uint32_t kMonitorDestination = 0;
 
@@ -54,6 +59,10 @@ class ControlPlaneEngine {
   // One request from a registered process; appends what follows from it.
   virtual void submit(uint32_t process_id, const Request& request,
                       std::vector<EngineOutput>& out) = 0;
+  // An engine may hold requests back (the FPGA engine gathers a doorbell
+  // batch); flush processes them now. Any call may append the outputs of
+  // requests held back earlier; outputs always come in request order.
+  virtual void flush(std::vector<EngineOutput>& /*out*/) {}
   virtual EngineCounters counters() const = 0;
 };
 

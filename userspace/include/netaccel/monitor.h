@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "netaccel/engine.h"
+#include "netaccel/fpga_sim_engine.h"
 #include "netaccel/protocol.h"
 
 namespace netaccel {
@@ -20,10 +21,12 @@ struct MonitorOptions {
   std::string engine = "software";
   uint32_t ring_bytes = kDefaultRingBytes;   // per direction of a connection, power of two
   std::chrono::microseconds idle_spin{500};  // keep polling this long after the last work
+  FpgaSimOptions fpga_sim;                   // for engine "fpga-sim"
 };
 
 // The engines `--engine` accepts, by name; throws std::invalid_argument for others.
-std::unique_ptr<ControlPlaneEngine> make_engine(std::string_view name);
+std::unique_ptr<ControlPlaneEngine> make_engine(std::string_view name,
+                                                const FpgaSimOptions& fpga_sim = {});
 
 class Monitor {
  public:

@@ -1,0 +1,424 @@
+// The FPGA engine's RTL against the software engine: long random sequences
+// of control-plane requests, valid and not (unknown processes and ids,
+// double closes, port conflicts, full tables, garbage), must give both the
+// same outputs in the same order and the same counters.
+#include <errno.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "../unit/test_support.h"
+#include "netaccel/engine.h"
+#include "netaccel/fpga_sim_engine.h"
+
+namespace netaccel {
+namespace {
+
+using test::ipv4;
+using test::Random;
+
+std::string describe(const EngineOutput& output) {
+  char text[200];
+  std::snprintf(text, sizeof text,
+                "notice %d to %u peer %u: type %d op %d status %d request %u socket %llu "
+                "connection %llu local port %u peer port %u",
+                static_cast<int>(output.notice), output.destination, output.peer_process,
+                static_cast<int>(output.event.type), static_cast<int>(output.event.op),
+                output.event.status, output.event.request_id,
+                static_cast<unsigned long long>(output.event.socket_id),
+                static_cast<unsigned long long>(output.event.connection_id),
+                output.event.local.port, output.event.peer.port);
+  return text;
+}
+
+bool same_output(const EngineOutput& a, const EngineOutput& b) {
+  return a.notice == b.notice && a.destination == b.destination &&
+         a.peer_process == b.peer_process && std::memcmp(&a.event, &b.event, sizeof a.event) == 0;
+}
+
+void expect_same_counters(const EngineCounters& software, const EngineCounters& fpga) {
+  EXPECT_EQ(software.processes, fpga.processes);
+  EXPECT_EQ(software.listeners, fpga.listeners);
+  EXPECT_EQ(software.connections_open, fpga.connections_open);
+  EXPECT_EQ(software.connections_total, fpga.connections_total);
+  EXPECT_EQ(software.requests, fpga.requests);
+  EXPECT_EQ(software.rejected_requests, fpga.rejected_requests);
+}
+
+// The software engine walks a dead process's connections in hash order; the
+// RTL in table order. Within one connection the order is fixed, so compare
+// a removal's outputs ordered by connection (stable: notices keep theirs).
+void order_by_connection(std::vector<EngineOutput>& outputs) {
+  std::stable_sort(outputs.begin(), outputs.end(), [](const auto& a, const auto& b) {
+    return a.event.connection_id < b.event.connection_id;
+  });
+}
+
+// Addresses that exercise every admission rule, including malformed ones.
+InetAddress pick_address(Random& random) {
+  static const uint16_t kPorts[] = {
+      0, 80, 8080, 8081, kEphemeralPortFirst, kEphemeralPortFirst + 1};
+  InetAddress address{};
+  switch (random.between(0, 8)) {
+    case 0:
+      address = ipv4(0, 0, 0, 0, 0);
+      break;
+    case 1:
+      address = ipv4(127, 0, 0, 1, 0);
+      break;
+    case 2:
+      address = ipv4(10, 0, 0, 1, 0);
+      break;
+    case 3:
+      address = ipv4(10, 0, 0, 2, 0);
+      break;
+    case 4:
+      address.family = AF_INET6;
+      break;  // ::
+    case 5:
+      address.family = AF_INET6;
+      address.bytes[15] = 1;
+      break;  // ::1
+    case 6:
+      address.family = AF_INET6;
+      address.bytes[0] = 0xfd;
+      address.bytes[15] = 7;
+      break;
+    case 7:
+      address = ipv4(10, 0, 0, 1, 0);
+      address.bytes[10] = 0;
+      break;  // AF_INET, unmapped
+    default:
+      address = ipv4(127, 0, 0, 1, 0);
+      address.family = 99;
+      break;  // no such family
+  }
+  address.port = kPorts[random.between(0, std::size(kPorts) - 1)];
+  if (random.between(0, 15) == 0) address.reserved = static_cast<uint8_t>(random.next());
+  return address;
+}
+
+class Differential {
+ public:
+  Differential(uint64_t seed, uint32_t max_listeners, uint32_t max_connections,
+               uint32_t doorbell_batch)
+      : random_(seed),
+        software_(make_software_engine(SoftwareEngineLimits{max_listeners, max_connections})),
+        fpga_(make_fpga_sim_engine(FpgaSimOptions{std::chrono::nanoseconds(0), doorbell_batch,
+                                                  max_listeners, max_connections})) {}
+
+  void run(int steps) {
+    for (int step = 0; step < steps && !::testing::Test::HasFailure(); ++step) {
+      const std::size_t choice = random_.between(0, 99);
+      if (choice < 3) {
+        remove_random_process();
+      } else if (choice < 8) {
+        add_random_process();
+      } else if (choice < 12) {
+        flush_and_compare();
+      } else {
+        submit_random_request();
+      }
+    }
+    flush_and_compare();
+  }
+
+  // How often the software engine gave each answer: proof that the sequence
+  // reached the cases it is meant to compare.
+  struct Coverage {
+    std::size_t connected = 0, incoming = 0, released = 0, abandoned = 0, closed = 0;
+    std::size_t in_use = 0, no_buffers = 0, bad_fd = 0, refused = 0, no_process = 0, invalid = 0;
+  };
+  Coverage coverage() const {
+    Coverage c;
+    for (const EngineOutput& output : software_stream_) {
+      const Event& event = output.event;
+      c.released += output.notice == EngineNotice::kConnectionReleased;
+      c.abandoned += output.notice == EngineNotice::kEndpointAbandoned;
+      if (output.notice != EngineNotice::kDeliver) continue;
+      c.incoming += event.type == EventType::kIncoming;
+      c.connected +=
+          event.op == RequestOp::kConnect && event.type == EventType::kReply && event.status == 0;
+      c.closed += event.op == RequestOp::kClose && event.status == 0;
+      c.in_use += event.status == -EADDRINUSE;
+      c.no_buffers += event.status == -ENOBUFS;
+      c.bad_fd += event.status == -EBADF;
+      c.refused += event.status == -ECONNREFUSED;
+      c.no_process += event.status == -ESRCH;
+      c.invalid += event.status == -EINVAL;
+    }
+    return c;
+  }
+
+ private:
+  static constexpr uint32_t kMaxProcessId = 12;  // below the RTL's process table size
+  static constexpr uint64_t kNamespaces[] = {4026531840, 4026532001, 4026532002};
+
+  void add_random_process() {
+    const uint32_t process_id = static_cast<uint32_t>(random_.between(1, kMaxProcessId));
+    // The monitor never registers a live process twice.
+    if (std::find(live_.begin(), live_.end(), process_id) != live_.end()) return;
+    const uint64_t netns = kNamespaces[random_.between(0, std::size(kNamespaces) - 1)];
+    software_->add_process(process_id, netns);
+    fpga_->add_process(process_id, netns);
+    live_.push_back(process_id);
+  }
+
+  void remove_random_process() {
+    // Unknown processes too: both must ignore them.
+    const uint32_t process_id = static_cast<uint32_t>(random_.between(1, kMaxProcessId));
+    flush_and_compare();  // the removal's outputs alone, to reorder them
+    std::vector<EngineOutput> software_out, fpga_out;
+    software_->remove_process(process_id, software_out);
+    fpga_->remove_process(process_id, fpga_out);
+    order_by_connection(software_out);
+    order_by_connection(fpga_out);
+    software_stream_.insert(software_stream_.end(), software_out.begin(), software_out.end());
+    fpga_stream_.insert(fpga_stream_.end(), fpga_out.begin(), fpga_out.end());
+    std::erase(live_, process_id);
+    compare_streams();
+  }
+
+  void submit_random_request() {
+    uint32_t process_override = 0;
+    Request request{};
+    request.request_id = ++last_request_id_;
+    request.socket_id = random_.between(0, 5);
+    switch (random_.between(0, 19)) {
+      case 0:
+      case 1:
+      case 2:
+      case 3:
+        request.op = RequestOp::kListen;
+        request.address = pick_address(random_);
+        request.backlog = static_cast<uint16_t>(random_.next());
+        break;
+      case 4:
+      case 5:
+        request.op = RequestOp::kUnlisten;
+        break;
+      case 6:
+      case 7:
+      case 8:
+      case 9:
+      case 10:
+      case 11:
+      case 12:
+        request.op = RequestOp::kConnect;
+        request.address = pick_address(random_);
+        if (random_.between(0, 2) == 0) request.source = pick_address(random_);
+        if (random_.between(0, 4) == 0) request.source.port = 0;
+        break;
+      case 13:
+      case 14:
+      case 15:
+      case 16:
+      case 17:
+        request.op = RequestOp::kClose;
+        request.connection_id =
+            random_.between(0, 9) == 0 ? random_.next() : random_.between(0, created_.size() + 1);
+        if (!created_.empty() && random_.between(0, 9) < 7) {
+          // One end of a recent connection closes (or closes again).
+          const Created& recent =
+              created_[created_.size() - 1 -
+                       random_.between(0, std::min<std::size_t>(created_.size(), 16) - 1)];
+          request.connection_id = recent.connection_id;
+          process_override = random_.between(0, 1) == 0 ? recent.client : recent.server;
+        }
+        break;
+      case 18:
+        request.op = static_cast<RequestOp>(random_.next());
+        break;
+      default:  // bytes from nowhere
+        for (auto& byte : std::span(reinterpret_cast<uint8_t*>(&request), sizeof request)) {
+          byte = static_cast<uint8_t>(random_.next());
+        }
+        break;
+    }
+    request.flags = static_cast<uint8_t>(random_.between(0, 3));
+    // Mostly live processes, sometimes strangers.
+    uint32_t process_id = !live_.empty() && random_.between(0, 9) != 0
+                              ? live_[random_.between(0, live_.size() - 1)]
+                              : static_cast<uint32_t>(random_.between(1, kMaxProcessId + 3));
+    if (process_override != 0) process_id = process_override;
+    const std::size_t before = software_stream_.size();
+    software_->submit(process_id, request, software_stream_);
+    fpga_->submit(process_id, request, fpga_stream_);
+    for (std::size_t i = before; i < software_stream_.size(); ++i) {
+      const EngineOutput& output = software_stream_[i];
+      if (output.notice == EngineNotice::kConnectionCreated) {
+        created_.push_back(
+            Created{output.event.connection_id, output.destination, output.peer_process});
+      }
+    }
+  }
+
+  void flush_and_compare() {
+    software_->flush(software_stream_);
+    fpga_->flush(fpga_stream_);
+    compare_streams();
+    expect_same_counters(software_->counters(), fpga_->counters());
+  }
+
+  void compare_streams() {
+    ASSERT_EQ(software_stream_.size(), fpga_stream_.size()) << "after request " << last_request_id_;
+    for (std::size_t i = compared_; i < software_stream_.size(); ++i) {
+      ASSERT_TRUE(same_output(software_stream_[i], fpga_stream_[i]))
+          << "output " << i << " after request " << last_request_id_
+          << "\n  software: " << describe(software_stream_[i])
+          << "\n  fpga:     " << describe(fpga_stream_[i]);
+    }
+    compared_ = software_stream_.size();
+  }
+
+  Random random_;
+  std::unique_ptr<ControlPlaneEngine> software_;
+  std::unique_ptr<FpgaSimEngine> fpga_;
+  std::vector<uint32_t> live_;
+  std::vector<EngineOutput> software_stream_, fpga_stream_;
+  std::size_t compared_ = 0;
+  struct Created {
+    uint64_t connection_id;
+    uint32_t client, server;
+  };
+  std::vector<Created> created_;
+  uint32_t last_request_id_ = 0;
+};
+
+// Roomy tables: long-lived state, round robin, ephemeral ports.
+void expect_everything_covered(const Differential::Coverage& c) {
+  EXPECT_GT(c.connected, 100u);
+  EXPECT_EQ(c.incoming, c.connected);
+  EXPECT_GT(c.closed, 100u);
+  EXPECT_GT(c.released, 10u);
+  EXPECT_GT(c.abandoned, 10u);
+  EXPECT_GT(c.in_use, 10u);
+  EXPECT_GT(c.bad_fd, 100u);
+  EXPECT_GT(c.refused, 100u);
+  EXPECT_GT(c.no_process, 100u);
+  EXPECT_GT(c.invalid, 100u);
+}
+
+TEST(FpgaEngineDifferential, RandomRequestsRoomyTables) {
+  for (const uint64_t seed : {1, 2, 3}) {
+    Differential differential(seed, kFpgaListeners, kFpgaConnections, 1 + seed * 5);
+    differential.run(20000);
+    expect_everything_covered(differential.coverage());
+  }
+}
+
+// Small limits: the tables are full most of the time.
+TEST(FpgaEngineDifferential, RandomRequestsFullTables) {
+  for (const uint64_t seed : {11, 12, 13}) {
+    Differential differential(seed, 4, 6, seed % 3 == 0 ? 1 : kFpgaRequestSlots);
+    differential.run(20000);
+    expect_everything_covered(differential.coverage());
+    EXPECT_GT(differential.coverage().no_buffers, 100u);
+  }
+}
+
+// Both engines fed the same scripted requests, every answer compared.
+class Lockstep {
+ public:
+  Lockstep()
+      : software_(make_software_engine()),
+        fpga_(make_fpga_sim_engine(FpgaSimOptions{std::chrono::nanoseconds(0), 1})) {}
+
+  void add_process(uint32_t process_id, uint64_t netns) {
+    software_->add_process(process_id, netns);
+    fpga_->add_process(process_id, netns);
+  }
+
+  std::vector<EngineOutput> submit(uint32_t process_id, const Request& request) {
+    std::vector<EngineOutput> software_out, fpga_out;
+    software_->submit(process_id, request, software_out);
+    fpga_->submit(process_id, request, fpga_out);
+    fpga_->flush(fpga_out);
+    EXPECT_EQ(software_out.size(), fpga_out.size());
+    for (std::size_t i = 0; i < std::min(software_out.size(), fpga_out.size()); ++i) {
+      EXPECT_TRUE(same_output(software_out[i], fpga_out[i]))
+          << "software: " << describe(software_out[i]) << "\nfpga:     " << describe(fpga_out[i]);
+    }
+    return software_out;
+  }
+
+ private:
+  std::unique_ptr<ControlPlaneEngine> software_;
+  std::unique_ptr<FpgaSimEngine> fpga_;
+};
+
+// A connection that outlives a whole table's worth of ids makes its
+// successor's slot taken: the RTL must probe past it, on insertion and on
+// every lookup after.
+TEST(FpgaEngineDifferential, ConnectionTableProbesPastOccupiedSlots) {
+  Lockstep engines;
+  engines.add_process(1, 7);
+  engines.add_process(2, 7);
+  Request listen{};
+  listen.op = RequestOp::kListen;
+  listen.address = ipv4(127, 0, 0, 1, 8080);
+  engines.submit(1, listen);
+  Request connect{};
+  connect.op = RequestOp::kConnect;
+  connect.address = listen.address;
+  auto close = [](uint64_t connection_id) {
+    Request request{};
+    request.op = RequestOp::kClose;
+    request.connection_id = connection_id;
+    return request;
+  };
+
+  std::vector<uint64_t> long_lived;
+  for (uint64_t id = 1; id <= 3 * kFpgaConnections + 5 && !::testing::Test::HasFailure(); ++id) {
+    ASSERT_EQ(engines.submit(2, connect).size(), 3u);
+    // Every 1024th id stays open, so the ids after it collide with it.
+    if (id % kFpgaConnections == 1) {
+      long_lived.push_back(id);
+      continue;
+    }
+    engines.submit(2, close(id));
+    engines.submit(1, close(id));
+  }
+  for (const uint64_t id : long_lived) {
+    engines.submit(1, close(id));
+    engines.submit(1, close(id));  // twice: -EBADF after a probe
+    engines.submit(2, close(id));
+  }
+  engines.submit(2, close(5 * kFpgaConnections));  // never existed
+}
+
+// Requests wait for the doorbell: nothing comes back until the batch is full
+// or the host flushes.
+TEST(FpgaEngine, OutputsWaitForTheDoorbell) {
+  auto engine = make_fpga_sim_engine(FpgaSimOptions{std::chrono::nanoseconds(0), 3});
+  engine->add_process(1, 7);
+  Request listen{};
+  listen.op = RequestOp::kListen;
+  listen.address = ipv4(0, 0, 0, 0, 8080);
+  std::vector<EngineOutput> out;
+  engine->submit(1, listen, out);
+  EXPECT_TRUE(out.empty());
+  listen.socket_id = 1;
+  engine->submit(1, listen, out);  // the third descriptor, with the registration
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(engine->stats().doorbells, 1u);
+  listen.socket_id = 2;
+  engine->submit(1, listen, out);
+  EXPECT_EQ(out.size(), 2u);
+  engine->flush(out);
+  ASSERT_EQ(out.size(), 3u);
+  for (const EngineOutput& output : out) EXPECT_EQ(output.event.status, 0);
+  EXPECT_EQ(engine->counters().listeners, 3u);
+  EXPECT_EQ(engine->stats().descriptors, 4u);
+  EXPECT_GT(engine->stats().busy_cycles, 0u);
+}
+
+}  // namespace
+}  // namespace netaccel

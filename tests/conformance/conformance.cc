@@ -50,7 +50,9 @@ std::string flags_text(uint32_t value, const std::vector<std::pair<uint32_t, con
 }
 
 volatile sig_atomic_t g_signals_caught = 0;
-void on_counted_signal(int) { g_signals_caught = g_signals_caught + 1; }
+void on_counted_signal(int) {
+  g_signals_caught = g_signals_caught + 1;
+}
 
 }  // namespace
 
@@ -100,6 +102,20 @@ long require(const char* what, long result) {
 std::string errno_name(int error) {
   const char* name = strerrorname_np(error);
   return name != nullptr ? name : "errno " + std::to_string(error);
+}
+
+std::string quoted(const std::string& text) {
+  std::string out = "'";
+  for (const unsigned char byte : text) {
+    if (byte >= 0x20 && byte < 0x7f && byte != '\\') {
+      out += static_cast<char>(byte);
+    } else {
+      char escape[8];
+      snprintf(escape, sizeof escape, "\\x%02x", byte);
+      out += escape;
+    }
+  }
+  return out + "'";
 }
 
 std::string epoll_events_text(uint32_t events) {
@@ -202,7 +218,9 @@ void send_all(int fd, const void* data, size_t length) {
   }
 }
 
-void send_text(int fd, const std::string& text) { send_all(fd, text.data(), text.size()); }
+void send_text(int fd, const std::string& text) {
+  send_all(fd, text.data(), text.size());
+}
 
 std::string recv_once(const char* label, int fd, size_t capacity, int flags) {
   std::string buffer(capacity, '\0');
@@ -212,7 +230,7 @@ std::string recv_once(const char* label, int fd, size_t capacity, int flags) {
     return {};
   }
   buffer.resize(static_cast<size_t>(got));
-  say("%s: %zd '%s'", label, got, buffer.c_str());
+  say("%s: %zd %s", label, got, quoted(buffer).c_str());
   return buffer;
 }
 
@@ -228,6 +246,10 @@ std::string recv_exact(int fd, size_t length) {
   }
   buffer.resize(done);
   return buffer;
+}
+
+void show_exact(const char* label, int fd, size_t length) {
+  say("%s: %s", label, quoted(recv_exact(fd, length)).c_str());
 }
 
 std::vector<unsigned char> pattern(size_t length, unsigned seed) {
@@ -254,7 +276,8 @@ Drained drain(int fd) {
     if (got < 0 && errno == EINTR) continue;
     require("read", got);
     if (got == 0) return result;
-    for (ssize_t i = 0; i < got; ++i) result.digest = (result.digest ^ buffer[i]) * 1099511628211ull;
+    for (ssize_t i = 0; i < got; ++i)
+      result.digest = (result.digest ^ buffer[i]) * 1099511628211ull;
     result.bytes += static_cast<size_t>(got);
   }
 }
@@ -337,7 +360,9 @@ Baton::Baton() {
   write_end_ = ends[1];
 }
 
-void Baton::pass() { require("baton write", write(write_end_, "x", 1)); }
+void Baton::pass() {
+  require("baton write", write(write_end_, "x", 1));
+}
 
 void Baton::wait() {
   char token;
@@ -355,7 +380,9 @@ void count_signal(int signal_number, bool restart) {
   require("sigaction", sigaction(signal_number, &action, nullptr));
 }
 
-int signals_caught() { return g_signals_caught; }
+int signals_caught() {
+  return g_signals_caught;
+}
 
 void alarm_after_ms(int milliseconds) {
   itimerval timer{};
@@ -373,8 +400,12 @@ void run_monitor_control(const char* action) {
 }
 }  // namespace
 
-void monitor_stop() { run_monitor_control("stop"); }
-void monitor_start() { run_monitor_control("start"); }
+void monitor_stop() {
+  run_monitor_control("stop");
+}
+void monitor_start() {
+  run_monitor_control("start");
+}
 
 }  // namespace conformance
 

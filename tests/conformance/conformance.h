@@ -38,15 +38,15 @@ struct HelperRegistration {
   HelperRegistration(const char* name, void (*run)(const std::vector<std::string>& arguments));
 };
 
-#define CONFORMANCE_CASE(area, name, connections, description)                                   \
-  static void name();                                                                            \
-  static const ::conformance::CaseRegistration name##_registration{area, #name, connections,     \
-                                                                   description, name};           \
+#define CONFORMANCE_CASE(area, name, connections, description)                               \
+  static void name();                                                                        \
+  static const ::conformance::CaseRegistration name##_registration{area, #name, connections, \
+                                                                   description, name};       \
   static void name()
 
-#define CONFORMANCE_HELPER(name)                                                                 \
-  static void name(const std::vector<std::string>& arguments);                                   \
-  static const ::conformance::HelperRegistration name##_registration{#name, name};               \
+#define CONFORMANCE_HELPER(name)                                                   \
+  static void name(const std::vector<std::string>& arguments);                     \
+  static const ::conformance::HelperRegistration name##_registration{#name, name}; \
   static void name([[maybe_unused]] const std::vector<std::string>& arguments)
 
 // ---------------------------------------------------------------------------
@@ -62,6 +62,8 @@ long report(const char* label, long result);
 long require(const char* what, long result);
 
 std::string errno_name(int error);
+// `text` in single quotes with control bytes escaped, for transcripts.
+std::string quoted(const std::string& text);
 std::string epoll_events_text(uint32_t events);
 std::string poll_events_text(short events);
 std::string signal_name(int signal_number);
@@ -92,6 +94,8 @@ void send_text(int fd, const std::string& text);
 std::string recv_once(const char* label, int fd, size_t capacity = 256, int flags = 0);
 // Reads exactly `length` bytes (or to EOF); returns what arrived.
 std::string recv_exact(int fd, size_t length);
+// Reads exactly `length` bytes (or to EOF) and prints "label: 'bytes'".
+void show_exact(const char* label, int fd, size_t length);
 // A deterministic byte pattern and a digest to compare large transfers.
 std::vector<unsigned char> pattern(size_t length, unsigned seed);
 uint64_t digest(const unsigned char* data, size_t length);

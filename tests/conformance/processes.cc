@@ -3,8 +3,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
-#include <string.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -124,14 +124,14 @@ CONFORMANCE_CASE(kArea, fork_parent_and_child_alternate, 1,
     parent_turn.wait();
   }
   wait_child("child", pid);
-  say("peer read: '%s'", recv_exact(pair.server, 6).c_str());
+  show_exact("peer read", pair.server, 6);
   close_pair(pair);
 }
 
 CONFORMANCE_CASE(kArea, fork_child_reads_parent_writes, 1,
                  "after fork the child reads while the parent writes on the other end") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid = fork_child([&] { say("child got: '%s'", recv_exact(pair.client, 8).c_str()); });
+  const pid_t pid = fork_child([&] { show_exact("child got", pair.client, 8); });
   send_text(pair.server, "abcd");
   sleep_ms(20);
   send_text(pair.server, "efgh");
@@ -217,7 +217,7 @@ CONFORMANCE_CASE(kArea, fork_child_connects_new_socket, 1,
     close(client);
   });
   const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
-  say("parent read: '%s'", recv_exact(server, 12).c_str());
+  show_exact("parent read", server, 12);
   wait_child("child", pid);
   close(server);
   close(listener);
@@ -234,7 +234,7 @@ CONFORMANCE_CASE(kArea, fork_child_accepts_on_inherited_listener, 1,
   });
   close(listener);
   const int client = tcp_connect(port);
-  say("client read: '%s'", recv_exact(client, 17).c_str());
+  show_exact("client read", client, 17);
   wait_child("child", pid);
   close(client);
 }
@@ -251,7 +251,7 @@ CONFORMANCE_CASE(kArea, fork_child_serves_parent_client, 1,
   close(listener);
   const int client = tcp_connect(port);
   send_text(client, "hello");
-  say("echo: '%s'", recv_exact(client, 6).c_str());
+  show_exact("echo", client, 6);
   wait_child("child", pid);
   close(client);
 }
@@ -282,7 +282,7 @@ CONFORMANCE_CASE(kArea, fork_after_thread_child_uses_socket, 1,
   std::thread([] {}).join();
   const pid_t pid = fork_child([&] { send_text(pair.client, "after thread"); });
   wait_child("child", pid);
-  say("peer read: '%s'", recv_exact(pair.server, 12).c_str());
+  show_exact("peer read", pair.server, 12);
   close_pair(pair);
 }
 
@@ -294,7 +294,7 @@ CONFORMANCE_CASE(kArea, fork_grandchild_uses_socket, 1,
     wait_child("grandchild", grandchild);
   });
   wait_child("child", pid);
-  say("peer read: '%s'", recv_exact(pair.server, 10).c_str());
+  show_exact("peer read", pair.server, 10);
   close_pair(pair);
 }
 
@@ -305,7 +305,7 @@ CONFORMANCE_CASE(kArea, fork_child_killed_peer_keeps_parent_copy, 1,
   kill(pid, SIGKILL);
   wait_child("child", pid);
   send_text(pair.client, "alive");
-  say("peer read: '%s'", recv_exact(pair.server, 5).c_str());
+  show_exact("peer read", pair.server, 5);
   close_pair(pair);
 }
 
@@ -314,7 +314,7 @@ CONFORMANCE_CASE(kArea, system_shell_with_open_socket, 1,
   const TcpPair pair = tcp_pair();
   report("system", system("exit 3"));
   send_text(pair.client, "after system");
-  say("peer read: '%s'", recv_exact(pair.server, 12).c_str());
+  show_exact("peer read", pair.server, 12);
   close_pair(pair);
 }
 
@@ -341,7 +341,8 @@ CONFORMANCE_HELPER(report_fd_state) {
   say("after exec O_NONBLOCK: %d", (flags & O_NONBLOCK) != 0);
   int type = 0;
   socklen_t length = sizeof type;
-  report("SO_TYPE after exec", getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 ? type : -1);
+  report("SO_TYPE after exec",
+         getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 ? type : -1);
 }
 
 CONFORMANCE_HELPER(accept_and_greet) {
@@ -363,7 +364,7 @@ CONFORMANCE_CASE(kArea, exec_keeps_socket_without_cloexec, 1,
     exec_helper("echo_once_on_fd", {std::to_string(pair.client)});
   });
   send_text(pair.server, "ping");
-  say("peer read: '%s'", recv_exact(pair.server, 13).c_str());
+  show_exact("peer read", pair.server, 13);
   wait_child("exec child", pid);
   close_pair(pair);
 }
@@ -386,7 +387,8 @@ CONFORMANCE_CASE(kArea, exec_preserves_nonblocking_flag, 1,
                  "O_NONBLOCK and the socket type are still reported after exec") {
   const TcpPair pair = tcp_pair();
   set_nonblocking(pair.client, true);
-  const pid_t pid = fork_child([&] { exec_helper("report_fd_state", {std::to_string(pair.client)}); });
+  const pid_t pid =
+      fork_child([&] { exec_helper("report_fd_state", {std::to_string(pair.client)}); });
   wait_child("exec child", pid);
   close_pair(pair);
 }
@@ -395,21 +397,21 @@ CONFORMANCE_CASE(kArea, exec_listener_accepts_in_new_image, 1,
                  "an inherited listener accepts in the exec'd image") {
   const int listener = tcp_listener();
   const uint16_t port = local_port(listener);
-  const pid_t pid = fork_child([&] { exec_helper("accept_and_greet", {std::to_string(listener)}); });
+  const pid_t pid =
+      fork_child([&] { exec_helper("accept_and_greet", {std::to_string(listener)}); });
   close(listener);
   const int client = tcp_connect(port);
-  say("client read: '%s'", recv_exact(client, 19).c_str());
+  show_exact("client read", client, 19);
   wait_child("exec child", pid);
   close(client);
 }
 
-CONFORMANCE_CASE(kArea, exec_twice_socket_still_works, 1,
-                 "a socket survives two execs in a row") {
+CONFORMANCE_CASE(kArea, exec_twice_socket_still_works, 1, "a socket survives two execs in a row") {
   const TcpPair pair = tcp_pair();
   const pid_t pid =
       fork_child([&] { exec_helper("exec_again_then_write", {std::to_string(pair.client)}); });
   wait_child("exec child", pid);
-  say("peer read: '%s'", recv_exact(pair.server, 5).c_str());
+  show_exact("peer read", pair.server, 5);
   close_pair(pair);
 }
 
@@ -427,7 +429,7 @@ CONFORMANCE_CASE(kArea, vfork_exec_child_writes_socket, 1,
     _exit(127);
   }
   wait_child("vfork child", pid);
-  say("peer read: '%s'", recv_exact(pair.server, 7).c_str());
+  show_exact("peer read", pair.server, 7);
   close_pair(pair);
 }
 
@@ -449,11 +451,10 @@ pid_t spawn_helper(const std::vector<std::string>& command, posix_spawn_file_act
 CONFORMANCE_CASE(kArea, posix_spawn_child_inherits_socket, 1,
                  "posix_spawn: the child writes on an inherited socket") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid =
-      spawn_helper(helper_command("write_text_to_fd", {std::to_string(pair.client), "spawned"}),
-                   nullptr);
+  const pid_t pid = spawn_helper(
+      helper_command("write_text_to_fd", {std::to_string(pair.client), "spawned"}), nullptr);
   wait_child("spawned child", pid);
-  say("peer read: '%s'", recv_exact(pair.server, 7).c_str());
+  show_exact("peer read", pair.server, 7);
   close_pair(pair);
 }
 
@@ -484,7 +485,7 @@ CONFORMANCE_CASE(kArea, shell_redirects_to_socket, 1,
   });
   wait_child("shell", pid);
   close(pair.client);
-  say("peer read: '%s'", recv_exact(pair.server, 64).c_str());
+  show_exact("peer read", pair.server, 64);
   close(pair.server);
 }
 
@@ -496,7 +497,7 @@ CONFORMANCE_CASE(kArea, daemon_process_keeps_socket, 1,
     send_text(pair.client, "from daemon");
   });
   wait_child("child", pid);
-  say("peer read: '%s'", recv_exact(pair.server, 11).c_str());
+  show_exact("peer read", pair.server, 11);
   close_pair(pair);
 }
 
@@ -507,7 +508,7 @@ CONFORMANCE_CASE(kArea, thread_sends_main_receives, 1,
                  "a thread writes, the main thread reads the other end") {
   const TcpPair pair = tcp_pair();
   std::thread writer([&] { send_text(pair.client, "from thread"); });
-  say("main read: '%s'", recv_exact(pair.server, 11).c_str());
+  show_exact("main read", pair.server, 11);
   writer.join();
   close_pair(pair);
 }
@@ -518,9 +519,9 @@ CONFORMANCE_CASE(kArea, thread_created_after_connection, 1,
   send_text(pair.client, "a");
   std::thread worker([&] {
     send_text(pair.client, "b");
-    say("thread read: '%s'", recv_exact(pair.client, 2).c_str());
+    show_exact("thread read", pair.client, 2);
   });
-  say("main read: '%s'", recv_exact(pair.server, 2).c_str());
+  show_exact("main read", pair.server, 2);
   send_text(pair.server, "ok");
   worker.join();
   close_pair(pair);
@@ -534,7 +535,7 @@ CONFORMANCE_CASE(kArea, thread_blocked_in_recv_woken_by_peer, 1,
   sleep_ms(50);
   send_text(pair.client, "wake!");
   reader.join();
-  say("thread read: '%s'", got.c_str());
+  say("thread read: %s", quoted(got).c_str());
   close_pair(pair);
 }
 
@@ -545,7 +546,8 @@ CONFORMANCE_CASE(kArea, threads_each_own_connection, 8,
   std::thread server([&] {
     std::vector<std::thread> handlers;
     for (int i = 0; i < 8; ++i) {
-      const int connection = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+      const int connection =
+          static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
       handlers.emplace_back([connection] {
         const std::string data = recv_exact(connection, 65536);
         send_text(connection, data);
@@ -616,7 +618,7 @@ CONFORMANCE_CASE(kArea, pthread_detached_thread_uses_socket, 1,
                                },
                                nullptr));
   pthread_attr_destroy(&attributes);
-  say("peer read: '%s'", recv_exact(pair.server, 8).c_str());
+  show_exact("peer read", pair.server, 8);
   close_pair(pair);
 }
 

@@ -23,7 +23,7 @@ shift
 here=$(dirname "$NA_SELF")
 program=$NA_BIN_DIR/conformance
 [[ -x $program ]] || na_fail "$program is not built"
-case_timeout=${CONFORMANCE_CASE_TIMEOUT:-20}
+case_timeout=${CONFORMANCE_CASE_TIMEOUT:-10}
 
 declare -A known_gap_reason=()
 while IFS= read -r line; do

@@ -325,6 +325,15 @@ pid_t fork_child(const std::function<void()>& child) {
   return pid;
 }
 
+std::thread in_background(std::function<void()> work) {
+  return std::thread([work = std::move(work)] {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    work();
+  });
+}
+
 void wait_child(const char* label, pid_t pid) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0) {

@@ -12,6 +12,7 @@
 
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace conformance {
@@ -116,6 +117,9 @@ void sleep_ms(int milliseconds);
 // Processes and signals.
 // Runs `child` in a forked process that exits with 0 afterwards.
 pid_t fork_child(const std::function<void()>& child);
+// Runs `work` on a thread with every signal blocked, so that signals aimed
+// at the process (SIGALRM, SIGPIPE from another thread) reach the main one.
+std::thread in_background(std::function<void()> work);
 // Waits for `pid` and prints "label: exit N" or "label: signal NAME".
 void wait_child(const char* label, pid_t pid);
 // Replaces this image with `conformance --helper NAME ARGUMENTS...`.

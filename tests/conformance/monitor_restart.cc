@@ -77,11 +77,10 @@ CONFORMANCE_CASE(kArea, restart_during_bulk_transfer, 1,
                  "8 MiB stream stays intact while the monitor is stopped and started mid-way") {
   const TcpPair pair = tcp_pair();
   const std::vector<unsigned char> data = pattern(8 << 20, 31);
-  const pid_t writer = fork_child([&] {
-    close(pair.server);
+  std::thread writer = in_background([&] {
     send_all(pair.client, data.data(), data.size());
+    close(pair.client);
   });
-  close(pair.client);
   std::vector<unsigned char> first_half(4 << 20);
   report("recv first half", recv(pair.server, first_half.data(), first_half.size(), MSG_WAITALL));
   monitor_stop();
@@ -91,7 +90,7 @@ CONFORMANCE_CASE(kArea, restart_during_bulk_transfer, 1,
       memcmp(first_half.data(), data.data(), first_half.size()) == 0);
   const std::vector<unsigned char> second_half(data.begin() + first_half.size(), data.end());
   say("second half intact %d", rest.digest == digest(second_half.data(), second_half.size()));
-  wait_child("writer", writer);
+  writer.join();
   close(pair.server);
 }
 
@@ -127,14 +126,14 @@ CONFORMANCE_CASE(kArea, restart_epoll_keeps_reporting, 1,
   event.events = EPOLLIN;
   require("epoll_ctl", epoll_ctl(epfd, EPOLL_CTL_ADD, pair.server, &event));
   monitor_stop();
-  const pid_t sender = fork_child([&] {
+  std::thread sender = in_background([&] {
     sleep_ms(50);
     send_text(pair.client, "x");
   });
   epoll_event ready{};
   report("epoll_wait", epoll_wait(epfd, &ready, 1, 5000));
   say("events %s", epoll_events_text(ready.events).c_str());
-  wait_child("sender", sender);
+  sender.join();
   monitor_start();
   close(epfd);
   close_pair(pair);
@@ -154,15 +153,13 @@ CONFORMANCE_CASE(kArea, restart_fork_while_down, 1,
 CONFORMANCE_CASE(kArea, restart_blocked_reader_survives, 1,
                  "a reader blocked in recv across the restart gets the data sent afterwards") {
   const TcpPair pair = tcp_pair();
-  const pid_t reader = fork_child([&] {
-    close(pair.client);
-    say("reader got %s", quoted(recv_exact(pair.server, 5)).c_str());
-  });
+  std::thread reader =
+      in_background([&] { say("reader got %s", quoted(recv_exact(pair.server, 5)).c_str()); });
   sleep_ms(50);
   monitor_stop();
   monitor_start();
   send_text(pair.client, "after");
-  wait_child("reader", reader);
+  reader.join();
   close_pair(pair);
 }
 

@@ -15,6 +15,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "conformance.h"
@@ -43,9 +44,13 @@ void show_epoll_wait(const char* label, int epfd, int timeout_ms = 0) {
     report(label, ready);
     return;
   }
+  // The order of events for different descriptors is not specified.
+  std::vector<epoll_event> sorted(events, events + ready);
+  std::sort(sorted.begin(), sorted.end(),
+            [](const epoll_event& a, const epoll_event& b) { return a.data.u32 < b.data.u32; });
   std::string text;
-  for (int i = 0; i < ready; ++i) {
-    text += " " + std::to_string(events[i].data.u32) + "=" + epoll_events_text(events[i].events);
+  for (const epoll_event& event : sorted) {
+    text += " " + std::to_string(event.data.u32) + "=" + epoll_events_text(event.events);
   }
   say("%s: %d%s", label, ready, text.c_str());
 }
@@ -151,20 +156,15 @@ int pattern_file(size_t length, unsigned seed) {
   return fd;
 }
 
-// The reading side of a transfer: reads `pair.server` to EOF in a child
-// (which closes its copy of the writing end first), prints the count and
-// whether the bytes match pattern(expected, seed). The parent keeps only
-// the writing end.
-pid_t verify_in_child(const TcpPair& pair, size_t expected, unsigned seed) {
-  const pid_t pid = fork_child([=] {
-    close(pair.client);
+// The reading side of a transfer: a thread reads `pair.server` to EOF and
+// prints the count and whether the bytes match pattern(expected, seed).
+std::thread verify_in_background(const TcpPair& pair, size_t expected, unsigned seed) {
+  return in_background([=] {
     const Drained drained = drain(pair.server);
     const std::vector<unsigned char> bytes = pattern(expected, seed);
     say("peer got %zu bytes, intact %d", drained.bytes,
         drained.digest == digest(bytes.data(), bytes.size()));
   });
-  close(pair.server);
-  return pid;
 }
 
 }  // namespace
@@ -267,11 +267,12 @@ CONFORMANCE_CASE(kArea, shutdown_unconnected_enotconn, 0,
 CONFORMANCE_CASE(kArea, shutdown_write_with_large_data_in_flight, 1,
                  "SHUT_WR after 1 MiB: the peer gets every byte before EOF") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid = verify_in_child(pair, 1 << 20, 3);
+  std::thread reader = verify_in_background(pair, 1 << 20, 3);
   const std::vector<unsigned char> data = pattern(1 << 20, 3);
   send_all(pair.client, data.data(), data.size());
   report("shutdown SHUT_WR", shutdown(pair.client, SHUT_WR));
-  wait_child("reader", pid);
+  reader.join();
+  close(pair.server);
   close(pair.client);
 }
 
@@ -383,14 +384,14 @@ CONFORMANCE_CASE(kArea, poll_mixed_socket_and_pipe, 1,
 }
 
 CONFORMANCE_CASE(kArea, poll_waits_for_data, 1,
-                 "poll with a timeout wakes when the peer sends from another process") {
+                 "poll with a timeout wakes when the peer sends from another thread") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     sleep_ms(50);
     send_text(pair.server, "late");
   });
   show_poll("client", pair.client, POLLIN, 5000);
-  wait_child("sender", pid);
+  helper.join();
   close_pair(pair);
 }
 
@@ -663,28 +664,25 @@ CONFORMANCE_CASE(kArea, epoll_writable_again_after_full, 1,
   show_epoll_wait("fresh", epfd);
   const size_t filled = fill_until_blocked(pair.client);
   show_epoll_wait("full", epfd);
-  const pid_t pid = fork_child([&] {
-    close(pair.client);
-    drain(pair.server);
-  });
+  std::thread helper = in_background([&] { drain(pair.server); });
   show_epoll_wait("drained", epfd, 5000);
   say("filled more than 0: %d", filled > 0);
   close(pair.client);
-  wait_child("drainer", pid);
+  helper.join();
   close(epfd);
   close(pair.server);
 }
 
 CONFORMANCE_CASE(kArea, epoll_wait_blocks_until_data, 1,
-                 "epoll_wait with a timeout wakes when another process sends") {
+                 "epoll_wait with a timeout wakes when another thread sends") {
   const TcpPair pair = tcp_pair();
   const int epfd = epoll_watching(pair.client, EPOLLIN);
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     sleep_ms(50);
     send_text(pair.server, "x");
   });
   show_epoll_wait("epoll_wait", epfd, 5000);
-  wait_child("sender", pid);
+  helper.join();
   close(epfd);
   close_pair(pair);
 }
@@ -780,14 +778,14 @@ CONFORMANCE_CASE(kArea, recv_restarted_with_sa_restart, 1,
                  "with SA_RESTART a blocking recv survives a signal and returns the data") {
   const TcpPair pair = tcp_pair();
   count_signal(SIGALRM, true);
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     sleep_ms(150);
     send_text(pair.server, "after signal");
   });
   alarm_after_ms(50);
   recv_once("recv", pair.client);
   say("signals caught: %d", signals_caught());
-  wait_child("sender", pid);
+  helper.join();
   close_pair(pair);
 }
 
@@ -820,8 +818,7 @@ CONFORMANCE_CASE(
   const TcpPair pair = tcp_pair();
   const size_t filled = fill_until_blocked(pair.client);
   count_signal(SIGALRM, true);
-  const pid_t pid = fork_child([&] {
-    close(pair.client);
+  std::thread helper = in_background([&] {
     sleep_ms(150);
     const Drained drained = drain(pair.server);
     say("reader got all: %d", drained.bytes == filled + 65536);
@@ -831,7 +828,7 @@ CONFORMANCE_CASE(
   send_all(pair.client, chunk.data(), chunk.size());
   say("signals caught: %d", signals_caught());
   close(pair.client);
-  wait_child("reader", pid);
+  helper.join();
   close(pair.server);
 }
 
@@ -849,7 +846,7 @@ CONFORMANCE_CASE(kArea, accept_restarted_with_sa_restart, 1,
   const int listener = tcp_listener();
   const uint16_t port = local_port(listener);
   count_signal(SIGALRM, true);
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     sleep_ms(150);
     close(tcp_connect(port));
   });
@@ -857,7 +854,7 @@ CONFORMANCE_CASE(kArea, accept_restarted_with_sa_restart, 1,
   const int server = accept(listener, nullptr, nullptr);
   say("accept succeeded: %d", server >= 0);
   say("signals caught: %d", signals_caught());
-  wait_child("connector", pid);
+  helper.join();
   close(server);
   close(listener);
 }
@@ -1105,12 +1102,12 @@ CONFORMANCE_CASE(kArea, msg_peek_leaves_data, 1, "MSG_PEEK returns data and leav
 CONFORMANCE_CASE(kArea, msg_peek_blocks_for_data, 1,
                  "a blocking MSG_PEEK waits for data, then leaves it for recv") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     sleep_ms(50);
     send_text(pair.server, "later");
   });
   recv_once("peek", pair.client, 64, MSG_PEEK);
-  wait_child("sender", pid);
+  helper.join();
   recv_once("recv", pair.client, 64);
   close_pair(pair);
 }
@@ -1128,13 +1125,13 @@ CONFORMANCE_CASE(kArea, msg_peek_at_eof_and_empty, 1,
 CONFORMANCE_CASE(kArea, msg_peek_with_waitall, 1,
                  "MSG_PEEK|MSG_WAITALL waits until the whole length can be peeked") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     send_text(pair.server, "ab");
     sleep_ms(50);
     send_text(pair.server, "cd");
   });
   recv_once("peek waitall 4", pair.client, 4, MSG_PEEK | MSG_WAITALL);
-  wait_child("sender", pid);
+  helper.join();
   recv_once("recv", pair.client, 4);
   close_pair(pair);
 }
@@ -1142,14 +1139,14 @@ CONFORMANCE_CASE(kArea, msg_peek_with_waitall, 1,
 CONFORMANCE_CASE(kArea, msg_waitall_collects_pieces, 1,
                  "MSG_WAITALL returns only when every requested byte arrived") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     for (const char* piece : {"one-", "two-", "three"}) {
       send_text(pair.server, piece);
       sleep_ms(30);
     }
   });
   recv_once("recv waitall 13", pair.client, 13, MSG_WAITALL);
-  wait_child("sender", pid);
+  helper.join();
   close_pair(pair);
 }
 
@@ -1165,7 +1162,7 @@ CONFORMANCE_CASE(kArea, msg_waitall_short_at_eof, 1,
 CONFORMANCE_CASE(kArea, msg_waitall_large, 1, "MSG_WAITALL of 2 MiB arriving in many writes") {
   const TcpPair pair = tcp_pair();
   const std::vector<unsigned char> data = pattern(2 << 20, 5);
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     for (size_t offset = 0; offset < data.size(); offset += 10000) {
       send_all(pair.server, data.data() + offset, std::min<size_t>(10000, data.size() - offset));
     }
@@ -1173,7 +1170,7 @@ CONFORMANCE_CASE(kArea, msg_waitall_large, 1, "MSG_WAITALL of 2 MiB arriving in 
   std::vector<unsigned char> received(data.size());
   report("recv waitall", recv(pair.client, received.data(), received.size(), MSG_WAITALL));
   say("intact %d", received == data);
-  wait_child("sender", pid);
+  helper.join();
   close_pair(pair);
 }
 
@@ -1375,11 +1372,12 @@ CONFORMANCE_CASE(kArea, small_send_buffer_still_carries_data, 1,
                  "SO_SNDBUF 4096 on the sender: 1 MiB still arrives intact") {
   const TcpPair pair = tcp_pair();
   set_int_option(pair.client, SOL_SOCKET, SO_SNDBUF, 4096);
-  const pid_t pid = verify_in_child(pair, 1 << 20, 9);
+  std::thread reader = verify_in_background(pair, 1 << 20, 9);
   const std::vector<unsigned char> data = pattern(1 << 20, 9);
   send_all(pair.client, data.data(), data.size());
   close(pair.client);
-  wait_child("reader", pid);
+  reader.join();
+  close(pair.server);
 }
 
 CONFORMANCE_CASE(kArea, misc_socket_options_roundtrip, 1,
@@ -1715,35 +1713,36 @@ CONFORMANCE_CASE(kArea, listen_without_bind_picks_port, 1,
 
 CONFORMANCE_CASE(kArea, large_transfer_intact, 1, "16 MiB in one direction arrives intact") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid = verify_in_child(pair, 16 << 20, 11);
+  std::thread reader = verify_in_background(pair, 16 << 20, 11);
   const std::vector<unsigned char> data = pattern(16 << 20, 11);
   send_all(pair.client, data.data(), data.size());
   close(pair.client);
-  wait_child("reader", pid);
+  reader.join();
+  close(pair.server);
 }
 
 CONFORMANCE_CASE(kArea, many_small_messages_in_order, 1,
                  "10000 small writes arrive in order as one byte stream") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     for (int i = 0; i < 10000; ++i) {
       const std::string message = std::to_string(i) + ",";
       send_all(pair.client, message.data(), message.size());
     }
+    close(pair.client);
   });
-  close(pair.client);
   std::string expected;
   for (int i = 0; i < 10000; ++i) expected += std::to_string(i) + ",";
   const std::string received = recv_exact(pair.server, expected.size() + 1);
   say("received %zu bytes, in order %d", received.size(), received == expected);
-  wait_child("writer", pid);
+  helper.join();
   close(pair.server);
 }
 
 CONFORMANCE_CASE(kArea, request_response_turns, 1,
-                 "1000 request/response turns of 100 bytes between two processes") {
+                 "1000 request/response turns of 100 bytes between two threads") {
   const TcpPair pair = tcp_pair();
-  const pid_t pid = fork_child([&] {
+  std::thread helper = in_background([&] {
     for (int i = 0; i < 1000; ++i) send_text(pair.server, recv_exact(pair.server, 100));
   });
   int correct = 0;
@@ -1754,14 +1753,14 @@ CONFORMANCE_CASE(kArea, request_response_turns, 1,
     correct += memcmp(response.data(), request.data(), 100) == 0;
   }
   say("correct responses: %d", correct);
-  wait_child("responder", pid);
+  helper.join();
   close_pair(pair);
 }
 
 CONFORMANCE_CASE(kArea, sendfile_file_to_socket, 1, "sendfile copies a 3 MiB file to the socket") {
   const TcpPair pair = tcp_pair();
   const int file = pattern_file(3 << 20, 21);
-  const pid_t pid = verify_in_child(pair, 3 << 20, 21);
+  std::thread reader = verify_in_background(pair, 3 << 20, 21);
   size_t total = 0;
   for (;;) {
     const ssize_t sent = sendfile(pair.client, file, nullptr, 1 << 20);
@@ -1773,7 +1772,8 @@ CONFORMANCE_CASE(kArea, sendfile_file_to_socket, 1, "sendfile copies a 3 MiB fil
   }
   say("sendfile total %zu", total);
   close(pair.client);
-  wait_child("reader", pid);
+  reader.join();
+  close(pair.server);
   close(file);
 }
 
@@ -1796,7 +1796,7 @@ CONFORMANCE_CASE(kArea, splice_file_to_socket_through_pipe, 1,
                  "splice file -> pipe -> socket carries 1 MiB intact") {
   const TcpPair pair = tcp_pair();
   const int file = pattern_file(1 << 20, 23);
-  const pid_t pid = verify_in_child(pair, 1 << 20, 23);
+  std::thread reader = verify_in_background(pair, 1 << 20, 23);
   int pipe_ends[2];
   require("pipe", pipe(pipe_ends));
   size_t total = 0;
@@ -1817,7 +1817,8 @@ CONFORMANCE_CASE(kArea, splice_file_to_socket_through_pipe, 1,
   }
   say("spliced %zu", total);
   close(pair.client);
-  wait_child("reader", pid);
+  reader.join();
+  close(pair.server);
   close(pipe_ends[0]);
   close(pipe_ends[1]);
   close(file);

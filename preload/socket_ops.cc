@@ -240,6 +240,8 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
   const bool peek = flags & MSG_PEEK;
+  // TCP's MSG_TRUNC drops the bytes without copying them (the buffer may be null).
+  const bool drop = (flags & MSG_TRUNC) && !peek;
   const bool nonblocking =
       socket->nonblocking.load(std::memory_order_relaxed) || (flags & MSG_DONTWAIT);
   const int64_t deadline = deadline_after(socket->receive_timeout_ns);
@@ -247,7 +249,9 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
   if (total == 0) return 0;
   for (;;) {
     std::size_t taken;
-    if (got == 0) {
+    if (drop) {
+      taken = c->rx.discard(total - got);
+    } else if (got == 0) {
       taken = c->rx.read(iov, iovcnt, peek);
     } else {
       struct iovec rest[64];

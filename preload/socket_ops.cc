@@ -818,6 +818,9 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
                                          ? static_cast<int>(socket->connection->tx.unread())
                                          : 0;
       return 0;
+    case SIOCATMARK:  // netaccel connections carry no urgent data
+      *static_cast<int*>(argument) = 0;
+      return 0;
     default:
       return real().ioctl(fd, request, argument);
   }

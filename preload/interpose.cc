@@ -29,6 +29,10 @@ NETACCEL_EXPORT int fcntl(int fd, int command, ...) {
 // The large-file name of the same call.
 NETACCEL_EXPORT int fcntl64(int fd, int command, ...) __attribute__((alias("fcntl")));
 
+// The large-file name of the same call (off_t is 64 bits on our targets).
+NETACCEL_EXPORT ssize_t sendfile64(int out_fd, int in_fd, off_t* offset, size_t count)
+    __attribute__((alias("sendfile")));
+
 NETACCEL_EXPORT int ioctl(int fd, unsigned long request, ...) {
   va_list arguments;
   va_start(arguments, request);

@@ -320,6 +320,44 @@ ssize_t intercepted_writev(int fd, const struct iovec* iov, int iovcnt) {
   return stream_send(fd, socket.get(), iov, iovcnt, 0);
 }
 
+// sendfile to a netaccel connection: the kernel cannot see the ring, so the
+// file's bytes go through a buffer. Like the kernel's, the call raises
+// SIGPIPE, returns what it sent before an error, and leaves the file
+// position (or *offset) just past the bytes sent.
+ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count) {
+  SocketRef socket = lookup_socket(out_fd);
+  if (!socket || socket->state != SocketState::kConnected) {
+    return real().sendfile(out_fd, in_fd, offset, count);
+  }
+  char buffer[16384];
+  off_t position = offset != nullptr ? *offset : 0;
+  size_t done = 0;
+  while (done < count) {
+    const size_t wanted = std::min(sizeof buffer, count - done);
+    const ssize_t got = offset != nullptr ? pread(in_fd, buffer, wanted, position)
+                                          : real().read(in_fd, buffer, wanted);
+    if (got <= 0) {
+      if (got < 0 && done == 0) return -1;
+      break;
+    }
+    struct iovec iov {
+      buffer, static_cast<size_t>(got)
+    };
+    const ssize_t sent = stream_send(out_fd, socket.get(), &iov, 1, 0);
+    const ssize_t unsent = got - std::max<ssize_t>(sent, 0);
+    if (offset == nullptr && unsent > 0) lseek(in_fd, -unsent, SEEK_CUR);
+    if (sent < 0) {
+      if (done == 0) return -1;
+      break;
+    }
+    done += static_cast<size_t>(sent);
+    position += sent;
+    if (unsent > 0) break;
+  }
+  if (offset != nullptr) *offset = position;
+  return static_cast<ssize_t>(done);
+}
+
 ssize_t intercepted_recv(int fd, void* buffer, size_t length, int flags) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) return real().recv(fd, buffer, length, flags);

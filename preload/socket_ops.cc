@@ -841,6 +841,9 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
     }
     return real().ioctl(fd, request, argument);
   }
+  // FIOCLEX and FIONCLEX take no argument and act on the descriptor itself,
+  // which is a real kernel descriptor.
+  if (request == FIOCLEX || request == FIONCLEX) return real().ioctl(fd, request, argument);
   if (argument == nullptr) return fail(EFAULT);
   switch (request) {
     case FIONBIO:

@@ -314,6 +314,18 @@ CONFORMANCE_CASE(kArea, setfl_o_append_ignored_on_socket, 1,
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(
+    kArea, ioctl_fioclex_and_fionclex, 1,
+    "ioctl FIOCLEX/FIONCLEX with a null argument (as CPython calls them) toggle FD_CLOEXEC") {
+  const TcpPair pair = tcp_pair();
+  report("FIOCLEX", ioctl(pair.client, FIOCLEX, nullptr));
+  show_descriptor_flags("after FIOCLEX", pair.client);
+  report("FIONCLEX", ioctl(pair.client, FIONCLEX, nullptr));
+  show_descriptor_flags("after FIONCLEX", pair.client);
+  show_same_connection(pair.client, pair.client, pair.server);
+  close_pair(pair);
+}
+
 CONFORMANCE_CASE(kArea, ioctl_fionbio_sets_and_clears, 1,
                  "ioctl FIONBIO toggles non-blocking mode as F_GETFL shows") {
   const TcpPair pair = tcp_pair();

@@ -53,22 +53,10 @@ run_side() {
   esac
 }
 
-mapfile -t listing < <("$program" --list)
-((${#listing[@]} > 0)) || na_fail "$program --list printed no cases"
-declare -A listed=()
-for entry in "${listing[@]}"; do listed[$(cut -f2 <<<"$entry")]=1; done
-for name in "${!known_gap_reason[@]}"; do
-  [[ -n ${listed[$name]:-} ]] || na_fail "known_gaps.txt names $name, which is not a case"
-done
-
-: >"$results"
-failures=0 passes=0 gaps=0
-for entry in "${listing[@]}"; do
-  IFS=$'\t' read -r area name connections description <<<"$entry"
-  if [[ $# -gt 0 && " $* " != *" $name "* ]]; then continue; fi
-  kernel_out=$NA_TMP/$name.kernel
-  netaccel_out=$NA_TMP/$name.netaccel
-
+# compare_sides NAME CONNECTIONS: runs the case on both sides; sets
+# `detail` to why they differ, empty when they agree.
+compare_sides() {
+  local name=$1 connections=$2 before after carried
   CONFORMANCE_MONITOR_CONTROL='' run_side "$kernel_out" "$program" "$name"
 
   monitor_alive || "$control" start || na_fail "cannot restart the monitor"
@@ -91,7 +79,31 @@ for entry in "${listing[@]}"; do
   elif ((carried < connections)); then
     detail="netaccel carried $carried of the case's $connections connections"
   fi
+}
+
+mapfile -t listing < <("$program" --list)
+((${#listing[@]} > 0)) || na_fail "$program --list printed no cases"
+declare -A listed=()
+for entry in "${listing[@]}"; do listed[$(cut -f2 <<<"$entry")]=1; done
+for name in "${!known_gap_reason[@]}"; do
+  [[ -n ${listed[$name]:-} ]] || na_fail "known_gaps.txt names $name, which is not a case"
+done
+
+: >"$results"
+failures=0 passes=0 gaps=0
+for entry in "${listing[@]}"; do
+  IFS=$'\t' read -r area name connections description <<<"$entry"
+  if [[ $# -gt 0 && " $* " != *" $name "* ]]; then continue; fi
+  kernel_out=$NA_TMP/$name.kernel
+  netaccel_out=$NA_TMP/$name.netaccel
   gap_reason=${known_gap_reason[$name]:-}
+  compare_sides "$name" "$connections"
+  # A verdict that would fail the suite is re-checked once, so that a case
+  # disturbed by a loaded machine does not fail CI on its own.
+  if [[ -n $detail && -z $gap_reason ]] || [[ -z $detail && -n $gap_reason ]]; then
+    na_log "re-running $name to confirm: ${detail:-it passes although listed as a known gap}"
+    compare_sides "$name" "$connections"
+  fi
   if [[ -z $detail && -z $gap_reason ]]; then
     verdict=pass
     passes=$((passes + 1))

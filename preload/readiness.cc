@@ -170,6 +170,9 @@ int collect_ready(EpollSet* set, struct epoll_event* out, int capacity) {
       report = ready & ~member.last_ready;
       if ((ready & EPOLLIN) && head != member.last_head) report |= ready & EPOLLIN;
       if ((ready & EPOLLOUT) && tail != member.last_tail) report |= ready & EPOLLOUT;
+      // Like the kernel, an edge reports everything that is ready, not only
+      // what changed.
+      if (report != 0) report = ready;
       member.last_ready = ready;
       member.last_head = head;
       member.last_tail = tail;

@@ -523,6 +523,18 @@ CONFORMANCE_CASE(kArea, epoll_edge_triggered_once_per_arrival, 1,
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, epoll_edge_triggered_reports_whole_mask, 1,
+                 "EPOLLIN|EPOLLOUT|EPOLLET: a new arrival reports every ready event, IN and OUT") {
+  const TcpPair pair = tcp_pair();
+  const int epfd = epoll_watching(pair.client, EPOLLIN | EPOLLOUT | EPOLLET);
+  show_epoll_wait("fresh", epfd, 1000);
+  show_epoll_wait("nothing new", epfd);
+  send_text(pair.server, "x");
+  show_epoll_wait("after arrival", epfd, 1000);
+  close(epfd);
+  close_pair(pair);
+}
+
 CONFORMANCE_CASE(kArea, epoll_level_triggered_repeats, 1,
                  "level-triggered: EPOLLIN repeats until the data is read") {
   const TcpPair pair = tcp_pair();

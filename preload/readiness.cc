@@ -45,6 +45,8 @@ uint32_t socket_readiness(Socket* socket) {
   }
   if ((eof || socket->read_shut) && socket->write_shut) ready |= EPOLLHUP;
   if (aborted) ready |= EPOLLERR | EPOLLHUP | EPOLLRDHUP;
+  if (socket->reset_by_peer) ready |= EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLHUP;
+  if (socket->pending_error != 0) ready |= EPOLLERR;
   return ready;
 }
 

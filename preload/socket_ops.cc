@@ -203,6 +203,16 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
     if (c->peer_aborted()) return sent > 0 ? static_cast<ssize_t>(sent) : fail(ECONNRESET);
     if (socket->write_shut || c->tx.control().reader_closed.load(std::memory_order_acquire)) {
       if (sent > 0) return static_cast<ssize_t>(sent);
+      if (!socket->write_shut && !socket->reset_by_peer) {
+        // The kernel sends these bytes to the closed peer, which answers
+        // with a reset: this send succeeds, the next one fails.
+        if (total > 0) {
+          socket->reset_by_peer = true;
+          socket->pending_error = EPIPE;
+        }
+        return static_cast<ssize_t>(total);
+      }
+      socket->pending_error = 0;
       raise_sigpipe(flags);
       return fail(EPIPE);
     }
@@ -749,9 +759,10 @@ int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* 
     return real().getsockopt(fd, level, name, value, length);
   if (value == nullptr || length == nullptr) return fail(EFAULT);
   if (level == SOL_SOCKET && name == SO_ERROR) {
-    const int none = 0;
-    memcpy(value, &none, std::min<socklen_t>(*length, sizeof none));
-    *length = std::min<socklen_t>(*length, sizeof none);
+    const int error = socket->pending_error;
+    socket->pending_error = 0;
+    memcpy(value, &error, std::min<socklen_t>(*length, sizeof error));
+    *length = std::min<socklen_t>(*length, sizeof error);
     socket->connect_pending = false;
     return 0;
   }

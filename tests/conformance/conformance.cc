@@ -222,9 +222,7 @@ void send_text(int fd, const std::string& text) {
   send_all(fd, text.data(), text.size());
 }
 
-std::string recv_once(const char* label, int fd, size_t capacity, int flags) {
-  std::string buffer(capacity, '\0');
-  const ssize_t got = recv(fd, buffer.data(), capacity, flags);
+std::string report_data(const char* label, ssize_t got, std::string buffer) {
   if (got < 0) {
     say("%s: -1 %s", label, errno_name(errno).c_str());
     return {};
@@ -232,6 +230,12 @@ std::string recv_once(const char* label, int fd, size_t capacity, int flags) {
   buffer.resize(static_cast<size_t>(got));
   say("%s: %zd %s", label, got, quoted(buffer).c_str());
   return buffer;
+}
+
+std::string recv_once(const char* label, int fd, size_t capacity, int flags) {
+  std::string buffer(capacity, '\0');
+  const ssize_t got = recv(fd, buffer.data(), capacity, flags);
+  return report_data(label, got, std::move(buffer));
 }
 
 std::string recv_exact(int fd, size_t length) {

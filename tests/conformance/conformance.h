@@ -91,7 +91,10 @@ void close_pair(const TcpPair& pair);
 // Data.
 void send_all(int fd, const void* data, size_t length);
 void send_text(int fd, const std::string& text);
-// One recv of up to `capacity` bytes, printed as "label: N 'bytes'".
+// Prints what a read-like call returned: "label: N 'bytes'" or
+// "label: -1 ENAME"; returns the bytes (`buffer` cut to `got`).
+std::string report_data(const char* label, ssize_t got, std::string buffer);
+// One recv of up to `capacity` bytes, printed as by report_data.
 std::string recv_once(const char* label, int fd, size_t capacity = 256, int flags = 0);
 // Reads exactly `length` bytes (or to EOF); returns what arrived.
 std::string recv_exact(int fd, size_t length);

@@ -43,13 +43,7 @@ void close_pipe(const Pipe& p) {
 std::string read_some(const char* label, int fd, size_t capacity = 256) {
   std::string buffer(capacity, '\0');
   const ssize_t got = read(fd, buffer.data(), capacity);
-  if (got < 0) {
-    say("%s: -1 %s", label, errno_name(errno).c_str());
-    return {};
-  }
-  buffer.resize(static_cast<size_t>(got));
-  say("%s: %zd %s", label, got, quoted(buffer).c_str());
-  return buffer;
+  return report_data(label, got, std::move(buffer));
 }
 
 void write_all(int fd, const void* data, size_t length) {

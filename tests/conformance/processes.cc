@@ -224,23 +224,7 @@ CONFORMANCE_CASE(kArea, fork_child_connects_new_socket, 1,
 }
 
 CONFORMANCE_CASE(kArea, fork_child_accepts_on_inherited_listener, 1,
-                 "the child accepts on a listener created before fork") {
-  const int listener = tcp_listener();
-  const uint16_t port = local_port(listener);
-  const pid_t pid = fork_child([&] {
-    const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
-    send_text(server, "accepted by child");
-    close(server);
-  });
-  close(listener);
-  const int client = tcp_connect(port);
-  show_exact("client read", client, 17);
-  wait_child("child", pid);
-  close(client);
-}
-
-CONFORMANCE_CASE(kArea, fork_child_serves_parent_client, 1,
-                 "a listener in the child, the client in the parent, both across fork") {
+                 "the child accepts on a listener created before fork and echoes the parent") {
   const int listener = tcp_listener();
   const uint16_t port = local_port(listener);
   const pid_t pid = fork_child([&] {

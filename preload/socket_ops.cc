@@ -256,7 +256,14 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
       socket->nonblocking.load(std::memory_order_relaxed) || (flags & MSG_DONTWAIT);
   const int64_t deadline = deadline_after(socket->receive_timeout_ns);
   std::size_t got = 0;
-  if (total == 0) return 0;
+  if (total == 0) {
+    // The kernel answers an empty read at once, but with EAGAIN when it
+    // must not block and nothing is queued.
+    const bool quiet = c->rx.readable() == 0 &&
+                       !c->rx.control().writer_closed.load(std::memory_order_acquire) &&
+                       !c->peer_aborted() && !socket->read_shut;
+    return nonblocking && quiet ? fail(EAGAIN) : 0;
+  }
   for (;;) {
     std::size_t taken;
     if (drop) {

@@ -682,6 +682,21 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   return 0;
 }
 
+namespace {
+// The state the kernel's TCP would be in by now, for the calls that report
+// it; over loopback the peer's FIN and ACK arrive at once.
+int tcp_state_of(Socket* socket) {
+  Connection* c = socket->connection;
+  const bool peer_finished = c->rx.control().writer_closed.load(std::memory_order_acquire) != 0;
+  if (socket->reset_by_peer || c->peer_aborted() || (socket->write_shut && peer_finished)) {
+    return TCP_CLOSE;
+  }
+  if (peer_finished) return TCP_CLOSE_WAIT;
+  if (socket->write_shut) return TCP_FIN_WAIT2;
+  return TCP_ESTABLISHED;
+}
+}  // namespace
+
 int intercepted_shutdown(int fd, int how) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) return real().shutdown(fd, how);
@@ -690,6 +705,7 @@ int intercepted_shutdown(int fd, int how) {
     if (kernel_backed(socket.get())) return real().shutdown(fd, how);
     return fail(ENOTCONN);
   }
+  if (tcp_state_of(socket.get()) == TCP_CLOSE) return fail(ENOTCONN);
   Connection* c = socket->connection;
   if (how != SHUT_WR) socket->read_shut = true;
   if (how != SHUT_RD) {
@@ -727,7 +743,9 @@ int intercepted_getsockname(int fd, struct sockaddr* address, socklen_t* length)
 int intercepted_getpeername(int fd, struct sockaddr* address, socklen_t* length) {
   SocketRef socket = lookup_socket(fd);
   if (!socket || kernel_backed(socket.get())) return real().getpeername(fd, address, length);
-  if (socket->state != SocketState::kConnected) return fail(ENOTCONN);
+  if (socket->state != SocketState::kConnected || tcp_state_of(socket.get()) == TCP_CLOSE) {
+    return fail(ENOTCONN);
+  }
   if (address == nullptr || length == nullptr) return fail(EFAULT);
   copy_out_address(socket->peer, socket->domain, address, length);
   return 0;
@@ -775,7 +793,7 @@ int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* 
   }
   if (level == IPPROTO_TCP && name == TCP_INFO && socket->state == SocketState::kConnected) {
     struct tcp_info info {};
-    info.tcpi_state = TCP_ESTABLISHED;
+    info.tcpi_state = static_cast<uint8_t>(tcp_state_of(socket.get()));
     info.tcpi_snd_mss = info.tcpi_rcv_mss = 65483;  // loopback's
     info.tcpi_snd_cwnd = 10;
     const socklen_t copied = std::min<socklen_t>(*length, sizeof info);

@@ -1392,6 +1392,16 @@ CONFORMANCE_CASE(kArea, small_send_buffer_still_carries_data, 1,
   close(pair.server);
 }
 
+CONFORMANCE_CASE(kArea, small_buffers_limit_data_in_flight, 1,
+                 "SO_SNDBUF and SO_RCVBUF of 4096: a writer blocks after far less than 64 KiB") {
+  const TcpPair pair = tcp_pair();
+  set_int_option(pair.client, SOL_SOCKET, SO_SNDBUF, 4096);
+  set_int_option(pair.server, SOL_SOCKET, SO_RCVBUF, 4096);
+  const size_t filled = fill_until_blocked(pair.client);
+  say("bytes in flight below 64 KiB: %d", filled < 65536);
+  close_pair(pair);
+}
+
 CONFORMANCE_CASE(kArea, misc_socket_options_roundtrip, 1,
                  "SO_REUSEADDR, SO_PRIORITY, SO_RCVLOWAT, IP_TOS, TCP_CORK read back as set") {
   const TcpPair pair = tcp_pair();

@@ -44,7 +44,8 @@ uint32_t socket_readiness(Socket* socket) {
     ready |= EPOLLOUT | EPOLLWRNORM;
   }
   if ((eof || socket->read_shut) && socket->write_shut) ready |= EPOLLHUP;
-  if (aborted) ready |= EPOLLERR | EPOLLHUP | EPOLLRDHUP;
+  if (aborted) ready |= EPOLLHUP | EPOLLRDHUP | EPOLLOUT | EPOLLWRNORM;
+  if (aborted && !socket->reset_reported) ready |= EPOLLERR;
   if (socket->reset_by_peer) ready |= EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLHUP;
   if (socket->pending_error != 0) ready |= EPOLLERR;
   return ready;

@@ -116,7 +116,7 @@ void Socket::reset() {
   local_known = false;
   local = {};
   peer = {};
-  read_shut = write_shut = connect_pending = reset_by_peer = false;
+  read_shut = write_shut = connect_pending = reset_by_peer = reset_reported = false;
   pending_error = 0;
   receive_timeout_ns = send_timeout_ns = 0;
   options.clear();

@@ -35,6 +35,15 @@ void raise_sigpipe(int flags) {
   if ((flags & MSG_NOSIGNAL) == 0) syscall(SYS_tgkill, getpid(), gettid(), SIGPIPE);
 }
 
+// The peer's reset is reported once, as ECONNRESET, by whichever of recv,
+// send and SO_ERROR meets it first; after that the kernel's connection is
+// simply closed (EOF, EPIPE).
+bool take_reset(Socket* socket) {
+  if (socket->reset_reported) return false;
+  socket->reset_reported = true;
+  return true;
+}
+
 // Kernel sockets of each family that validate and normalise options we only
 // record: `probe` takes every setsockopt, `pristine` keeps the defaults.
 struct OptionOracle {
@@ -200,7 +209,12 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
   const int64_t deadline = deadline_after(socket->send_timeout_ns);
   std::size_t sent = 0;
   for (;;) {
-    if (c->peer_aborted()) return sent > 0 ? static_cast<ssize_t>(sent) : fail(ECONNRESET);
+    if (c->peer_aborted()) {
+      if (sent > 0) return static_cast<ssize_t>(sent);
+      if (take_reset(socket)) return fail(ECONNRESET);
+      raise_sigpipe(flags);
+      return fail(EPIPE);
+    }
     if (socket->write_shut || c->tx.control().reader_closed.load(std::memory_order_acquire)) {
       if (sent > 0) return static_cast<ssize_t>(sent);
       if (!socket->write_shut && !socket->reset_by_peer) {
@@ -283,10 +297,12 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
     if (c->rx.control().writer_closed.load(std::memory_order_acquire)) {
       // Bytes published before the close are visible now; take them first.
       if (c->rx.readable() != 0) continue;
-      if (got == 0 && c->peer_aborted()) return fail(ECONNRESET);
+      if (got == 0 && c->peer_aborted() && take_reset(socket)) return fail(ECONNRESET);
       return static_cast<ssize_t>(got);
     }
-    if (c->peer_aborted()) return got > 0 ? static_cast<ssize_t>(got) : fail(ECONNRESET);
+    if (c->peer_aborted()) {
+      return got > 0 || !take_reset(socket) ? static_cast<ssize_t>(got) : fail(ECONNRESET);
+    }
     if (socket->read_shut) return static_cast<ssize_t>(got);
     if (nonblocking) return got > 0 ? static_cast<ssize_t>(got) : fail(EAGAIN);
     const int waited = wait_for(socket, c, Want::kData, deadline);
@@ -784,8 +800,12 @@ int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* 
     return real().getsockopt(fd, level, name, value, length);
   if (value == nullptr || length == nullptr) return fail(EFAULT);
   if (level == SOL_SOCKET && name == SO_ERROR) {
-    const int error = socket->pending_error;
+    int error = socket->pending_error;
     socket->pending_error = 0;
+    if (error == 0 && socket->state == SocketState::kConnected &&
+        socket->connection->peer_aborted() && take_reset(socket.get())) {
+      error = ECONNRESET;
+    }
     memcpy(value, &error, std::min<socklen_t>(*length, sizeof error));
     *length = std::min<socklen_t>(*length, sizeof error);
     socket->connect_pending = false;

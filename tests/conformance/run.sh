@@ -63,13 +63,13 @@ compare_sides() {
   rm -f "$CONFORMANCE_STATE/carried"
   before=$(connections_total) || na_fail "netaccel status failed before $name"
   CONFORMANCE_MONITOR_CONTROL=$control run_side "$netaccel_out" "${NA_RUN[@]}" "$program" "$name"
-  # A case that restarted the monitor reset its counter: what the first
-  # monitor had carried was recorded when it was stopped.
+  # A case that restarted the monitor reset its counter: each stopped
+  # monitor's count was recorded when it was stopped, and the one running
+  # now started from zero.
+  monitor_alive || "$control" start || na_fail "cannot restart the monitor"
+  after=$(connections_total) || na_fail "netaccel status failed after $name"
   if [[ -s $CONFORMANCE_STATE/carried ]]; then
-    after=$(head -n 1 "$CONFORMANCE_STATE/carried")
-  else
-    monitor_alive || "$control" start || na_fail "cannot restart the monitor"
-    after=$(connections_total) || na_fail "netaccel status failed after $name"
+    after=$((after + $(paste -sd+ "$CONFORMANCE_STATE/carried")))
   fi
   carried=$((after - before))
 

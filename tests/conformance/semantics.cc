@@ -1229,7 +1229,7 @@ CONFORMANCE_CASE(kArea, msg_oob_urgent_byte, 1, "MSG_OOB: the urgent byte read o
 }
 
 CONFORMANCE_CASE(kArea, zero_length_send_and_recv, 1,
-                 "zero-length send returns 0; zero-length recv returns 0 without data") {
+                 "zero-length send, and a zero-length recv(MSG_DONTWAIT) on an empty socket") {
   const TcpPair pair = tcp_pair();
   report("send 0", send(pair.client, "", 0, 0));
   char byte;

@@ -28,7 +28,7 @@ NETACCEL_EXPORT int fcntl(int fd, int command, ...) {
 
 // The large-file name of the same call.
 NETACCEL_EXPORT int fcntl64(int fd, int command, ...) __attribute__((alias("fcntl")));
-// One function under two names on 64-bit glibc, as fcntl64 above.
+// The large-file name of the same call (off_t is 64 bits on our targets).
 NETACCEL_EXPORT ssize_t sendfile64(int out_fd, int in_fd, off_t* offset, size_t count)
     __attribute__((alias("sendfile")));
 

@@ -42,7 +42,10 @@ uint32_t socket_readiness(Socket* socket) {
     ready |= EPOLLOUT | EPOLLWRNORM;
   }
   if ((eof || socket->read_shut) && socket->write_shut) ready |= EPOLLHUP;
-  if (aborted) ready |= EPOLLERR | EPOLLHUP | EPOLLRDHUP;
+  if (aborted) ready |= EPOLLHUP | EPOLLRDHUP | EPOLLOUT | EPOLLWRNORM;
+  if (aborted && !socket->reset_reported) ready |= EPOLLERR;
+  if (socket->reset_by_peer) ready |= EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLHUP;
+  if (socket->pending_error != 0) ready |= EPOLLERR;
   return ready;
 }
 
@@ -168,6 +171,9 @@ int collect_ready(EpollSet* set, struct epoll_event* out, int capacity) {
       report = ready & ~member.last_ready;
       if ((ready & EPOLLIN) && head != member.last_head) report |= ready & EPOLLIN;
       if ((ready & EPOLLOUT) && tail != member.last_tail) report |= ready & EPOLLOUT;
+      // Like the kernel, an edge reports everything that is ready, not only
+      // what changed.
+      if (report != 0) report = ready;
       member.last_ready = ready;
       member.last_head = head;
       member.last_tail = tail;

@@ -122,7 +122,8 @@ void Socket::reset() {
   local_known = false;
   local = {};
   peer = {};
-  read_shut = write_shut = connect_pending = false;
+  read_shut = write_shut = connect_pending = reset_by_peer = reset_reported = false;
+  pending_error = 0;
   receive_timeout_ns = send_timeout_ns = 0;
   options.clear();
   connection = nullptr;
@@ -919,7 +920,11 @@ bool monitor_call(Request& request, Event& reply, Connection** connection) {
                                  {l.control.get(), 0, 0}};  // hang-up only
         real().poll(wait, 2, 100);
         if (wait[0].revents & POLLIN) drain_wake_fd(l.wake.get());
-        if (wait[1].revents & (POLLHUP | POLLERR)) mark_unavailable(l);
+        if (wait[1].revents & (POLLHUP | POLLERR)) {
+          mark_unavailable(l);  // unmaps the queues: touch them no more
+          ok = false;
+          break;
+        }
       }
       l.events.control().consumer_sleeping.store(0, std::memory_order_relaxed);
     }

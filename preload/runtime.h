@@ -197,7 +197,13 @@ struct Socket {
   InetAddress peer{};
   bool read_shut = false;
   bool write_shut = false;
-  bool connect_pending = false;    // non-blocking connect not yet observed
+  bool connect_pending = false;  // non-blocking connect not yet observed
+  // The kernel accepts one send to a peer that has closed; the peer's reset
+  // then fails the next send (EPIPE) and shows in poll and SO_ERROR.
+  bool reset_by_peer = false;
+  int pending_error = 0;  // what SO_ERROR or the next send reports, once
+  // The peer's reset was reported (ECONNRESET) once already.
+  bool reset_reported = false;
   int64_t receive_timeout_ns = 0;  // 0: none
   int64_t send_timeout_ns = 0;
   std::vector<SavedOption> options;

@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 
 #include "intercepted.h"
 #include "real_calls.h"
@@ -34,6 +33,15 @@ bool kernel_backed(const Socket* socket) {
 
 void raise_sigpipe(int flags) {
   if ((flags & MSG_NOSIGNAL) == 0) syscall(SYS_tgkill, getpid(), gettid(), SIGPIPE);
+}
+
+// The peer's reset is reported once, as ECONNRESET, by whichever of recv,
+// send and SO_ERROR meets it first; after that the kernel's connection is
+// simply closed (EOF, EPIPE).
+bool take_reset(Socket* socket) {
+  if (socket->reset_reported) return false;
+  socket->reset_reported = true;
+  return true;
 }
 
 // Kernel sockets of each family that validate and normalise options we only
@@ -201,9 +209,24 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
   const int64_t deadline = deadline_after(socket->send_timeout_ns);
   std::size_t sent = 0;
   for (;;) {
-    if (c->peer_aborted()) return sent > 0 ? static_cast<ssize_t>(sent) : fail(ECONNRESET);
+    if (c->peer_aborted()) {
+      if (sent > 0) return static_cast<ssize_t>(sent);
+      if (take_reset(socket)) return fail(ECONNRESET);
+      raise_sigpipe(flags);
+      return fail(EPIPE);
+    }
     if (socket->write_shut || c->tx.control().reader_closed.load(std::memory_order_acquire)) {
       if (sent > 0) return static_cast<ssize_t>(sent);
+      if (!socket->write_shut && !socket->reset_by_peer) {
+        // The kernel sends these bytes to the closed peer, which answers
+        // with a reset: this send succeeds, the next one fails.
+        if (total > 0) {
+          socket->reset_by_peer = true;
+          socket->pending_error = EPIPE;
+        }
+        return static_cast<ssize_t>(total);
+      }
+      socket->pending_error = 0;
       raise_sigpipe(flags);
       return fail(EPIPE);
     }
@@ -241,14 +264,25 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
   const bool peek = flags & MSG_PEEK;
+  // TCP's MSG_TRUNC drops the bytes without copying them (the buffer may be null).
+  const bool drop = (flags & MSG_TRUNC) && !peek;
   const bool nonblocking =
       socket->nonblocking.load(std::memory_order_relaxed) || (flags & MSG_DONTWAIT);
   const int64_t deadline = deadline_after(socket->receive_timeout_ns);
   std::size_t got = 0;
-  if (total == 0) return 0;
+  if (total == 0) {
+    // The kernel answers an empty read at once, but with EAGAIN when it
+    // must not block and nothing is queued.
+    const bool quiet = c->rx.readable() == 0 &&
+                       !c->rx.control().writer_closed.load(std::memory_order_acquire) &&
+                       !c->peer_aborted() && !socket->read_shut;
+    return nonblocking && quiet ? fail(EAGAIN) : 0;
+  }
   for (;;) {
     std::size_t taken;
-    if (got == 0) {
+    if (drop) {
+      taken = c->rx.discard(total - got);
+    } else if (got == 0) {
       taken = c->rx.read(iov, iovcnt, peek);
     } else {
       struct iovec rest[64];
@@ -263,10 +297,12 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
     if (c->rx.control().writer_closed.load(std::memory_order_acquire)) {
       // Bytes published before the close are visible now; take them first.
       if (c->rx.readable() != 0) continue;
-      if (got == 0 && c->peer_aborted()) return fail(ECONNRESET);
+      if (got == 0 && c->peer_aborted() && take_reset(socket)) return fail(ECONNRESET);
       return static_cast<ssize_t>(got);
     }
-    if (c->peer_aborted()) return got > 0 ? static_cast<ssize_t>(got) : fail(ECONNRESET);
+    if (c->peer_aborted()) {
+      return got > 0 || !take_reset(socket) ? static_cast<ssize_t>(got) : fail(ECONNRESET);
+    }
     if (socket->read_shut) return static_cast<ssize_t>(got);
     if (nonblocking) return got > 0 ? static_cast<ssize_t>(got) : fail(EAGAIN);
     const int waited = wait_for(socket, c, Want::kData, deadline);
@@ -310,51 +346,49 @@ ssize_t intercepted_write(int fd, const void* buffer, size_t length) {
   return stream_send(fd, socket.get(), &iov, 1, 0);
 }
 
-// A file's bytes into a netaccel connection: read, then sent as write()
-// would send them. Only what is sent counts: the file offset (ours or the
-// file's) advances by exactly that, so a partial send loses nothing.
-ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count) {
-  SocketRef socket = lookup_socket(out_fd);
-  if (!socket || socket->state != SocketState::kConnected) {
-    return real().sendfile(out_fd, in_fd, offset, count);
-  }
-  off_t position = offset != nullptr ? *offset : lseek(in_fd, 0, SEEK_CUR);
-  if (position < 0) return fail(EINVAL);  // a pipe or socket: not for sendfile, says the kernel
-  constexpr std::size_t kChunk = 64 * 1024;
-  std::unique_ptr<unsigned char[]> buffer(new (std::nothrow) unsigned char[kChunk]);
-  if (!buffer) return fail(ENOMEM);
-  std::size_t done = 0;
-  while (done < count) {
-    const ssize_t got = pread(in_fd, buffer.get(), std::min(kChunk, count - done), position);
-    if (got <= 0) {
-      if (got < 0 && done == 0) return -1;
-      break;  // end of file, or an error after some bytes: report those
-    }
-    struct iovec iov {
-      buffer.get(), static_cast<std::size_t>(got)
-    };
-    const ssize_t sent = stream_send(out_fd, socket.get(), &iov, 1, 0);
-    if (sent < 0) {
-      if (done == 0) return -1;
-      break;
-    }
-    done += static_cast<std::size_t>(sent);
-    position += sent;
-    if (sent < got) break;  // non-blocking and the ring is full
-  }
-  if (offset != nullptr) {
-    *offset = position;
-  } else {
-    lseek(in_fd, position, SEEK_SET);
-  }
-  return static_cast<ssize_t>(done);
-}
-
 ssize_t intercepted_writev(int fd, const struct iovec* iov, int iovcnt) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) return real().writev(fd, iov, iovcnt);
   if (iovcnt < 0 || iovcnt > IOV_MAX) return fail(EINVAL);
   return stream_send(fd, socket.get(), iov, iovcnt, 0);
+}
+
+// sendfile to a netaccel connection: the kernel cannot see the ring, so the
+// file's bytes go through a buffer. Like the kernel's, the call raises
+// SIGPIPE, returns what it sent before an error, and leaves the file
+// position (or *offset) just past the bytes sent.
+ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count) {
+  SocketRef socket = lookup_socket(out_fd);
+  if (!socket || socket->state != SocketState::kConnected) {
+    return real().sendfile(out_fd, in_fd, offset, count);
+  }
+  char buffer[16384];
+  off_t position = offset != nullptr ? *offset : 0;
+  size_t done = 0;
+  while (done < count) {
+    const size_t wanted = std::min(sizeof buffer, count - done);
+    const ssize_t got = offset != nullptr ? pread(in_fd, buffer, wanted, position)
+                                          : real().read(in_fd, buffer, wanted);
+    if (got <= 0) {
+      if (got < 0 && done == 0) return -1;
+      break;
+    }
+    struct iovec iov {
+      buffer, static_cast<size_t>(got)
+    };
+    const ssize_t sent = stream_send(out_fd, socket.get(), &iov, 1, 0);
+    const ssize_t unsent = got - std::max<ssize_t>(sent, 0);
+    if (offset == nullptr && unsent > 0) lseek(in_fd, -unsent, SEEK_CUR);
+    if (sent < 0) {
+      if (done == 0) return -1;
+      break;
+    }
+    done += static_cast<size_t>(sent);
+    position += sent;
+    if (unsent > 0) break;
+  }
+  if (offset != nullptr) *offset = position;
+  return static_cast<ssize_t>(done);
 }
 
 ssize_t intercepted_recv(int fd, void* buffer, size_t length, int flags) {
@@ -691,6 +725,21 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   return 0;
 }
 
+namespace {
+// The state the kernel's TCP would be in by now, for the calls that report
+// it; over loopback the peer's FIN and ACK arrive at once.
+int tcp_state_of(Socket* socket) {
+  Connection* c = socket->connection;
+  const bool peer_finished = c->rx.control().writer_closed.load(std::memory_order_acquire) != 0;
+  if (socket->reset_by_peer || c->peer_aborted() || (socket->write_shut && peer_finished)) {
+    return TCP_CLOSE;
+  }
+  if (peer_finished) return TCP_CLOSE_WAIT;
+  if (socket->write_shut) return TCP_FIN_WAIT2;
+  return TCP_ESTABLISHED;
+}
+}  // namespace
+
 int intercepted_shutdown(int fd, int how) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) return real().shutdown(fd, how);
@@ -699,6 +748,7 @@ int intercepted_shutdown(int fd, int how) {
     if (kernel_backed(socket.get())) return real().shutdown(fd, how);
     return fail(ENOTCONN);
   }
+  if (tcp_state_of(socket.get()) == TCP_CLOSE) return fail(ENOTCONN);
   Connection* c = socket->connection;
   if (how != SHUT_WR) socket->read_shut = true;
   if (how != SHUT_RD) {
@@ -736,7 +786,9 @@ int intercepted_getsockname(int fd, struct sockaddr* address, socklen_t* length)
 int intercepted_getpeername(int fd, struct sockaddr* address, socklen_t* length) {
   SocketRef socket = lookup_socket(fd);
   if (!socket || kernel_backed(socket.get())) return real().getpeername(fd, address, length);
-  if (socket->state != SocketState::kConnected) return fail(ENOTCONN);
+  if (socket->state != SocketState::kConnected || tcp_state_of(socket.get()) == TCP_CLOSE) {
+    return fail(ENOTCONN);
+  }
   if (address == nullptr || length == nullptr) return fail(EFAULT);
   copy_out_address(socket->peer, socket->domain, address, length);
   return 0;
@@ -775,15 +827,20 @@ int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* 
     return real().getsockopt(fd, level, name, value, length);
   if (value == nullptr || length == nullptr) return fail(EFAULT);
   if (level == SOL_SOCKET && name == SO_ERROR) {
-    const int none = 0;
-    memcpy(value, &none, std::min<socklen_t>(*length, sizeof none));
-    *length = std::min<socklen_t>(*length, sizeof none);
+    int error = socket->pending_error;
+    socket->pending_error = 0;
+    if (error == 0 && socket->state == SocketState::kConnected &&
+        socket->connection->peer_aborted() && take_reset(socket.get())) {
+      error = ECONNRESET;
+    }
+    memcpy(value, &error, std::min<socklen_t>(*length, sizeof error));
+    *length = std::min<socklen_t>(*length, sizeof error);
     socket->connect_pending = false;
     return 0;
   }
   if (level == IPPROTO_TCP && name == TCP_INFO && socket->state == SocketState::kConnected) {
     struct tcp_info info {};
-    info.tcpi_state = TCP_ESTABLISHED;
+    info.tcpi_state = static_cast<uint8_t>(tcp_state_of(socket.get()));
     info.tcpi_snd_mss = info.tcpi_rcv_mss = 65483;  // loopback's
     info.tcpi_snd_cwnd = 10;
     const socklen_t copied = std::min<socklen_t>(*length, sizeof info);
@@ -867,6 +924,9 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
     }
     return real().ioctl(fd, request, argument);
   }
+  // FIOCLEX and FIONCLEX take no argument and act on the descriptor itself,
+  // which is a real kernel descriptor.
+  if (request == FIOCLEX || request == FIONCLEX) return real().ioctl(fd, request, argument);
   if (argument == nullptr) return fail(EFAULT);
   switch (request) {
     case FIONBIO:
@@ -881,6 +941,9 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
       *static_cast<int*>(argument) = socket->state == SocketState::kConnected
                                          ? static_cast<int>(socket->connection->tx.unread())
                                          : 0;
+      return 0;
+    case SIOCATMARK:  // netaccel connections carry no urgent data
+      *static_cast<int*>(argument) = 0;
       return 0;
     default:
       return real().ioctl(fd, request, argument);

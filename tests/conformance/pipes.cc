@@ -1,0 +1,509 @@
+// Pipes: pipe/pipe2 with the same fork, exec, dup and readiness semantics
+// applications rely on. netaccel does not accelerate pipes yet, so these
+// must behave exactly as on the kernel; they become the acceptance tests
+// when it does.
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "conformance.h"
+
+namespace conformance {
+namespace {
+
+constexpr const char* kArea = "pipes";
+
+struct Pipe {
+  int read_end;
+  int write_end;
+};
+
+Pipe make_pipe(int flags = 0) {
+  int ends[2];
+  require("pipe2", pipe2(ends, flags));
+  return {ends[0], ends[1]};
+}
+
+void close_pipe(const Pipe& p) {
+  close(p.read_end);
+  close(p.write_end);
+}
+
+std::string read_some(const char* label, int fd, size_t capacity = 256) {
+  std::string buffer(capacity, '\0');
+  const ssize_t got = read(fd, buffer.data(), capacity);
+  return report_data(label, got, std::move(buffer));
+}
+
+void write_all(int fd, const void* data, size_t length) {
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  size_t done = 0;
+  while (done < length) {
+    const ssize_t wrote = write(fd, bytes + done, length - done);
+    if (wrote < 0 && errno == EINTR) continue;
+    require("write", wrote);
+    done += static_cast<size_t>(wrote);
+  }
+}
+
+void show_poll_of(const char* label, int fd, short events) {
+  pollfd entry{fd, events, 0};
+  const int ready = poll(&entry, 1, 0);
+  say("%s: %d %s", label, ready, poll_events_text(entry.revents).c_str());
+}
+
+void show_epoll_of(const char* label, int fd, uint32_t events) {
+  const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(0)));
+  epoll_event event{};
+  event.events = events;
+  require("epoll_ctl", epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event));
+  epoll_event ready{};
+  const int count = epoll_wait(epfd, &ready, 1, 0);
+  say("%s: %d %s", label, count, count > 0 ? epoll_events_text(ready.events).c_str() : "");
+  close(epfd);
+}
+
+// Runs `command` through /bin/bash -c and prints its stdout's size and
+// digest (read through a pipe), then its exit status.
+void run_shell_pipeline(const char* command) {
+  const Pipe output = make_pipe();
+  const pid_t pid = fork_child([&] {
+    dup2(output.write_end, STDOUT_FILENO);
+    close_pipe(output);
+    execl("/bin/bash", "bash", "-c", command, nullptr);
+    _exit(127);
+  });
+  close(output.write_end);
+  const Drained drained = drain(output.read_end);
+  say("pipeline output %zu bytes, digest %016llx", drained.bytes,
+      static_cast<unsigned long long>(drained.digest));
+  wait_child("pipeline", pid);
+  close(output.read_end);
+}
+
+}  // namespace
+
+CONFORMANCE_CASE(kArea, pipe_write_then_read, 0, "bytes written to a pipe are read back in order") {
+  const Pipe p = make_pipe();
+  report("write", write(p.write_end, "hello pipe", 10));
+  read_some("read", p.read_end);
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_eof_after_writer_closes, 0,
+                 "read returns the remaining data, then 0 once every writer closed") {
+  const Pipe p = make_pipe();
+  write_all(p.write_end, "tail", 4);
+  close(p.write_end);
+  read_some("read", p.read_end);
+  read_some("read at EOF", p.read_end);
+  close(p.read_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_write_without_reader_sigpipe, 0,
+                 "write with no reader: SIGPIPE, and EPIPE when it is caught") {
+  const Pipe p = make_pipe();
+  close(p.read_end);
+  const pid_t pid = fork_child([&] { write(p.write_end, "x", 1); });
+  wait_child("default action", pid);
+  count_signal(SIGPIPE, true);
+  report("write with handler", write(p.write_end, "x", 1));
+  say("SIGPIPE caught: %d", signals_caught());
+  close(p.write_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe2_flags_reported, 0,
+                 "pipe2 O_CLOEXEC|O_NONBLOCK show in F_GETFD/F_GETFL on both ends") {
+  const Pipe p = make_pipe(O_CLOEXEC | O_NONBLOCK);
+  for (const auto& [label, fd] : {std::pair{"read end", p.read_end}, {"write end", p.write_end}}) {
+    say("%s: FD_CLOEXEC %d O_NONBLOCK %d accmode %d", label, (fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0,
+        (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0, fcntl(fd, F_GETFL) & O_ACCMODE);
+  }
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_nonblocking_empty_eagain, 0,
+                 "read on an empty non-blocking pipe fails with EAGAIN") {
+  const Pipe p = make_pipe(O_NONBLOCK);
+  read_some("read", p.read_end);
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_nonblocking_full_eagain, 0,
+                 "a non-blocking pipe fills to its capacity, then EAGAIN") {
+  const Pipe p = make_pipe(O_NONBLOCK);
+  const std::vector<unsigned char> chunk = pattern(4096, 1);
+  size_t total = 0;
+  ssize_t wrote;
+  while ((wrote = write(p.write_end, chunk.data(), chunk.size())) > 0) total += wrote;
+  say("filled %zu bytes, then %s", total, errno_name(errno).c_str());
+  say("F_GETPIPE_SZ %d", fcntl(p.write_end, F_GETPIPE_SZ));
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_partial_nonblocking_write, 0,
+                 "a non-blocking write larger than the free space writes part of it") {
+  const Pipe p = make_pipe(O_NONBLOCK);
+  const std::vector<unsigned char> big = pattern(100000, 2);
+  report("write 100000", write(p.write_end, big.data(), big.size()));
+  report("write again", write(p.write_end, big.data(), big.size()));
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_capacity_set_and_get, 0,
+                 "F_SETPIPE_SZ rounds up; F_GETPIPE_SZ reports it") {
+  const Pipe p = make_pipe();
+  report("F_SETPIPE_SZ 100000", fcntl(p.write_end, F_SETPIPE_SZ, 100000));
+  report("F_GETPIPE_SZ", fcntl(p.read_end, F_GETPIPE_SZ));
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_fionread, 0, "FIONREAD on a pipe counts the unread bytes") {
+  const Pipe p = make_pipe();
+  write_all(p.write_end, "0123456789", 10);
+  int pending = -1;
+  report("FIONREAD", ioctl(p.read_end, FIONREAD, &pending));
+  say("pending %d", pending);
+  read_some("read 3", p.read_end, 3);
+  report("FIONREAD", ioctl(p.read_end, FIONREAD, &pending));
+  say("pending %d", pending);
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(
+    kArea, pipe_poll_states, 0,
+    "poll on both ends: empty, with data, writer closed (POLLHUP), reader closed (POLLERR)") {
+  Pipe p = make_pipe();
+  show_poll_of("read end empty", p.read_end, POLLIN);
+  show_poll_of("write end empty", p.write_end, POLLOUT);
+  write_all(p.write_end, "x", 1);
+  show_poll_of("read end with data", p.read_end, POLLIN);
+  close(p.write_end);
+  show_poll_of("read end, writer closed, data left", p.read_end, POLLIN);
+  read_some("read", p.read_end);
+  show_poll_of("read end, writer closed, drained", p.read_end, POLLIN);
+  close(p.read_end);
+  p = make_pipe();
+  close(p.read_end);
+  show_poll_of("write end, reader closed", p.write_end, POLLOUT);
+  close(p.write_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_epoll_states, 0,
+                 "epoll on a pipe: EPOLLIN, EPOLLOUT, EPOLLHUP, EPOLLERR") {
+  Pipe p = make_pipe();
+  show_epoll_of("read end empty", p.read_end, EPOLLIN);
+  show_epoll_of("write end", p.write_end, EPOLLOUT);
+  write_all(p.write_end, "x", 1);
+  show_epoll_of("read end with data", p.read_end, EPOLLIN | EPOLLRDHUP);
+  close(p.write_end);
+  show_epoll_of("read end, writer closed", p.read_end, EPOLLIN | EPOLLRDHUP);
+  close(p.read_end);
+  p = make_pipe();
+  close(p.read_end);
+  show_epoll_of("write end, reader closed", p.write_end, EPOLLOUT);
+  close(p.write_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_epoll_edge_triggered, 0,
+                 "EPOLLET on a pipe: one event per write, none while unread") {
+  const Pipe p = make_pipe();
+  const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(0)));
+  epoll_event event{};
+  event.events = EPOLLIN | EPOLLET;
+  require("epoll_ctl", epoll_ctl(epfd, EPOLL_CTL_ADD, p.read_end, &event));
+  epoll_event ready{};
+  write_all(p.write_end, "a", 1);
+  report("first", epoll_wait(epfd, &ready, 1, 0));
+  report("nothing new", epoll_wait(epfd, &ready, 1, 0));
+  write_all(p.write_end, "b", 1);
+  report("second write", epoll_wait(epfd, &ready, 1, 0));
+  close(epfd);
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_select_readable_writable, 0, "select on a pipe's two ends") {
+  const Pipe p = make_pipe();
+  write_all(p.write_end, "x", 1);
+  fd_set readable, writable;
+  FD_ZERO(&readable);
+  FD_ZERO(&writable);
+  FD_SET(p.read_end, &readable);
+  FD_SET(p.write_end, &writable);
+  timeval timeout{0, 0};
+  report("select",
+         select(std::max(p.read_end, p.write_end) + 1, &readable, &writable, nullptr, &timeout));
+  say("readable %d writable %d", FD_ISSET(p.read_end, &readable) != 0,
+      FD_ISSET(p.write_end, &writable) != 0);
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_fork_parent_writes_child_reads, 0,
+                 "after fork the child reads what the parent writes, EOF when the parent closes") {
+  const Pipe p = make_pipe();
+  const pid_t pid = fork_child([&] {
+    close(p.write_end);
+    const Drained drained = drain(p.read_end);
+    say("child read %zu bytes", drained.bytes);
+  });
+  close(p.read_end);
+  const std::vector<unsigned char> data = pattern(300000, 3);
+  write_all(p.write_end, data.data(), data.size());
+  close(p.write_end);
+  wait_child("child", pid);
+}
+
+CONFORMANCE_CASE(kArea, pipe_child_writer_left_open_blocks_eof, 0,
+                 "a write end still open in a child delays EOF until the child exits") {
+  const Pipe p = make_pipe();
+  Baton go;
+  const pid_t pid = fork_child([&] {
+    close(p.read_end);
+    go.wait();
+  });
+  close(p.write_end);
+  set_nonblocking(p.read_end, true);
+  read_some("read while the child holds the write end", p.read_end);
+  go.pass();
+  wait_child("child", pid);
+  read_some("read after the child exited", p.read_end);
+  close(p.read_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_exec_child_writes_inherited_end, 0,
+                 "an exec'd image writes to an inherited pipe end") {
+  const Pipe p = make_pipe();
+  const pid_t pid = fork_child([&] {
+    close(p.read_end);
+    dup2(p.write_end, STDOUT_FILENO);
+    execl("/bin/echo", "echo", "through exec", nullptr);
+    _exit(127);
+  });
+  close(p.write_end);
+  const Drained drained = drain(p.read_end);
+  say("read %zu bytes", drained.bytes);
+  wait_child("echo", pid);
+  close(p.read_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_cloexec_end_closed_at_exec, 0,
+                 "an O_CLOEXEC write end does not survive exec, so the reader sees EOF") {
+  const Pipe p = make_pipe(O_CLOEXEC);
+  const pid_t pid = fork_child([&] {
+    close(p.read_end);
+    execl("/bin/sleep", "sleep", "0.2", nullptr);
+    _exit(127);
+  });
+  close(p.write_end);
+  read_some("read", p.read_end);
+  wait_child("sleep", pid);
+  close(p.read_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_dup_close_one_writer, 0,
+                 "closing one of two duplicate write ends does not signal EOF") {
+  const Pipe p = make_pipe(O_NONBLOCK);
+  const int copy = static_cast<int>(require("dup", dup(p.write_end)));
+  close(p.write_end);
+  read_some("read with a writer left", p.read_end);
+  write_all(copy, "dup", 3);
+  close(copy);
+  read_some("read", p.read_end);
+  read_some("read at EOF", p.read_end);
+  close(p.read_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_dup2_onto_stdout_with_stdio, 0,
+                 "a pipe dup2'd onto stdout carries printf output") {
+  const Pipe p = make_pipe();
+  const pid_t pid = fork_child([&] {
+    dup2(p.write_end, STDOUT_FILENO);
+    close_pipe(p);
+    printf("formatted %d\n", 42);
+    fflush(stdout);
+  });
+  close(p.write_end);
+  read_some("read", p.read_end);
+  wait_child("printer", pid);
+  close(p.read_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_read_interrupted_without_restart, 0,
+                 "a blocking pipe read is interrupted with EINTR") {
+  const Pipe p = make_pipe();
+  count_signal(SIGALRM, false);
+  alarm_after_ms(50);
+  read_some("read", p.read_end);
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_read_restarted_with_sa_restart, 0,
+                 "with SA_RESTART a blocking pipe read survives a signal") {
+  const Pipe p = make_pipe();
+  count_signal(SIGALRM, true);
+  const pid_t pid = fork_child([&] {
+    sleep_ms(150);
+    write_all(p.write_end, "later", 5);
+  });
+  alarm_after_ms(50);
+  read_some("read", p.read_end);
+  say("signals caught: %d", signals_caught());
+  wait_child("writer", pid);
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_atomic_writes_from_threads, 0,
+                 "writes up to PIPE_BUF from four threads never interleave") {
+  const Pipe p = make_pipe();
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([&, t] {
+      const std::string record(PIPE_BUF, static_cast<char>('a' + t));
+      for (int i = 0; i < 50; ++i) write_all(p.write_end, record.data(), record.size());
+    });
+  }
+  std::thread closer([&] {
+    for (auto& writer : writers) writer.join();
+    close(p.write_end);
+  });
+  std::string record(PIPE_BUF, '\0');
+  int records = 0, whole = 0;
+  for (;;) {
+    size_t got = 0;
+    while (got < record.size()) {
+      const ssize_t n = read(p.read_end, record.data() + got, record.size() - got);
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    if (got == 0) break;
+    ++records;
+    whole += record.find_first_not_of(record[0]) == std::string::npos;
+  }
+  closer.join();
+  say("records %d, whole %d", records, whole);
+  close(p.read_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_pass_end_over_scm_rights, 0,
+                 "a pipe end passed over AF_UNIX keeps working in the receiver") {
+  const Pipe p = make_pipe();
+  int channel[2];
+  require("socketpair", socketpair(AF_UNIX, SOCK_STREAM, 0, channel));
+  const pid_t pid = fork_child([&] {
+    close_pipe(p);
+    char payload;
+    iovec data{&payload, 1};
+    char control[CMSG_SPACE(sizeof(int))];
+    msghdr message{};
+    message.msg_iov = &data;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    require("recvmsg", recvmsg(channel[1], &message, 0));
+    int received;
+    memcpy(&received, CMSG_DATA(CMSG_FIRSTHDR(&message)), sizeof received);
+    write_all(received, "via unix socket", 15);
+  });
+  char payload = 'F';
+  iovec data{&payload, 1};
+  char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr message{};
+  message.msg_iov = &data;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  cmsghdr* header = CMSG_FIRSTHDR(&message);
+  header->cmsg_level = SOL_SOCKET;
+  header->cmsg_type = SCM_RIGHTS;
+  header->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(header), &p.write_end, sizeof(int));
+  report("sendmsg", sendmsg(channel[0], &message, 0));
+  close(p.write_end);
+  wait_child("receiver", pid);
+  read_some("read", p.read_end);
+  read_some("read at EOF", p.read_end);
+  close(p.read_end);
+  close(channel[0]);
+  close(channel[1]);
+}
+
+CONFORMANCE_CASE(kArea, pipe_packet_mode, 0, "pipe2 O_DIRECT keeps write boundaries") {
+  const Pipe p = make_pipe(O_DIRECT);
+  write_all(p.write_end, "first", 5);
+  write_all(p.write_end, "second", 6);
+  read_some("read 64", p.read_end, 64);
+  read_some("read 64", p.read_end, 64);
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_splice_and_tee, 0, "tee duplicates pipe data; splice moves it") {
+  const Pipe first = make_pipe(), second = make_pipe(), third = make_pipe();
+  write_all(first.write_end, "teed data", 9);
+  report("tee", tee(first.read_end, second.write_end, 64, 0));
+  report("splice", splice(first.read_end, nullptr, third.write_end, nullptr, 64, 0));
+  read_some("from tee", second.read_end);
+  read_some("from splice", third.read_end);
+  close_pipe(first);
+  close_pipe(second);
+  close_pipe(third);
+}
+
+CONFORMANCE_CASE(kArea, pipe_readv_writev, 0, "writev and readv on a pipe") {
+  const Pipe p = make_pipe();
+  char a[] = "vec", b[] = "tors";
+  iovec out[2] = {{a, 3}, {b, 4}};
+  report("writev", writev(p.write_end, out, 2));
+  char x[3] = {}, y[8] = {};
+  iovec in[2] = {{x, 2}, {y, 7}};
+  report("readv", readv(p.read_end, in, 2));
+  say("parts %s %s", quoted(x).c_str(), quoted(y).c_str());
+  close_pipe(p);
+}
+
+CONFORMANCE_CASE(kArea, pipe_popen_reads_command_output, 0, "popen reads a command's output") {
+  FILE* command = popen("seq 1 5", "r");
+  if (command == nullptr) die("popen");
+  char line[16];
+  std::string all;
+  while (fgets(line, sizeof line, command) != nullptr) all += line;
+  say("read %s", quoted(all).c_str());
+  report("pclose", pclose(command));
+}
+
+CONFORMANCE_CASE(kArea, bash_pipeline_large_data, 0,
+                 "bash 'cmd1 | cmd2 | cmd3' over 64 MiB gives the same bytes") {
+  run_shell_pipeline(
+      "head -c 67108864 /dev/zero | tr '\\0' 'a' | fold -w 100 | sed 's/^/x/' | sort | uniq -c");
+}
+
+CONFORMANCE_CASE(kArea, bash_pipeline_checksum, 0,
+                 "bash pipeline: seq | sha256sum over 1 million lines, and PIPESTATUS") {
+  run_shell_pipeline(
+      "seq 1 1000000 | sha256sum; seq 1 10 | head -1 >/dev/null; "
+      "echo \"${PIPESTATUS[*]}\"");
+}
+
+CONFORMANCE_CASE(kArea, bash_process_substitution, 0,
+                 "bash process substitution and a here-string through pipes") {
+  run_shell_pipeline(
+      "diff <(seq 1 1000) <(seq 1 1000 | cat) && echo same; "
+      "tr a-z A-Z <<<'here string'");
+}
+
+CONFORMANCE_CASE(kArea, pipe_reader_gone_mid_pipeline, 0,
+                 "yes | head -3: the writer dies of SIGPIPE when the reader exits") {
+  run_shell_pipeline("yes | head -3; echo \"${PIPESTATUS[*]}\"");
+}
+
+}  // namespace conformance

@@ -1,0 +1,658 @@
+// Processes: fork, vfork, posix_spawn, exec, daemon, threads, SO_REUSEPORT.
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "conformance.h"
+
+extern char** environ;
+
+namespace conformance {
+namespace {
+
+constexpr const char* kArea = "processes";
+
+// Each worker accepts from its listener and echoes one 4-byte line per
+// connection until a client sends "stop"; returns how many it echoed.
+int serve_echo_until_stop(int listener) {
+  int served = 0;
+  for (;;) {
+    const int connection = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+    const std::string line = recv_exact(connection, 4);
+    send_text(connection, line);
+    close(connection);
+    if (line == "stop") return served;
+    ++served;
+  }
+}
+
+// Connects `count` clients to `port` and checks every echo.
+void run_echo_clients(uint16_t port, int count) {
+  int echoed = 0;
+  for (int i = 0; i < count; ++i) {
+    const int client = tcp_connect(port);
+    std::string line = std::to_string(100 + i);
+    line.insert(0, 1, 'c');
+    send_text(client, line);
+    if (recv_exact(client, 4) == line) ++echoed;
+    close(client);
+  }
+  say("echoed correctly: %d of %d", echoed, count);
+}
+
+// Stops `workers` workers, one "stop" connection each, and waits for them;
+// prints how many echoes they served together.
+void stop_workers(uint16_t port, const std::vector<pid_t>& workers, int served_pipe) {
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const int client = tcp_connect(port);
+    send_text(client, "stop");
+    recv_exact(client, 4);
+    close(client);
+  }
+  int total = 0;
+  for (pid_t pid : workers) {
+    wait_child("worker", pid);
+    int served = 0;
+    require("read", read(served_pipe, &served, sizeof served));
+    total += served;
+  }
+  say("served in total: %d", total);
+}
+
+// Runs serve_echo_until_stop on `listener` in a child that reports its count.
+pid_t start_worker(int listener, int served_pipe) {
+  return fork_child([=] {
+    const int served = serve_echo_until_stop(listener);
+    require("write", write(served_pipe, &served, sizeof served));
+  });
+}
+
+// Pre-fork server: `workers` processes accept on one inherited listener.
+void prefork_echo(int workers, int clients) {
+  const int listener = tcp_listener();
+  const uint16_t port = local_port(listener);
+  int served_pipe[2];
+  require("pipe", pipe(served_pipe));
+  std::vector<pid_t> pids;
+  for (int i = 0; i < workers; ++i) pids.push_back(start_worker(listener, served_pipe[1]));
+  close(listener);
+  run_echo_clients(port, clients);
+  stop_workers(port, pids, served_pipe[0]);
+}
+
+}  // namespace
+
+CONFORMANCE_CASE(kArea, fork_child_sends_parent_receives, 1,
+                 "a forked child writes on an inherited connected socket, the peer reads it") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] { send_text(pair.client, "from child"); });
+  wait_child("child", pid);
+  recv_once("peer recv", pair.server);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_receives_parent_sent, 1,
+                 "data sent before fork is read by the child") {
+  const TcpPair pair = tcp_pair();
+  send_text(pair.server, "before fork");
+  const pid_t pid = fork_child([&] { recv_once("child recv", pair.client); });
+  wait_child("child", pid);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_parent_and_child_alternate, 1,
+                 "parent and child take turns writing on one inherited socket") {
+  const TcpPair pair = tcp_pair();
+  Baton child_turn, parent_turn;
+  const pid_t pid = fork_child([&] {
+    for (int i = 0; i < 3; ++i) {
+      child_turn.wait();
+      send_text(pair.client, "C");
+      parent_turn.pass();
+    }
+  });
+  for (int i = 0; i < 3; ++i) {
+    send_text(pair.client, "P");
+    child_turn.pass();
+    parent_turn.wait();
+  }
+  wait_child("child", pid);
+  show_exact("peer read", pair.server, 6);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_reads_parent_writes, 1,
+                 "after fork the child reads while the parent writes on the other end") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] { show_exact("child got", pair.client, 8); });
+  send_text(pair.server, "abcd");
+  sleep_ms(20);
+  send_text(pair.server, "efgh");
+  wait_child("child", pid);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_close_keeps_parent_connection, 1,
+                 "a child closing its copy neither ends the parent's connection nor signals EOF") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] { report("child close", close(pair.client)); });
+  wait_child("child", pid);
+  set_nonblocking(pair.server, true);
+  recv_once("peer recv after child close", pair.server);
+  send_text(pair.client, "still here");
+  set_nonblocking(pair.server, false);
+  recv_once("peer recv", pair.server);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_parent_close_child_keeps_connection, 1,
+                 "the child keeps using a connection the parent closed") {
+  const TcpPair pair = tcp_pair();
+  Baton closed;
+  const pid_t pid = fork_child([&] {
+    closed.wait();
+    send_text(pair.client, "child alone");
+    recv_once("child recv", pair.client);
+  });
+  report("parent close", close(pair.client));
+  closed.pass();
+  recv_once("peer recv", pair.server);
+  send_text(pair.server, "reply");
+  wait_child("child", pid);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, fork_both_close_peer_sees_eof, 1,
+                 "EOF reaches the peer only after parent and child both closed") {
+  const TcpPair pair = tcp_pair();
+  Baton go;
+  const pid_t pid = fork_child([&] {
+    go.wait();
+    close(pair.client);
+  });
+  close(pair.client);
+  set_nonblocking(pair.server, true);
+  recv_once("peer recv with one copy open", pair.server);
+  go.pass();
+  wait_child("child", pid);
+  set_nonblocking(pair.server, false);
+  recv_once("peer recv after both closed", pair.server);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_exit_keeps_parent_connection, 1,
+                 "a child exiting without closing leaves the parent's connection open") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([] { _exit(0); });
+  wait_child("child", pid);
+  send_text(pair.server, "ping");
+  recv_once("parent recv", pair.client);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_shutdown_reaches_parent_copy, 1,
+                 "shutdown in the child ends the shared connection for the parent too") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] { report("child shutdown", shutdown(pair.client, SHUT_WR)); });
+  wait_child("child", pid);
+  recv_once("peer recv", pair.server);
+  signal(SIGPIPE, SIG_IGN);
+  report("parent send after child shutdown", send(pair.client, "x", 1, 0));
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_connects_new_socket, 1,
+                 "a child makes its own connection to the parent's listener") {
+  const int listener = tcp_listener();
+  const pid_t pid = fork_child([&] {
+    const int client = tcp_connect(local_port(listener));
+    send_text(client, "new in child");
+    close(client);
+  });
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  show_exact("parent read", server, 12);
+  wait_child("child", pid);
+  close(server);
+  close(listener);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_accepts_on_inherited_listener, 1,
+                 "the child accepts on a listener created before fork and echoes the parent") {
+  const int listener = tcp_listener();
+  const uint16_t port = local_port(listener);
+  const pid_t pid = fork_child([&] {
+    const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+    send_text(server, recv_exact(server, 5) + "!");
+    close(server);
+  });
+  close(listener);
+  const int client = tcp_connect(port);
+  send_text(client, "hello");
+  show_exact("echo", client, 6);
+  wait_child("child", pid);
+  close(client);
+}
+
+CONFORMANCE_CASE(kArea, prefork_two_workers_share_listener, 14,
+                 "pre-fork server: two workers accept on one listener, 12 clients") {
+  prefork_echo(2, 12);
+}
+
+CONFORMANCE_CASE(kArea, prefork_four_workers_share_listener, 28,
+                 "pre-fork server: four workers accept on one listener, 24 clients") {
+  prefork_echo(4, 24);
+}
+
+CONFORMANCE_CASE(kArea, fork_nonblocking_flag_is_shared, 1,
+                 "O_NONBLOCK set in the child is seen by the parent (one open file)") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] { set_nonblocking(pair.client, true); });
+  wait_child("child", pid);
+  say("parent sees O_NONBLOCK: %d", (fcntl(pair.client, F_GETFL) & O_NONBLOCK) != 0);
+  recv_once("parent recv", pair.client);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_after_thread_child_uses_socket, 1,
+                 "fork after a thread was created; the child uses the inherited socket") {
+  const TcpPair pair = tcp_pair();
+  std::thread([] {}).join();
+  const pid_t pid = fork_child([&] { send_text(pair.client, "after thread"); });
+  wait_child("child", pid);
+  show_exact("peer read", pair.server, 12);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_grandchild_uses_socket, 1,
+                 "a grandchild writes on a socket created two forks earlier") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] {
+    const pid_t grandchild = fork_child([&] { send_text(pair.client, "grandchild"); });
+    wait_child("grandchild", grandchild);
+  });
+  wait_child("child", pid);
+  show_exact("peer read", pair.server, 10);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_killed_peer_keeps_parent_copy, 1,
+                 "a SIGKILLed child holding a copy does not end the parent's connection") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([] { pause(); });
+  kill(pid, SIGKILL);
+  wait_child("child", pid);
+  send_text(pair.client, "alive");
+  show_exact("peer read", pair.server, 5);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, system_shell_with_open_socket, 1,
+                 "system() runs a shell while a connection is open; the connection survives") {
+  const TcpPair pair = tcp_pair();
+  report("system", system("exit 3"));
+  send_text(pair.client, "after system");
+  show_exact("peer read", pair.server, 12);
+  close_pair(pair);
+}
+
+// ---------------------------------------------------------------------------
+// exec, vfork, posix_spawn: the new image gets descriptor numbers as argv.
+
+CONFORMANCE_HELPER(write_text_to_fd) {
+  const int fd = std::stoi(arguments.at(0));
+  send_text(fd, arguments.at(1));
+}
+
+CONFORMANCE_HELPER(echo_once_on_fd) {
+  const int fd = std::stoi(arguments.at(0));
+  send_text(fd, "exec got " + recv_exact(fd, 4));
+}
+
+CONFORMANCE_HELPER(report_fd_state) {
+  const int fd = std::stoi(arguments.at(0));
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) {
+    report("F_GETFL after exec", flags);
+    return;
+  }
+  say("after exec O_NONBLOCK: %d", (flags & O_NONBLOCK) != 0);
+  int type = 0;
+  socklen_t length = sizeof type;
+  report("SO_TYPE after exec",
+         getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 ? type : -1);
+}
+
+CONFORMANCE_HELPER(accept_and_greet) {
+  const int listener = std::stoi(arguments.at(0));
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  send_text(server, "greetings from exec");
+  close(server);
+}
+
+CONFORMANCE_HELPER(exec_again_then_write) {
+  exec_helper("write_text_to_fd", {arguments.at(0), "twice"});
+}
+
+CONFORMANCE_CASE(kArea, exec_keeps_socket_without_cloexec, 1,
+                 "a socket without FD_CLOEXEC survives exec and carries data both ways") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] {
+    close(pair.server);
+    exec_helper("echo_once_on_fd", {std::to_string(pair.client)});
+  });
+  send_text(pair.server, "ping");
+  show_exact("peer read", pair.server, 13);
+  wait_child("exec child", pid);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, exec_closes_cloexec_socket, 1,
+                 "FD_CLOEXEC closes the socket at exec; the peer then sees EOF") {
+  const TcpPair pair = tcp_pair();
+  require("F_SETFD", fcntl(pair.client, F_SETFD, FD_CLOEXEC));
+  const pid_t pid = fork_child([&] {
+    close(pair.server);
+    exec_helper("report_fd_state", {std::to_string(pair.client)});
+  });
+  wait_child("exec child", pid);
+  close(pair.client);
+  recv_once("peer recv", pair.server);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, exec_preserves_nonblocking_flag, 1,
+                 "O_NONBLOCK and the socket type are still reported after exec") {
+  const TcpPair pair = tcp_pair();
+  set_nonblocking(pair.client, true);
+  const pid_t pid =
+      fork_child([&] { exec_helper("report_fd_state", {std::to_string(pair.client)}); });
+  wait_child("exec child", pid);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, exec_listener_accepts_in_new_image, 1,
+                 "an inherited listener accepts in the exec'd image") {
+  const int listener = tcp_listener();
+  const uint16_t port = local_port(listener);
+  const pid_t pid =
+      fork_child([&] { exec_helper("accept_and_greet", {std::to_string(listener)}); });
+  close(listener);
+  const int client = tcp_connect(port);
+  show_exact("client read", client, 19);
+  wait_child("exec child", pid);
+  close(client);
+}
+
+CONFORMANCE_CASE(kArea, exec_twice_socket_still_works, 1, "a socket survives two execs in a row") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid =
+      fork_child([&] { exec_helper("exec_again_then_write", {std::to_string(pair.client)}); });
+  wait_child("exec child", pid);
+  show_exact("peer read", pair.server, 5);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, vfork_exec_child_writes_socket, 1,
+                 "vfork + exec: the new image writes on the inherited socket") {
+  const TcpPair pair = tcp_pair();
+  const std::vector<std::string> command =
+      helper_command("write_text_to_fd", {std::to_string(pair.client), "vforked"});
+  std::vector<char*> argv;
+  for (const std::string& argument : command) argv.push_back(const_cast<char*>(argument.c_str()));
+  argv.push_back(nullptr);
+  const pid_t pid = vfork();
+  if (pid == 0) {
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  wait_child("vfork child", pid);
+  show_exact("peer read", pair.server, 7);
+  close_pair(pair);
+}
+
+namespace {
+pid_t spawn_helper(const std::vector<std::string>& command, posix_spawn_file_actions_t* actions) {
+  std::vector<char*> argv;
+  for (const std::string& argument : command) argv.push_back(const_cast<char*>(argument.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int error = posix_spawn(&pid, argv[0], actions, nullptr, argv.data(), environ);
+  if (error != 0) {
+    errno = error;
+    die("posix_spawn");
+  }
+  return pid;
+}
+}  // namespace
+
+CONFORMANCE_CASE(kArea, posix_spawn_child_inherits_socket, 1,
+                 "posix_spawn: the child writes on an inherited socket") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = spawn_helper(
+      helper_command("write_text_to_fd", {std::to_string(pair.client), "spawned"}), nullptr);
+  wait_child("spawned child", pid);
+  show_exact("peer read", pair.server, 7);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, posix_spawn_dup2_socket_to_stdout, 1,
+                 "posix_spawn with a dup2 file action makes the socket the child's stdout") {
+  const TcpPair pair = tcp_pair();
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pair.client, STDOUT_FILENO);
+  const pid_t pid = spawn_helper({"/bin/echo", "spawned echo"}, &actions);
+  posix_spawn_file_actions_destroy(&actions);
+  wait_child("echo", pid);
+  close(pair.client);
+  const Drained drained = drain(pair.server);
+  say("peer read %zu bytes", drained.bytes);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, shell_redirects_to_socket, 1,
+                 "a shell command writes to the socket through its inherited stdout") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] {
+    dup2(pair.client, STDOUT_FILENO);
+    close(pair.client);
+    close(pair.server);
+    execl("/bin/sh", "sh", "-c", "printf 'shell line\\n'; printf 'second\\n'", nullptr);
+    _exit(127);
+  });
+  wait_child("shell", pid);
+  close(pair.client);
+  show_exact("peer read", pair.server, 64);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, daemon_process_keeps_socket, 1,
+                 "daemon(1, 1) in a child: the daemonised process writes on the socket") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] {
+    if (daemon(1, 1) != 0) die("daemon");
+    send_text(pair.client, "from daemon");
+  });
+  wait_child("child", pid);
+  show_exact("peer read", pair.server, 11);
+  close_pair(pair);
+}
+
+// ---------------------------------------------------------------------------
+// Threads.
+
+CONFORMANCE_CASE(kArea, thread_sends_main_receives, 1,
+                 "a thread writes, the main thread reads the other end") {
+  const TcpPair pair = tcp_pair();
+  std::thread writer([&] { send_text(pair.client, "from thread"); });
+  show_exact("main read", pair.server, 11);
+  writer.join();
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, thread_created_after_connection, 1,
+                 "a connection made single-threaded is used from a thread created later") {
+  const TcpPair pair = tcp_pair();
+  send_text(pair.client, "a");
+  std::thread worker([&] {
+    send_text(pair.client, "b");
+    show_exact("thread read", pair.client, 2);
+  });
+  show_exact("main read", pair.server, 2);
+  send_text(pair.server, "ok");
+  worker.join();
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, thread_blocked_in_recv_woken_by_peer, 1,
+                 "a thread blocked in recv wakes when the main thread's peer sends") {
+  const TcpPair pair = tcp_pair();
+  std::string got;
+  std::thread reader([&] { got = recv_exact(pair.server, 5); });
+  sleep_ms(50);
+  send_text(pair.client, "wake!");
+  reader.join();
+  say("thread read: %s", quoted(got).c_str());
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, threads_each_own_connection, 8,
+                 "eight threads each connect, echo 64 KiB and close") {
+  const int listener = tcp_listener();
+  const uint16_t port = local_port(listener);
+  std::thread server([&] {
+    std::vector<std::thread> handlers;
+    for (int i = 0; i < 8; ++i) {
+      const int connection =
+          static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+      handlers.emplace_back([connection] {
+        const std::string data = recv_exact(connection, 65536);
+        send_text(connection, data);
+        close(connection);
+      });
+    }
+    for (auto& handler : handlers) handler.join();
+  });
+  std::vector<std::thread> clients;
+  std::vector<int> correct(8, 0);
+  for (int i = 0; i < 8; ++i) {
+    clients.emplace_back([&, i] {
+      const int client = tcp_connect(port);
+      const std::vector<unsigned char> data = pattern(65536, i);
+      send_all(client, data.data(), data.size());
+      const std::string echo = recv_exact(client, data.size());
+      correct[i] = echo.size() == data.size() && memcmp(echo.data(), data.data(), data.size()) == 0;
+      close(client);
+    });
+  }
+  for (auto& client : clients) client.join();
+  server.join();
+  int total = 0;
+  for (int value : correct) total += value;
+  say("correct echoes: %d of 8", total);
+  close(listener);
+}
+
+CONFORMANCE_CASE(kArea, threads_send_and_receive_simultaneously, 1,
+                 "both directions at once, 4 MiB each, from two threads per end") {
+  const TcpPair pair = tcp_pair();
+  const std::vector<unsigned char> up = pattern(4 << 20, 1), down = pattern(4 << 20, 2);
+  std::thread up_writer([&] {
+    send_all(pair.client, up.data(), up.size());
+    shutdown(pair.client, SHUT_WR);
+  });
+  std::thread down_writer([&] {
+    send_all(pair.server, down.data(), down.size());
+    shutdown(pair.server, SHUT_WR);
+  });
+  Drained at_client{}, at_server{};
+  std::thread up_reader([&] { at_server = drain(pair.server); });
+  at_client = drain(pair.client);
+  up_reader.join();
+  up_writer.join();
+  down_writer.join();
+  say("server got %zu bytes, intact %d", at_server.bytes,
+      at_server.digest == digest(up.data(), up.size()));
+  say("client got %zu bytes, intact %d", at_client.bytes,
+      at_client.digest == digest(down.data(), down.size()));
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, pthread_detached_thread_uses_socket, 1,
+                 "a detached pthread writes and signals completion") {
+  const TcpPair pair = tcp_pair();
+  pthread_t thread;
+  static int client_fd;
+  client_fd = pair.client;
+  pthread_attr_t attributes;
+  pthread_attr_init(&attributes);
+  pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+  report("pthread_create", pthread_create(
+                               &thread, &attributes,
+                               [](void*) -> void* {
+                                 send_text(client_fd, "detached");
+                                 return nullptr;
+                               },
+                               nullptr));
+  pthread_attr_destroy(&attributes);
+  show_exact("peer read", pair.server, 8);
+  close_pair(pair);
+}
+
+// ---------------------------------------------------------------------------
+// SO_REUSEPORT across processes.
+
+namespace {
+// A SO_REUSEPORT socket bound to `port` on loopback (0: any port).
+int reuseport_socket(uint16_t port) {
+  const int fd = static_cast<int>(require("socket", socket(AF_INET, SOCK_STREAM, 0)));
+  set_int_option(fd, SOL_SOCKET, SO_REUSEPORT, 1);
+  const sockaddr_storage address = loopback_address(AF_INET, port);
+  report("bind", bind(fd, reinterpret_cast<const sockaddr*>(&address), address_length(AF_INET)));
+  return fd;
+}
+}  // namespace
+
+CONFORMANCE_CASE(kArea, reuseport_listeners_in_two_processes, 18,
+                 "two processes each bind and listen on one port with SO_REUSEPORT; 16 clients") {
+  // The parent's bound, never listening socket only reserves the port.
+  const int reservation = reuseport_socket(0);
+  const uint16_t port = local_port(reservation);
+  int served_pipe[2];
+  require("pipe", pipe(served_pipe));
+  std::vector<pid_t> workers;
+  for (int i = 0; i < 2; ++i) {
+    Baton listening;
+    workers.push_back(fork_child([&] {
+      const int listener = reuseport_socket(port);
+      require("listen", listen(listener, 64));
+      listening.pass();
+      const int served = serve_echo_until_stop(listener);
+      require("write", write(served_pipe[1], &served, sizeof served));
+    }));
+    listening.wait();
+  }
+  run_echo_clients(port, 16);
+  stop_workers(port, workers, served_pipe[0]);
+  close(reservation);
+}
+
+CONFORMANCE_CASE(kArea, reuseport_missing_gives_eaddrinuse, 0,
+                 "binding a listening port again without SO_REUSEPORT fails with EADDRINUSE") {
+  const int listener = tcp_listener();
+  const int second = static_cast<int>(require("socket", socket(AF_INET, SOCK_STREAM, 0)));
+  sockaddr_storage same = loopback_address(AF_INET, local_port(listener));
+  report("second bind", bind(second, reinterpret_cast<sockaddr*>(&same), address_length(AF_INET)));
+  close(second);
+  close(listener);
+}
+
+}  // namespace conformance

@@ -1,5 +1,6 @@
 // The exported symbols that LD_PRELOAD puts in front of libc. Each forwards
 // every argument to our implementation; nothing here may throw.
+#include <alloca.h>
 #include <pthread.h>
 #include <stdarg.h>
 
@@ -32,6 +33,62 @@ NETACCEL_EXPORT int fcntl64(int fd, int command, ...) __attribute__((alias("fcnt
 NETACCEL_EXPORT ssize_t sendfile64(int out_fd, int in_fd, off_t* offset, size_t count)
     __attribute__((alias("sendfile")));
 
+// The list forms of exec, written out by hand as they are variadic. Their
+// argument vectors live on the stack: a vfork child may not allocate.
+namespace {
+
+std::size_t count_arguments(va_list arguments) {
+  va_list counting;
+  va_copy(counting, arguments);
+  std::size_t count = 0;
+  while (va_arg(counting, const char*) != nullptr) ++count;
+  va_end(counting);
+  return count;
+}
+
+// Fills `argv` (room for first, the rest and the null) and leaves
+// `arguments` just past the null.
+void fill_arguments(const char* first, va_list arguments, char** argv) {
+  std::size_t i = 0;
+  argv[i++] = const_cast<char*>(first);
+  while ((argv[i++] = va_arg(arguments, char*)) != nullptr) {
+  }
+}
+
+}  // namespace
+
+#define NETACCEL_ARGUMENT_VECTOR(arguments) \
+  static_cast<char**>(alloca((count_arguments(arguments) + 2) * sizeof(char*)))
+
+NETACCEL_EXPORT int execl(const char* path, const char* first, ...) {
+  va_list arguments;
+  va_start(arguments, first);
+  char** argv = NETACCEL_ARGUMENT_VECTOR(arguments);
+  fill_arguments(first, arguments, argv);
+  va_end(arguments);
+  return netaccel::preload::intercepted_execv(path, argv);
+}
+
+NETACCEL_EXPORT int execlp(const char* file, const char* first, ...) {
+  va_list arguments;
+  va_start(arguments, first);
+  char** argv = NETACCEL_ARGUMENT_VECTOR(arguments);
+  fill_arguments(first, arguments, argv);
+  va_end(arguments);
+  return netaccel::preload::intercepted_execvp(file, argv);
+}
+
+NETACCEL_EXPORT int execle(const char* path, const char* first, ...) {
+  va_list arguments;
+  va_start(arguments, first);
+  char** argv = NETACCEL_ARGUMENT_VECTOR(arguments);
+  fill_arguments(first, arguments, argv);
+  char* const* envp = va_arg(arguments, char* const*);
+  va_end(arguments);
+  return netaccel::preload::intercepted_execve(path, argv, envp);
+}
+#undef NETACCEL_ARGUMENT_VECTOR
+
 NETACCEL_EXPORT int ioctl(int fd, unsigned long request, ...) {
   va_list arguments;
   va_start(arguments, request);
@@ -41,6 +98,11 @@ NETACCEL_EXPORT int ioctl(int fd, unsigned long request, ...) {
 }
 
 namespace {
+
+// exit(), not _exit(): what this process held of shared connections goes.
+__attribute__((destructor)) void leave_connections() {
+  netaccel::preload::leave_connections_at_exit();
+}
 
 __attribute__((constructor)) void initialise_preload() {
   netaccel::preload::real();

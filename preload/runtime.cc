@@ -212,6 +212,52 @@ void share_connections_with_child(bool shared) {
   });
 }
 
+namespace {
+// The process whose shares our bookkeeping counts: a vfork child runs in
+// its parent's memory and must not give away the parent's shares.
+pid_t g_holder_process = getpid();
+bool holder_process() {
+  return getpid() == g_holder_process;
+}
+}  // namespace
+
+std::vector<Connection*> leave_shared_connections_for_exec() {
+  std::vector<Connection*> left;
+  if (!holder_process()) return left;
+  for_each_held_connection([&left](Connection* connection) {
+    std::atomic<uint32_t>& holders = connection->header->holders[connection->side];
+    uint32_t count = holders.load(std::memory_order_acquire);
+    while (count > 1 &&
+           !holders.compare_exchange_weak(count, count - 1, std::memory_order_acq_rel)) {
+    }
+    if (count > 1) left.push_back(connection);
+  });
+  return left;
+}
+
+void rejoin_connections_after_failed_exec(const std::vector<Connection*>& left) {
+  for (Connection* connection : left) {
+    connection->header->holders[connection->side].fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+void leave_connections_at_exit() {
+  if (!holder_process()) return;
+  for_each_held_connection([](Connection* connection) {
+    if (!release_last_holder(connection->header->holders[connection->side])) return;
+    // Ours was the last share: the peer reads EOF after the data (a reset if
+    // we leave unread data, as the kernel's close at exit does). Memory is
+    // left alone: other threads may still be running.
+    if (connection->rx.unread() != 0) {
+      connection->header->aborted[connection->side].store(1, std::memory_order_release);
+    }
+    connection->rx.control().reader_closed.store(1, std::memory_order_release);
+    connection->tx.control().writer_closed.store(1, std::memory_order_release);
+    fence_after_publishing();
+    signal_wake_fd(connection->peer_wake.get());
+  });
+}
+
 Socket* uninstall_socket(int fd) {
   if (fd < 0 || fd >= kMaxFds) return nullptr;
   return sockets()[fd].exchange(nullptr, std::memory_order_acq_rel);
@@ -1138,6 +1184,7 @@ void drop_listener_channels(Socket* listener) {
 // A forked child shares the parent's queues, which have one producer and one
 // consumer each: the child registers anew on its first netaccel call.
 void reset_link_in_child() {
+  g_holder_process = getpid();
   g_listener_generation.fetch_add(1, std::memory_order_relaxed);
   for_each_held_connection([](Connection* connection) { connection->inherited = true; });
   // What the parent was handed is the parent's: its channels (it alone

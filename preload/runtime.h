@@ -165,6 +165,13 @@ bool channel_accept(struct Socket* listener, PendingConnection& out);
 // fork(): every connection end this process holds gains the child as a
 // holder before the fork, and loses it again if the fork fails.
 void share_connections_with_child(bool shared);
+// exec: the new image cannot use our connections, so this process's share
+// of every end it shares with others goes (returned, to rejoin if the exec
+// fails); an end only we hold stays as it is.
+std::vector<Connection*> leave_shared_connections_for_exec();
+void rejoin_connections_after_failed_exec(const std::vector<Connection*>& left);
+// exit: every share goes, and an end whose last share this was closes.
+void leave_connections_at_exit();
 
 // Announces a listener that a fork left unannounced; see Socket::listener_announced.
 void ensure_listener_announced(struct Socket* socket);

@@ -950,6 +950,31 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
   }
 }
 
+// Runs one of the exec calls with this process's shares of shared
+// connections left behind while it replaces the image.
+template <typename Exec>
+int exec_leaving_shared_connections(Exec exec) {
+  const std::vector<Connection*> left = leave_shared_connections_for_exec();
+  const int result = exec();
+  const int error = errno;
+  rejoin_connections_after_failed_exec(left);
+  errno = error;
+  return result;
+}
+
+int intercepted_execve(const char* path, char* const argv[], char* const envp[]) {
+  return exec_leaving_shared_connections([&] { return real().execve(path, argv, envp); });
+}
+int intercepted_execv(const char* path, char* const argv[]) {
+  return exec_leaving_shared_connections([&] { return real().execv(path, argv); });
+}
+int intercepted_execvp(const char* file, char* const argv[]) {
+  return exec_leaving_shared_connections([&] { return real().execvp(file, argv); });
+}
+int intercepted_execvpe(const char* file, char* const argv[], char* const envp[]) {
+  return exec_leaving_shared_connections([&] { return real().execvpe(file, argv, envp); });
+}
+
 // Interposed rather than left to pthread_atfork alone: the child must count
 // as a holder of every connection before the parent can close its copy, and
 // only here can a failed fork take that back.

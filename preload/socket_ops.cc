@@ -934,7 +934,7 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
       return 0;
     case FIONREAD:  // also SIOCINQ
       *static_cast<int*>(argument) = socket->state == SocketState::kConnected
-                                         ? static_cast<int>(socket->connection->rx.readable())
+                                         ? static_cast<int>(socket->connection->rx.unread())
                                          : 0;
       return 0;
     case SIOCOUTQ:

@@ -589,6 +589,27 @@ TEST_F(SocketSemantics, SendfileCarriesAFileAndMovesTheOffsets) {
   close(server);
 }
 
+TEST_F(SocketSemantics, FionreadCountsEverythingQueued) {
+  expect_netaccel_connections(1);
+  auto [client, server] = connected_pair();
+  char bytes[100] = {};
+  ASSERT_EQ(send(client, bytes, 10, 0), 10);
+  pollfd readable{server, POLLIN, 0};
+  ASSERT_EQ(poll(&readable, 1, 5000), 1);
+  int queued = 0;
+  ASSERT_EQ(ioctl(server, FIONREAD, &queued), 0);
+  EXPECT_EQ(queued, 10);
+  // More arrives after the reader looked: FIONREAD must count it too.
+  ASSERT_EQ(send(client, bytes, 90, 0), 90);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  do {
+    ASSERT_EQ(ioctl(server, FIONREAD, &queued), 0);
+  } while (queued < 100 && std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(queued, 100);
+  close(client);
+  close(server);
+}
+
 TEST_F(SocketSemantics, ManyThreadsShareOneSocket) {
   expect_netaccel_connections(1);
   auto [client, server] = connected_pair();

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
@@ -299,6 +300,39 @@ void mark_internal_fd(int fd, bool internal) {
     internal_fds()[fd].store(internal ? 1 : 0, std::memory_order_relaxed);
 }
 
+namespace {
+// Where our own descriptors go: near the top of the application's range,
+// out of its way. Programs expect theirs to get the lowest free numbers, and
+// some size tables by how many they open (wrk's event loop, select()).
+int internal_fd_floor() {
+  static const int floor = [] {
+    struct rlimit limit {};
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+    const rlim_t top = std::min<rlim_t>(limit.rlim_cur, 4096);
+    return static_cast<int>(top > 512 ? top - 384 : top / 2);
+  }();
+  return floor;
+}
+}  // namespace
+
+int keep_internal_fd(int fd) {
+  if (fd < 0) return fd;
+  int kept = fd;
+  // Close-on-exec as every descriptor of ours already is. No room up there
+  // (EMFILE): it stays where it is.
+  const int moved = real().fcntl(fd, F_DUPFD_CLOEXEC, internal_fd_floor());
+  if (moved >= 0) {
+    real().close(fd);
+    kept = moved;
+  }
+  mark_internal_fd(kept, true);
+  return kept;
+}
+
+void keep_internal_fd(UniqueFd& fd) {
+  fd.reset(keep_internal_fd(fd.release()));
+}
+
 bool is_internal_fd(int fd) {
   return fd >= 0 && fd < kMaxFds && internal_fds()[fd].load(std::memory_order_relaxed) != 0;
 }
@@ -307,9 +341,7 @@ int new_placeholder_fd(bool close_on_exec) {
   // An unbound AF_UNIX datagram socket: a cheap kernel object that keeps the
   // number reserved and still looks like a socket to fstat().
   static const int placeholder = [] {
-    const int fd = real().socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    mark_internal_fd(fd, true);
-    return fd;
+    return keep_internal_fd(real().socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   }();
   if (placeholder < 0) return fail(EMFILE);
   return real().fcntl(placeholder, close_on_exec ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
@@ -425,7 +457,7 @@ bool register_with_monitor(MonitorLink& l) {
   l.wake = std::move(wake);
   l.doorbell = std::move(doorbell);
   l.process_id = reply.process_id;
-  for (int fd : {l.control.get(), l.wake.get(), l.doorbell.get()}) mark_internal_fd(fd, true);
+  for (UniqueFd* fd : {&l.control, &l.wake, &l.doorbell}) keep_internal_fd(*fd);
   NETACCEL_DEBUG_LOG("registered with the monitor as process %u\n", l.process_id);
   return true;
 }
@@ -492,8 +524,8 @@ Connection* attach_delivered(Delivery& delivery) {
   connection->peer_wake = std::move(delivery.peer_wake);
   connection->connection_id = delivery.header.connection_id;
   bind_rings(connection, delivery.header.side);
-  mark_internal_fd(connection->own_wake.get(), true);
-  mark_internal_fd(connection->peer_wake.get(), true);
+  keep_internal_fd(connection->own_wake);
+  keep_internal_fd(connection->peer_wake);
   return connection;
 }
 
@@ -715,12 +747,12 @@ void adopt_channel(MonitorLink& l, const Event& event, bool* link_broken) {
   channel->side = delivery.side;
   channel->channel_id = delivery.channel_id;
   for (std::size_t i = 1; i <= 2 * kChannelSlots; ++i) {
-    mark_internal_fd(received[i].get(), true);
+    keep_internal_fd(received[i]);
     channel->wake.push_back(std::move(received[i]));
   }
   if (client) {
     channel->acceptor_wake = std::move(received.back());
-    mark_internal_fd(channel->acceptor_wake.get(), true);
+    keep_internal_fd(channel->acceptor_wake);
     channel->destination = event.peer;
     channel->client_address = event.local;
     std::lock_guard lock(g_client_channels_lock);

@@ -272,7 +272,11 @@ void release_socket(Socket* socket);  // drops one reference
 void register_listener(Socket* socket);
 void unregister_listener(Socket* socket);
 
-// Our own descriptors (monitor link, wake fds) refuse application calls.
+// Takes one of our own descriptors (monitor link, wake fds) out of the
+// application's way and marks it ours; returns its new number.
+int keep_internal_fd(int fd);
+void keep_internal_fd(UniqueFd& fd);
+// Our own descriptors refuse application calls.
 void mark_internal_fd(int fd, bool internal);
 bool is_internal_fd(int fd);
 

@@ -57,10 +57,8 @@ OptionOracle& option_oracle(int domain) {
   OptionOracle& oracle = oracles[domain == AF_INET6 ? 1 : 0];
   std::lock_guard lock(mutex);
   if (oracle.probe < 0) {
-    oracle.probe = real().socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    oracle.pristine = real().socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    mark_internal_fd(oracle.probe, true);
-    mark_internal_fd(oracle.pristine, true);
+    oracle.probe = keep_internal_fd(real().socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    oracle.pristine = keep_internal_fd(real().socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0));
   }
   return oracle;
 }
@@ -537,17 +535,19 @@ int intercepted_listen(int fd, int backlog) {
 
   struct sockaddr_storage local;
   socklen_t local_length = sizeof local;
-  const int wake = create_wake_fd();
+  const int wake = keep_internal_fd(create_wake_fd());
   if (wake < 0 ||
       real().getsockname(fd, reinterpret_cast<struct sockaddr*>(&local), &local_length) != 0 ||
       !to_inet_address(reinterpret_cast<struct sockaddr*>(&local), local_length, socket->local)) {
-    if (wake >= 0) real().close(wake);
+    if (wake >= 0) {
+      mark_internal_fd(wake, false);
+      real().close(wake);
+    }
     fall_back_to_kernel(fd, socket.get());
     return 0;
   }
   socket->local_known = true;
   socket->listener_wake.reset(wake);
-  mark_internal_fd(wake, true);
   // The kernel listener never blocks us: accept() waits on both paths itself.
   const int flags = real().fcntl(fd, F_GETFL);
   real().fcntl(fd, F_SETFL, flags | O_NONBLOCK);

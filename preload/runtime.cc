@@ -63,14 +63,9 @@ void fence_after_publishing() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
-// Rounds a waiter polls without pausing: about a microsecond.
-constexpr uint32_t kEagerRounds = 256;
-
 bool SpinBudget::keep_spinning() {
   if ((++rounds_ & 63) != 0) {
-    // The first rounds poll flat out: a pause costs more than a message's
-    // whole trip between two cores. Later ones spare the sibling thread.
-    if (rounds_ > kEagerRounds) __builtin_ia32_pause();
+    __builtin_ia32_pause();
     return true;
   }
   const int64_t now = monotonic_ns();

@@ -21,6 +21,8 @@
 
 #include <map>
 
+#include "loopback_address.h"
+
 namespace conformance {
 namespace {
 
@@ -147,19 +149,7 @@ std::string signal_name(int signal_number) {
 
 // ---------------------------------------------------------------------------
 sockaddr_storage loopback_address(int family, uint16_t port) {
-  sockaddr_storage storage{};
-  if (family == AF_INET) {
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  } else {
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    v6->sin6_addr = in6addr_loopback;
-  }
-  return storage;
+  return netaccel::test::loopback_address(family, port);
 }
 
 socklen_t address_length(int family) {

@@ -28,6 +28,8 @@
 #include <thread>
 #include <vector>
 
+#include "loopback_address.h"
+
 namespace {
 
 // connections_total from the monitor under test, when there is one.
@@ -82,19 +84,7 @@ class SocketSemantics : public ::testing::Test {
     return fd;
   }
   static sockaddr_storage loopback(int family, uint16_t port) {
-    sockaddr_storage storage{};
-    if (family == AF_INET) {
-      auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
-      v4->sin_family = AF_INET;
-      v4->sin_port = htons(port);
-      v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    } else {
-      auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
-      v6->sin6_family = AF_INET6;
-      v6->sin6_port = htons(port);
-      v6->sin6_addr = in6addr_loopback;
-    }
-    return storage;
+    return netaccel::test::loopback_address(family, port);
   }
   static socklen_t length_of(int family) {
     return family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);

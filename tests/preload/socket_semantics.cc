@@ -16,6 +16,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -597,6 +598,23 @@ TEST_F(SocketSemantics, FionreadCountsEverythingQueued) {
   } while (queued < 100 && std::chrono::steady_clock::now() < deadline);
   EXPECT_EQ(queued, 100);
   close(client);
+  close(server);
+}
+
+// A forked child that exits without closing lets go of the connection as
+// the kernel does at exit: once the parent has closed its copy too, the peer
+// reads EOF.
+TEST_F(SocketSemantics, ChildExitingWithoutCloseReleasesTheConnection) {
+  expect_netaccel_connections(1);
+  auto [client, server] = connected_pair();
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) exit(0);  // exit(), not _exit(): no close() of its own
+  close(client);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  char byte;
+  EXPECT_EQ(recv(server, &byte, 1, 0), 0);
   close(server);
 }
 

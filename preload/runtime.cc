@@ -263,17 +263,19 @@ void release_socket(Socket* socket) {
   if (socket->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   if (socket->connection != nullptr) close_connection(socket->connection, false);
   if (socket->state == SocketState::kListening) {
-    drop_listener_channels(socket);
+    // Unannounced first, so that what we queued goes to another listener.
     if (socket->listener_announced.load(std::memory_order_acquire)) {
       Request request{};
       request.op = RequestOp::kUnlisten;
       request.socket_id = socket->id;
       monitor_post(request);
     }
+    drop_listener_channels(socket);
     unregister_listener(socket);
   }
-  // Never accepted: the client sees a reset, as with a kernel listener's close.
-  for (PendingConnection& pending : socket->backlog) close_connection(pending.connection, true);
+  // Never accepted: another process listening there takes it, as from a
+  // kernel listener's shared queue; with none, the client sees a reset.
+  for (PendingConnection& pending : socket->backlog) requeue_unaccepted(pending.connection);
   if (socket->listener_wake) mark_internal_fd(socket->listener_wake.get(), false);
   socket->reset();
   std::lock_guard lock(g_free_sockets_mutex);
@@ -500,16 +502,18 @@ bool segment_valid(const ConnectionSegmentHeader* header, std::size_t bytes) {
 
 // Maps a delivered segment after checking that it is one; null otherwise.
 Connection* attach_delivered(Delivery& delivery) {
-  const int64_t bytes = shared_memory_size(delivery.segment.get());
-  if (bytes < static_cast<int64_t>(sizeof(ConnectionSegmentHeader)) ||
-      static_cast<uint64_t>(bytes) != delivery.header.segment_bytes || delivery.header.side > 1) {
+  const int64_t size = shared_memory_size(delivery.segment.get());
+  const uint64_t bytes = delivery.header.segment_bytes;
+  const uint64_t offset = delivery.header.segment_offset;
+  if (size < 0 || bytes < sizeof(ConnectionSegmentHeader) || offset > static_cast<uint64_t>(size) ||
+      bytes > static_cast<uint64_t>(size) - offset || delivery.header.side > 1) {
     return nullptr;
   }
-  SharedMapping mapping = map_shared(delivery.segment.get(), static_cast<std::size_t>(bytes));
+  SharedMapping mapping = map_shared(delivery.segment.get(), bytes, offset);
   if (!mapping) return nullptr;
   auto* header = static_cast<ConnectionSegmentHeader*>(mapping.get());
-  if (!segment_valid(header, static_cast<std::size_t>(bytes)) ||
-      header->connection_id != delivery.header.connection_id) {
+  if (!segment_valid(header, bytes) ||
+      header->connection_id != delivery.header.segment_connection_id) {
     return nullptr;
   }
   auto* connection = new Connection;
@@ -518,6 +522,7 @@ Connection* attach_delivered(Delivery& delivery) {
   connection->own_wake = std::move(delivery.own_wake);
   connection->peer_wake = std::move(delivery.peer_wake);
   connection->connection_id = delivery.header.connection_id;
+  connection->handed_on = delivery.header.segment_connection_id != delivery.header.connection_id;
   bind_rings(connection, delivery.header.side);
   keep_internal_fd(connection->own_wake);
   keep_internal_fd(connection->peer_wake);
@@ -617,6 +622,13 @@ void drop_cached(uint64_t connection_id) {
 
 bool post_locked(MonitorLink& l, Request& request);
 
+// Posts with the link locked by the caller (`locked`) or not (null).
+bool post_to_monitor(MonitorLink* locked, Request& request) {
+  if (locked == nullptr) return monitor_post(request);
+  return locked->state.load(std::memory_order_relaxed) == LinkState::kRegistered &&
+         post_locked(*locked, request);
+}
+
 // Another process still holds the end: only our share goes.
 void leave_shared_connection(MonitorLink* locked, Connection* connection) {
   if (!connection->inherited) {
@@ -626,13 +638,7 @@ void leave_shared_connection(MonitorLink* locked, Connection* connection) {
       Request request{};
       request.op = RequestOp::kClose;
       request.connection_id = connection->connection_id;
-      if (locked != nullptr) {
-        if (locked->state.load(std::memory_order_relaxed) == LinkState::kRegistered) {
-          post_locked(*locked, request);
-        }
-      } else {
-        monitor_post(request);
-      }
+      post_to_monitor(locked, request);
     }
   }
   if (connection->channel != nullptr) return forget_channel_slot(connection);
@@ -658,22 +664,29 @@ void close_connection_locked(MonitorLink* locked, Connection* connection, bool a
   // The monitor hands segments back to the process it gave them to.
   if (connection->inherited) return free_connection(connection);
   // Cached before the monitor hears of the close: another thread may see the
-  // segment handed back the moment it does.
-  {
+  // segment handed back the moment it does. One handed on from another
+  // process is never handed back.
+  const bool cached = !connection->handed_on;
+  if (cached) {
     std::lock_guard lock(g_cache_mutex);
     g_segment_cache.push_back(connection);
   }
+  const uint64_t connection_id = connection->connection_id;
   Request request{};
   request.op = RequestOp::kClose;
+  request.connection_id = connection_id;
+  const bool told = post_to_monitor(locked, request);
+  if (!cached) return free_connection(connection);
+  if (!told) drop_cached(connection_id);  // no monitor to hand it back
+}
+
+void requeue_unaccepted_locked(MonitorLink* locked, Connection* connection) {
+  Request request{};
+  request.op = RequestOp::kRequeue;
   request.connection_id = connection->connection_id;
-  bool told = false;
-  if (locked != nullptr) {
-    told = locked->state.load(std::memory_order_relaxed) == LinkState::kRegistered &&
-           post_locked(*locked, request);
-  } else {
-    told = monitor_post(request);
-  }
-  if (!told) drop_cached(connection->connection_id);  // no monitor to hand it back
+  if (connection->channel != nullptr || !post_to_monitor(locked, request))
+    return close_connection_locked(locked, connection, true);
+  free_connection(connection);
 }
 
 // The connection an event announces, attached; null if it cannot be.
@@ -806,7 +819,8 @@ void dispatch(MonitorLink& l, const Event& event) {
       std::lock_guard listeners(g_listeners_mutex);
       auto found = g_listeners.find(event.socket_id);
       if (found == g_listeners.end()) {
-        close_connection_locked(&l, connection, true);
+        // The listener closed while this was on its way.
+        requeue_unaccepted_locked(&l, connection);
         return;
       }
       Socket* listener = found->second;
@@ -843,8 +857,9 @@ void pump_locked(MonitorLink& l) {
 }
 
 bool post_locked(MonitorLink& l, Request& request) {
+  // Ids run from 1 below kMonitorRequestBit, then wrap.
+  if (l.next_request_id == 0 || l.next_request_id >= kMonitorRequestBit) l.next_request_id = 1;
   request.request_id = l.next_request_id++;
-  if (request.request_id == 0) request.request_id = l.next_request_id++;
   const int64_t deadline = monotonic_ns() + 2'000'000'000;
   while (!l.requests.try_push(request)) {
     // The monitor is behind; make room by consuming our events meanwhile.
@@ -1020,6 +1035,10 @@ void close_connection(Connection* connection, bool abort) {
   close_connection_locked(nullptr, connection, abort);
 }
 
+void requeue_unaccepted(Connection* connection) {
+  requeue_unaccepted_locked(nullptr, connection);
+}
+
 void drain_event_wake() {
   const int wake = event_wake_fd();
   if (wake >= 0) drain_wake_fd(wake);
@@ -1127,38 +1146,44 @@ Connection* claim_channel_slot(Channel* channel, const InetAddress& destination,
 }
 
 Connection* channel_connect(const InetAddress& destination, InetAddress& local, InetAddress& peer) {
-  Channel* channel = nullptr;
+  // One channel per process listening there: connects take turns over them.
+  static uint32_t next_turn = 0;
+  std::vector<Channel*> serving;
   {
     std::lock_guard lock(g_client_channels_lock);
-    for (auto it = g_client_channels.begin(); it != g_client_channels.end(); ++it) {
-      Channel* candidate = *it;
-      if (candidate->destination.port != destination.port ||
-          memcmp(candidate->destination.bytes, destination.bytes, 16) != 0) {
+    // A closed channel's listener or process is gone: the monitor decides anew.
+    std::erase_if(g_client_channels, [](Channel* channel) {
+      if (!channel->closed()) return false;
+      drop_channel_reference(channel);
+      return true;
+    });
+    for (Channel* channel : g_client_channels) {
+      if (channel->destination.port != destination.port ||
+          memcmp(channel->destination.bytes, destination.bytes, 16) != 0) {
         continue;
       }
-      if (candidate->closed()) {
-        // The listener or its process is gone: the monitor decides anew.
-        g_client_channels.erase(it);
-        drop_channel_reference(candidate);
-        return nullptr;
-      }
-      channel = candidate;
       channel->references.fetch_add(1, std::memory_order_relaxed);
-      break;
+      serving.push_back(channel);
     }
+    if (!serving.empty())
+      std::rotate(serving.begin(), serving.begin() + next_turn++ % serving.size(), serving.end());
   }
-  if (channel == nullptr) return nullptr;
-  // Every slot busy means the server is behind: give it our core for a
+  if (serving.empty()) return nullptr;
+  Connection* connection = nullptr;
+  bool busy = true;
+  for (Channel* channel : serving) {
+    if (connection == nullptr)
+      connection = claim_channel_slot(channel, destination, local, peer, &busy);
+  }
+  // Every slot busy means the servers are behind: give them our core for a
   // moment, as a kernel client waits for room in a full backlog, rather than
   // load the monitor too.
-  Connection* connection = nullptr;
   const int64_t give_up = monotonic_ns() + kSlotWaitNs;
-  bool busy = true;
-  while ((connection = claim_channel_slot(channel, destination, local, peer, &busy)) == nullptr &&
-         busy && !channel->closed() && monotonic_ns() < give_up) {
+  while (connection == nullptr && busy && !serving.front()->closed() && monotonic_ns() < give_up) {
     sched_yield();
+    connection = claim_channel_slot(serving.front(), destination, local, peer, &busy);
   }
-  drop_channel_reference(channel);
+  for (Channel* channel : serving) drop_channel_reference(channel);
   return connection;
 }
 
@@ -1203,9 +1228,23 @@ bool listener_has_pending(Socket* listener) {
 }
 
 void drop_listener_channels(Socket* listener) {
-  std::lock_guard backlog(listener->backlog_mutex);
-  for (Channel* channel : listener->channels) drop_channel_reference(channel);
-  listener->channels.clear();
+  std::vector<uint64_t> closing;
+  {
+    std::lock_guard backlog(listener->backlog_mutex);
+    for (Channel* channel : listener->channels) {
+      closing.push_back(channel->channel_id);
+      drop_channel_reference(channel);
+    }
+    listener->channels.clear();
+  }
+  // The monitor hands on what the channels still queue. Posted without the
+  // backlog lock: event dispatch takes the two locks the other way round.
+  for (const uint64_t channel_id : closing) {
+    Request request{};
+    request.op = RequestOp::kCloseChannel;
+    request.connection_id = channel_id;
+    monitor_post(request);
+  }
 }
 
 // A forked child shares the parent's queues, which have one producer and one

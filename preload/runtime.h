@@ -87,6 +87,9 @@ struct Connection {
   Channel* channel = nullptr;
   uint32_t slot = 0;
   bool inherited = false;  // came with a fork: the monitor knows another owner
+  // Handed on from another process whose listener closed before accepting
+  // it: the segment is never cached for reuse.
+  bool handed_on = false;
   ConnectionSegmentHeader* header = nullptr;
   ByteRing tx;         // our bytes to the peer
   ByteRing rx;         // the peer's bytes to us
@@ -117,6 +120,9 @@ struct Connection {
 // mapped in a cache: the monitor may hand it back for a later connection
 // with the same peer process, which spares a new memfd, mapping and fds.
 void close_connection(Connection* connection, bool abort);
+// Our listener closed before accepting `connection`: the monitor hands it to
+// another process listening there, or resets it when there is none.
+void requeue_unaccepted(Connection* connection);
 
 // ---------------------------------------------------------------------------
 enum class SocketState : uint8_t {
@@ -181,7 +187,7 @@ extern std::atomic<uint32_t> g_listener_generation;
 
 // A connection waits in the listener's backlog or on one of its channels.
 bool listener_has_pending(struct Socket* listener);
-// The listener closes: its channels go (the monitor refuses what is queued).
+// The listener closes: its channels go (the monitor hands on what they queue).
 void drop_listener_channels(struct Socket* listener);
 
 struct SavedOption {

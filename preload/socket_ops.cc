@@ -597,6 +597,8 @@ int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr
   socket->local = pending.local;
   socket->peer = pending.peer;
   socket->local_known = true;
+  // From here on our death ends the connection rather than handing it on.
+  connection->header->accepted.store(1, std::memory_order_relaxed);
   install_socket(fd, socket);
   release_socket(socket);
   copy_out_address(pending.peer, listener->domain, address, length);

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "loopback_address.h"
+#include "netaccel/protocol.h"
 
 namespace {
 
@@ -45,8 +46,8 @@ std::optional<long> monitor_connections() {
     close(fd);
     return -1;
   }
-  const uint32_t request[2] = {0x4e415354, 1};  // StatusRequest
-  send(fd, request, sizeof request, 0);
+  const netaccel::StatusRequest request{netaccel::kStatusMagic, netaccel::kProtocolVersion};
+  send(fd, &request, sizeof request, 0);
   char reply[4096] = {};
   const ssize_t got = recv(fd, reply, sizeof reply - 1, 0);
   close(fd);

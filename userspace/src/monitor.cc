@@ -161,16 +161,33 @@ class Monitor::Impl {
     bool events_pushed = false;  // since its last wake check
   };
 
-  // A connection's shared memory and its two ends' eventfds.
+  // A connection's shared memory and its two ends' eventfds. A segment we
+  // made starts the memfd; a channel's slot lies further in.
   struct Segment {
     UniqueFd memory;
     UniqueFd wake[2];  // one eventfd per connection end, by ConnectionSide
+    uint64_t offset = 0;
+    std::size_t bytes = 0;
+    uint64_t header_connection_id = 0;  // the id its header bears
   };
 
   struct Connection {
     Segment segment;
     uint32_t process_id[2];  // by ConnectionSide
     bool reused;             // both ends already hold the segment: no fd delivery
+    // Its server end went to another process (the listener closed before
+    // accepting it): the segment is never pooled.
+    bool handed_on = false;
+    InetAddress server_address{};  // as kIncoming told the server
+    InetAddress client_address{};
+  };
+
+  // A server end on its way to another listener, as the client reached it.
+  struct HandOff {
+    Segment segment;
+    uint32_t client;
+    InetAddress destination;
+    InetAddress client_address;
   };
 
   // A released segment both processes keep cached under `held_as`, the
@@ -190,6 +207,7 @@ class Monitor::Impl {
     std::vector<UniqueFd> wake;  // [slot * 2 + side]
     uint32_t process_id[2];      // by ConnectionSide
     uint64_t listener_id;        // the server's socket id
+    InetAddress destination;     // what the client connects to
     std::string client_key;      // in channel_by_client_
     ChannelHeader* header() const { return static_cast<ChannelHeader*>(mapping.get()); }
   };
@@ -231,14 +249,22 @@ class Monitor::Impl {
   };
   void close_unbacked_connection(uint64_t connection_id, const UnbackedConnection& connection);
 
+  void requeue(uint32_t process_id, uint64_t connection_id);
+  HandOff detach_server_end(Connection& connection);
+  void hand_on_server_end(HandOff hand_off);
+  void submit_on_behalf(uint32_t process_id, Request& request);
+  bool take_hand_off(const std::vector<EngineOutput>& outputs, std::size_t created);
+  void finish_hand_off(const Event& reply);
+  void reset_server_end(const Segment& segment);
+
   void open_channel_after_connect(uint32_t client, const Request& request);
   int send_channel(Process& process, const PendingEvent& pending);
-  void close_channel(uint64_t channel_id, bool queue_is_ours);
+  void close_channel(uint64_t channel_id, bool queue_is_ours, uint32_t dead_process = 0);
   void abort_channel_ends(Channel& channel, ConnectionSide dead);
   void abort_slot_end(Channel& channel, uint32_t slot, ConnectionSide dead);
   void abort_segment_end(unsigned char* segment, ConnectionSide dead) const;
   void drain_channel_queue(Channel& channel);
-  void close_channels_of_listener(uint32_t process_id, uint64_t listener_id, bool refuse_queued);
+  void close_channels_of_listener(uint32_t process_id, uint64_t listener_id, bool hand_on_queued);
   void close_channel_of(uint32_t process_id, uint64_t channel_id);
   void close_channels_of_process(uint32_t process_id);
   uint64_t direct_connections_total() const;
@@ -273,6 +299,9 @@ class Monitor::Impl {
   std::unordered_map<std::string, uint64_t> channel_by_client_;  // client + destination
   uint64_t next_channel_id_ = 1;
   uint64_t direct_connections_of_closed_channels_ = 0;
+  std::unordered_map<uint32_t, HandOff> hand_offs_;  // by our request id
+  uint32_t next_own_request_ = 0;
+  uint64_t connections_handed_on_ = 0;  // shown by status
 };
 
 Monitor::Impl::Impl(MonitorOptions options)
@@ -396,6 +425,11 @@ bool Monitor::Impl::serve_request_queues() {
          ++taken) {
       if (request.op == RequestOp::kCloseChannel) {
         close_channel_of(process_id, request.connection_id);
+        worked = true;
+        continue;
+      }
+      if (request.op == RequestOp::kRequeue) {
+        requeue(process_id, request.connection_id);
         worked = true;
         continue;
       }
@@ -641,17 +675,20 @@ void Monitor::Impl::send_status(int socket) {
       "{\"engine\":\"%.*s\",\"processes\":%llu,\"listeners\":%llu,\"connections_open\":%llu,"
       "\"connections_total\":%llu,\"requests\":%llu,\"rejected_requests\":%llu,"
       "\"ring_bytes\":%u,\"segments_created\":%llu,\"segments_reused\":%llu,"
-      "\"channels_open\":%zu,\"direct_connections_total\":%llu}",
+      "\"channels_open\":%zu,\"direct_connections_total\":%llu,"
+      "\"connections_handed_on\":%llu}",
       static_cast<int>(engine_name().size()), engine_name().data(),
       static_cast<unsigned long long>(counters.processes),
       static_cast<unsigned long long>(counters.listeners),
       static_cast<unsigned long long>(counters.connections_open),
-      static_cast<unsigned long long>(counters.connections_total + direct),
+      // A hand-off is a second engine connection for one real connection.
+      static_cast<unsigned long long>(counters.connections_total + direct - connections_handed_on_),
       static_cast<unsigned long long>(counters.requests),
       static_cast<unsigned long long>(counters.rejected_requests), options_.ring_bytes,
       static_cast<unsigned long long>(segments_created_),
       static_cast<unsigned long long>(segments_reused_), channels_.size(),
-      static_cast<unsigned long long>(direct));
+      static_cast<unsigned long long>(direct),
+      static_cast<unsigned long long>(connections_handed_on_));
   if (length > 0) send(socket, json, static_cast<std::size_t>(length), MSG_NOSIGNAL);
 }
 
@@ -684,13 +721,23 @@ void Monitor::Impl::remove_process(uint32_t process_id) {
 // Engine outputs
 
 void Monitor::Impl::handle_outputs() {
-  for (const EngineOutput& output : outputs_) {
+  // Handling an output may submit more requests (a hand-off): they bring
+  // their own outputs.
+  std::vector<EngineOutput> outputs;
+  outputs.swap(outputs_);
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    const EngineOutput& output = outputs[i];
     switch (output.notice) {
       case EngineNotice::kDeliver:
-        deliver_event(output.destination, output.event);
+        if (output.event.type == EventType::kReply &&
+            (output.event.request_id & kMonitorRequestBit) != 0) {
+          finish_hand_off(output.event);
+        } else {
+          deliver_event(output.destination, output.event);
+        }
         break;
       case EngineNotice::kConnectionCreated:
-        create_connection(output);
+        if (!take_hand_off(outputs, i)) create_connection(output);
         break;
       case EngineNotice::kEndpointAbandoned:
         abandon_endpoint(output);
@@ -727,6 +774,8 @@ void Monitor::Impl::create_connection(const EngineOutput& output) {
       return;
     }
   }
+  connection.segment.bytes = segment_bytes_;
+  connection.segment.header_connection_id = connection_id;
   layout_segment(connection.segment.memory.get(), connection_id);
   connections_.emplace(connection_id, std::move(connection));
 }
@@ -748,7 +797,7 @@ void Monitor::Impl::layout_segment(int memory, uint64_t connection_id) {
 }
 
 bool Monitor::Impl::segment_left_to_a_fork(const Segment& segment) const {
-  const SharedMapping mapping = map_shared(segment.memory.get(), segment_bytes_);
+  const SharedMapping mapping = map_shared(segment.memory.get(), segment.bytes, segment.offset);
   if (!mapping) return true;  // cannot tell: do not reuse it
   // An owner that left its end to a process it forked unmapped the segment
   // (nothing to reuse there), and that process may still be using it.
@@ -780,7 +829,7 @@ void Monitor::Impl::release_connection(uint64_t connection_id) {
   // A process forked from one of the two may still use the segment, or
   // hold the only mapping of it.
   const bool both_alive = processes_.contains(client) && processes_.contains(server) &&
-                          !segment_left_to_a_fork(connection.segment);
+                          !connection.handed_on && !segment_left_to_a_fork(connection.segment);
   std::vector<PooledSegment>& pool = segment_pool_[pair_key(client, server)];
   if (both_alive && pool.size() < kPooledSegmentsPerPair &&
       pooled_per_process_[client] < kPooledSegmentsPerProcess &&
@@ -846,11 +895,17 @@ void Monitor::Impl::deliver_event(uint32_t process_id, const Event& event) {
   Process& process = found->second;
   const ConnectionSide side = event.type == EventType::kIncoming ? kServerSide : kClientSide;
   bool needs_delivery = carries_connection && delivered.status == 0;
-  if (needs_delivery) {
+  if (carries_connection && delivered.status == 0) {
     const auto connection = connections_.find(event.connection_id);
-    if (connection != connections_.end() && connection->second.reused) {
-      delivered.local.reserved |= kEventSegmentReused;
-      needs_delivery = false;
+    if (connection != connections_.end()) {
+      if (connection->second.reused) {
+        delivered.local.reserved |= kEventSegmentReused;
+        needs_delivery = false;
+      }
+      if (event.type == EventType::kIncoming) {
+        connection->second.server_address = event.local;
+        connection->second.client_address = event.peer;
+      }
     }
   }
   process.backlog.push_back(
@@ -874,12 +929,146 @@ void Monitor::Impl::close_unbacked_connection(uint64_t connection_id,
   engine_->flush(outputs);
 }
 
+// ---------------------------------------------------------------------------
+// Handing on what a closed listener queued
+//
+// The kernel keeps one queue per listening socket, shared by every process
+// that holds it: when one of them closes its descriptor (an nginx worker
+// retiring at a reload), the connections queued there go to the others. Our
+// queues are per process, so a server end queued for a process that will
+// never accept it goes back to the engine, which picks another listener as
+// for a new connect by the same client. The client keeps its end untouched.
+
+namespace {
+
+// A copy of `fd` for a second owner; invalid if the process is out of fds.
+UniqueFd duplicate_fd(int fd) {
+  return UniqueFd(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+}
+
+}  // namespace
+
+// `process_id` closed the listener `connection_id` was queued for.
+void Monitor::Impl::requeue(uint32_t process_id, uint64_t connection_id) {
+  const auto found = connections_.find(connection_id);
+  if (found == connections_.end()) return;
+  Connection& connection = found->second;
+  if (connection.process_id[kServerSide] != process_id) return;  // not its to give
+  HandOff hand_off = detach_server_end(connection);
+  // The engine forgets the old server end (which may release the connection:
+  // `connection` is not used after this). A process connected to itself
+  // closes its client end in the engine's books instead, which comes to the
+  // same: both ends are its own.
+  Request close{};
+  close.op = RequestOp::kClose;
+  close.connection_id = connection_id;
+  submit_on_behalf(process_id, close);
+  hand_on_server_end(std::move(hand_off));
+}
+
+// The server end leaves its process: the segment is copied for the next one,
+// and the old owner's death no longer concerns it.
+Monitor::Impl::HandOff Monitor::Impl::detach_server_end(Connection& connection) {
+  HandOff hand_off{
+      {}, connection.process_id[kClientSide], connection.server_address, connection.client_address};
+  Segment& segment = hand_off.segment;
+  segment.memory = duplicate_fd(connection.segment.memory.get());
+  for (const ConnectionSide side : {kClientSide, kServerSide})
+    segment.wake[side] = duplicate_fd(connection.segment.wake[side].get());
+  segment.offset = connection.segment.offset;
+  segment.bytes = connection.segment.bytes;
+  segment.header_connection_id = connection.segment.header_connection_id;
+  connection.handed_on = true;
+  connection.process_id[kServerSide] = 0;
+  return hand_off;
+}
+
+void Monitor::Impl::hand_on_server_end(HandOff hand_off) {
+  const Segment& segment = hand_off.segment;
+  const bool copied = segment.memory && segment.wake[kClientSide] && segment.wake[kServerSide];
+  if (!copied) log_error("cannot hand on a queued connection", errno);
+  if (!copied || !processes_.contains(hand_off.client)) return reset_server_end(segment);
+  Request connect{};
+  connect.op = RequestOp::kConnect;
+  // The client reached this destination once already.
+  connect.flags = kRequestDestinationLocal;
+  connect.address = hand_off.destination;
+  connect.address.reserved = 0;
+  connect.source = hand_off.client_address;
+  connect.source.reserved = 0;
+  connect.request_id = kMonitorRequestBit | (next_own_request_++ & ~kMonitorRequestBit);
+  const uint32_t client = hand_off.client;
+  hand_offs_.emplace(connect.request_id, std::move(hand_off));
+  submit_on_behalf(client, connect);
+}
+
+void Monitor::Impl::submit_on_behalf(uint32_t process_id, Request& request) {
+  if ((request.request_id & kMonitorRequestBit) == 0)
+    request.request_id = kMonitorRequestBit | (next_own_request_++ & ~kMonitorRequestBit);
+  outputs_.clear();
+  engine_->submit(process_id, request, outputs_);
+  handle_outputs();
+}
+
+// The engine made connection `created` for a hand-off: it gets the handed-on
+// segment rather than a new one. Its reply follows among the same outputs.
+bool Monitor::Impl::take_hand_off(const std::vector<EngineOutput>& outputs, std::size_t created) {
+  const uint64_t connection_id = outputs[created].event.connection_id;
+  for (std::size_t i = created + 1; i < outputs.size(); ++i) {
+    const Event& event = outputs[i].event;
+    if (outputs[i].notice != EngineNotice::kDeliver || event.type != EventType::kReply ||
+        event.connection_id != connection_id) {
+      continue;
+    }
+    const auto found = hand_offs_.find(event.request_id);
+    if (found == hand_offs_.end()) return false;
+    Connection connection{};
+    connection.segment = std::move(found->second.segment);
+    connection.process_id[kClientSide] = outputs[created].destination;
+    connection.process_id[kServerSide] = outputs[created].peer_process;
+    connection.reused = false;
+    connection.handed_on = true;
+    connections_.emplace(connection_id, std::move(connection));
+    return true;
+  }
+  return false;
+}
+
+// Our connect's reply: the new server's kIncoming follows; the client keeps
+// the end it has, so the engine's copy of it closes at once.
+void Monitor::Impl::finish_hand_off(const Event& reply) {
+  if (reply.op != RequestOp::kConnect) return;  // our closes need nothing more
+  const auto found = hand_offs_.find(reply.request_id);
+  if (found == hand_offs_.end()) return;
+  HandOff hand_off = std::move(found->second);
+  hand_offs_.erase(found);
+  // No other process listens there: a reset, as a kernel listener's last
+  // close gives its queue.
+  if (reply.status != 0) return reset_server_end(hand_off.segment);
+  ++connections_handed_on_;
+  Request close{};
+  close.op = RequestOp::kClose;
+  close.connection_id = reply.connection_id;
+  submit_on_behalf(hand_off.client, close);
+}
+
+void Monitor::Impl::reset_server_end(const Segment& segment) {
+  if (!segment.memory) return;
+  const SharedMapping mapping = map_shared(segment.memory.get(), segment.bytes, segment.offset);
+  if (!mapping) return log_error("cannot map connection memory", errno);
+  auto* base = static_cast<unsigned char*>(mapping.get());
+  if (!release_dead_owner_share(base, kServerSide)) return;
+  abort_segment_end(base, kServerSide);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  signal_wake_fd(segment.wake[kClientSide].get());
+}
+
 int Monitor::Impl::send_delivery(Process& process, const PendingEvent& pending) {
   const auto found = connections_.find(pending.event.connection_id);
   if (found == connections_.end()) return -ENOENT;
   const Segment& segment = found->second.segment;
-  const FdDelivery delivery{kProtocolMagic, pending.side, pending.event.connection_id,
-                            segment_bytes_};
+  const FdDelivery delivery{kProtocolMagic, pending.side,   pending.event.connection_id,
+                            segment.bytes,  segment.offset, segment.header_connection_id};
   const int fds[3] = {segment.memory.get(), segment.wake[pending.side].get(),
                       segment.wake[other_side(pending.side)].get()};
   return send_with_fds(process.socket.get(), &delivery, sizeof delivery, fds, 3);
@@ -891,14 +1080,23 @@ void Monitor::Impl::abandon_endpoint(const EngineOutput& output) {
   const auto found = connections_.find(output.event.connection_id);
   if (found == connections_.end()) return;
   Connection& connection = found->second;
-  const SharedMapping mapping = map_shared(connection.segment.memory.get(), segment_bytes_);
+  const SharedMapping mapping = map_shared(connection.segment.memory.get(),
+                                           connection.segment.bytes, connection.segment.offset);
   if (!mapping) {
     log_error("cannot map connection memory", errno);
     return;
   }
   auto* segment = static_cast<unsigned char*>(mapping.get());
+  const auto* header = reinterpret_cast<const ConnectionSegmentHeader*>(segment);
   for (const ConnectionSide dead : {kClientSide, kServerSide}) {
     if (connection.process_id[dead] != output.destination) continue;
+    // Queued for a process that died before accepting it (or exited with
+    // its event queue unread): another listener takes it.
+    if (dead == kServerSide && header->accepted.load(std::memory_order_acquire) == 0 &&
+        processes_.contains(connection.process_id[kClientSide])) {
+      hand_on_server_end(detach_server_end(connection));
+      continue;
+    }
     if (!release_dead_owner_share(segment, dead)) continue;
     abort_segment_end(segment, dead);
     std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -911,12 +1109,14 @@ void Monitor::Impl::abandon_endpoint(const EngineOutput& output) {
 
 namespace {
 
-std::string client_channel_key(uint32_t client, const InetAddress& destination) {
-  std::string key(sizeof client + sizeof destination.bytes + sizeof destination.port, '\0');
-  std::memcpy(key.data(), &client, sizeof client);
-  std::memcpy(key.data() + sizeof client, destination.bytes, sizeof destination.bytes);
-  std::memcpy(key.data() + sizeof client + sizeof destination.bytes, &destination.port,
-              sizeof destination.port);
+// A client holds one channel per process listening at a destination, and
+// spreads its connects over them as the engine spreads over the listeners.
+std::string client_channel_key(uint32_t client, const InetAddress& destination, uint32_t server) {
+  std::string key;
+  key.append(reinterpret_cast<const char*>(&client), sizeof client);
+  key.append(reinterpret_cast<const char*>(destination.bytes), sizeof destination.bytes);
+  key.append(reinterpret_cast<const char*>(&destination.port), sizeof destination.port);
+  key.append(reinterpret_cast<const char*>(&server), sizeof server);
   return key;
 }
 
@@ -935,7 +1135,7 @@ void Monitor::Impl::open_channel_after_connect(uint32_t client, const Request& r
     if (output.event.type == EventType::kReply) client_address = output.event.local;
   }
   if (server == 0 || listener_id == 0 || !processes_.contains(server)) return;
-  std::string key = client_channel_key(client, request.address);
+  std::string key = client_channel_key(client, request.address, server);
   if (channel_by_client_.contains(key)) return;
   std::size_t as_client = 0;
   std::size_t as_server = 0;
@@ -976,6 +1176,7 @@ void Monitor::Impl::open_channel_after_connect(uint32_t client, const Request& r
   channel.process_id[kClientSide] = client;
   channel.process_id[kServerSide] = server;
   channel.listener_id = listener_id;
+  channel.destination = request.address;
   channel.client_key = key;
 
   Event opened{};
@@ -1011,8 +1212,9 @@ int Monitor::Impl::send_channel(Process& process, const PendingEvent& pending) {
 
 // No new connections from now on. `queue_is_ours` when the server can no
 // longer consume its accept queue (it closed the listener, or died): what is
-// still queued is refused, as a kernel listener's close resets its backlog.
-void Monitor::Impl::close_channel(uint64_t channel_id, bool queue_is_ours) {
+// still queued goes to another listener (drain_channel_queue). The ends of
+// `dead_process`, if it is one of the two, are aborted.
+void Monitor::Impl::close_channel(uint64_t channel_id, bool queue_is_ours, uint32_t dead_process) {
   const auto found = channels_.find(channel_id);
   if (found == channels_.end()) return;
   Channel& channel = found->second;
@@ -1022,6 +1224,10 @@ void Monitor::Impl::close_channel(uint64_t channel_id, bool queue_is_ours) {
   // it sees the flag and cancels its entry, or the drain below sees the entry.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (queue_is_ours) drain_channel_queue(channel);
+  for (const ConnectionSide side : {kClientSide, kServerSide}) {
+    if (dead_process != 0 && channel.process_id[side] == dead_process)
+      abort_channel_ends(channel, side);
+  }
   direct_connections_of_closed_channels_ +=
       header->connections_total.load(std::memory_order_relaxed);
   channel_by_client_.erase(channel.client_key);
@@ -1038,8 +1244,20 @@ void Monitor::Impl::drain_channel_queue(Channel& channel) {
     if (slot >= kChannelSlots) continue;  // garbage from the client
     const uint32_t before = header->slot_state[slot].fetch_and(~static_cast<uint32_t>(kSlotQueued),
                                                                std::memory_order_acq_rel);
-    // Unless the client cancelled it, the server end was never accepted.
-    if (before & kSlotQueued) abort_slot_end(channel, slot, kServerSide);
+    if ((before & kSlotQueued) == 0) continue;  // the client cancelled it
+    // Never accepted: it leaves this channel's server for another listener.
+    HandOff hand_off{{}, channel.process_id[kClientSide], channel.destination, entry.peer};
+    Segment& segment = hand_off.segment;
+    segment.memory = duplicate_fd(channel.memory.get());
+    for (const ConnectionSide side : {kClientSide, kServerSide})
+      segment.wake[side] = duplicate_fd(channel.wake[slot * 2 + side].get());
+    segment.bytes = channel_slot_stride(options_.ring_bytes);
+    segment.offset = channel_slot_offset() + slot * segment.bytes;
+    segment.header_connection_id =
+        reinterpret_cast<const ConnectionSegmentHeader*>(base + segment.offset)->connection_id;
+    header->slot_state[slot].fetch_and(~static_cast<uint32_t>(kSlotServerOpen),
+                                       std::memory_order_acq_rel);
+    hand_on_server_end(std::move(hand_off));
   }
 }
 
@@ -1078,14 +1296,14 @@ void Monitor::Impl::abort_segment_end(unsigned char* segment, ConnectionSide dea
 }
 
 void Monitor::Impl::close_channels_of_listener(uint32_t process_id, uint64_t listener_id,
-                                               bool refuse_queued) {
+                                               bool hand_on_queued) {
   std::vector<uint64_t> closing;
   for (const auto& [id, channel] : channels_) {
     if (channel.process_id[kServerSide] == process_id && channel.listener_id == listener_id) {
       closing.push_back(id);
     }
   }
-  for (const uint64_t id : closing) close_channel(id, refuse_queued);
+  for (const uint64_t id : closing) close_channel(id, hand_on_queued);
 }
 
 // A process could not take the channel: nobody would consume its queue.
@@ -1099,18 +1317,15 @@ void Monitor::Impl::close_channel_of(uint32_t process_id, uint64_t channel_id) {
 
 void Monitor::Impl::close_channels_of_process(uint32_t process_id) {
   std::vector<uint64_t> closing;
-  for (auto& [id, channel] : channels_) {
-    for (const ConnectionSide side : {kClientSide, kServerSide}) {
-      if (channel.process_id[side] != process_id) continue;
-      abort_channel_ends(channel, side);
+  for (const auto& [id, channel] : channels_) {
+    if (channel.process_id[kClientSide] == process_id ||
+        channel.process_id[kServerSide] == process_id) {
       closing.push_back(id);
     }
   }
   for (const uint64_t id : closing) {
-    const auto found = channels_.find(id);
-    if (found == channels_.end()) continue;  // a process connected to itself
-    const bool server_died = found->second.process_id[kServerSide] == process_id;
-    close_channel(id, server_died);
+    const bool server_died = channels_.at(id).process_id[kServerSide] == process_id;
+    close_channel(id, server_died, process_id);
   }
 }
 

@@ -40,8 +40,9 @@ int create_shared_memory(const char* name, std::size_t bytes) {
   return fd;
 }
 
-SharedMapping map_shared(int fd, std::size_t bytes) {
-  void* address = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+SharedMapping map_shared(int fd, std::size_t bytes, uint64_t offset) {
+  void* address =
+      mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
   if (address == MAP_FAILED) return {};
   return SharedMapping(address, bytes);
 }

@@ -182,7 +182,8 @@ class SoftwareEngine final : public ControlPlaneEngine {
       case RequestOp::kClose:
         return close(process_id, found->second, request, out);
       case RequestOp::kCloseChannel:
-        break;  // channels belong to the monitor; it never passes this on
+      case RequestOp::kRequeue:
+        break;  // the monitor's own business; it never passes these on
     }
     reject_malformed(process_id, request, -EINVAL, out);
   }

@@ -20,7 +20,7 @@
 namespace netaccel {
 
 inline constexpr uint32_t kProtocolMagic = 0x4e41434d;  // "NACM"
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;
 inline constexpr const char* kDefaultMonitorSocket = "/run/netaccel/monitor.sock";
 inline constexpr const char* kMonitorSocketEnv = "NETACCEL_SOCKET";
 
@@ -43,6 +43,11 @@ enum class RequestOp : uint8_t {
   kConnect = 3,   // socket_id, address = destination, source = bound local address or unspecified
   kClose = 4,     // connection_id: this process's endpoint is closed
   kCloseChannel = 5,  // connection_id = channel id: this process cannot use it
+  // connection_id: a connection queued for one of this process's listeners
+  // that it will never accept (the listener closed). The monitor hands the
+  // server end to another process listening there, as the kernel's shared
+  // queue would, or resets it when there is none.
+  kRequeue = 6,
 };
 
 enum RequestFlags : uint8_t {
@@ -58,13 +63,17 @@ struct Request {
   RequestOp op;
   uint8_t flags;
   uint16_t backlog;     // kListen; clamped to 65535 (it must share the cache line)
-  uint32_t request_id;  // echoed in the reply
+  uint32_t request_id;  // echoed in the reply; below kMonitorRequestBit
   uint64_t socket_id;   // chosen by the process, unique within it
   uint64_t connection_id;
   InetAddress address;
   InetAddress source;
 };
 static_assert(sizeof(Request) == kDescriptorBytes);
+
+// Request ids with this bit are the monitor's own: requests it makes to the
+// engine on a process's behalf, whose replies it keeps.
+inline constexpr uint32_t kMonitorRequestBit = 1u << 31;
 
 // ---------------------------------------------------------------------------
 // Events: monitor -> process, one cache line each.
@@ -131,6 +140,12 @@ struct FdDelivery {
   uint32_t side;  // which end of the segment this process is (ConnectionSide)
   uint64_t connection_id;
   uint64_t segment_bytes;
+  // Where the segment starts in the memfd (page aligned), and the connection
+  // id its header bears. Both differ from the defaults (0, connection_id) for
+  // a server end handed on from a listener that closed: the segment may be
+  // a channel's slot, laid out under the id of its first connection.
+  uint64_t segment_offset;
+  uint64_t segment_connection_id;
 };
 
 // Anyone may ask a running monitor for its state: StatusRequest on a fresh
@@ -160,7 +175,7 @@ inline constexpr uint32_t kEventSlots = 1024;
 enum ConnectionSide : uint32_t { kClientSide = 0, kServerSide = 1 };
 
 inline constexpr uint32_t kSegmentMagic = 0x4e414353;  // "NACS"
-inline constexpr uint32_t kSegmentVersion = 2;
+inline constexpr uint32_t kSegmentVersion = 3;
 inline constexpr uint32_t kDefaultRingBytes = 256 * 1024;
 
 struct ConnectionSegmentHeader {
@@ -181,6 +196,9 @@ struct ConnectionSegmentHeader {
   // share while a forked process still holds it: the owner's death then
   // leaves the end alone.
   std::atomic<uint32_t> owner_left[2];
+  // Set when the server end was accepted. A server end that dies queued,
+  // never accepted, goes to another listener (a closed listener's queue).
+  std::atomic<uint32_t> accepted;
 };
 static_assert(sizeof(ConnectionSegmentHeader) == 2 * kFalseSharingRange);
 

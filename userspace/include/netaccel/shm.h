@@ -62,8 +62,9 @@ class SharedMapping {
 
 // A zero-filled memfd of `bytes`, close-on-exec; -errno on failure.
 int create_shared_memory(const char* name, std::size_t bytes);
-// Maps `bytes` of `fd` read-write and shared; empty mapping and errno set on failure.
-SharedMapping map_shared(int fd, std::size_t bytes);
+// Maps `bytes` of `fd` from `offset` (page aligned) read-write and shared;
+// empty mapping and errno set on failure.
+SharedMapping map_shared(int fd, std::size_t bytes, uint64_t offset = 0);
 // Size of the object behind `fd`, or -errno.
 int64_t shared_memory_size(int fd);
 

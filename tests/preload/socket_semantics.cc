@@ -619,6 +619,57 @@ TEST_F(SocketSemantics, ChildExitingWithoutCloseReleasesTheConnection) {
   close(server);
 }
 
+// Two processes share a listener and both wait on it; one closes its copy
+// with connections still queued: the other accepts every one of them, as from
+// the kernel's one queue per listening socket (nginx's reload does this).
+TEST_F(SocketSemantics, ClosingOneCopyOfASharedListenerLosesNoConnection) {
+  constexpr int kClients = 24;
+  expect_netaccel_connections(kClients);
+  const int listener = listen_on();
+  const uint16_t port = port_of(listener);
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    pollfd waiting{listener, POLLIN, 0};
+    poll(&waiting, 1, 0);  // waits on the listener like a worker's event loop
+    if (write(ready[1], "r", 1) != 1) _exit(2);
+    for (int accepted = 0; accepted < kClients; ++accepted) {
+      const int connection = accept(listener, nullptr, nullptr);
+      unsigned char byte;
+      if (connection < 0 || recv(connection, &byte, 1, MSG_WAITALL) != 1) _exit(3);
+      byte = static_cast<unsigned char>(byte + 1);
+      if (send(connection, &byte, 1, 0) != 1) _exit(4);
+      close(connection);
+    }
+    _exit(0);
+  }
+  char signal_byte;
+  ASSERT_EQ(read(ready[0], &signal_byte, 1), 1);
+  pollfd waiting{listener, POLLIN, 0};
+  poll(&waiting, 1, 0);  // the parent waits on it too, then never accepts
+  std::vector<int> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(connect_to(AF_INET, port));
+    const auto byte = static_cast<unsigned char>(i);
+    ASSERT_EQ(send(clients.back(), &byte, 1, 0), 1);
+  }
+  close(listener);
+  for (int i = 0; i < kClients; ++i) {
+    unsigned char byte = 0;
+    EXPECT_EQ(recv(clients[i], &byte, 1, MSG_WAITALL), 1)
+        << "client " << i << ": " << strerror(errno);
+    EXPECT_EQ(byte, static_cast<unsigned char>(i + 1));
+    close(clients[i]);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  close(ready[0]);
+  close(ready[1]);
+}
+
 TEST_F(SocketSemantics, ManyThreadsShareOneSocket) {
   expect_netaccel_connections(1);
   auto [client, server] = connected_pair();

@@ -920,5 +920,141 @@ TEST_F(MonitorTest, DeadClientAbortsItsChannelConnections) {
   EXPECT_TRUE(eventually([&] { return view.header->closed.load() == 1; }));
 }
 
+// ---------------------------------------------------------------------------
+// Handing on what a closed listener queued
+
+// Two processes listen on one port and a client connects: the engine's round
+// robin starts at the first listener. The client writes "hello".
+struct SharedListener {
+  TestProcess first;
+  TestProcess second;
+  TestProcess client;
+  uint64_t connection_id = 0;
+  Delivery client_delivery;
+  Delivery first_delivery;
+  SharedMapping client_view;
+
+  SharedListener(const std::string& path, uint16_t port)
+      : first(TestProcess::register_at(path)),
+        second(TestProcess::register_at(path)),
+        client(TestProcess::register_at(path)) {
+    first.push(listen_request(1, 10, port));
+    EXPECT_EQ(first.next_event()->status, 0);
+    second.push(listen_request(1, 10, port));
+    EXPECT_EQ(second.next_event()->status, 0);
+    client.push(connect_request(2, 20, port));
+    const auto connected = client.next_event();
+    EXPECT_TRUE(connected && connected->status == 0);
+    connection_id = connected->connection_id;
+    client_delivery = std::move(*client.take_delivery());
+    const auto incoming = first.next_event();
+    EXPECT_TRUE(incoming && incoming->type == EventType::kIncoming);
+    first_delivery = std::move(*first.take_delivery());
+    client_view = map_shared(client_delivery.segment.get(), client_delivery.header.segment_bytes);
+    ByteRing to_server(static_cast<unsigned char*>(client_view.get()) +
+                       header()->ring_offset[kClientSide]);
+    EXPECT_EQ(to_server.write("hello", 5), 5u);
+  }
+  const ConnectionSegmentHeader* header() const {
+    return static_cast<const ConnectionSegmentHeader*>(client_view.get());
+  }
+
+  // The second listener has the connection: the client's bytes, its address,
+  // and the client's end untouched.
+  void expect_handed_to_second(uint16_t port) {
+    const auto incoming = second.next_event();
+    ASSERT_TRUE(incoming);
+    ASSERT_EQ(incoming->type, EventType::kIncoming);
+    EXPECT_EQ(incoming->socket_id, 10u);
+    EXPECT_EQ(incoming->local.port, port);
+    auto delivery = second.take_delivery();
+    ASSERT_TRUE(delivery) << "fd delivery must precede the incoming event";
+    EXPECT_EQ(delivery->header.side, kServerSide);
+    EXPECT_EQ(delivery->header.connection_id, incoming->connection_id);
+    EXPECT_EQ(delivery->header.segment_connection_id, connection_id);
+    SharedMapping view = map_shared(delivery->segment.get(), delivery->header.segment_bytes,
+                                    delivery->header.segment_offset);
+    ASSERT_TRUE(view);
+    const auto* handed = static_cast<const ConnectionSegmentHeader*>(view.get());
+    ByteRing from_client(static_cast<unsigned char*>(view.get()) +
+                         handed->ring_offset[kClientSide]);
+    char received[8] = {};
+    EXPECT_EQ(from_client.read(received, sizeof received), 5u);
+    EXPECT_STREQ(received, "hello");
+    // The new server's wake-ups reach the client's end.
+    drain_wake_fd(client_delivery.own_wake.get());
+    signal_wake_fd(delivery->other_wake.get());
+    EXPECT_TRUE(readable_within(client_delivery.own_wake.get(), 1000ms));
+    EXPECT_EQ(header()->aborted[kServerSide].load(), 0u);
+  }
+};
+
+Request unlisten_request(uint32_t request_id, uint64_t socket_id) {
+  Request request{};
+  request.op = RequestOp::kUnlisten;
+  request.request_id = request_id;
+  request.socket_id = socket_id;
+  return request;
+}
+
+TEST_F(MonitorTest, RequeuedConnectionGoesToAnotherListenerWithItsBytes) {
+  start();
+  SharedListener setup(path(), 9110);
+  // The first closes its listener without accepting: it gives the connection back.
+  setup.first.push(unlisten_request(5, 10));
+  Request requeue{};
+  requeue.op = RequestOp::kRequeue;
+  requeue.request_id = 6;
+  requeue.connection_id = setup.connection_id;
+  setup.first.push(requeue);
+  ASSERT_NO_FATAL_FAILURE(setup.expect_handed_to_second(9110));
+  EXPECT_TRUE(
+      eventually([&] { return has_field(query_status(path()), "\"connections_handed_on\":1"); }));
+}
+
+TEST_F(MonitorTest, ConnectionQueuedForADeadProcessGoesToAnotherListener) {
+  start();
+  SharedListener setup(path(), 9111);
+  setup.first = TestProcess();  // dies before accepting
+  ASSERT_NO_FATAL_FAILURE(setup.expect_handed_to_second(9111));
+}
+
+TEST_F(MonitorTest, AcceptedConnectionOfADeadProcessIsAborted) {
+  start();
+  SharedListener setup(path(), 9112);
+  SharedMapping server_view =
+      map_shared(setup.first_delivery.segment.get(), setup.first_delivery.header.segment_bytes);
+  static_cast<ConnectionSegmentHeader*>(server_view.get())->accepted.store(1);
+  setup.first = TestProcess();
+  ASSERT_TRUE(eventually([&] { return setup.header()->aborted[kServerSide].load() == 1; }));
+  EXPECT_FALSE(readable_within(setup.second.socket(), 100ms));
+}
+
+TEST_F(MonitorTest, UnlistenHandsWhatTheChannelQueuesToAnotherListener) {
+  start();
+  TestProcess server = TestProcess::register_at(path());
+  TestProcess client = TestProcess::register_at(path());
+  ASSERT_NO_FATAL_FAILURE(connect_pair_with_channel(server, client, 9113));
+  TestProcess other = TestProcess::register_at(path());
+  other.push(listen_request(1, 30, 9113));
+  ASSERT_EQ(other.next_event()->status, 0);
+  ClientChannelView view(client.channels[0]);
+  ASSERT_TRUE(view.header);
+  ASSERT_TRUE(view.queue_slot0(10));
+
+  server.push(unlisten_request(5, 10));
+  const auto incoming = other.next_event();
+  ASSERT_TRUE(incoming);
+  ASSERT_EQ(incoming->type, EventType::kIncoming);
+  EXPECT_EQ(incoming->socket_id, 30u);
+  const auto delivery = other.take_delivery();
+  ASSERT_TRUE(delivery);
+  EXPECT_EQ(delivery->header.segment_connection_id, 77u);  // as queue_slot0 laid it out
+  EXPECT_EQ(delivery->header.segment_offset, view.header->slot_offset);
+  EXPECT_EQ(view.slot0->aborted[kServerSide].load(), 0u);
+  // The slot's server end left the channel's server: only the client holds it.
+  EXPECT_EQ(view.header->slot_state[0].load(), static_cast<uint32_t>(kSlotClientOpen));
+  EXPECT_EQ(view.header->closed.load(), 1u);
+}
 }  // namespace
 }  // namespace netaccel

@@ -920,6 +920,30 @@ TEST_F(MonitorTest, DeadClientAbortsItsChannelConnections) {
   EXPECT_TRUE(eventually([&] { return view.header->closed.load() == 1; }));
 }
 
+TEST_F(MonitorTest, ClientDeathStillReachesConnectionsOfAClosedChannel) {
+  start();
+  TestProcess server = TestProcess::register_at(path());
+  auto client = std::make_unique<TestProcess>(TestProcess::register_at(path()));
+  ASSERT_NO_FATAL_FAILURE(connect_pair_with_channel(server, *client, 9103));
+  ClientChannelView view(client->channels[0]);
+  ASSERT_TRUE(view.header);
+  ASSERT_TRUE(view.queue_slot0(10));
+  view.header->slot_state[0].fetch_and(~static_cast<uint32_t>(kSlotQueued));  // accepted
+  Request unlisten{};
+  unlisten.op = RequestOp::kUnlisten;
+  unlisten.request_id = 5;
+  unlisten.socket_id = 10;
+  server.push(unlisten);
+  ASSERT_TRUE(eventually([&] { return view.header->closed.load() == 1; }));
+  EXPECT_TRUE(eventually([&] { return has_field(query_status(path()), "\"channels_open\":0"); }));
+  const UniqueFd& server_wake = server.channels[0].fds[1 + 2 * 0 + kServerSide];
+  drain_wake_fd(server_wake.get());
+
+  client.reset();
+  ASSERT_TRUE(readable_within(server_wake.get(), 2000ms));
+  EXPECT_EQ(view.slot0->aborted[kClientSide].load(), 1u);
+}
+
 // ---------------------------------------------------------------------------
 // Handing on what a closed listener queued
 

@@ -208,7 +208,10 @@ class Monitor::Impl {
     uint32_t process_id[2];      // by ConnectionSide
     uint64_t listener_id;        // the server's socket id
     InetAddress destination;     // what the client connects to
-    std::string client_key;      // in channel_by_client_
+    std::string client_key;      // in channel_by_client_ while open
+    // Closed to new connections, kept while it still carries some: the
+    // death of either process must still reach the other end.
+    bool retired = false;
     ChannelHeader* header() const { return static_cast<ChannelHeader*>(mapping.get()); }
   };
 
@@ -260,6 +263,8 @@ class Monitor::Impl {
   void open_channel_after_connect(uint32_t client, const Request& request);
   int send_channel(Process& process, const PendingEvent& pending);
   void close_channel(uint64_t channel_id, bool queue_is_ours, uint32_t dead_process = 0);
+  void forget_retired_channels();
+  std::size_t channels_open() const;
   void abort_channel_ends(Channel& channel, ConnectionSide dead);
   void abort_slot_end(Channel& channel, uint32_t slot, ConnectionSide dead);
   void abort_segment_end(unsigned char* segment, ConnectionSide dead) const;
@@ -686,7 +691,7 @@ void Monitor::Impl::send_status(int socket) {
       static_cast<unsigned long long>(counters.requests),
       static_cast<unsigned long long>(counters.rejected_requests), options_.ring_bytes,
       static_cast<unsigned long long>(segments_created_),
-      static_cast<unsigned long long>(segments_reused_), channels_.size(),
+      static_cast<unsigned long long>(segments_reused_), channels_open(),
       static_cast<unsigned long long>(direct),
       static_cast<unsigned long long>(connections_handed_on_));
   if (length > 0) send(socket, json, static_cast<std::size_t>(length), MSG_NOSIGNAL);
@@ -1140,6 +1145,7 @@ void Monitor::Impl::open_channel_after_connect(uint32_t client, const Request& r
   std::size_t as_client = 0;
   std::size_t as_server = 0;
   for (const auto& [id, channel] : channels_) {
+    if (channel.retired) continue;
     as_client += channel.process_id[kClientSide] == client;
     as_server += channel.process_id[kServerSide] == server;
   }
@@ -1219,19 +1225,39 @@ void Monitor::Impl::close_channel(uint64_t channel_id, bool queue_is_ours, uint3
   if (found == channels_.end()) return;
   Channel& channel = found->second;
   ChannelHeader* header = channel.header();
-  header->closed.store(1, std::memory_order_relaxed);
-  // Pairs with the client's fence between pushing and reading `closed`: either
-  // it sees the flag and cancels its entry, or the drain below sees the entry.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!channel.retired) {
+    header->closed.store(1, std::memory_order_relaxed);
+    // Pairs with the client's fence between pushing and reading `closed`:
+    // either it sees the flag and cancels its entry, or the drain sees it.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    channel.retired = true;
+    channel_by_client_.erase(channel.client_key);
+  }
   if (queue_is_ours) drain_channel_queue(channel);
   for (const ConnectionSide side : {kClientSide, kServerSide}) {
     if (dead_process != 0 && channel.process_id[side] == dead_process)
       abort_channel_ends(channel, side);
   }
-  direct_connections_of_closed_channels_ +=
-      header->connections_total.load(std::memory_order_relaxed);
-  channel_by_client_.erase(channel.client_key);
-  channels_.erase(found);
+  forget_retired_channels();
+}
+
+// A retired channel goes when no slot is in use, or when neither of its
+// processes is left to hear of the other's death.
+void Monitor::Impl::forget_retired_channels() {
+  std::erase_if(channels_, [&](const auto& entry) {
+    const Channel& channel = entry.second;
+    if (!channel.retired) return false;
+    bool in_use = false;
+    for (const std::atomic<uint32_t>& state : channel.header()->slot_state)
+      in_use |= state.load(std::memory_order_acquire) != 0;
+    if (in_use && (processes_.contains(channel.process_id[kClientSide]) ||
+                   processes_.contains(channel.process_id[kServerSide]))) {
+      return false;
+    }
+    direct_connections_of_closed_channels_ +=
+        channel.header()->connections_total.load(std::memory_order_relaxed);
+    return true;
+  });
 }
 
 void Monitor::Impl::drain_channel_queue(Channel& channel) {
@@ -1324,9 +1350,15 @@ void Monitor::Impl::close_channels_of_process(uint32_t process_id) {
     }
   }
   for (const uint64_t id : closing) {
-    const bool server_died = channels_.at(id).process_id[kServerSide] == process_id;
-    close_channel(id, server_died, process_id);
+    const auto found = channels_.find(id);  // closing one may forget others
+    if (found == channels_.end()) continue;
+    close_channel(id, found->second.process_id[kServerSide] == process_id, process_id);
   }
+}
+
+std::size_t Monitor::Impl::channels_open() const {
+  return static_cast<std::size_t>(std::count_if(
+      channels_.begin(), channels_.end(), [](const auto& entry) { return !entry.second.retired; }));
 }
 
 uint64_t Monitor::Impl::direct_connections_total() const {

@@ -63,6 +63,41 @@ OptionOracle& option_oracle(int domain) {
   return oracle;
 }
 
+// Whether the kernel takes this option value on a socket of `domain`. Its
+// verdicts are remembered: applications set the same few options again and
+// again (nginx corks and uncorks every response), and asking costs a system
+// call.
+bool kernel_accepts_option(int domain, int level, int name, const void* value, socklen_t length) {
+  struct Verdict {
+    int domain;
+    int level;
+    int name;
+    socklen_t length;
+    unsigned char value[16];
+  };
+  static OptionalSpinLock lock;
+  static Verdict accepted[32];
+  static std::size_t remembered = 0;
+  const bool memorable = value != nullptr && length <= sizeof Verdict::value;
+  const auto matches = [&](const Verdict& verdict) {
+    return verdict.domain == domain && verdict.level == level && verdict.name == name &&
+           verdict.length == length && memcmp(verdict.value, value, length) == 0;
+  };
+  if (memorable) {
+    std::lock_guard guard(lock);
+    const std::size_t known = std::min(remembered, std::size(accepted));
+    if (std::any_of(accepted, accepted + known, matches)) return true;
+  }
+  if (real().setsockopt(option_oracle(domain).probe, level, name, value, length) != 0) return false;
+  if (memorable) {
+    std::lock_guard guard(lock);
+    Verdict& verdict = accepted[remembered++ % std::size(accepted)];
+    verdict = Verdict{domain, level, name, length, {}};
+    memcpy(verdict.value, value, length);
+  }
+  return true;
+}
+
 // Replaces the placeholder at `fd` with a real kernel socket carrying every
 // option recorded so far, keeping the descriptor's close-on-exec flag.
 int materialize(int fd, Socket* socket, bool nonblocking) {
@@ -801,8 +836,7 @@ int intercepted_setsockopt(int fd, int level, int name, const void* value, sockl
   if (!socket || kernel_backed(socket.get()))
     return real().setsockopt(fd, level, name, value, length);
   // The kernel validates and normalises; we keep the result for this socket.
-  OptionOracle& oracle = option_oracle(socket->domain);
-  if (real().setsockopt(oracle.probe, level, name, value, length) != 0) return -1;
+  if (!kernel_accepts_option(socket->domain, level, name, value, length)) return -1;
   if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
     const int64_t timeout = timeval_to_ns(value, length);
     if (timeout < 0) return fail(EDOM);

@@ -843,6 +843,13 @@ void dispatch(MonitorLink& l, const Event& event) {
     case EventType::kError:
       NETACCEL_DEBUG_LOG("monitor rejected request %u: %s\n", event.request_id,
                          strerror(-event.status));
+      // Refused outright, the request we wait for has its answer: an engine
+      // with a full process table does not know us (-ESRCH), and the caller
+      // falls back to the kernel at once rather than waiting for a reply.
+      if (event.request_id != 0 && event.request_id == l.awaited_request_id && !l.reply_arrived) {
+        l.reply = event;
+        l.reply_arrived = true;
+      }
       return;
   }
 }

@@ -212,6 +212,27 @@ for header in keep-alive close; do
   printf '%-28s %14.0f %14.0f %8s %s / %s\n' "$label" "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed"
   printf '| %s | %.0f | %.0f | %s | %s / %s |\n' "$label" "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed" >>"$nginx_markdown"
 done
+# The same load while `nginx -s reload` replaces the workers three times: the
+# kernel's shared accept queue loses nothing, and neither may netaccel.
+reload_rate() {
+  local conf=$1 port=$2 out=$tmp/reload-rate
+  shift 2
+  wrk_rate "$port" close "$@" >"$out" &
+  local wrk_pid=$!
+  for _ in 1 2 3; do
+    sleep "$(python3 -c "print($nginx_seconds / 4)")"
+    nginx -c "$conf" -s reload
+  done
+  wait "$wrk_pid"
+  cat "$out"
+}
+read -r k kernel_failed <<<"$(reload_rate "$tmp/nginx-kernel.conf" 7101)"
+read -r n netaccel_failed <<<"$(reload_rate "$tmp/nginx-netaccel.conf" 7102 "${run[@]}")"
+ratio=$(python3 -c "print('%.2fx' % ($n / $k) if $k > 0 else 'n/a')")
+label="one per connection, 3 reloads"
+printf '%-28s %14.0f %14.0f %8s %s / %s\n' "$label" "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed"
+printf '| one request per connection, three `nginx -s reload` during the run | %.0f | %.0f | %s | %s / %s |\n' \
+  "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed" >>"$nginx_markdown"
 nginx_after=$(connections_total)
 echo "(netaccel carried $((nginx_after - nginx_before)) connections during the netaccel nginx runs)"
 nginx -c "$tmp/nginx-kernel.conf" -s stop || true

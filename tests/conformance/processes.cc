@@ -400,6 +400,40 @@ CONFORMANCE_CASE(kArea, exec_twice_socket_still_works, 1, "a socket survives two
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, exec_image_exit_gives_peer_eof, 1,
+                 "the peer reads EOF once the exec'd image, the socket's last holder, exits") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] {
+    close(pair.server);
+    exec_helper("write_text_to_fd", {std::to_string(pair.client), "bye"});
+  });
+  close(pair.client);
+  show_exact("peer read", pair.server, 3);
+  recv_once("peer recv after the image exited", pair.server);
+  wait_child("exec child", pid);
+  close(pair.server);
+}
+
+CONFORMANCE_HELPER(write_text_then_pause) {
+  send_text(std::stoi(arguments.at(0)), "ready");
+  pause();
+}
+
+CONFORMANCE_CASE(kArea, exec_image_killed_gives_peer_eof, 1,
+                 "SIGKILL of the exec'd image holding the socket ends the connection for the peer") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] {
+    close(pair.server);
+    exec_helper("write_text_then_pause", {std::to_string(pair.client)});
+  });
+  close(pair.client);
+  show_exact("peer read", pair.server, 5);
+  kill(pid, SIGKILL);
+  recv_once("peer recv after the kill", pair.server);
+  wait_child("exec child", pid);
+  close(pair.server);
+}
+
 CONFORMANCE_CASE(kArea, vfork_exec_child_writes_socket, 1,
                  "vfork + exec: the new image writes on the inherited socket") {
   const TcpPair pair = tcp_pair();

@@ -83,8 +83,8 @@ int make_anchor(const Socket* socket, bool may_register) {
   // Taken before the monitor holds B: it may let the share go at once.
   std::atomic<uint32_t>& holders = connection->header->holders[connection->side];
   holders.fetch_add(1, std::memory_order_acq_rel);
-  const int watched[kAnchorWatchFds] = {monitor_end.get(), place.memory,
-                                        connection->own_wake.get(), connection->peer_wake.get()};
+  const int watched[kAnchorWatchFds] = {monitor_end.get(), place.memory, connection->own_wake.get(),
+                                        connection->peer_wake.get()};
   if (!send_anchor_watch(message, watched, may_register)) {
     release_last_holder(holders);  // never the last: ours remains
     return -1;
@@ -162,8 +162,8 @@ bool adopt_anchor(int fd) {
   socket->write_shut = (message.flags & kAnchorWriteShut) != 0;
   for (uint32_t i = 0; i < std::min(message.option_count, kAnchorOptions); ++i) {
     const AnchorOption& carried = message.options[i];
-    SavedOption option{carried.level, carried.name,
-                       std::min<socklen_t>(carried.length, sizeof option.value), {}};
+    SavedOption option{
+        carried.level, carried.name, std::min<socklen_t>(carried.length, sizeof option.value), {}};
     memcpy(option.value, carried.value, option.length);
     socket->options.push_back(option);
     if (carried.level == SOL_SOCKET && carried.name == SO_RCVTIMEO) {
@@ -296,8 +296,8 @@ ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags) {
        part = CMSG_NXTHDR(original, part)) {
     if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
     const std::size_t count = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    const std::size_t start =
-        static_cast<std::size_t>(CMSG_DATA(part) - static_cast<unsigned char*>(message->msg_control));
+    const std::size_t start = static_cast<std::size_t>(
+        CMSG_DATA(part) - static_cast<unsigned char*>(message->msg_control));
     for (std::size_t i = 0; i < count; ++i) {
       int passed;
       memcpy(&passed, CMSG_DATA(part) + i * sizeof(int), sizeof passed);
@@ -336,8 +336,7 @@ void adopt_received_descriptors(struct msghdr* message) {
 // glibc's child runs its own internal execve, which we cannot reach: the
 // anchors are made here, in the parent, which keeps using its sockets. With
 // file actions the child may dup any descriptor, close-on-exec or not.
-int intercepted_posix_spawn(pid_t* pid, const char* path,
-                            const posix_spawn_file_actions_t* actions,
+int intercepted_posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* actions,
                             const posix_spawnattr_t* attributes, char* const argv[],
                             char* const envp[]) {
   anchor_sockets_for_new_image(actions != nullptr);

@@ -1362,8 +1362,8 @@ Connection* adopt_connection(const AnchorMessage& message, UniqueFd (&fds)[3]) {
   }
   SharedMapping mapping = map_shared(fds[0].get(), static_cast<std::size_t>(bytes));
   if (!mapping) return nullptr;
-  auto* header = reinterpret_cast<ConnectionSegmentHeader*>(static_cast<unsigned char*>(mapping.get()) +
-                                                            message.segment_offset);
+  auto* header = reinterpret_cast<ConnectionSegmentHeader*>(
+      static_cast<unsigned char*>(mapping.get()) + message.segment_offset);
   if (!segment_valid(header, message.segment_bytes) ||
       header->connection_id != message.connection_id) {
     return nullptr;

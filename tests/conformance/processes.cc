@@ -419,8 +419,9 @@ CONFORMANCE_HELPER(write_text_then_pause) {
   pause();
 }
 
-CONFORMANCE_CASE(kArea, exec_image_killed_gives_peer_eof, 1,
-                 "SIGKILL of the exec'd image holding the socket ends the connection for the peer") {
+CONFORMANCE_CASE(
+    kArea, exec_image_killed_gives_peer_eof, 1,
+    "SIGKILL of the exec'd image holding the socket ends the connection for the peer") {
   const TcpPair pair = tcp_pair();
   const pid_t pid = fork_child([&] {
     close(pair.server);

@@ -763,7 +763,8 @@ void Monitor::Impl::watch_anchor(const AnchorMessage& message, ssize_t bytes, co
   const uint64_t needed = std::max<uint64_t>(
       header_end, message.channel_slot != kAnchorNoSlot ? sizeof(ChannelHeader) : 0);
   if (size < 0 || message.segment_offset > static_cast<uint64_t>(size) ||
-      needed > static_cast<uint64_t>(size) || message.segment_offset % alignof(ConnectionSegmentHeader) != 0 ||
+      needed > static_cast<uint64_t>(size) ||
+      message.segment_offset % alignof(ConnectionSegmentHeader) != 0 ||
       !is_eventfd(owned[2].get()) || !is_eventfd(owned[3].get())) {
     return;
   }
@@ -808,7 +809,7 @@ void Monitor::Impl::release_anchor_share(Anchor& anchor) {
   auto ring_at = [&](ConnectionSide ring) -> unsigned char* {
     const uint32_t offset = header->ring_offset[ring];
     return offset < bytes && byte_ring_valid(segment + offset, bytes - offset) ? segment + offset
-                                                                              : nullptr;
+                                                                               : nullptr;
   };
   unsigned char* own = ring_at(side);
   unsigned char* received = ring_at(other_side(side));

@@ -414,6 +414,24 @@ CONFORMANCE_CASE(kArea, exec_image_exit_gives_peer_eof, 1,
   close(pair.server);
 }
 
+CONFORMANCE_HELPER(exchange_then_close) {
+  const int client = std::stoi(arguments.at(0));
+  const int server = std::stoi(arguments.at(1));
+  send_text(client, "across exec");
+  show_exact("server read", server, 11);
+  send_text(server, "back");
+  show_exact("client read", client, 4);
+  close(client);
+  recv_once("server recv after the client closed", server);
+  close(server);
+}
+
+CONFORMANCE_CASE(kArea, exec_in_place_keeps_both_ends, 1,
+                 "a process that execs itself keeps both ends of its connection working") {
+  const TcpPair pair = tcp_pair();
+  exec_helper("exchange_then_close", {std::to_string(pair.client), std::to_string(pair.server)});
+}
+
 CONFORMANCE_HELPER(write_text_then_pause) {
   send_text(std::stoi(arguments.at(0)), "ready");
   pause();

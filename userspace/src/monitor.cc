@@ -186,6 +186,9 @@ class Monitor::Impl {
     bool handed_on = false;
     InetAddress server_address{};  // as kIncoming told the server
     InetAddress client_address{};
+    // A process connected to itself dies as two notices, one end each: each
+    // end's share goes once (an anchor may hold another).
+    bool abandoned[2] = {false, false};
   };
 
   // A server end on its way to another listener, as the client reached it.
@@ -1214,18 +1217,20 @@ void Monitor::Impl::abandon_endpoint(const EngineOutput& output) {
   auto* segment = static_cast<unsigned char*>(mapping.get());
   const auto* header = reinterpret_cast<const ConnectionSegmentHeader*>(segment);
   for (const ConnectionSide dead : {kClientSide, kServerSide}) {
-    if (connection.process_id[dead] != output.destination) continue;
+    if (connection.process_id[dead] != output.destination || connection.abandoned[dead]) continue;
+    connection.abandoned[dead] = true;
     // Queued for a process that died before accepting it (or exited with
     // its event queue unread): another listener takes it.
     if (dead == kServerSide && header->accepted.load(std::memory_order_acquire) == 0 &&
         processes_.contains(connection.process_id[kClientSide])) {
-      hand_on_server_end(detach_server_end(connection));
-      continue;
+      return hand_on_server_end(detach_server_end(connection));
     }
-    if (!release_dead_owner_share(segment, dead)) continue;
-    abort_segment_end(segment, dead);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    signal_wake_fd(connection.segment.wake[other_side(dead)].get());
+    if (release_dead_owner_share(segment, dead)) {
+      abort_segment_end(segment, dead);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      signal_wake_fd(connection.segment.wake[other_side(dead)].get());
+    }
+    return;
   }
 }
 

@@ -366,7 +366,9 @@ ssize_t intercepted_sendto(int fd, const void* buffer, size_t length, int flags,
 ssize_t intercepted_sendmsg(int fd, const struct msghdr* message, int flags) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) {
-    if (message->msg_controllen == 0) return real().sendmsg(fd, message, flags);
+    if (message == nullptr || message->msg_controllen == 0) {
+      return real().sendmsg(fd, message, flags);
+    }
     return send_with_anchors(fd, message, flags);
   }
   return stream_send(fd, socket.get(), message->msg_iov, static_cast<int>(message->msg_iovlen),
@@ -1000,7 +1002,7 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
 // Runs one of the exec calls: the sockets the new image inherits go to it as
 // anchors, and this process's shares of shared connections stay behind.
 template <typename Exec>
-int exec_leaving_shared_connections(Exec exec) {
+int exec_handing_sockets_to_new_image(Exec exec) {
   anchor_sockets_for_new_image(/*include_close_on_exec=*/false);
   const std::vector<Connection*> left = leave_shared_connections_for_exec();
   const int result = exec();
@@ -1011,16 +1013,16 @@ int exec_leaving_shared_connections(Exec exec) {
 }
 
 int intercepted_execve(const char* path, char* const argv[], char* const envp[]) {
-  return exec_leaving_shared_connections([&] { return real().execve(path, argv, envp); });
+  return exec_handing_sockets_to_new_image([&] { return real().execve(path, argv, envp); });
 }
 int intercepted_execv(const char* path, char* const argv[]) {
-  return exec_leaving_shared_connections([&] { return real().execv(path, argv); });
+  return exec_handing_sockets_to_new_image([&] { return real().execv(path, argv); });
 }
 int intercepted_execvp(const char* file, char* const argv[]) {
-  return exec_leaving_shared_connections([&] { return real().execvp(file, argv); });
+  return exec_handing_sockets_to_new_image([&] { return real().execvp(file, argv); });
 }
 int intercepted_execvpe(const char* file, char* const argv[], char* const envp[]) {
-  return exec_leaving_shared_connections([&] { return real().execvpe(file, argv, envp); });
+  return exec_handing_sockets_to_new_image([&] { return real().execvpe(file, argv, envp); });
 }
 
 // Interposed rather than left to pthread_atfork alone: the child must count

@@ -414,6 +414,26 @@ CONFORMANCE_CASE(kArea, exec_image_exit_gives_peer_eof, 1,
   close(pair.server);
 }
 
+CONFORMANCE_CASE(kArea, exec_keeps_second_connection_to_a_listener, 2,
+                 "the second connection to one listener (a channel's, under netaccel) survives "
+                 "exec; the peer reads EOF when the image exits") {
+  const int listener = tcp_listener();
+  const int first = tcp_connect(local_port(listener));
+  const int first_server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  const int second = tcp_connect(local_port(listener));
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  const pid_t pid = fork_child([&] {
+    close(server);
+    exec_helper("echo_once_on_fd", {std::to_string(second)});
+  });
+  close(second);
+  send_text(server, "ping");
+  show_exact("peer read", server, 13);
+  recv_once("peer recv after the image exited", server);
+  wait_child("exec child", pid);
+  for (const int fd : {first, first_server, server, listener}) close(fd);
+}
+
 CONFORMANCE_HELPER(exchange_then_close) {
   const int client = std::stoi(arguments.at(0));
   const int server = std::stoi(arguments.at(1));
@@ -494,6 +514,19 @@ CONFORMANCE_CASE(kArea, posix_spawn_child_inherits_socket, 1,
   wait_child("spawned child", pid);
   show_exact("peer read", pair.server, 7);
   close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, posix_spawn_child_outlives_parent_copy, 1,
+                 "posix_spawn: the parent closes its copy, the child still writes, the peer reads "
+                 "EOF when the child exits") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = spawn_helper(
+      helper_command("write_text_to_fd", {std::to_string(pair.client), "spawned"}), nullptr);
+  close(pair.client);
+  show_exact("peer read", pair.server, 7);
+  recv_once("peer recv after the child exited", pair.server);
+  wait_child("spawned child", pid);
+  close(pair.server);
 }
 
 CONFORMANCE_CASE(kArea, posix_spawn_dup2_socket_to_stdout, 1,

@@ -246,12 +246,19 @@ void anchor_sockets_for_new_image(bool include_close_on_exec) {
     if (descriptor_flags < 0) continue;
     const bool close_on_exec = (descriptor_flags & FD_CLOEXEC) != 0;
     if (close_on_exec && !include_close_on_exec) continue;
-    // A vfork child cannot keep what it makes: its descriptor table is its
-    // own, its memory the parent's. Each of its numbers gets an anchor.
-    const int anchor = holder ? anchor_of(socket.get()) : make_anchor(socket.get(), false);
+    // A vfork child cannot keep what it makes (its descriptor table is its
+    // own, its memory the parent's): it takes the parent's anchor, which its
+    // table holds too, or gives each of its numbers one of its own.
+    int anchor = socket->connection->anchor.get();
+    const bool made_here = !holder && anchor < 0;
+    if (holder) {
+      anchor = anchor_of(socket.get());
+    } else if (made_here) {
+      anchor = make_anchor(socket.get(), /*may_register=*/false);
+    }
     if (anchor < 0) continue;  // the new image gets the placeholder, as without a monitor
     real().dup3(anchor, fd, close_on_exec ? O_CLOEXEC : 0);
-    if (!holder) real().close(anchor);
+    if (made_here) real().close(anchor);
   }
 }
 

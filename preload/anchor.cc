@@ -32,7 +32,8 @@ struct SegmentPlace {
 SegmentPlace place_of(const Connection* connection) {
   const Channel* channel = connection->channel;
   if (channel == nullptr) {
-    return {connection->memory.get(), 0, connection->segment.size(), kAnchorNoSlot};
+    return {connection->memory.get(), connection->memory_offset, connection->segment.size(),
+            kAnchorNoSlot};
   }
   return {channel->memory.get(),
           channel->slot_offset + uint64_t{connection->slot} * channel->slot_bytes,
@@ -44,7 +45,7 @@ AnchorMessage describe(const Socket* socket, const SegmentPlace& place) {
   AnchorMessage message{};
   message.magic = kAnchorMagic;
   message.version = kAnchorVersion;
-  message.connection_id = connection->connection_id;
+  message.connection_id = connection->header->connection_id;
   message.segment_offset = place.offset;
   message.segment_bytes = place.bytes;
   message.channel_slot = place.channel_slot;

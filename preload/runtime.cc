@@ -532,6 +532,7 @@ Connection* attach_delivered(Delivery& delivery) {
   connection->own_wake = std::move(delivery.own_wake);
   connection->peer_wake = std::move(delivery.peer_wake);
   connection->memory = std::move(delivery.segment);
+  connection->memory_offset = offset;
   connection->connection_id = delivery.header.connection_id;
   connection->handed_on = delivery.header.segment_connection_id != delivery.header.connection_id;
   bind_rings(connection, delivery.header.side);

@@ -93,8 +93,9 @@ struct Connection {
   // Came with an anchor (exec, posix_spawn, SCM_RIGHTS): our share is the
   // anchor's, which the kernel keeps with the anchor descriptor at our number.
   bool adopted = false;
-  UniqueFd memory;  // the segment's memfd (not a channel's slot): anchors pass it on
-  UniqueFd anchor;  // made the first time the end leaves this process; reused after
+  UniqueFd memory;             // the segment's memfd (not a channel's slot): anchors pass it on
+  uint64_t memory_offset = 0;  // where `segment` starts in `memory`
+  UniqueFd anchor;             // made the first time the end leaves this process; reused after
   ConnectionSegmentHeader* header = nullptr;
   ByteRing tx;         // our bytes to the peer
   ByteRing rx;         // the peer's bytes to us

@@ -333,7 +333,7 @@ inline constexpr uint32_t kAnchorOptions = 8;
 struct AnchorMessage {
   uint32_t magic;  // kAnchorMagic
   uint32_t version;
-  uint64_t connection_id;
+  uint64_t connection_id;   // as the segment's header bears it
   uint64_t segment_offset;  // of the ConnectionSegmentHeader within the memfd
   uint64_t segment_bytes;
   uint32_t channel_slot;  // the slot in the channel at the memfd's start, or kAnchorNoSlot

@@ -84,7 +84,7 @@ int make_anchor(const Socket* socket, bool may_register) {
   // Taken before the monitor holds B: it may let the share go at once.
   std::atomic<uint32_t>& holders = connection->header->holders[connection->side];
   holders.fetch_add(1, std::memory_order_acq_rel);
-  const int watched[kAnchorWatchFds] = {monitor_end.get(), place.memory, connection->own_wake.get(),
+  const int watched[kAnchorWatchFds] = {monitor_end.get(), place.memory,
                                         connection->peer_wake.get()};
   if (!send_anchor_watch(message, watched, may_register)) {
     release_last_holder(holders);  // never the last: ours remains
@@ -222,8 +222,7 @@ bool adopt_listener(int fd, int domain) {
   return true;
 }
 
-}  // namespace
-
+// An anchor for the socket's end, made once and kept; -1 if none can be.
 int anchor_of(Socket* socket) {
   Connection* connection = socket->connection;
   std::lock_guard lock(g_anchor_mutex);
@@ -233,6 +232,27 @@ int anchor_of(Socket* socket) {
   }
   return connection->anchor.get();
 }
+
+// Adopts what a descriptor we did not make holds: an anchor becomes a
+// connected netaccel socket, a kernel TCP listener a netaccel listener.
+void adopt_descriptor(int fd) {
+  if (is_netaccel_fd(fd) || is_internal_fd(fd)) return;
+  struct stat status;
+  if (fstat(fd, &status) != 0 || !S_ISSOCK(status.st_mode)) return;
+  int domain = 0;
+  int type = 0;
+  socklen_t length = sizeof domain;
+  if (real().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) return;
+  length = sizeof type;
+  if (real().getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0) return;
+  if (domain == AF_UNIX && type == SOCK_SEQPACKET) {
+    adopt_anchor(fd);
+  } else if ((domain == AF_INET || domain == AF_INET6) && type == SOCK_STREAM) {
+    adopt_listener(fd, domain);
+  }
+}
+
+}  // namespace
 
 void anchor_sockets_for_new_image(bool include_close_on_exec) {
   const bool holder = holder_process();
@@ -260,23 +280,6 @@ void anchor_sockets_for_new_image(bool include_close_on_exec) {
     if (anchor < 0) continue;  // the new image gets the placeholder, as without a monitor
     real().dup3(anchor, fd, close_on_exec ? O_CLOEXEC : 0);
     if (made_here) real().close(anchor);
-  }
-}
-
-void adopt_descriptor(int fd) {
-  if (is_netaccel_fd(fd) || is_internal_fd(fd)) return;
-  struct stat status;
-  if (fstat(fd, &status) != 0 || !S_ISSOCK(status.st_mode)) return;
-  int domain = 0;
-  int type = 0;
-  socklen_t length = sizeof domain;
-  if (real().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) return;
-  length = sizeof type;
-  if (real().getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0) return;
-  if (domain == AF_UNIX && type == SOCK_SEQPACKET) {
-    adopt_anchor(fd);
-  } else if ((domain == AF_INET || domain == AF_INET6) && type == SOCK_STREAM) {
-    adopt_listener(fd, domain);
   }
 }
 

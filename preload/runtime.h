@@ -307,11 +307,6 @@ bool holder_process();
 // its number (`include_close_on_exec`: also those the image closes, which a
 // posix_spawn file action may still dup).
 void anchor_sockets_for_new_image(bool include_close_on_exec);
-// An anchor for the socket's end, made once and kept; -1 if none can be.
-int anchor_of(Socket* socket);
-// Adopts what a descriptor we did not make holds: an anchor becomes a
-// connected netaccel socket, a kernel TCP listener a netaccel listener.
-void adopt_descriptor(int fd);
 // The preload's start in a new image: adopts every inherited descriptor.
 void adopt_inherited_descriptors();
 // Hands the monitor B of an anchor with the message it carries; false if no

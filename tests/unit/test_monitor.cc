@@ -1112,7 +1112,6 @@ TEST_F(MonitorTest, AnchoredEndOutlivesItsOwnerAndClosesWithTheAnchor) {
   message.channel_slot = kAnchorNoSlot;
   message.side = kClientSide;
   const int fds[kAnchorWatchFds] = {monitor_end.get(), client_delivery.segment.get(),
-                                    client_delivery.own_wake.get(),
                                     client_delivery.other_wake.get()};
   ASSERT_EQ(send_with_fds(client->socket(), &message, sizeof message, fds, kAnchorWatchFds), 0);
   monitor_end.reset();

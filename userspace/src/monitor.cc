@@ -230,7 +230,7 @@ class Monitor::Impl {
   struct Anchor {
     UniqueFd socket;  // B
     SharedMapping memory;
-    UniqueFd wake[2];  // this end's, the other end's
+    UniqueFd peer_wake;  // the other end's: it hears of the close
     uint64_t segment_offset;
     uint32_t channel_slot;
     ConnectionSide side;
@@ -768,15 +768,14 @@ void Monitor::Impl::watch_anchor(const AnchorMessage& message, ssize_t bytes, co
   if (size < 0 || message.segment_offset > static_cast<uint64_t>(size) ||
       needed > static_cast<uint64_t>(size) ||
       message.segment_offset % alignof(ConnectionSegmentHeader) != 0 ||
-      !is_eventfd(owned[2].get()) || !is_eventfd(owned[3].get())) {
+      !is_eventfd(owned[2].get())) {
     return;
   }
   Anchor anchor;
   anchor.memory = map_shared(owned[1].get(), static_cast<std::size_t>(size));
   if (!anchor.memory) return log_error("cannot map an anchored connection", errno);
   anchor.socket = std::move(owned[0]);
-  anchor.wake[0] = std::move(owned[2]);
-  anchor.wake[1] = std::move(owned[3]);
+  anchor.peer_wake = std::move(owned[2]);
   anchor.segment_offset = message.segment_offset;
   anchor.channel_slot = message.channel_slot;
   anchor.side = static_cast<ConnectionSide>(message.side);
@@ -830,7 +829,7 @@ void Monitor::Impl::release_anchor_share(Anchor& anchor) {
     channel->slot_state[anchor.channel_slot].fetch_and(~own_bit, std::memory_order_acq_rel);
   }
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  signal_wake_fd(anchor.wake[1].get());
+  signal_wake_fd(anchor.peer_wake.get());
 }
 
 void Monitor::Impl::remove_process(uint32_t process_id) {

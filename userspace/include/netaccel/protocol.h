@@ -347,8 +347,8 @@ struct AnchorMessage {
 };
 
 // process -> monitor on its registration socket: the same AnchorMessage with
-// SCM_RIGHTS [B, memfd, this end's wake eventfd, the other end's]. The
-// monitor watches B and lets the anchor's share go when B hangs up.
-inline constexpr std::size_t kAnchorWatchFds = 4;
+// SCM_RIGHTS [B, memfd, the other end's wake eventfd]. The monitor watches B
+// and lets the anchor's share go when B hangs up.
+inline constexpr std::size_t kAnchorWatchFds = 3;
 
 }  // namespace netaccel

@@ -180,8 +180,13 @@ void install_socket(int fd, Socket* socket) {
   }
 }
 
+int highest_socket_fd() {
+  return g_highest_fd.load(std::memory_order_acquire);
+}
+
 namespace {
-// Each connection end held through one of our descriptors, once.
+// Each connection end held through one of our descriptors, once. Adopted ends
+// are left out: the kernel counts their holders (copies of the anchor).
 template <typename Visit>
 void for_each_held_connection(Visit visit) {
   std::vector<Connection*> seen;
@@ -190,6 +195,7 @@ void for_each_held_connection(Visit visit) {
     Socket* socket = sockets()[fd].load(std::memory_order_acquire);
     if (socket == nullptr || socket->state != SocketState::kConnected) continue;
     Connection* connection = socket->connection;
+    if (connection->adopted) continue;
     if (std::find(seen.begin(), seen.end(), connection) != seen.end()) continue;
     seen.push_back(connection);
     visit(connection);
@@ -212,15 +218,19 @@ namespace {
 // The process whose shares our bookkeeping counts: a vfork child runs in
 // its parent's memory and must not give away the parent's shares.
 pid_t g_holder_process = getpid();
+bool monitor_registered();
+}  // namespace
+
 bool holder_process() {
   return getpid() == g_holder_process;
 }
-}  // namespace
 
 std::vector<Connection*> leave_shared_connections_for_exec() {
   std::vector<Connection*> left;
   if (!holder_process()) return left;
-  for_each_held_connection([&left](Connection* connection) {
+  const bool monitor_releases_owned = monitor_registered();
+  for_each_held_connection([&left, monitor_releases_owned](Connection* connection) {
+    if (!connection->inherited && monitor_releases_owned) return;
     std::atomic<uint32_t>& holders = connection->header->holders[connection->side];
     uint32_t count = holders.load(std::memory_order_acquire);
     while (count > 1 &&
@@ -521,11 +531,14 @@ Connection* attach_delivered(Delivery& delivery) {
   connection->segment = std::move(mapping);
   connection->own_wake = std::move(delivery.own_wake);
   connection->peer_wake = std::move(delivery.peer_wake);
+  connection->memory = std::move(delivery.segment);
+  connection->memory_offset = offset;
   connection->connection_id = delivery.header.connection_id;
   connection->handed_on = delivery.header.segment_connection_id != delivery.header.connection_id;
   bind_rings(connection, delivery.header.side);
   keep_internal_fd(connection->own_wake);
   keep_internal_fd(connection->peer_wake);
+  keep_internal_fd(connection->memory);
   return connection;
 }
 
@@ -533,9 +546,16 @@ Connection* attach_delivered(Delivery& delivery) {
 std::mutex g_cache_mutex;
 std::vector<Connection*> g_segment_cache;
 
+// Our descriptors of a connection end that are not a channel's.
+void forget_own_fds(Connection* connection) {
+  mark_internal_fd(connection->memory.get(), false);
+  mark_internal_fd(connection->anchor.get(), false);
+}
+
 void free_connection(Connection* connection) {
   mark_internal_fd(connection->own_wake.get(), false);
   mark_internal_fd(connection->peer_wake.get(), false);
+  forget_own_fds(connection);
   delete connection;
 }
 
@@ -549,6 +569,7 @@ void drop_channel_reference(Channel* channel) {
   if (channel->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   for (const UniqueFd& wake : channel->wake) mark_internal_fd(wake.get(), false);
   mark_internal_fd(channel->acceptor_wake.get(), false);
+  mark_internal_fd(channel->memory.get(), false);
   delete channel;
 }
 
@@ -557,6 +578,7 @@ void forget_channel_slot(Connection* connection) {
   Channel* channel = connection->channel;
   (void)connection->own_wake.release();
   (void)connection->peer_wake.release();
+  forget_own_fds(connection);
   delete connection;
   drop_channel_reference(channel);
 }
@@ -646,6 +668,8 @@ void leave_shared_connection(MonitorLink* locked, Connection* connection) {
 }
 
 void close_connection_locked(MonitorLink* locked, Connection* connection, bool abort) {
+  // Its share goes with the last copy of the anchor: the monitor watches that.
+  if (connection->adopted) return free_connection(connection);
   if (!release_last_holder(connection->header->holders[connection->side])) {
     return leave_shared_connection(locked, connection);
   }
@@ -752,6 +776,8 @@ void adopt_channel(MonitorLink& l, const Event& event, bool* link_broken) {
   channel->slot_bytes = header->slot_bytes;
   channel->ring_capacity = header->ring_capacity;
   channel->mapping = std::move(mapping);
+  channel->memory = std::move(received[0]);
+  keep_internal_fd(channel->memory);
   channel->side = delivery.side;
   channel->channel_id = delivery.channel_id;
   for (std::size_t i = 1; i <= 2 * kChannelSlots; ++i) {
@@ -1306,6 +1332,57 @@ void withdraw_listeners_after_fork() {
 }
 
 // ---------------------------------------------------------------------------
+// Anchors: the monitor's half, and the end an anchor carries.
+
+namespace {
+bool monitor_registered() {
+  return link().state.load(std::memory_order_acquire) == LinkState::kRegistered;
+}
+}  // namespace
+
+bool send_anchor_watch(const AnchorMessage& message, const int (&fds)[kAnchorWatchFds],
+                       bool may_register) {
+  MonitorLink& l = link();
+  if (!may_register) {
+    // A vfork child: its parent, whose memory it runs in, is stopped.
+    return monitor_registered() &&
+           send_with_fds(l.control.get(), &message, sizeof message, fds, kAnchorWatchFds) == 0;
+  }
+  if (!monitor_available()) return false;
+  std::lock_guard lock(l.mutex);
+  return monitor_registered() &&
+         send_with_fds(l.control.get(), &message, sizeof message, fds, kAnchorWatchFds) == 0;
+}
+
+Connection* adopt_connection(const AnchorMessage& message, UniqueFd (&fds)[3]) {
+  const int64_t bytes = shared_memory_size(fds[0].get());
+  if (bytes < 0 || message.side > kServerSide || message.segment_offset % 64 != 0 ||
+      message.segment_bytes < sizeof(ConnectionSegmentHeader) ||
+      message.segment_offset + message.segment_bytes > static_cast<uint64_t>(bytes)) {
+    return nullptr;
+  }
+  SharedMapping mapping = map_shared(fds[0].get(), static_cast<std::size_t>(bytes));
+  if (!mapping) return nullptr;
+  auto* header = reinterpret_cast<ConnectionSegmentHeader*>(
+      static_cast<unsigned char*>(mapping.get()) + message.segment_offset);
+  if (!segment_valid(header, message.segment_bytes) ||
+      header->connection_id != message.connection_id) {
+    return nullptr;
+  }
+  auto* connection = new Connection;
+  connection->adopted = true;
+  connection->header = header;
+  connection->segment = std::move(mapping);
+  connection->own_wake = std::move(fds[1]);
+  connection->peer_wake = std::move(fds[2]);
+  connection->connection_id = message.connection_id;
+  bind_rings(connection, message.side);
+  keep_internal_fd(connection->own_wake);
+  keep_internal_fd(connection->peer_wake);
+  return connection;
+}
+
+// ---------------------------------------------------------------------------
 bool to_inet_address(const struct sockaddr* address, socklen_t length, InetAddress& out) {
   out = {};
   if (address == nullptr) return false;
@@ -1393,5 +1470,14 @@ bool is_local_address(const InetAddress& address) {
   }
   return false;
 }
+
+namespace {
+// The preload's start in a new image adopts what it inherited. A static
+// object rather than a constructor function: the tables it fills are
+// initialised before it in this file, which nothing guarantees across files.
+struct AdoptAtLoad {
+  AdoptAtLoad() { adopt_inherited_descriptors(); }
+} g_adopt_at_load;
+}  // namespace
 
 }  // namespace netaccel::preload

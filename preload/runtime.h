@@ -90,6 +90,12 @@ struct Connection {
   // Handed on from another process whose listener closed before accepting
   // it: the segment is never cached for reuse.
   bool handed_on = false;
+  // Came with an anchor (exec, posix_spawn, SCM_RIGHTS): our share is the
+  // anchor's, which the kernel keeps with the anchor descriptor at our number.
+  bool adopted = false;
+  UniqueFd memory;             // the segment's memfd (not a channel's slot): anchors pass it on
+  uint64_t memory_offset = 0;  // where `segment` starts in `memory`
+  UniqueFd anchor;             // made the first time the end leaves this process; reused after
   ConnectionSegmentHeader* header = nullptr;
   ByteRing tx;         // our bytes to the peer
   ByteRing rx;         // the peer's bytes to us
@@ -141,6 +147,7 @@ struct PendingConnection {
 // A channel (protocol.h) as one of its two processes holds it.
 struct Channel {
   SharedMapping mapping;
+  UniqueFd memory;  // anchors of its slots pass it on
   ChannelHeader* header = nullptr;
   DescriptorRing<Event> queue;  // we produce (client) or consume (server)
   uint32_t side = 0;
@@ -171,9 +178,10 @@ bool channel_accept(struct Socket* listener, PendingConnection& out);
 // fork(): every connection end this process holds gains the child as a
 // holder before the fork, and loses it again if the fork fails.
 void share_connections_with_child(bool shared);
-// exec: the new image cannot use our connections, so this process's share
-// of every end it shares with others goes (returned, to rejoin if the exec
-// fails); an end only we hold stays as it is.
+// exec: this process's share of every end it shares with others goes
+// (returned, to rejoin if the exec fails); an end only we hold stays as it
+// is. The share of an end the monitor knows us to own goes when the monitor
+// sees our link close at exec. Adopted ends are the kernel's to count.
 std::vector<Connection*> leave_shared_connections_for_exec();
 void rejoin_connections_after_failed_exec(const std::vector<Connection*>& left);
 // exit: every share goes, and an end whose last share this was closes.
@@ -288,6 +296,30 @@ bool is_internal_fd(int fd);
 
 // A placeholder descriptor for a new netaccel socket; -1 with errno set.
 int new_placeholder_fd(bool close_on_exec);
+// The highest descriptor number the table has ever held.
+int highest_socket_fd();
+// False in a vfork child, which runs in its parent's memory: it must change
+// neither the parent's shares nor its tables.
+bool holder_process();
+
+// Anchors (anchor.cc, protocol.h).
+// Gives each connected socket that the new image will inherit an anchor at
+// its number (`include_close_on_exec`: also those the image closes, which a
+// posix_spawn file action may still dup).
+void anchor_sockets_for_new_image(bool include_close_on_exec);
+// The preload's start in a new image: adopts every inherited descriptor.
+void adopt_inherited_descriptors();
+// Hands the monitor B of an anchor with the message it carries; false if no
+// monitor will watch it. `may_register`: false in a vfork child.
+bool send_anchor_watch(const AnchorMessage& message, const int (&fds)[kAnchorWatchFds],
+                       bool may_register);
+// sendmsg on a kernel socket with control data: connected netaccel sockets
+// passed with SCM_RIGHTS travel as their anchors.
+ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags);
+// recvmsg: adopts every descriptor received with SCM_RIGHTS.
+void adopt_received_descriptors(struct msghdr* message);
+// A connection end from an anchor's message and fds [memfd, own wake, peer wake].
+Connection* adopt_connection(const AnchorMessage& message, UniqueFd (&fds)[3]);
 
 // ---------------------------------------------------------------------------
 // The link to the monitor: registration, request/event queues.

@@ -365,7 +365,12 @@ ssize_t intercepted_sendto(int fd, const void* buffer, size_t length, int flags,
 
 ssize_t intercepted_sendmsg(int fd, const struct msghdr* message, int flags) {
   SocketRef socket = lookup_socket(fd);
-  if (!socket) return real().sendmsg(fd, message, flags);
+  if (!socket) {
+    if (message == nullptr || message->msg_controllen == 0) {
+      return real().sendmsg(fd, message, flags);
+    }
+    return send_with_anchors(fd, message, flags);
+  }
   return stream_send(fd, socket.get(), message->msg_iov, static_cast<int>(message->msg_iovlen),
                      flags);
 }
@@ -448,7 +453,13 @@ ssize_t intercepted_recvfrom(int fd, void* buffer, size_t length, int flags,
 
 ssize_t intercepted_recvmsg(int fd, struct msghdr* message, int flags) {
   SocketRef socket = lookup_socket(fd);
-  if (!socket) return real().recvmsg(fd, message, flags);
+  if (!socket) {
+    const ssize_t got = real().recvmsg(fd, message, flags);
+    if (got >= 0 && message->msg_controllen != 0 && !is_internal_fd(fd)) {
+      adopt_received_descriptors(message);
+    }
+    return got;
+  }
   const ssize_t got = stream_receive(fd, socket.get(), message->msg_iov,
                                      static_cast<int>(message->msg_iovlen), flags);
   if (got >= 0) {
@@ -583,9 +594,6 @@ int intercepted_listen(int fd, int backlog) {
   }
   socket->local_known = true;
   socket->listener_wake.reset(wake);
-  // The kernel listener never blocks us: accept() waits on both paths itself.
-  const int flags = real().fcntl(fd, F_GETFL);
-  real().fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 
   socket->listen_backlog = static_cast<uint16_t>(std::clamp(backlog, 0, 65535));
   if (socket->domain == AF_INET6) {
@@ -602,7 +610,6 @@ int intercepted_listen(int fd, int backlog) {
     socket->state = SocketState::kBound;
     mark_internal_fd(wake, false);
     socket->listener_wake.reset();
-    real().fcntl(fd, F_SETFL, flags);
     fall_back_to_kernel(fd, socket.get());
     return 0;
   }
@@ -640,6 +647,17 @@ int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr
   return fd;
 }
 
+// The kernel listener's O_NONBLOCK is the application's (an exec'd image or
+// a receiving process reads it there), so look before taking: accept() waits
+// on both paths itself.
+int accept_kernel_if_ready(int fd, struct sockaddr* address, socklen_t* length, int flags) {
+  struct pollfd ready {
+    fd, POLLIN, 0
+  };
+  if (real().poll(&ready, 1, 0) != 1) return fail(EAGAIN);
+  return real().accept4(fd, address, length, flags);
+}
+
 bool pop_pending(Socket* listener, PendingConnection& out) {
   {
     std::lock_guard lock(listener->backlog_mutex);
@@ -675,7 +693,7 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
     // after every sleep (the sleep watches that listener too).
     const bool nonblocking = socket->nonblocking.load(std::memory_order_relaxed);
     if (nonblocking || (round & 255) == 255 || !spinning) {
-      const int kernel = real().accept4(fd, address, length, flags);
+      const int kernel = accept_kernel_if_ready(fd, address, length, flags);
       if (kernel >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return kernel;
     }
     if (nonblocking) return fail(EAGAIN);
@@ -933,13 +951,9 @@ int netaccel_fcntl(int fd, int command, unsigned long argument) {
       return (flags & ~O_NONBLOCK) |
              (socket->nonblocking.load(std::memory_order_relaxed) ? O_NONBLOCK : 0);
     }
-    case F_SETFL: {
+    case F_SETFL:
       socket->nonblocking.store(argument & O_NONBLOCK, std::memory_order_relaxed);
-      // A kernel listener stays non-blocking underneath; others follow the application.
-      const unsigned long kernel_flags =
-          socket->state == SocketState::kListening ? (argument | O_NONBLOCK) : argument;
-      return real().fcntl(fd, F_SETFL, kernel_flags);
-    }
+      return real().fcntl(fd, F_SETFL, argument);
     case F_DUPFD:
     case F_DUPFD_CLOEXEC: {
       const int copy = real().fcntl(fd, command, argument);
@@ -956,7 +970,6 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
   if (!socket || kernel_backed(socket.get())) {
     if (socket && request == FIONBIO && argument != nullptr) {
       socket->nonblocking.store(*static_cast<int*>(argument) != 0, std::memory_order_relaxed);
-      if (socket->state == SocketState::kListening) return 0;
     }
     return real().ioctl(fd, request, argument);
   }
@@ -986,10 +999,11 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
   }
 }
 
-// Runs one of the exec calls with this process's shares of shared
-// connections left behind while it replaces the image.
+// Runs one of the exec calls: the sockets the new image inherits go to it as
+// anchors, and this process's shares of shared connections stay behind.
 template <typename Exec>
-int exec_leaving_shared_connections(Exec exec) {
+int exec_handing_sockets_to_new_image(Exec exec) {
+  anchor_sockets_for_new_image(/*include_close_on_exec=*/false);
   const std::vector<Connection*> left = leave_shared_connections_for_exec();
   const int result = exec();
   const int error = errno;
@@ -999,16 +1013,16 @@ int exec_leaving_shared_connections(Exec exec) {
 }
 
 int intercepted_execve(const char* path, char* const argv[], char* const envp[]) {
-  return exec_leaving_shared_connections([&] { return real().execve(path, argv, envp); });
+  return exec_handing_sockets_to_new_image([&] { return real().execve(path, argv, envp); });
 }
 int intercepted_execv(const char* path, char* const argv[]) {
-  return exec_leaving_shared_connections([&] { return real().execv(path, argv); });
+  return exec_handing_sockets_to_new_image([&] { return real().execv(path, argv); });
 }
 int intercepted_execvp(const char* file, char* const argv[]) {
-  return exec_leaving_shared_connections([&] { return real().execvp(file, argv); });
+  return exec_handing_sockets_to_new_image([&] { return real().execvp(file, argv); });
 }
 int intercepted_execvpe(const char* file, char* const argv[], char* const envp[]) {
-  return exec_leaving_shared_connections([&] { return real().execvpe(file, argv, envp); });
+  return exec_handing_sockets_to_new_image([&] { return real().execvpe(file, argv, envp); });
 }
 
 // Interposed rather than left to pthread_atfork alone: the child must count

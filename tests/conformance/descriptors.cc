@@ -403,6 +403,38 @@ CONFORMANCE_CASE(kArea, scm_rights_pass_connected_socket, 1,
   close(pair.server);
 }
 
+CONFORMANCE_CASE(kArea, scm_rights_never_received_socket_ends, 1,
+                 "a socket passed but never received goes with the channel: the peer reads EOF") {
+  const TcpPair pair = tcp_pair();
+  const UnixChannel channel = unix_channel();
+  send_fds(channel.near, {pair.client});
+  close(pair.client);
+  close(channel.far);
+  close(channel.near);
+  recv_once("peer recv", pair.server);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, scm_rights_passed_socket_outlives_sender, 1,
+                 "a connection passed to a process survives the sender's exit; the receiver's "
+                 "close ends it") {
+  const TcpPair pair = tcp_pair();
+  const UnixChannel channel = unix_channel();
+  const pid_t sender = fork_child([&] {
+    close(pair.server);
+    send_fds(channel.near, {pair.client});
+  });
+  wait_child("sender", sender);
+  close(pair.client);
+  const std::vector<int> fds = receive_fds(channel.far);
+  if (fds.size() != 1) die("no descriptor");
+  send_text(fds[0], "still here");
+  show_exact("peer read", pair.server, 10);
+  close(fds[0]);
+  recv_once("peer recv after the receiver closed", pair.server);
+  close(pair.server);
+}
+
 CONFORMANCE_CASE(kArea, scm_rights_pass_listener, 1,
                  "a listener passed over AF_UNIX accepts in the receiving process") {
   const int listener = tcp_listener();

@@ -400,6 +400,79 @@ CONFORMANCE_CASE(kArea, exec_twice_socket_still_works, 1, "a socket survives two
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, exec_image_exit_gives_peer_eof, 1,
+                 "the peer reads EOF once the exec'd image, the socket's last holder, exits") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] {
+    close(pair.server);
+    exec_helper("write_text_to_fd", {std::to_string(pair.client), "bye"});
+  });
+  close(pair.client);
+  show_exact("peer read", pair.server, 3);
+  recv_once("peer recv after the image exited", pair.server);
+  wait_child("exec child", pid);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, exec_keeps_second_connection_to_a_listener, 2,
+                 "the second connection to one listener (a channel's, under netaccel) survives "
+                 "exec; the peer reads EOF when the image exits") {
+  const int listener = tcp_listener();
+  const int first = tcp_connect(local_port(listener));
+  const int first_server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  const int second = tcp_connect(local_port(listener));
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  const pid_t pid = fork_child([&] {
+    close(server);
+    exec_helper("echo_once_on_fd", {std::to_string(second)});
+  });
+  close(second);
+  send_text(server, "ping");
+  show_exact("peer read", server, 13);
+  recv_once("peer recv after the image exited", server);
+  wait_child("exec child", pid);
+  for (const int fd : {first, first_server, server, listener}) close(fd);
+}
+
+CONFORMANCE_HELPER(exchange_then_close) {
+  const int client = std::stoi(arguments.at(0));
+  const int server = std::stoi(arguments.at(1));
+  send_text(client, "across exec");
+  show_exact("server read", server, 11);
+  send_text(server, "back");
+  show_exact("client read", client, 4);
+  close(client);
+  recv_once("server recv after the client closed", server);
+  close(server);
+}
+
+CONFORMANCE_CASE(kArea, exec_in_place_keeps_both_ends, 1,
+                 "a process that execs itself keeps both ends of its connection working") {
+  const TcpPair pair = tcp_pair();
+  exec_helper("exchange_then_close", {std::to_string(pair.client), std::to_string(pair.server)});
+}
+
+CONFORMANCE_HELPER(write_text_then_pause) {
+  send_text(std::stoi(arguments.at(0)), "ready");
+  pause();
+}
+
+CONFORMANCE_CASE(
+    kArea, exec_image_killed_gives_peer_eof, 1,
+    "SIGKILL of the exec'd image holding the socket ends the connection for the peer") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] {
+    close(pair.server);
+    exec_helper("write_text_then_pause", {std::to_string(pair.client)});
+  });
+  close(pair.client);
+  show_exact("peer read", pair.server, 5);
+  kill(pid, SIGKILL);
+  recv_once("peer recv after the kill", pair.server);
+  wait_child("exec child", pid);
+  close(pair.server);
+}
+
 CONFORMANCE_CASE(kArea, vfork_exec_child_writes_socket, 1,
                  "vfork + exec: the new image writes on the inherited socket") {
   const TcpPair pair = tcp_pair();
@@ -441,6 +514,19 @@ CONFORMANCE_CASE(kArea, posix_spawn_child_inherits_socket, 1,
   wait_child("spawned child", pid);
   show_exact("peer read", pair.server, 7);
   close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, posix_spawn_child_outlives_parent_copy, 1,
+                 "posix_spawn: the parent closes its copy, the child still writes, the peer reads "
+                 "EOF when the child exits") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = spawn_helper(
+      helper_command("write_text_to_fd", {std::to_string(pair.client), "spawned"}), nullptr);
+  close(pair.client);
+  show_exact("peer read", pair.server, 7);
+  recv_once("peer recv after the child exited", pair.server);
+  wait_child("spawned child", pid);
+  close(pair.server);
 }
 
 CONFORMANCE_CASE(kArea, posix_spawn_dup2_socket_to_stdout, 1,

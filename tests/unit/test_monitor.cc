@@ -1080,5 +1080,57 @@ TEST_F(MonitorTest, UnlistenHandsWhatTheChannelQueuesToAnotherListener) {
   EXPECT_EQ(view.header->slot_state[0].load(), static_cast<uint32_t>(kSlotClientOpen));
   EXPECT_EQ(view.header->closed.load(), 1u);
 }
+
+// A connection end handed to a new image (exec): the anchor's share keeps it
+// open past its owner's death, and goes, closing the end, with the last copy of A.
+TEST_F(MonitorTest, AnchoredEndOutlivesItsOwnerAndClosesWithTheAnchor) {
+  start();
+  TestProcess server = TestProcess::register_at(path());
+  auto client = std::make_unique<TestProcess>(TestProcess::register_at(path()));
+  Delivery server_delivery;
+  Delivery client_delivery;
+  connect_pair(server, *client, 9010, server_delivery, client_delivery);
+  const std::size_t segment_bytes = connection_segment_bytes(options_.ring_bytes);
+  SharedMapping view = map_shared(client_delivery.segment.get(), segment_bytes);
+  ASSERT_TRUE(view);
+  auto* base = static_cast<unsigned char*>(view.get());
+  auto* header = reinterpret_cast<ConnectionSegmentHeader*>(base);
+  ByteRing client_to_server(base + header->ring_offset[kClientSide]);
+  ByteRing server_to_client(base + header->ring_offset[kServerSide]);
+
+  // As the preload makes an anchor: its share first, then B to the monitor.
+  int anchor[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, anchor), 0);
+  UniqueFd anchor_end(anchor[0]);
+  UniqueFd monitor_end(anchor[1]);
+  header->holders[kClientSide].fetch_add(1);
+  AnchorMessage message{};
+  message.magic = kAnchorMagic;
+  message.version = kAnchorVersion;
+  message.connection_id = header->connection_id;
+  message.segment_bytes = segment_bytes;
+  message.channel_slot = kAnchorNoSlot;
+  message.side = kClientSide;
+  const int fds[kAnchorWatchFds] = {monitor_end.get(), client_delivery.segment.get(),
+                                    client_delivery.other_wake.get()};
+  ASSERT_EQ(send_with_fds(client->socket(), &message, sizeof message, fds, kAnchorWatchFds), 0);
+  monitor_end.reset();
+
+  // The owner execs: its link closes, its own share goes, the end stays open.
+  client.reset();
+  ASSERT_TRUE(eventually([&] { return header->holders[kClientSide].load() == 1; }));
+  EXPECT_EQ(header->aborted[kClientSide].load(), 0u);
+  EXPECT_EQ(client_to_server.control().writer_closed.load(), 0u);
+
+  // The last copy of A closes: EOF for the peer, no reset (nothing unread).
+  drain_wake_fd(server_delivery.own_wake.get());
+  anchor_end.reset();
+  ASSERT_TRUE(readable_within(server_delivery.own_wake.get(), 2000ms));
+  EXPECT_EQ(header->holders[kClientSide].load(), 0u);
+  EXPECT_EQ(header->aborted[kClientSide].load(), 0u);
+  EXPECT_EQ(client_to_server.control().writer_closed.load(), 1u);
+  EXPECT_EQ(server_to_client.control().reader_closed.load(), 1u);
+}
+
 }  // namespace
 }  // namespace netaccel

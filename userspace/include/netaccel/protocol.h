@@ -298,4 +298,57 @@ inline ConnectionSegmentHeader* layout_connection_segment(void* base, uint64_t c
   return header;
 }
 
+// ---------------------------------------------------------------------------
+// Anchors: how a connection end leaves this process's table (exec,
+// posix_spawn, SCM_RIGHTS). An anchor is a SOCK_SEQPACKET socketpair (A, B):
+// A takes the place of the placeholder at the socket's descriptor number, B
+// goes to the monitor. A's receive queue holds one AnchorMessage from B with
+// SCM_RIGHTS [the memfd holding the segment, this end's wake eventfd, the
+// other end's], which a preloaded process finds on an inherited or received
+// descriptor and peeks (never consumes), so every later exec or pass finds it
+// again. The anchor holds one share of the end (`holders`); every copy of A
+// is that share, as a kernel socket's open file is: when the last copy
+// closes (an exit, a SIGKILL, a message never received), B hangs up and the
+// monitor lets the share go, closing the end if it was the last.
+inline constexpr uint32_t kAnchorMagic = 0x4e41414e;  // "NAAN"
+inline constexpr uint32_t kAnchorVersion = 1;
+// AnchorMessage::channel_slot of a segment of its own (not a channel's slot).
+inline constexpr uint32_t kAnchorNoSlot = 0xffffffff;
+
+enum AnchorFlags : uint32_t {
+  kAnchorNonblocking = 1 << 0,
+  kAnchorReadShut = 1 << 1,
+  kAnchorWriteShut = 1 << 2,
+};
+
+// A socket option set on the socket, replayed by whoever adopts it.
+struct AnchorOption {
+  int32_t level;
+  int32_t name;
+  uint32_t length;
+  unsigned char value[32];
+};
+inline constexpr uint32_t kAnchorOptions = 8;
+
+struct AnchorMessage {
+  uint32_t magic;  // kAnchorMagic
+  uint32_t version;
+  uint64_t connection_id;   // as the segment's header bears it
+  uint64_t segment_offset;  // of the ConnectionSegmentHeader within the memfd
+  uint64_t segment_bytes;
+  uint32_t channel_slot;  // the slot in the channel at the memfd's start, or kAnchorNoSlot
+  uint32_t side;          // ConnectionSide of this end
+  uint32_t flags;         // AnchorFlags
+  int32_t domain;         // AF_INET or AF_INET6
+  InetAddress local;
+  InetAddress peer;
+  uint32_t option_count;
+  AnchorOption options[kAnchorOptions];
+};
+
+// process -> monitor on its registration socket: the same AnchorMessage with
+// SCM_RIGHTS [B, memfd, the other end's wake eventfd]. The monitor watches B
+// and lets the anchor's share go when B hangs up.
+inline constexpr std::size_t kAnchorWatchFds = 3;
+
 }  // namespace netaccel

@@ -1,0 +1,365 @@
+// Sockets that leave this process's descriptor table — across exec,
+// posix_spawn and SCM_RIGHTS — travel as anchors (protocol.h), and a
+// preloaded process adopts what it inherits or receives. Nothing here runs
+// on the data path: only where a descriptor leaves or arrives.
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "intercepted.h"
+#include "real_calls.h"
+#include "runtime.h"
+
+namespace netaccel::preload {
+namespace {
+
+// Where an end's segment lies: its own memfd, or a slot of its channel's.
+struct SegmentPlace {
+  int memory;
+  uint64_t offset;
+  uint64_t bytes;
+  uint32_t channel_slot;
+};
+
+SegmentPlace place_of(const Connection* connection) {
+  const Channel* channel = connection->channel;
+  if (channel == nullptr) {
+    return {connection->memory.get(), connection->memory_offset, connection->segment.size(),
+            kAnchorNoSlot};
+  }
+  return {channel->memory.get(),
+          channel->slot_offset + uint64_t{connection->slot} * channel->slot_bytes,
+          channel->slot_bytes, connection->slot};
+}
+
+AnchorMessage describe(const Socket* socket, const SegmentPlace& place) {
+  const Connection* connection = socket->connection;
+  AnchorMessage message{};
+  message.magic = kAnchorMagic;
+  message.version = kAnchorVersion;
+  message.connection_id = connection->header->connection_id;
+  message.segment_offset = place.offset;
+  message.segment_bytes = place.bytes;
+  message.channel_slot = place.channel_slot;
+  message.side = connection->side;
+  const auto flag = [](bool set, AnchorFlags bit) { return set ? uint32_t{bit} : 0u; };
+  message.flags = flag(socket->nonblocking.load(std::memory_order_relaxed), kAnchorNonblocking) |
+                  flag(socket->read_shut, kAnchorReadShut) |
+                  flag(socket->write_shut, kAnchorWriteShut);
+  message.domain = socket->domain;
+  message.local = socket->local;
+  message.peer = socket->peer;
+  for (const SavedOption& option : socket->options) {
+    if (message.option_count == kAnchorOptions) break;
+    AnchorOption& carried = message.options[message.option_count++];
+    carried.level = option.level;
+    carried.name = option.name;
+    carried.length = std::min<uint32_t>(option.length, sizeof carried.value);
+    memcpy(carried.value, option.value, carried.length);
+  }
+  return message;
+}
+
+// A new anchor (A, close-on-exec) for the socket's end, its share taken and
+// B with the monitor; -1 if there is no monitor to watch it.
+int make_anchor(const Socket* socket, bool may_register) {
+  Connection* connection = socket->connection;
+  const SegmentPlace place = place_of(connection);
+  if (place.memory < 0) return -1;
+  const AnchorMessage message = describe(socket, place);
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) return -1;
+  UniqueFd anchor(pair[0]);
+  const UniqueFd monitor_end(pair[1]);
+  const int carried[3] = {place.memory, connection->own_wake.get(), connection->peer_wake.get()};
+  if (send_with_fds(monitor_end.get(), &message, sizeof message, carried, 3) != 0) return -1;
+  // Taken before the monitor holds B: it may let the share go at once.
+  std::atomic<uint32_t>& holders = connection->header->holders[connection->side];
+  holders.fetch_add(1, std::memory_order_acq_rel);
+  const int watched[kAnchorWatchFds] = {monitor_end.get(), place.memory,
+                                        connection->peer_wake.get()};
+  if (!send_anchor_watch(message, watched, may_register)) {
+    release_last_holder(holders);  // never the last: ours remains
+    return -1;
+  }
+  return anchor.release();
+}
+
+std::mutex g_anchor_mutex;  // one anchor per end, whichever thread makes it
+
+// Reads the anchor message at `fd` without taking it off the queue, so that
+// the next exec or pass finds it again; its fds in `fds` (own copies).
+bool peek_anchor(int fd, AnchorMessage& message, UniqueFd (&fds)[3]) {
+  struct iovec data {
+    &message, sizeof message
+  };
+  struct msghdr header {};
+  header.msg_iov = &data;
+  header.msg_iovlen = 1;
+  // No room for fds: a look at the magic installs nothing.
+  if (real().recvmsg(fd, &header, MSG_PEEK | MSG_DONTWAIT) != sizeof message ||
+      (header.msg_flags & MSG_TRUNC) != 0 || message.magic != kAnchorMagic ||
+      message.version != kAnchorVersion) {
+    return false;
+  }
+  alignas(struct cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))];
+  header.msg_control = control;
+  header.msg_controllen = sizeof control;
+  header.msg_flags = 0;
+  if (real().recvmsg(fd, &header, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != sizeof message) {
+    return false;
+  }
+  std::size_t count = 0;
+  for (struct cmsghdr* part = CMSG_FIRSTHDR(&header); part != nullptr;
+       part = CMSG_NXTHDR(&header, part)) {
+    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t passed = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < passed; ++i) {
+      int received;
+      memcpy(&received, CMSG_DATA(part) + i * sizeof(int), sizeof received);
+      if (count < 3) {
+        fds[count++].reset(received);
+      } else {
+        real().close(received);
+      }
+    }
+  }
+  return count == 3 && (header.msg_flags & MSG_CTRUNC) == 0;
+}
+
+int64_t timeout_of(const AnchorOption& option) {
+  struct timeval value {};
+  if (option.length < sizeof value) return 0;
+  memcpy(&value, option.value, sizeof value);
+  return static_cast<int64_t>(value.tv_sec) * 1000000000 + int64_t{value.tv_usec} * 1000;
+}
+
+bool adopt_anchor(int fd) {
+  AnchorMessage message;
+  UniqueFd fds[3];
+  if (!peek_anchor(fd, message, fds)) return false;
+  if (message.domain != AF_INET && message.domain != AF_INET6) return false;
+  Connection* connection = adopt_connection(message, fds);
+  if (connection == nullptr) return false;
+  Socket* socket = new_socket();
+  socket->domain = message.domain;
+  socket->type = SOCK_STREAM;
+  socket->id = next_socket_id();
+  socket->nonblocking.store((message.flags & kAnchorNonblocking) != 0, std::memory_order_relaxed);
+  socket->state = SocketState::kConnected;
+  socket->connection = connection;
+  socket->local = message.local;
+  socket->peer = message.peer;
+  socket->local_known = true;
+  socket->read_shut = (message.flags & kAnchorReadShut) != 0;
+  socket->write_shut = (message.flags & kAnchorWriteShut) != 0;
+  for (uint32_t i = 0; i < std::min(message.option_count, kAnchorOptions); ++i) {
+    const AnchorOption& carried = message.options[i];
+    SavedOption option{
+        carried.level, carried.name, std::min<socklen_t>(carried.length, sizeof option.value), {}};
+    memcpy(option.value, carried.value, option.length);
+    socket->options.push_back(option);
+    if (carried.level == SOL_SOCKET && carried.name == SO_RCVTIMEO) {
+      socket->receive_timeout_ns = timeout_of(carried);
+    }
+    if (carried.level == SOL_SOCKET && carried.name == SO_SNDTIMEO) {
+      socket->send_timeout_ns = timeout_of(carried);
+    }
+  }
+  install_socket(fd, socket);
+  release_socket(socket);  // the table keeps its own reference
+  return true;
+}
+
+// A kernel TCP listener we did not make (an exec'd image's inheritance,
+// systemd's socket activation, SCM_RIGHTS) becomes a netaccel listener,
+// announced when it first waits for connections. Its O_NONBLOCK is the
+// application's: netaccel leaves a listener's flag as the application set it.
+bool adopt_listener(int fd, int domain) {
+  int listening = 0;
+  socklen_t length = sizeof listening;
+  if (real().getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) != 0 || !listening) {
+    return false;
+  }
+  struct sockaddr_storage local;
+  socklen_t local_length = sizeof local;
+  InetAddress address;
+  if (real().getsockname(fd, reinterpret_cast<struct sockaddr*>(&local), &local_length) != 0 ||
+      !to_inet_address(reinterpret_cast<struct sockaddr*>(&local), local_length, address)) {
+    return false;
+  }
+  const int wake = keep_internal_fd(create_wake_fd());
+  if (wake < 0) return false;
+  Socket* socket = new_socket();
+  socket->domain = domain;
+  socket->type = SOCK_STREAM;
+  socket->id = next_socket_id();
+  const int flags = real().fcntl(fd, F_GETFL);
+  socket->nonblocking.store(flags >= 0 && (flags & O_NONBLOCK) != 0, std::memory_order_relaxed);
+  socket->local = address;
+  socket->local_known = true;
+  socket->listener_wake.reset(wake);
+  socket->listen_backlog = SOMAXCONN;
+  if (domain == AF_INET6) {
+    int v6only = 0;
+    socklen_t v6only_length = sizeof v6only;
+    real().getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &v6only_length);
+    socket->listen_v6only = v6only != 0;
+  }
+  socket->state = SocketState::kListening;
+  register_listener(socket);
+  install_socket(fd, socket);
+  release_socket(socket);
+  g_listener_generation.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+// An anchor for the socket's end, made once and kept; -1 if none can be.
+int anchor_of(Socket* socket) {
+  Connection* connection = socket->connection;
+  std::lock_guard lock(g_anchor_mutex);
+  if (!connection->anchor) {
+    connection->anchor.reset(make_anchor(socket, /*may_register=*/true));
+    keep_internal_fd(connection->anchor);
+  }
+  return connection->anchor.get();
+}
+
+// Adopts what a descriptor we did not make holds: an anchor becomes a
+// connected netaccel socket, a kernel TCP listener a netaccel listener.
+void adopt_descriptor(int fd) {
+  if (is_netaccel_fd(fd) || is_internal_fd(fd)) return;
+  struct stat status;
+  if (fstat(fd, &status) != 0 || !S_ISSOCK(status.st_mode)) return;
+  int domain = 0;
+  int type = 0;
+  socklen_t length = sizeof domain;
+  if (real().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) return;
+  length = sizeof type;
+  if (real().getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0) return;
+  if (domain == AF_UNIX && type == SOCK_SEQPACKET) {
+    adopt_anchor(fd);
+  } else if ((domain == AF_INET || domain == AF_INET6) && type == SOCK_STREAM) {
+    adopt_listener(fd, domain);
+  }
+}
+
+}  // namespace
+
+void anchor_sockets_for_new_image(bool include_close_on_exec) {
+  const bool holder = holder_process();
+  const int highest = highest_socket_fd();
+  for (int fd = 0; fd <= highest; ++fd) {
+    SocketRef socket = lookup_socket(fd);
+    // An adopted socket's number holds its anchor already.
+    if (!socket || socket->state != SocketState::kConnected || socket->connection->adopted) {
+      continue;
+    }
+    const int descriptor_flags = real().fcntl(fd, F_GETFD);
+    if (descriptor_flags < 0) continue;
+    const bool close_on_exec = (descriptor_flags & FD_CLOEXEC) != 0;
+    if (close_on_exec && !include_close_on_exec) continue;
+    // A vfork child cannot keep what it makes (its descriptor table is its
+    // own, its memory the parent's): it takes the parent's anchor, which its
+    // table holds too, or gives each of its numbers one of its own.
+    int anchor = socket->connection->anchor.get();
+    const bool made_here = !holder && anchor < 0;
+    if (holder) {
+      anchor = anchor_of(socket.get());
+    } else if (made_here) {
+      anchor = make_anchor(socket.get(), /*may_register=*/false);
+    }
+    if (anchor < 0) continue;  // the new image gets the placeholder, as without a monitor
+    real().dup3(anchor, fd, close_on_exec ? O_CLOEXEC : 0);
+    if (made_here) real().close(anchor);
+  }
+}
+
+void adopt_inherited_descriptors() {
+  DIR* directory = opendir("/proc/self/fd");
+  if (directory == nullptr) return;
+  std::vector<int> inherited;
+  while (const struct dirent* entry = readdir(directory)) {
+    char* end = nullptr;
+    const long fd = strtol(entry->d_name, &end, 10);
+    if (*end == '\0' && end != entry->d_name && fd != dirfd(directory)) {
+      inherited.push_back(static_cast<int>(fd));
+    }
+  }
+  closedir(directory);
+  for (const int fd : inherited) adopt_descriptor(fd);
+}
+
+ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags) {
+  // The control data as the caller wrote it, each connected netaccel socket's
+  // descriptor replaced by its anchor; copied only if one is.
+  std::vector<unsigned char> control;
+  auto* original = const_cast<struct msghdr*>(message);
+  for (struct cmsghdr* part = CMSG_FIRSTHDR(original); part != nullptr;
+       part = CMSG_NXTHDR(original, part)) {
+    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const std::size_t start = static_cast<std::size_t>(
+        CMSG_DATA(part) - static_cast<unsigned char*>(message->msg_control));
+    for (std::size_t i = 0; i < count; ++i) {
+      int passed;
+      memcpy(&passed, CMSG_DATA(part) + i * sizeof(int), sizeof passed);
+      SocketRef socket = lookup_socket(passed);
+      if (!socket || socket->state != SocketState::kConnected || socket->connection->adopted) {
+        continue;
+      }
+      const int anchor = anchor_of(socket.get());
+      if (anchor < 0) continue;
+      if (control.empty()) {
+        const auto* bytes = static_cast<const unsigned char*>(message->msg_control);
+        control.assign(bytes, bytes + message->msg_controllen);
+      }
+      memcpy(control.data() + start + i * sizeof(int), &anchor, sizeof anchor);
+    }
+  }
+  if (control.empty()) return real().sendmsg(fd, message, flags);
+  struct msghdr substituted = *message;
+  substituted.msg_control = control.data();
+  return real().sendmsg(fd, &substituted, flags);
+}
+
+void adopt_received_descriptors(struct msghdr* message) {
+  for (struct cmsghdr* part = CMSG_FIRSTHDR(message); part != nullptr;
+       part = CMSG_NXTHDR(message, part)) {
+    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int received;
+      memcpy(&received, CMSG_DATA(part) + i * sizeof(int), sizeof received);
+      adopt_descriptor(received);
+    }
+  }
+}
+
+// glibc's child runs its own internal execve, which we cannot reach: the
+// anchors are made here, in the parent, which keeps using its sockets. With
+// file actions the child may dup any descriptor, close-on-exec or not.
+int intercepted_posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* actions,
+                            const posix_spawnattr_t* attributes, char* const argv[],
+                            char* const envp[]) {
+  anchor_sockets_for_new_image(actions != nullptr);
+  return real().posix_spawn(pid, path, actions, attributes, argv, envp);
+}
+
+int intercepted_posix_spawnp(pid_t* pid, const char* file,
+                             const posix_spawn_file_actions_t* actions,
+                             const posix_spawnattr_t* attributes, char* const argv[],
+                             char* const envp[]) {
+  anchor_sockets_for_new_image(actions != nullptr);
+  return real().posix_spawnp(pid, file, actions, attributes, argv, envp);
+}
+
+}  // namespace netaccel::preload

@@ -37,7 +37,7 @@ uint32_t socket_readiness(Socket* socket) {
   const bool eof = c->rx.control().writer_closed.load(std::memory_order_acquire) != 0;
   if (c->rx.readable() != 0 || eof || aborted || socket->read_shut) ready |= EPOLLIN | EPOLLRDNORM;
   if (eof) ready |= EPOLLRDHUP;
-  if (socket->write_shut || c->tx.writable() != 0 ||
+  if (socket->write_shut || c->send_room() != 0 ||
       c->tx.control().reader_closed.load(std::memory_order_acquire)) {
     ready |= EPOLLOUT | EPOLLWRNORM;
   }
@@ -192,7 +192,7 @@ int collect_ready(EpollSet* set, struct epoll_event* out, int capacity) {
 // must be bounded (see Connection::wake_peer_if_writing).
 bool arm_connection(Connection* c, uint32_t events, bool armed) {
   if (events & EPOLLIN) c->rx.control().reader_waiting.store(armed, std::memory_order_relaxed);
-  if ((events & EPOLLOUT) && (!armed || c->tx.writable() == 0)) {
+  if ((events & EPOLLOUT) && (!armed || c->send_room() == 0)) {
     c->tx.control().writer_waiting.store(armed, std::memory_order_relaxed);
     return armed;
   }

@@ -121,6 +121,8 @@ void Socket::reset() {
   read_shut = write_shut = connect_pending = reset_by_peer = reset_reported = false;
   pending_error = 0;
   receive_timeout_ns = send_timeout_ns = 0;
+  reset_on_close = false;
+  send_buffer = receive_buffer = 0;
   options.clear();
   connection = nullptr;
   epoll_memberships.store(0, std::memory_order_relaxed);
@@ -261,7 +263,7 @@ Socket* uninstall_socket(int fd) {
 
 void release_socket(Socket* socket) {
   if (socket->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  if (socket->connection != nullptr) close_connection(socket->connection, false);
+  if (socket->connection != nullptr) close_connection(socket->connection, socket->reset_on_close);
   if (socket->state == SocketState::kListening) {
     // Unannounced first, so that what we queued goes to another listener.
     if (socket->listener_announced.load(std::memory_order_acquire)) {

@@ -128,6 +128,17 @@ int fall_back_to_kernel(int fd, Socket* socket) {
   return 0;
 }
 
+// Puts the socket's SO_SNDBUF and SO_RCVBUF into its connection's rings.
+void apply_buffer_sizes(Socket* socket) {
+  Connection* c = socket->connection;
+  if (socket->send_buffer != 0) {
+    set_ring_buffer(c->header->ring_buffers[c->side], true, socket->send_buffer);
+  }
+  if (socket->receive_buffer != 0) {
+    set_ring_buffer(c->header->ring_buffers[c->side ^ 1], false, socket->receive_buffer);
+  }
+}
+
 int64_t timeval_to_ns(const void* value, socklen_t length) {
   if (length < sizeof(struct timeval)) return -1;
   struct timeval tv;
@@ -146,7 +157,7 @@ bool wait_satisfied(Socket* socket, Connection* c, Want want) {
     return c->rx.readable() != 0 || c->rx.control().writer_closed.load(std::memory_order_acquire) ||
            socket->read_shut;
   }
-  return c->tx.writable() != 0 || c->tx.control().reader_closed.load(std::memory_order_acquire);
+  return c->send_room() != 0 || c->tx.control().reader_closed.load(std::memory_order_acquire);
 }
 
 // 0 when the condition holds, -EAGAIN at the deadline, -EINTR on a signal.
@@ -202,16 +213,18 @@ std::size_t iov_total(const struct iovec* iov, int iovcnt) {
   return total;
 }
 
-// The part of `iov` after its first `skip` bytes, in `out` (at most 64 entries).
-int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, struct iovec* out) {
+// At most `most` bytes of `iov` after its first `skip`, in `out` (at most 64 entries).
+int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, std::size_t most,
+                struct iovec* out) {
   int count = 0;
-  for (int i = 0; i < iovcnt && count < 64; ++i) {
+  for (int i = 0; i < iovcnt && count < 64 && most > 0; ++i) {
     if (skip >= iov[i].iov_len) {
       skip -= iov[i].iov_len;
       continue;
     }
     out[count].iov_base = static_cast<char*>(iov[i].iov_base) + skip;
-    out[count].iov_len = iov[i].iov_len - skip;
+    out[count].iov_len = std::min(iov[i].iov_len - skip, most);
+    most -= out[count].iov_len;
     skip = 0;
     ++count;
   }
@@ -265,11 +278,15 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
     }
     if (total == 0) return 0;
     std::size_t written;
-    if (sent == 0) {
+    const uint32_t limit = ring_queue_limit(
+        c->header->ring_buffers[c->side].load(std::memory_order_relaxed), c->tx.capacity());
+    if (sent == 0 && limit == 0) {
       written = c->tx.write(iov, iovcnt);
     } else {
+      // Small socket buffers (SO_SNDBUF, the peer's SO_RCVBUF) leave less room.
+      const std::size_t room = limit == 0 ? total : c->send_room();
       struct iovec rest[64];
-      written = c->tx.write(rest, iov_advance(iov, iovcnt, sent, rest));
+      written = room == 0 ? 0 : c->tx.write(rest, iov_advance(iov, iovcnt, sent, room, rest));
     }
     if (written > 0) {
       sent += written;
@@ -319,7 +336,7 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
       taken = c->rx.read(iov, iovcnt, peek);
     } else {
       struct iovec rest[64];
-      taken = c->rx.read(rest, iov_advance(iov, iovcnt, got, rest), peek);
+      taken = c->rx.read(rest, iov_advance(iov, iovcnt, got, total, rest), peek);
     }
     if (taken > 0) {
       got += taken;
@@ -634,6 +651,13 @@ int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr
   socket->local_known = true;
   // From here on our death ends the connection rather than handing it on.
   connection->header->accepted.store(1, std::memory_order_relaxed);
+  // Accepted sockets inherit these, as the kernel's do.
+  socket->receive_timeout_ns = listener->receive_timeout_ns;
+  socket->send_timeout_ns = listener->send_timeout_ns;
+  socket->reset_on_close = listener->reset_on_close;
+  socket->send_buffer = listener->send_buffer;
+  socket->receive_buffer = listener->receive_buffer;
+  apply_buffer_sizes(socket);
   install_socket(fd, socket);
   release_socket(socket);
   copy_out_address(pending.peer, listener->domain, address, length);
@@ -753,6 +777,7 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   socket->peer = reply.peer;
   socket->local_known = true;
   socket->state = SocketState::kConnected;
+  apply_buffer_sizes(socket.get());
   epoll_connected(fd, socket.get());
   if (socket->nonblocking.load(std::memory_order_relaxed)) {
     // Like a kernel connect over loopback: in progress now, writable at once.
@@ -831,16 +856,65 @@ int intercepted_getpeername(int fd, struct sockaddr* address, socklen_t* length)
   return 0;
 }
 
+namespace {
+
+// The options whose effect netaccel carries out itself, once the kernel
+// accepted them; `kernel` (the socket's own or the oracle's probe) gives the
+// kernel's reading of a value. 0 or an errno.
+int note_option(Socket* socket, int kernel, int level, int name, const void* value,
+                socklen_t length) {
+  if (level != SOL_SOCKET) return 0;
+  switch (name) {
+    case SO_RCVTIMEO:
+    case SO_SNDTIMEO: {
+      const int64_t timeout = timeval_to_ns(value, length);
+      if (timeout < 0) return EDOM;
+      (name == SO_RCVTIMEO ? socket->receive_timeout_ns : socket->send_timeout_ns) = timeout;
+      return 0;
+    }
+    case SO_LINGER: {
+      struct linger option;
+      if (length < sizeof option) return 0;
+      memcpy(&option, value, sizeof option);
+      socket->reset_on_close = option.l_onoff != 0 && option.l_linger == 0;
+      return 0;
+    }
+    case SO_SNDBUF:
+    case SO_RCVBUF: {
+      // The kernel's reading: doubled, within net.core.[wr]mem_max and its
+      // minimum. Set again: the probe may hold another value.
+      int bytes = 0;
+      socklen_t bytes_length = sizeof bytes;
+      if (real().setsockopt(kernel, level, name, value, length) != 0 ||
+          real().getsockopt(kernel, level, name, &bytes, &bytes_length) != 0 || bytes <= 0) {
+        return 0;
+      }
+      (name == SO_SNDBUF ? socket->send_buffer : socket->receive_buffer) =
+          static_cast<uint32_t>(bytes);
+      if (socket->state == SocketState::kConnected) apply_buffer_sizes(socket);
+      return 0;
+    }
+    default:
+      return 0;
+  }
+}
+
+}  // namespace
+
 int intercepted_setsockopt(int fd, int level, int name, const void* value, socklen_t length) {
   SocketRef socket = lookup_socket(fd);
-  if (!socket || kernel_backed(socket.get()))
-    return real().setsockopt(fd, level, name, value, length);
+  if (!socket) return real().setsockopt(fd, level, name, value, length);
+  if (kernel_backed(socket.get())) {
+    // A listener's options also go to the connections it accepts.
+    if (real().setsockopt(fd, level, name, value, length) != 0) return -1;
+    note_option(socket.get(), fd, level, name, value, length);
+    return 0;
+  }
   // The kernel validates and normalises; we keep the result for this socket.
   if (!kernel_accepts_option(socket->domain, level, name, value, length)) return -1;
-  if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
-    const int64_t timeout = timeval_to_ns(value, length);
-    if (timeout < 0) return fail(EDOM);
-    (name == SO_RCVTIMEO ? socket->receive_timeout_ns : socket->send_timeout_ns) = timeout;
+  const int probe = option_oracle(socket->domain).probe;
+  if (const int error = note_option(socket.get(), probe, level, name, value, length)) {
+    return fail(error);
   }
   SavedOption saved{level, name, 0, {}};
   saved.length = std::min<socklen_t>(length, sizeof saved.value);

@@ -1316,6 +1316,38 @@ CONFORMANCE_CASE(kArea, so_linger_zero_resets_peer, 1,
   close(pair.server);
 }
 
+CONFORMANCE_CASE(kArea, so_linger_zero_peer_keeps_unread_data, 1,
+                 "SO_LINGER {1, 0} after sending: the peer reads the data, then ECONNRESET") {
+  const TcpPair pair = tcp_pair();
+  linger option{1, 0};
+  send_text(pair.client, "before reset");
+  report("SO_LINGER", setsockopt(pair.client, SOL_SOCKET, SO_LINGER, &option, sizeof option));
+  close(pair.client);
+  sleep_ms(20);
+  sockaddr_storage peer{};
+  socklen_t length = sizeof peer;
+  report("peer getpeername", getpeername(pair.server, reinterpret_cast<sockaddr*>(&peer), &length));
+  recv_once("peer recv", pair.server);
+  recv_once("peer recv again", pair.server);
+  recv_once("peer recv at the end", pair.server);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, so_linger_zero_inherited_from_listener, 1,
+                 "SO_LINGER {1, 0} on a listener: its accepted connection resets on close") {
+  const int listener = tcp_listener();
+  linger option{1, 0};
+  report("SO_LINGER", setsockopt(listener, SOL_SOCKET, SO_LINGER, &option, sizeof option));
+  const int client = tcp_connect(local_port(listener));
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  close(server);
+  sleep_ms(20);
+  recv_once("client recv", client);
+  recv_once("client recv again", client);
+  close(client);
+  close(listener);
+}
+
 CONFORMANCE_CASE(kArea, so_linger_reported, 1, "SO_LINGER reads back as set") {
   const TcpPair pair = tcp_pair();
   linger option{1, 5};
@@ -1403,6 +1435,33 @@ CONFORMANCE_CASE(kArea, small_buffers_limit_data_in_flight, 1,
   const size_t filled = fill_until_blocked(pair.client);
   say("bytes in flight below 64 KiB: %d", filled < 65536);
   close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, small_buffers_reader_closes_mid_transfer, 1,
+                 "small buffers, the reader closes with data unread: the blocked writer fails") {
+  const int listener = tcp_listener();
+  set_int_option(listener, SOL_SOCKET, SO_RCVBUF, 4096);  // inherited by the accepted socket
+  const int client = tcp_connect(local_port(listener));
+  set_int_option(client, SOL_SOCKET, SO_SNDBUF, 4096);
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  std::thread reader = in_background([&] {
+    sleep_ms(50);
+    show_exact("reader", server, 4);
+    close(server);
+  });
+  const std::vector<unsigned char> data = pattern(192 << 10, 3);  // less than a ring
+  size_t sent = 0;
+  ssize_t result = 0;
+  while (sent < data.size() &&
+         (result = send(client, data.data() + sent, data.size() - sent, MSG_NOSIGNAL)) > 0) {
+    sent += static_cast<size_t>(result);
+  }
+  say("writer stopped early: %d", sent < data.size());
+  say("writer error is ECONNRESET or EPIPE: %d",
+      result < 0 && (errno == ECONNRESET || errno == EPIPE));
+  reader.join();
+  close(client);
+  close(listener);
 }
 
 CONFORMANCE_CASE(kArea, misc_socket_options_roundtrip, 1,

@@ -17,6 +17,7 @@
 #include "intercepted.h"
 #include "real_calls.h"
 #include "runtime.h"
+#include "signals.h"
 
 namespace netaccel::preload {
 namespace {
@@ -160,6 +161,13 @@ bool wait_satisfied(Socket* socket, Connection* c, Want want) {
   return c->send_room() != 0 || c->tx.control().reader_closed.load(std::memory_order_acquire);
 }
 
+// A blocking call whose sleep a signal handler interrupted starts again, as
+// the kernel restarts it: after a handler with SA_RESTART, unless a timeout
+// (SO_RCVTIMEO, SO_SNDTIMEO) bounds the call.
+bool restarts_after_signal(int64_t deadline_ns) {
+  return deadline_ns == 0 && handled_signal_restarts();
+}
+
 // 0 when the condition holds, -EAGAIN at the deadline, -EINTR on a signal.
 int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
   SpinBudget spin(config().spin_ns);
@@ -195,6 +203,7 @@ int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
     struct pollfd wake {
       c->own_wake.get(), POLLIN, 0
     };
+    forget_handled_signal();
     const int ready = real().poll(&wake, 1, timeout_ms);
     const int error = errno;
     flag.store(0, std::memory_order_relaxed);
@@ -296,7 +305,9 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
     }
     if (nonblocking) return sent > 0 ? static_cast<ssize_t>(sent) : fail(EAGAIN);
     const int waited = wait_for(socket, c, Want::kSpace, deadline);
-    if (waited < 0) return sent > 0 ? static_cast<ssize_t>(sent) : fail(-waited);
+    if (waited < 0 && sent > 0) return static_cast<ssize_t>(sent);
+    if (waited == -EINTR && restarts_after_signal(deadline)) continue;
+    if (waited < 0) return fail(-waited);
   }
 }
 
@@ -356,7 +367,9 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
     if (socket->read_shut) return static_cast<ssize_t>(got);
     if (nonblocking) return got > 0 ? static_cast<ssize_t>(got) : fail(EAGAIN);
     const int waited = wait_for(socket, c, Want::kData, deadline);
-    if (waited < 0) return got > 0 ? static_cast<ssize_t>(got) : fail(-waited);
+    if (waited < 0 && got > 0) return static_cast<ssize_t>(got);
+    if (waited == -EINTR && restarts_after_signal(deadline)) continue;
+    if (waited < 0) return fail(-waited);
   }
 }
 
@@ -721,12 +734,13 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
     }
     struct pollfd waits[3] = {
         {fd, POLLIN, 0}, {socket->listener_wake.get(), POLLIN, 0}, {event_wake_fd(), POLLIN, 0}};
+    forget_handled_signal();
     const int ready = real().poll(waits, event_wake_fd() >= 0 ? 3 : 2, timeout_ms);
     const int error = errno;
     announce_event_wait(false);
     if (waits[1].revents & POLLIN) drain_wake_fd(socket->listener_wake.get());
     if (waits[2].revents & POLLIN) drain_event_wake();
-    if (ready < 0 && error == EINTR) return fail(EINTR);
+    if (ready < 0 && error == EINTR && !restarts_after_signal(deadline)) return fail(EINTR);
   }
 }
 

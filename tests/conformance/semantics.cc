@@ -874,6 +874,86 @@ CONFORMANCE_CASE(kArea, accept_restarted_with_sa_restart, 1,
   close(listener);
 }
 
+volatile sig_atomic_t g_info_signals = 0;
+void on_info_signal(int, siginfo_t* info, void*) {
+  g_info_signals = g_info_signals + (info->si_signo == SIGALRM);
+}
+
+CONFORMANCE_CASE(kArea, recv_restarted_after_signal_function, 1,
+                 "a handler installed with signal() restarts a blocking recv (BSD semantics)") {
+  const TcpPair pair = tcp_pair();
+  signal(SIGALRM, [](int) {});
+  std::thread helper = in_background([&] {
+    sleep_ms(150);
+    send_text(pair.server, "restarted");
+  });
+  alarm_after_ms(50);
+  recv_once("recv", pair.client);
+  helper.join();
+  signal(SIGALRM, SIG_DFL);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, recv_interrupted_after_clearing_sa_restart, 1,
+                 "signal(), then SA_RESTART cleared as CPython's siginterrupt does: EINTR") {
+  const TcpPair pair = tcp_pair();
+  signal(SIGALRM, [](int) {});
+  struct sigaction action {};
+  sigaction(SIGALRM, nullptr, &action);
+  action.sa_flags &= ~SA_RESTART;
+  require("sigaction", sigaction(SIGALRM, &action, nullptr));
+  alarm_after_ms(50);
+  recv_once("recv", pair.client);
+  signal(SIGALRM, SIG_DFL);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, recv_restarted_with_siginfo_handler, 1,
+                 "an SA_SIGINFO|SA_RESTART handler gets its siginfo and the recv restarts") {
+  const TcpPair pair = tcp_pair();
+  struct sigaction action {};
+  action.sa_sigaction = on_info_signal;
+  action.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  require("sigaction", sigaction(SIGALRM, &action, nullptr));
+  struct sigaction reported {};
+  sigaction(SIGALRM, nullptr, &reported);
+  say("handler reported as installed: %d",
+      (reported.sa_flags & SA_SIGINFO) != 0 && reported.sa_sigaction == on_info_signal);
+  std::thread helper = in_background([&] {
+    sleep_ms(150);
+    send_text(pair.server, "after siginfo");
+  });
+  alarm_after_ms(50);
+  recv_once("recv", pair.client);
+  say("siginfo signals: %d", static_cast<int>(g_info_signals));
+  helper.join();
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, send_with_timeout_not_restarted, 1,
+                 "SO_SNDTIMEO set: a send on a full buffer is interrupted despite SA_RESTART") {
+  const TcpPair pair = tcp_pair();
+  fill_until_blocked(pair.client);
+  set_timeout_option(pair.client, SO_SNDTIMEO, 2000);
+  count_signal(SIGALRM, true);
+  alarm_after_ms(50);
+  const std::vector<unsigned char> chunk = pattern(65536, 1);
+  const ssize_t sent = send(pair.client, chunk.data(), chunk.size(), 0);
+  say("send: %s", sent < 0 ? errno_name(errno).c_str() : "partial or complete");
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, accept_with_timeout_not_restarted, 0,
+                 "SO_RCVTIMEO on a listener: accept is interrupted despite SA_RESTART") {
+  const int listener = tcp_listener();
+  set_timeout_option(listener, SO_RCVTIMEO, 2000);
+  count_signal(SIGALRM, true);
+  alarm_after_ms(50);
+  report("accept", accept(listener, nullptr, nullptr));
+  close(listener);
+}
+
 CONFORMANCE_CASE(kArea, poll_interrupted_even_with_sa_restart, 1,
                  "poll is never restarted: EINTR even with SA_RESTART") {
   const TcpPair pair = tcp_pair();

@@ -176,6 +176,7 @@ std::atomic<int> g_highest_fd{-1};
 
 void install_socket(int fd, Socket* socket) {
   socket->references.fetch_add(1, std::memory_order_relaxed);
+  socket->descriptors.fetch_add(1, std::memory_order_relaxed);
   sockets()[fd].store(socket, std::memory_order_release);
   int highest = g_highest_fd.load(std::memory_order_relaxed);
   while (fd > highest && !g_highest_fd.compare_exchange_weak(highest, fd)) {
@@ -258,7 +259,9 @@ void leave_connections_at_exit() {
 
 Socket* uninstall_socket(int fd) {
   if (fd < 0 || fd >= kMaxFds) return nullptr;
-  return sockets()[fd].exchange(nullptr, std::memory_order_acq_rel);
+  Socket* socket = sockets()[fd].exchange(nullptr, std::memory_order_acq_rel);
+  if (socket != nullptr) socket->descriptors.fetch_sub(1, std::memory_order_relaxed);
+  return socket;
 }
 
 void release_socket(Socket* socket) {

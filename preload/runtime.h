@@ -209,7 +209,8 @@ struct SavedOption {
 };
 
 struct Socket {
-  std::atomic<int> references{0};  // table slots + calls in progress
+  std::atomic<int> references{0};   // table slots + calls in progress
+  std::atomic<int> descriptors{0};  // table slots: the open file's descriptors
   int domain = AF_INET;
   int type = SOCK_STREAM;
   int protocol = 0;

@@ -792,7 +792,7 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   socket->local_known = true;
   socket->state = SocketState::kConnected;
   apply_buffer_sizes(socket.get());
-  epoll_connected(fd, socket.get());
+  epoll_connected(socket.get());
   if (socket->nonblocking.load(std::memory_order_relaxed)) {
     // Like a kernel connect over loopback: in progress now, writable at once.
     socket->connect_pending = true;

@@ -637,6 +637,47 @@ CONFORMANCE_CASE(
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, epoll_nested_instance_wakes_blocked_wait, 1,
+                 "an empty epoll nested first, the socket added to it later: the outer wakes") {
+  const TcpPair pair = tcp_pair();
+  const int inner = static_cast<int>(require("epoll_create1", epoll_create1(EPOLL_CLOEXEC)));
+  const int outer = epoll_watching(inner, EPOLLIN, 9);
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.u32 = 1;
+  report("ADD socket to inner", epoll_ctl(inner, EPOLL_CTL_ADD, pair.client, &event));
+  std::thread helper = in_background([&] {
+    sleep_ms(100);
+    send_text(pair.server, "x");
+  });
+  show_epoll_wait("outer", outer, 5000);
+  helper.join();
+  show_epoll_wait("inner", inner);
+  recv_once("recv", pair.client);
+  show_epoll_wait("outer after reading", outer);
+  report("DEL inner", epoll_ctl(outer, EPOLL_CTL_DEL, inner, nullptr));
+  close(outer);
+  close(inner);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, epoll_registration_outlives_its_descriptor, 1,
+                 "a registration stays while a dup keeps the file open, keyed by the closed fd") {
+  const TcpPair pair = tcp_pair();
+  const int copy = static_cast<int>(require("dup", dup(pair.client)));
+  const int epfd = epoll_watching(pair.client, EPOLLIN, 1);
+  const int original = pair.client;
+  close(original);
+  send_text(pair.server, "x");
+  show_epoll_wait("after closing the registered descriptor", epfd, 1000);
+  report("DEL the dup", epoll_ctl(epfd, EPOLL_CTL_DEL, copy, nullptr));
+  report("DEL the closed descriptor", epoll_ctl(epfd, EPOLL_CTL_DEL, original, nullptr));
+  close(copy);
+  show_epoll_wait("after closing the dup too", epfd);
+  close(epfd);
+  close(pair.server);
+}
+
 CONFORMANCE_CASE(kArea, epoll_close_removes_registration, 1,
                  "closing the only descriptor of a socket removes it from epoll") {
   const TcpPair pair = tcp_pair();

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -452,6 +453,69 @@ ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count)
   }
   if (offset != nullptr) *offset = position;
   return static_cast<ssize_t>(done);
+}
+
+// splice between a pipe and a netaccel connection: the kernel cannot see
+// the ring, so the bytes go through a buffer, taken from the source only as
+// far as the destination has room: a short write loses nothing.
+ssize_t intercepted_splice(int in_fd, loff_t* in_offset, int out_fd, loff_t* out_offset,
+                           size_t length, unsigned int flags) {
+  SocketRef source = lookup_socket(in_fd);
+  SocketRef destination = lookup_socket(out_fd);
+  const bool from_ring = source && source->state == SocketState::kConnected;
+  const bool to_ring = destination && destination->state == SocketState::kConnected;
+  if (!from_ring && !to_ring) {
+    return real().splice(in_fd, in_offset, out_fd, out_offset, length, flags);
+  }
+  // One end must be a pipe, and a socket cannot be read or written at an offset.
+  if (from_ring == to_ring || (from_ring ? in_offset : out_offset) != nullptr) return fail(EINVAL);
+  const int pipe_fd = from_ring ? out_fd : in_fd;
+  struct stat pipe_status;
+  if (fstat(pipe_fd, &pipe_status) != 0) return -1;
+  if (!S_ISFIFO(pipe_status.st_mode)) return fail(EINVAL);
+  if (length == 0) return 0;
+  // SPLICE_F_NONBLOCK keeps the pipe from blocking; the socket follows O_NONBLOCK.
+  const bool pipe_nonblocking = (flags & SPLICE_F_NONBLOCK) != 0;
+  struct pollfd pipe_ready {
+    pipe_fd, static_cast<short>(from_ring ? POLLOUT : POLLIN), 0
+  };
+  char buffer[16384];
+  struct iovec iov {
+    buffer, std::min(sizeof buffer, length)
+  };
+  if (from_ring) {
+    // Peeked, written to the pipe, then dropped as far as the pipe took it.
+    const ssize_t peeked = stream_receive(in_fd, source.get(), &iov, 1, MSG_PEEK);
+    if (peeked <= 0) return peeked;
+    if (pipe_nonblocking && real().poll(&pipe_ready, 1, 0) == 0) return fail(EAGAIN);
+    const ssize_t written = real().write(out_fd, buffer, static_cast<size_t>(peeked));
+    if (written <= 0) return written;
+    source->connection->rx.discard(static_cast<size_t>(written));
+    source->connection->wake_peer_if_writing();
+    return written;
+  }
+  // Only as much is read from the pipe as the ring has room for.
+  Connection* c = destination->connection;
+  const bool may_wait = !destination->nonblocking.load(std::memory_order_relaxed);
+  const int64_t deadline = deadline_after(destination->send_timeout_ns);
+  for (;;) {
+    const uint32_t room = c->send_room();
+    if (room != 0) {
+      iov.iov_len = std::min<size_t>(iov.iov_len, room);
+      break;
+    }
+    // A closed connection: the send below reports it as a send would.
+    if (destination->write_shut || wait_satisfied(destination.get(), c, Want::kSpace)) break;
+    if (!may_wait) return fail(EAGAIN);
+    const int waited = wait_for(destination.get(), c, Want::kSpace, deadline);
+    if (waited == -EINTR && restarts_after_signal(deadline)) continue;
+    if (waited < 0) return fail(-waited);
+  }
+  if (pipe_nonblocking && real().poll(&pipe_ready, 1, 0) == 0) return fail(EAGAIN);
+  const ssize_t got = real().read(in_fd, buffer, iov.iov_len);
+  if (got <= 0) return got;
+  iov.iov_len = static_cast<size_t>(got);
+  return stream_send(out_fd, destination.get(), &iov, 1, 0);
 }
 
 ssize_t intercepted_recv(int fd, void* buffer, size_t length, int flags) {

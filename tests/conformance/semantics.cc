@@ -2029,6 +2029,55 @@ CONFORMANCE_CASE(kArea, splice_file_to_socket_through_pipe, 1,
   close(file);
 }
 
+CONFORMANCE_CASE(kArea, splice_socket_to_pipe_large, 1,
+                 "splice socket -> pipe -> reader carries 1 MiB intact through a full pipe") {
+  const TcpPair pair = tcp_pair();
+  int pipe_ends[2];
+  require("pipe", pipe(pipe_ends));
+  const std::vector<unsigned char> data = pattern(1 << 20, 29);
+  std::thread writer = in_background([&] {
+    send_all(pair.client, data.data(), data.size());
+    close(pair.client);
+  });
+  std::thread reader = in_background([&] {
+    const Drained drained = drain(pipe_ends[0]);
+    say("pipe reader intact: %d",
+        drained.bytes == data.size() && drained.digest == digest(data.data(), data.size()));
+  });
+  size_t total = 0;
+  ssize_t moved;
+  while ((moved = splice(pair.server, nullptr, pipe_ends[1], nullptr, 65536, 0)) > 0) {
+    total += static_cast<size_t>(moved);
+  }
+  report("last splice", moved);
+  say("spliced %zu", total);
+  close(pipe_ends[1]);
+  writer.join();
+  reader.join();
+  close(pipe_ends[0]);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, splice_socket_errors, 1,
+                 "splice: socket to socket, an offset on the socket, nothing to move yet") {
+  const TcpPair pair = tcp_pair();
+  int pipe_ends[2];
+  require("pipe", pipe(pipe_ends));
+  report("socket to socket", splice(pair.server, nullptr, pair.client, nullptr, 8, 0));
+  loff_t offset = 0;
+  report("offset on the socket", splice(pair.server, &offset, pipe_ends[1], nullptr, 8, 0));
+  report("empty pipe, SPLICE_F_NONBLOCK",
+         splice(pipe_ends[0], nullptr, pair.client, nullptr, 8, SPLICE_F_NONBLOCK));
+  set_nonblocking(pair.server, true);
+  report("non-blocking socket, no data", splice(pair.server, nullptr, pipe_ends[1], nullptr, 8, 0));
+  send_text(pair.client, "late");
+  sleep_ms(20);
+  report("with data", splice(pair.server, nullptr, pipe_ends[1], nullptr, 8, SPLICE_F_NONBLOCK));
+  close(pipe_ends[0]);
+  close(pipe_ends[1]);
+  close_pair(pair);
+}
+
 CONFORMANCE_CASE(kArea, splice_socket_to_pipe, 1, "splice from a socket into a pipe") {
   const TcpPair pair = tcp_pair();
   int pipe_ends[2];

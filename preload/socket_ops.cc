@@ -153,11 +153,11 @@ int64_t timeval_to_ns(const void* value, socklen_t length) {
 // Waiting for a connection to become readable or writable.
 enum class Want { kData, kSpace };
 
-bool wait_satisfied(Socket* socket, Connection* c, Want want) {
+bool wait_satisfied(Socket* socket, Connection* c, Want want, uint32_t min_bytes = 1) {
   if (c->peer_aborted()) return true;
   if (want == Want::kData) {
-    return c->rx.readable() != 0 || c->rx.control().writer_closed.load(std::memory_order_acquire) ||
-           socket->read_shut;
+    return c->rx.readable(min_bytes) >= min_bytes ||
+           c->rx.control().writer_closed.load(std::memory_order_acquire) || socket->read_shut;
   }
   return c->send_room() != 0 || c->tx.control().reader_closed.load(std::memory_order_acquire);
 }
@@ -170,17 +170,19 @@ bool restarts_after_signal(int64_t deadline_ns) {
 }
 
 // 0 when the condition holds, -EAGAIN at the deadline, -EINTR on a signal.
-int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
+// Waiting for data, `min_bytes` must be readable.
+int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns,
+             uint32_t min_bytes = 1) {
   SpinBudget spin(config().spin_ns);
   while (spin.keep_spinning()) {
-    if (wait_satisfied(socket, c, want)) return 0;
+    if (wait_satisfied(socket, c, want, min_bytes)) return 0;
   }
   std::atomic<uint32_t>& flag =
       want == Want::kData ? c->rx.control().reader_waiting : c->tx.control().writer_waiting;
   for (;;) {
     flag.store(1, std::memory_order_relaxed);
     fence_before_sleeping();
-    if (wait_satisfied(socket, c, want)) {
+    if (wait_satisfied(socket, c, want, min_bytes)) {
       flag.store(0, std::memory_order_relaxed);
       return 0;
     }
@@ -353,7 +355,19 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
     if (taken > 0) {
       got += taken;
       if (!peek) c->wake_peer_if_writing();
-      if (got == total || peek || !(flags & MSG_WAITALL)) return static_cast<ssize_t>(got);
+      if (got == total || !(flags & MSG_WAITALL)) return static_cast<ssize_t>(got);
+      if (peek) {
+        // MSG_PEEK|MSG_WAITALL waits until the whole length (at most a full
+        // ring) can be peeked, then peeks again from the start.
+        const uint32_t wanted =
+            static_cast<uint32_t>(std::min<std::size_t>(total, c->rx.capacity()));
+        if (got >= wanted || nonblocking || socket->read_shut || c->peer_aborted() ||
+            c->rx.control().writer_closed.load(std::memory_order_acquire) ||
+            wait_for(socket, c, Want::kData, deadline, wanted) < 0) {
+          return static_cast<ssize_t>(got);
+        }
+        got = 0;
+      }
       continue;
     }
     if (c->rx.control().writer_closed.load(std::memory_order_acquire)) {
@@ -757,9 +771,11 @@ bool pop_pending(Socket* listener, PendingConnection& out) {
 
 int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int flags) {
   SocketRef socket = lookup_socket(fd);
-  if (!socket || socket->state != SocketState::kListening) {
+  if (!socket || socket->state == SocketState::kBound) {
     return real().accept4(fd, address, length, flags);
   }
+  // A TCP socket that is not listening: never listened, or connected.
+  if (socket->state != SocketState::kListening) return fail(EINVAL);
   if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) return fail(EINVAL);
   ensure_listener_announced(socket.get());
   const int64_t deadline = deadline_after(socket->receive_timeout_ns);
@@ -1023,7 +1039,6 @@ int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* 
     }
     memcpy(value, &error, std::min<socklen_t>(*length, sizeof error));
     *length = std::min<socklen_t>(*length, sizeof error);
-    socket->connect_pending = false;
     return 0;
   }
   if (level == IPPROTO_TCP && name == TCP_INFO && socket->state == SocketState::kConnected) {

@@ -1272,6 +1272,19 @@ CONFORMANCE_CASE(kArea, msg_peek_with_waitall, 1,
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, msg_peek_with_waitall_short, 1,
+                 "MSG_PEEK|MSG_WAITALL returns short without waiting (DONTWAIT) or at EOF") {
+  const TcpPair pair = tcp_pair();
+  send_text(pair.server, "ab");
+  sleep_ms(20);
+  recv_once("peek waitall dontwait 4", pair.client, 4, MSG_PEEK | MSG_WAITALL | MSG_DONTWAIT);
+  close(pair.server);
+  sleep_ms(20);
+  recv_once("peek waitall at EOF 4", pair.client, 4, MSG_PEEK | MSG_WAITALL);
+  recv_once("recv", pair.client, 4);
+  close(pair.client);
+}
+
 CONFORMANCE_CASE(kArea, msg_waitall_collects_pieces, 1,
                  "MSG_WAITALL returns only when every requested byte arrived") {
   const TcpPair pair = tcp_pair();
@@ -1816,6 +1829,14 @@ CONFORMANCE_CASE(kArea, nonblocking_accept_eagain, 0,
   report("accept", accept(listener, nullptr, nullptr));
   report("accept4", accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
   close(listener);
+}
+
+CONFORMANCE_CASE(kArea, accept_on_connected_socket, 1,
+                 "accept on a connected socket fails with EINVAL") {
+  const TcpPair pair = tcp_pair();
+  report("accept on the client", accept(pair.client, nullptr, nullptr));
+  report("accept4 on the server", accept4(pair.server, nullptr, nullptr, SOCK_CLOEXEC));
+  close_pair(pair);
 }
 
 CONFORMANCE_CASE(kArea, accept_on_non_listening_socket, 0,

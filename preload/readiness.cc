@@ -46,6 +46,9 @@ uint32_t socket_readiness(Socket* socket) {
   if (aborted && !socket->reset_reported) ready |= EPOLLERR;
   if (socket->reset_by_peer) ready |= EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLHUP;
   if (socket->pending_error != 0) ready |= EPOLLERR;
+  if (c->header->urgent[c->side ^ 1].load(std::memory_order_acquire) & kUrgentPending) {
+    ready |= EPOLLPRI;
+  }
   return ready;
 }
 

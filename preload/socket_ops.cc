@@ -215,6 +215,12 @@ int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns,
   }
 }
 
+// The byte at `offset` of `iov`, which holds more than `offset` bytes.
+unsigned char iov_byte(const struct iovec* iov, std::size_t offset) {
+  for (; offset >= iov->iov_len; ++iov) offset -= iov->iov_len;
+  return static_cast<const unsigned char*>(iov->iov_base)[offset];
+}
+
 int64_t deadline_after(int64_t timeout_ns) {
   return timeout_ns == 0 ? 0 : monotonic_ns() + timeout_ns;
 }
@@ -248,7 +254,58 @@ int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, std::size
 // ---------------------------------------------------------------------------
 // Data path.
 
+ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt, int flags);
+
+namespace {
+
+// MSG_OOB: all but the last byte go as usual; the last is the urgent byte,
+// which the peer reads apart (recv MSG_OOB) and which never enters the ring.
+ssize_t send_urgent(int fd, Socket* socket, const struct iovec* iov, int iovcnt, int flags) {
+  flags &= ~MSG_OOB;
+  Connection* c = socket->connection;
+  const std::size_t total = iov_total(iov, iovcnt);
+  if (total == 0 || socket->write_shut || c->peer_aborted() ||
+      c->tx.control().reader_closed.load(std::memory_order_acquire)) {
+    return stream_send(fd, socket, iov, iovcnt, flags);  // nothing to mark, or its error
+  }
+  struct iovec normal[64];
+  const int normal_count = iov_advance(iov, iovcnt, 0, total - 1, normal);
+  if (total > 1) {
+    const ssize_t sent = stream_send(fd, socket, normal, normal_count, flags);
+    if (sent < static_cast<ssize_t>(total - 1)) return sent;
+  }
+  const uint32_t byte = iov_byte(iov, total - 1);
+  c->header->urgent_mark[c->side].store(c->tx.control().head.load(std::memory_order_relaxed),
+                                        std::memory_order_relaxed);
+  // Release: the peer that sees the byte pending sees its mark.
+  c->header->urgent[c->side].store(kUrgentPending | byte, std::memory_order_release);
+  fence_after_publishing();
+  signal_wake_fd(c->peer_wake.get());
+  return static_cast<ssize_t>(total);
+}
+
+// recv MSG_OOB: the pending urgent byte, never waiting; EINVAL without one.
+ssize_t receive_urgent(Socket* socket, const struct iovec* iov, int iovcnt, int flags) {
+  Connection* c = socket->connection;
+  std::atomic<uint32_t>& urgent = c->header->urgent[c->side ^ 1];
+  uint32_t word = urgent.load(std::memory_order_acquire);
+  if (!(word & kUrgentPending)) return fail(EINVAL);
+  if (!(flags & MSG_PEEK) && !urgent.compare_exchange_strong(word, kUrgentRead)) {
+    return fail(EINVAL);
+  }
+  if (iov_total(iov, iovcnt) == 0) return 0;
+  struct iovec first[1];
+  iov_advance(iov, iovcnt, 0, 1, first);
+  if (!(flags & MSG_TRUNC)) *static_cast<unsigned char*>(first[0].iov_base) = word & 0xff;
+  return 1;
+}
+
+}  // namespace
+
 ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt, int flags) {
+  if (socket->state == SocketState::kConnected && (flags & MSG_OOB)) [[unlikely]] {
+    return send_urgent(fd, socket, iov, iovcnt, flags);
+  }
   if (socket->state != SocketState::kConnected) {
     if (kernel_backed(socket)) {
       struct msghdr message {};
@@ -324,6 +381,8 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
     }
     return fail(ENOTCONN);
   }
+  if (flags & MSG_OOB) [[unlikely]]
+    return receive_urgent(socket, iov, iovcnt, flags);
   std::lock_guard guard(socket->receive_lock);
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
@@ -562,7 +621,7 @@ ssize_t intercepted_recvmsg(int fd, struct msghdr* message, int flags) {
   if (got >= 0) {
     message->msg_namelen = 0;
     message->msg_controllen = 0;
-    message->msg_flags = 0;
+    message->msg_flags = flags & MSG_OOB;
   }
   return got;
 }
@@ -1145,9 +1204,17 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
                                          ? static_cast<int>(socket->connection->tx.unread())
                                          : 0;
       return 0;
-    case SIOCATMARK:  // netaccel connections carry no urgent data
-      *static_cast<int*>(argument) = 0;
+    case SIOCATMARK: {  // the reader stands where urgent data was sent
+      int at_mark = 0;
+      if (socket->state == SocketState::kConnected) {
+        Connection* c = socket->connection;
+        at_mark = c->header->urgent[c->side ^ 1].load(std::memory_order_acquire) != 0 &&
+                  c->header->urgent_mark[c->side ^ 1].load(std::memory_order_relaxed) ==
+                      c->rx.control().tail.load(std::memory_order_relaxed);
+      }
+      *static_cast<int*>(argument) = at_mark;
       return 0;
+    }
     default:
       return real().ioctl(fd, request, argument);
   }

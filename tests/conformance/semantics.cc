@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -1362,6 +1363,33 @@ CONFORMANCE_CASE(kArea, msg_oob_urgent_byte, 1, "MSG_OOB: the urgent byte read o
   report("recv MSG_OOB", recv(pair.client, &urgent, 1, MSG_OOB));
   say("urgent byte %c", urgent);
   recv_once("recv", pair.client);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, msg_oob_readiness_and_mark, 1,
+                 "urgent data: POLLPRI, select's exceptional set, SIOCATMARK, read only once") {
+  const TcpPair pair = tcp_pair();
+  char urgent = 0;
+  report("recv MSG_OOB before any", recv(pair.client, &urgent, 1, MSG_OOB));
+  report("send MSG_OOB", send(pair.server, "abU", 3, MSG_OOB));
+  sleep_ms(20);
+  show_poll("poll", pair.client, POLLIN | POLLPRI);
+  fd_set exceptional;
+  FD_ZERO(&exceptional);
+  FD_SET(pair.client, &exceptional);
+  timeval timeout{0, 0};
+  report("select exceptional", select(pair.client + 1, nullptr, nullptr, &exceptional, &timeout));
+  int at_mark = -1;
+  ioctl(pair.client, SIOCATMARK, &at_mark);
+  say("at mark before reading: %d", at_mark);
+  report("recv MSG_OOB|MSG_PEEK", recv(pair.client, &urgent, 1, MSG_OOB | MSG_PEEK));
+  report("recv MSG_OOB", recv(pair.client, &urgent, 1, MSG_OOB));
+  say("urgent byte %c", urgent);
+  report("recv MSG_OOB again", recv(pair.client, &urgent, 1, MSG_OOB));
+  show_poll("poll after", pair.client, POLLIN | POLLPRI);
+  recv_once("recv", pair.client);
+  ioctl(pair.client, SIOCATMARK, &at_mark);
+  say("at mark after reading: %d", at_mark);
   close_pair(pair);
 }
 

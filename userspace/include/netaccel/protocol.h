@@ -204,6 +204,11 @@ struct ConnectionSegmentHeader {
   // (high half) and side i ^ 1's SO_RCVBUF (low half), each as getsockopt
   // reports it, 0 when unset. Beside `aborted`, which every send reads.
   std::atomic<uint64_t> ring_buffers[2];
+  // TCP urgent data side i sent (MSG_OOB): kUrgentPending with the byte until
+  // the peer reads it out of band, kUrgentRead after; 0 when none was sent.
+  // The byte stays out of the ring; urgent_mark[i] is where it stood in it.
+  std::atomic<uint32_t> urgent[2];
+  std::atomic<uint32_t> urgent_mark[2];
 };
 static_assert(sizeof(ConnectionSegmentHeader) == 2 * kFalseSharingRange);
 
@@ -227,6 +232,9 @@ inline void set_ring_buffer(std::atomic<uint64_t>& ring_buffers, bool send, uint
       !ring_buffers.compare_exchange_weak(old, (old & ~mask) | value, std::memory_order_relaxed)) {
   }
 }
+
+inline constexpr uint32_t kUrgentPending = 1 << 8;
+inline constexpr uint32_t kUrgentRead = 1 << 9;
 
 inline constexpr std::size_t connection_segment_bytes(uint32_t ring_capacity) {
   return sizeof(ConnectionSegmentHeader) + 2 * byte_ring_footprint(ring_capacity);

@@ -68,6 +68,14 @@ int epoll_watching(int fd, uint32_t events, uint32_t tag = 1) {
   return epfd;
 }
 
+// One send of 64 KiB (on a full buffer, in these cases): its errno, or that
+// it sent something.
+void show_send_of_64_kib(int fd) {
+  const std::vector<unsigned char> chunk = pattern(65536, 1);
+  const ssize_t sent = send(fd, chunk.data(), chunk.size(), 0);
+  say("send: %s", sent < 0 ? errno_name(errno).c_str() : "partial or complete");
+}
+
 void show_select(const char* label, int fd) {
   fd_set readable, writable;
   FD_ZERO(&readable);
@@ -862,9 +870,7 @@ CONFORMANCE_CASE(kArea, send_interrupted_on_full_buffer, 1,
   fill_until_blocked(pair.client);
   count_signal(SIGALRM, false);
   alarm_after_ms(50);
-  const std::vector<unsigned char> chunk = pattern(65536, 1);
-  const ssize_t sent = send(pair.client, chunk.data(), chunk.size(), 0);
-  say("send: %s", sent < 0 ? errno_name(errno).c_str() : "partial or complete");
+  show_send_of_64_kib(pair.client);
   say("signals caught: %d", signals_caught());
   close_pair(pair);
 }
@@ -980,9 +986,7 @@ CONFORMANCE_CASE(kArea, send_with_timeout_not_restarted, 1,
   set_timeout_option(pair.client, SO_SNDTIMEO, 2000);
   count_signal(SIGALRM, true);
   alarm_after_ms(50);
-  const std::vector<unsigned char> chunk = pattern(65536, 1);
-  const ssize_t sent = send(pair.client, chunk.data(), chunk.size(), 0);
-  say("send: %s", sent < 0 ? errno_name(errno).c_str() : "partial or complete");
+  show_send_of_64_kib(pair.client);
   close_pair(pair);
 }
 
@@ -1073,9 +1077,7 @@ CONFORMANCE_CASE(kArea, sndtimeo_send_times_out, 1,
   const TcpPair pair = tcp_pair();
   fill_until_blocked(pair.client);
   set_timeout_option(pair.client, SO_SNDTIMEO, 100);
-  const std::vector<unsigned char> chunk = pattern(65536, 1);
-  const ssize_t sent = send(pair.client, chunk.data(), chunk.size(), 0);
-  say("send: %s", sent < 0 ? errno_name(errno).c_str() : "partial or complete");
+  show_send_of_64_kib(pair.client);
   close_pair(pair);
 }
 

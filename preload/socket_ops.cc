@@ -303,7 +303,7 @@ ssize_t receive_urgent(Socket* socket, const struct iovec* iov, int iovcnt, int 
 }  // namespace
 
 ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt, int flags) {
-  if (socket->state == SocketState::kConnected && (flags & MSG_OOB)) [[unlikely]] {
+  if ((flags & MSG_OOB) && socket->state == SocketState::kConnected) [[unlikely]] {
     return send_urgent(fd, socket, iov, iovcnt, flags);
   }
   if (socket->state != SocketState::kConnected) {

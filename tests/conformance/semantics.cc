@@ -68,6 +68,12 @@ int epoll_watching(int fd, uint32_t events, uint32_t tag = 1) {
   return epfd;
 }
 
+// SO_LINGER {1, 0}: closing the socket resets its connection.
+void set_linger_zero(int fd) {
+  linger option{1, 0};
+  report("SO_LINGER", setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, sizeof option));
+}
+
 // One send of 64 KiB (on a full buffer, in these cases): its errno, or that
 // it sent something.
 void show_send_of_64_kib(int fd) {
@@ -1470,8 +1476,7 @@ CONFORMANCE_CASE(kArea, sendto_and_recvfrom_on_stream, 1,
 CONFORMANCE_CASE(kArea, so_linger_zero_resets_peer, 1,
                  "SO_LINGER {1, 0} then close: the peer sees ECONNRESET") {
   const TcpPair pair = tcp_pair();
-  linger option{1, 0};
-  report("SO_LINGER", setsockopt(pair.client, SOL_SOCKET, SO_LINGER, &option, sizeof option));
+  set_linger_zero(pair.client);
   close(pair.client);
   sleep_ms(20);
   show_poll("peer", pair.server, POLLIN | POLLOUT | POLLRDHUP);
@@ -1483,9 +1488,8 @@ CONFORMANCE_CASE(kArea, so_linger_zero_resets_peer, 1,
 CONFORMANCE_CASE(kArea, so_linger_zero_peer_keeps_unread_data, 1,
                  "SO_LINGER {1, 0} after sending: the peer reads the data, then ECONNRESET") {
   const TcpPair pair = tcp_pair();
-  linger option{1, 0};
   send_text(pair.client, "before reset");
-  report("SO_LINGER", setsockopt(pair.client, SOL_SOCKET, SO_LINGER, &option, sizeof option));
+  set_linger_zero(pair.client);
   close(pair.client);
   sleep_ms(20);
   sockaddr_storage peer{};
@@ -1500,8 +1504,7 @@ CONFORMANCE_CASE(kArea, so_linger_zero_peer_keeps_unread_data, 1,
 CONFORMANCE_CASE(kArea, so_linger_zero_inherited_from_listener, 1,
                  "SO_LINGER {1, 0} on a listener: its accepted connection resets on close") {
   const int listener = tcp_listener();
-  linger option{1, 0};
-  report("SO_LINGER", setsockopt(listener, SOL_SOCKET, SO_LINGER, &option, sizeof option));
+  set_linger_zero(listener);
   const int client = tcp_connect(local_port(listener));
   const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
   close(server);

@@ -23,11 +23,12 @@ struct Socket;
 int netaccel_fcntl(int fd, int command, unsigned long argument);
 int netaccel_ioctl(int fd, unsigned long request, void* argument);
 
-// `fd` left netaccel: drop it from every emulated epoll set; if the number
-// now holds a kernel socket, register that with the kernel epoll instead.
+// `fd` left netaccel: when it was the socket's last descriptor, drop the
+// socket from every emulated epoll set; if the number now holds a kernel
+// socket, register that with the kernel epoll instead.
 void epoll_forget(int fd, Socket* socket, bool now_kernel);
 // `fd` got its connection: its wake fd joins the epoll sets that watch it.
-void epoll_connected(int fd, Socket* socket);
+void epoll_connected(Socket* socket);
 // A kernel descriptor closed: forget it if it was one of our epoll sets.
 void epoll_closed(int fd);
 

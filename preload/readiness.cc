@@ -37,7 +37,7 @@ uint32_t socket_readiness(Socket* socket) {
   const bool eof = c->rx.control().writer_closed.load(std::memory_order_acquire) != 0;
   if (c->rx.readable() != 0 || eof || aborted || socket->read_shut) ready |= EPOLLIN | EPOLLRDNORM;
   if (eof) ready |= EPOLLRDHUP;
-  if (socket->write_shut || c->tx.writable() != 0 ||
+  if (socket->write_shut || c->send_room() != 0 ||
       c->tx.control().reader_closed.load(std::memory_order_acquire)) {
     ready |= EPOLLOUT | EPOLLWRNORM;
   }
@@ -46,29 +46,39 @@ uint32_t socket_readiness(Socket* socket) {
   if (aborted && !socket->reset_reported) ready |= EPOLLERR;
   if (socket->reset_by_peer) ready |= EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLHUP;
   if (socket->pending_error != 0) ready |= EPOLLERR;
+  if (c->header->urgent[c->side ^ 1].load(std::memory_order_acquire) & kUrgentPending) {
+    ready |= EPOLLPRI;
+  }
   return ready;
 }
 
 namespace {
 
+// Our registrations in the application's kernel epoll instances carry tags
+// in place of its data: a wake eventfd (kWakeTag), an epoll instance nested
+// in the set (kNestedTag), the process's event-queue wake fd.
 constexpr uint64_t kTagBase = 0x4e41ull << 48;
+constexpr uint64_t kNestedTag = kTagBase | (1ull << 32);
 constexpr uint64_t kEventWakeTag = kTagBase | 0xffffffffull;
 bool is_tag(uint64_t data) {
   return (data >> 48) == 0x4e41;
 }
-uint64_t tag_of(int fd) {
-  return kTagBase | static_cast<uint32_t>(fd);
+uint64_t wake_tag(int wake_fd) {
+  return kTagBase | static_cast<uint32_t>(wake_fd);
 }
 
+// One registration, keyed as the kernel keys it: by descriptor and open
+// file. It lives while the file is open, even after that descriptor closed.
 struct EpollMember {
   int fd;
+  Socket* socket;  // the open file; null for a nested epoll instance
   uint32_t events;
   epoll_data_t data;
   uint32_t last_ready = 0;  // edge-triggered: what we saw last time
   uint32_t last_head = 0;
   uint32_t last_tail = 0;
   bool disarmed = false;     // EPOLLONESHOT already fired
-  int registered_wake = -1;  // the eventfd we added to the kernel epoll for it
+  int registered_wake = -1;  // the eventfd it needs in the kernel epoll (shared by its dups)
   bool listener = false;
 };
 
@@ -81,14 +91,29 @@ struct EpollSet {
   uint32_t rotation = 0;
 };
 
+// The kernel refuses deeper nesting (EP_MAX_NESTS).
+constexpr int kMaxEpollNesting = 4;
+
 constexpr int kMaxEpollFds = 1 << 20;
 std::mutex g_sets_mutex;
 std::vector<int> g_set_fds;  // the epoll fds that have a set, under g_sets_mutex
+template <typename T>
+T* descriptor_table() {
+  return static_cast<T*>(mmap(nullptr, sizeof(T) * kMaxEpollFds, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+}
 std::atomic<EpollSet*>* epoll_sets() {
-  static auto* table = static_cast<std::atomic<EpollSet*>*>(
-      mmap(nullptr, sizeof(std::atomic<EpollSet*>) * kMaxEpollFds, PROT_READ | PROT_WRITE,
-           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  static auto* table = descriptor_table<std::atomic<EpollSet*>>();
   return table;
+}
+// Every epoll instance the application created: one may be nested in a set.
+std::atomic<uint8_t>* epoll_instances() {
+  static auto* table = descriptor_table<std::atomic<uint8_t>>();
+  return table;
+}
+
+bool is_epoll_instance(int fd) {
+  return fd >= 0 && fd < kMaxEpollFds && epoll_instances()[fd].load(std::memory_order_relaxed) != 0;
 }
 
 EpollSet* find_set(int epfd) {
@@ -121,24 +146,68 @@ int wake_fd_of(Socket* socket) {
   return -1;
 }
 
-void drain_tagged(uint64_t tag) {
+int add_kernel_registration(int epfd, int fd, uint32_t events, uint64_t data) {
+  struct epoll_event event {};
+  event.events = events;
+  event.data.u64 = data;
+  return real().epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
+}
+
+bool wake_registered(const EpollSet* set, int wake) {
+  return std::any_of(set->members.begin(), set->members.end(),
+                     [wake](const EpollMember& m) { return m.registered_wake == wake; });
+}
+
+// Registers `member`'s wake eventfd in the set's kernel epoll, once for all
+// the descriptors of one socket.
+void register_wake(int epfd, EpollSet* set, EpollMember& member) {
+  const int wake = wake_fd_of(member.socket);
+  if (wake < 0) return;
+  if (wake_registered(set, wake) ||
+      add_kernel_registration(epfd, wake, EPOLLIN, wake_tag(wake)) == 0) {
+    member.registered_wake = wake;
+  }
+}
+
+// Takes `member` out of the set (under its lock) with what it registered.
+void erase_member(int epfd, EpollSet* set, std::vector<EpollMember>::iterator member) {
+  const int wake = member->registered_wake;
+  if (member->listener) {
+    // A closed descriptor's number may hold another file by now; the
+    // kernel drops the listener's own registration when its file closes.
+    if (lookup_socket(member->fd).get() == member->socket) {
+      real().epoll_ctl(epfd, EPOLL_CTL_DEL, member->fd, nullptr);
+    }
+    --set->listeners;
+  }
+  if (member->socket != nullptr) {
+    member->socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
+  }
+  set->members.erase(member);
+  if (wake >= 0 && !wake_registered(set, wake)) {
+    real().epoll_ctl(epfd, EPOLL_CTL_DEL, wake, nullptr);
+  }
+}
+
+void drain_tagged(EpollSet* set, uint64_t tag) {
   if (tag == kEventWakeTag) {
     drain_event_wake();
     pump_events();
     return;
   }
-  SocketRef socket = lookup_socket(static_cast<int>(tag & 0xffffffffu));
-  if (!socket) return;
-  const int wake = wake_fd_of(socket.get());
-  if (wake >= 0) drain_wake_fd(wake);
+  if ((tag & kNestedTag) == kNestedTag) return;  // the nested set's own wait drains it
+  // Only a wake fd a member still holds is ours to read.
+  const int wake = static_cast<int>(tag & 0xffffffffu);
+  std::lock_guard lock(set->mutex);
+  if (wake_registered(set, wake)) drain_wake_fd(wake);
 }
 
 // Moves the application's kernel events to the front, draining our tags.
-int filter_kernel_events(struct epoll_event* events, int count) {
+int filter_kernel_events(EpollSet* set, struct epoll_event* events, int count) {
   int kept = 0;
   for (int i = 0; i < count; ++i) {
     if (is_tag(events[i].data.u64)) {
-      drain_tagged(events[i].data.u64);
+      drain_tagged(set, events[i].data.u64);
     } else {
       events[kept++] = events[i];
     }
@@ -146,7 +215,60 @@ int filter_kernel_events(struct epoll_event* events, int count) {
   return kept;
 }
 
-// Ready netaccel members, with edge-triggered and one-shot rules applied.
+bool set_has_events(int epfd, EpollSet* set, int depth);
+
+// What `member` reports now, with its edge-triggered rules applied; with
+// `consume` its edge state advances (a real report, not a look).
+uint32_t member_report(EpollMember& member, bool consume, int depth) {
+  const uint32_t wanted = member.events | EPOLLERR | EPOLLHUP;
+  uint32_t ready = 0;
+  uint32_t head = 0, tail = 0;
+  if (member.socket == nullptr) {
+    // An epoll instance is readable while it has an event to report.
+    EpollSet* inner = find_set(member.fd);
+    if (inner != nullptr && depth < kMaxEpollNesting && set_has_events(member.fd, inner, depth + 1))
+      ready = (EPOLLIN | EPOLLRDNORM) & wanted;
+  } else {
+    Socket* socket = member.socket;
+    ready = socket_readiness(socket) & wanted;
+    if (socket->state == SocketState::kConnected) {
+      head = socket->connection->rx.control().head.load(std::memory_order_acquire);
+      tail = socket->connection->tx.control().tail.load(std::memory_order_acquire);
+    }
+  }
+  if (!(member.events & EPOLLET)) return ready;
+  // Report what became ready, or new bytes / new space since last time.
+  uint32_t report = ready & ~member.last_ready;
+  if ((ready & EPOLLIN) && head != member.last_head) report |= ready & EPOLLIN;
+  if ((ready & EPOLLOUT) && tail != member.last_tail) report |= ready & EPOLLOUT;
+  if (consume) {
+    member.last_ready = ready;
+    member.last_head = head;
+    member.last_tail = tail;
+  }
+  // Like the kernel, an edge reports everything that is ready, not only
+  // what changed.
+  return report != 0 ? ready : 0;
+}
+
+// Whether a set nested in another has an event to report, without taking
+// it: one of our members, or one of the kernel's once our wake signals are
+// drained from its kernel epoll (else they would keep it readable).
+bool set_has_events(int epfd, EpollSet* set, int depth) {
+  {
+    std::lock_guard lock(set->mutex);
+    for (EpollMember& member : set->members) {
+      if (!member.disarmed && member_report(member, false, depth) != 0) return true;
+      if (member.registered_wake >= 0) drain_wake_fd(member.registered_wake);
+    }
+  }
+  struct pollfd kernel {
+    epfd, POLLIN, 0
+  };
+  return real().poll(&kernel, 1, 0) > 0;
+}
+
+// Ready members, with edge-triggered and one-shot rules applied.
 int collect_ready(EpollSet* set, struct epoll_event* out, int capacity) {
   std::lock_guard lock(set->mutex);
   const std::size_t count = set->members.size();
@@ -156,28 +278,7 @@ int collect_ready(EpollSet* set, struct epoll_event* out, int capacity) {
   for (std::size_t step = 0; step < count && found < capacity; ++step) {
     EpollMember& member = set->members[(start + step) % count];
     if (member.disarmed) continue;
-    SocketRef socket = lookup_socket(member.fd);
-    if (!socket) continue;
-    const uint32_t wanted = member.events | EPOLLERR | EPOLLHUP;
-    const uint32_t ready = socket_readiness(socket.get()) & wanted;
-    uint32_t report = ready;
-    if (member.events & EPOLLET) {
-      // Report what became ready, or new bytes / new space since last time.
-      uint32_t head = 0, tail = 0;
-      if (socket->state == SocketState::kConnected) {
-        head = socket->connection->rx.control().head.load(std::memory_order_acquire);
-        tail = socket->connection->tx.control().tail.load(std::memory_order_acquire);
-      }
-      report = ready & ~member.last_ready;
-      if ((ready & EPOLLIN) && head != member.last_head) report |= ready & EPOLLIN;
-      if ((ready & EPOLLOUT) && tail != member.last_tail) report |= ready & EPOLLOUT;
-      // Like the kernel, an edge reports everything that is ready, not only
-      // what changed.
-      if (report != 0) report = ready;
-      member.last_ready = ready;
-      member.last_head = head;
-      member.last_tail = tail;
-    }
+    const uint32_t report = member_report(member, true, 0);
     if (report == 0) continue;
     out[found].events = report;
     out[found].data = member.data;
@@ -192,22 +293,26 @@ int collect_ready(EpollSet* set, struct epoll_event* out, int capacity) {
 // must be bounded (see Connection::wake_peer_if_writing).
 bool arm_connection(Connection* c, uint32_t events, bool armed) {
   if (events & EPOLLIN) c->rx.control().reader_waiting.store(armed, std::memory_order_relaxed);
-  if ((events & EPOLLOUT) && (!armed || c->tx.writable() == 0)) {
+  if ((events & EPOLLOUT) && (!armed || c->send_room() == 0)) {
     c->tx.control().writer_waiting.store(armed, std::memory_order_relaxed);
     return armed;
   }
   return false;
 }
 
-bool arm_members(EpollSet* set, bool armed) {
+// A nested set's members are armed too: their wake fds make it readable.
+bool arm_members(EpollSet* set, bool armed, int depth = 0) {
   std::lock_guard lock(set->mutex);
   bool space_wait = false;
   for (const EpollMember& member : set->members) {
     if (member.disarmed) continue;
-    SocketRef socket = lookup_socket(member.fd);
-    if (!socket) continue;
-    if (socket->state == SocketState::kConnected) {
-      space_wait |= arm_connection(socket->connection, member.events, armed);
+    if (member.socket == nullptr) {
+      EpollSet* inner = find_set(member.fd);
+      if (inner != nullptr && depth < kMaxEpollNesting) {
+        space_wait |= arm_members(inner, armed, depth + 1);
+      }
+    } else if (member.socket->state == SocketState::kConnected) {
+      space_wait |= arm_connection(member.socket->connection, member.events, armed);
     }
   }
   if (set->listeners > 0) announce_event_wait(armed);
@@ -239,37 +344,85 @@ int timeout_left_ms(int64_t deadline_ns) {
   return left <= 0 ? 0 : static_cast<int>((left + 999999) / 1000000);
 }
 
-int add_kernel_registration(int epfd, int fd, uint32_t events, uint64_t data) {
-  struct epoll_event event {};
-  event.events = events;
-  event.data.u64 = data;
-  return real().epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
+// epoll_ctl for an epoll instance `fd` inside the set `epfd`. The kernel
+// keeps nesting it (and refuses loops); our tag there wakes the outer wait,
+// which works out the inner set's readiness itself.
+int nested_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
+  if (op != EPOLL_CTL_DEL && event == nullptr) return fail(EFAULT);
+  EpollSet* set = op == EPOLL_CTL_ADD ? find_or_create_set(epfd) : find_set(epfd);
+  if (set == nullptr) return real().epoll_ctl(epfd, op, fd, event);
+  if (op == EPOLL_CTL_ADD) find_or_create_set(fd);  // its readiness is worked out from it
+  struct epoll_event tagged {};
+  if (event != nullptr) {
+    tagged.events = EPOLLIN | EPOLLET;
+    tagged.data.u64 = kNestedTag | static_cast<uint32_t>(fd);
+  }
+  std::lock_guard lock(set->mutex);
+  if (real().epoll_ctl(epfd, op, fd, event != nullptr ? &tagged : nullptr) != 0) return -1;
+  auto member = std::find_if(set->members.begin(), set->members.end(), [fd](const EpollMember& m) {
+    return m.socket == nullptr && m.fd == fd;
+  });
+  switch (op) {
+    case EPOLL_CTL_ADD:
+      set->members.push_back(EpollMember{fd, nullptr, event->events, event->data});
+      return 0;
+    case EPOLL_CTL_MOD:
+      if (member != set->members.end()) {
+        member->events = event->events;
+        member->data = event->data;
+        member->disarmed = false;
+        member->last_ready = 0;
+      }
+      return 0;
+    default:
+      if (member != set->members.end()) set->members.erase(member);
+      return 0;
+  }
 }
 
 }  // namespace
 
+int intercepted_epoll_create(int size) {
+  const int epfd = real().epoll_create(size);
+  if (epfd >= 0 && epfd < kMaxEpollFds) epoll_instances()[epfd].store(1, std::memory_order_relaxed);
+  return epfd;
+}
+
+int intercepted_epoll_create1(int flags) {
+  const int epfd = real().epoll_create1(flags);
+  if (epfd >= 0 && epfd < kMaxEpollFds) epoll_instances()[epfd].store(1, std::memory_order_relaxed);
+  return epfd;
+}
+
 int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
   SocketRef socket = lookup_socket(fd);
-  if (!socket || socket->state == SocketState::kBound) return real().epoll_ctl(epfd, op, fd, event);
+  if (!socket || socket->state == SocketState::kBound) {
+    if (!socket && is_epoll_instance(fd) && fd != epfd) {
+      return nested_epoll_ctl(epfd, op, fd, event);
+    }
+    return real().epoll_ctl(epfd, op, fd, event);
+  }
   if (op != EPOLL_CTL_DEL && event == nullptr) return fail(EFAULT);
   if (epfd == fd) return fail(EINVAL);
   EpollSet* set = op == EPOLL_CTL_ADD ? find_or_create_set(epfd) : find_set(epfd);
   if (set == nullptr) return op == EPOLL_CTL_ADD ? fail(EBADF) : fail(ENOENT);
   std::lock_guard lock(set->mutex);
-  auto member = std::find_if(set->members.begin(), set->members.end(),
-                             [fd](const EpollMember& m) { return m.fd == fd; });
+  auto member = std::find_if(set->members.begin(), set->members.end(), [&](const EpollMember& m) {
+    return m.fd == fd && m.socket == socket.get();
+  });
   const bool listener = socket->state == SocketState::kListening;
   if (listener) ensure_listener_announced(socket.get());
   switch (op) {
     case EPOLL_CTL_ADD: {
       if (member != set->members.end()) return fail(EEXIST);
-      EpollMember added{fd, event->events, event->data};
+      EpollMember added{fd, socket.get(), event->events, event->data};
       added.listener = listener;
       if (listener && real().epoll_ctl(epfd, EPOLL_CTL_ADD, fd, event) != 0) return -1;
-      const int wake = wake_fd_of(socket.get());
-      if (wake >= 0) {
-        if (add_kernel_registration(epfd, wake, EPOLLIN, tag_of(fd)) != 0) return -1;
-        added.registered_wake = wake;
+      register_wake(epfd, set, added);
+      if (wake_fd_of(socket.get()) >= 0 && added.registered_wake < 0) {
+        const int error = errno;
+        if (listener) real().epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
+        return fail(error);
       }
       if (listener) {
         ++set->listeners;
@@ -292,15 +445,7 @@ int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
       return 0;
     case EPOLL_CTL_DEL:
       if (member == set->members.end()) return fail(ENOENT);
-      if (member->listener) {
-        real().epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
-        --set->listeners;
-      }
-      if (member->registered_wake >= 0) {
-        real().epoll_ctl(epfd, EPOLL_CTL_DEL, member->registered_wake, nullptr);
-      }
-      set->members.erase(member);
-      socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
+      erase_member(epfd, set, member);
       return 0;
     default:
       return fail(EINVAL);
@@ -315,7 +460,7 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
     for (;;) {
       const int got = real().epoll_pwait(epfd, events, max_events, timeout, mask);
       if (got <= 0 || set == nullptr) return got;
-      const int kept = filter_kernel_events(events, got);
+      const int kept = filter_kernel_events(set, events, got);
       if (kept > 0 || timeout == 0) return kept;
     }
   }
@@ -332,13 +477,13 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
       // Kernel descriptors get their turn in the same call.
       if (found < max_events) {
         const int got = real().epoll_pwait(epfd, events + found, max_events - found, 0, nullptr);
-        if (got > 0) found += filter_kernel_events(events + found, got);
+        if (got > 0) found += filter_kernel_events(set, events + found, got);
       }
       return found;
     }
     if (timeout == 0 || (spinning && (round & 255) == 0)) {
       const int got = real().epoll_pwait(epfd, events, max_events, 0, nullptr);
-      const int kept = got > 0 ? filter_kernel_events(events, got) : got;
+      const int kept = got > 0 ? filter_kernel_events(set, events, got) : got;
       if (kept != 0 || timeout == 0) return kept;
     }
     if (spinning && (spinning = spin.keep_spinning())) continue;
@@ -355,7 +500,7 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
     const int error = errno;
     arm_members(set, false);
     if (got < 0) return fail(error);
-    int kept = filter_kernel_events(events, got);
+    int kept = filter_kernel_events(set, events, got);
     kept += collect_ready(set, events + kept, max_events - kept);
     if (kept > 0) return kept;
     if (deadline >= 0 && monotonic_ns() >= deadline) return 0;
@@ -366,47 +511,56 @@ int intercepted_epoll_wait(int epfd, struct epoll_event* events, int max_events,
   return intercepted_epoll_pwait(epfd, events, max_events, timeout, nullptr);
 }
 
+// Called when descriptor `fd` of `socket` leaves our table. The kernel keeps
+// a registration while its file is open, so only the last descriptor's
+// going removes them all; `now_kernel` (the number now holds a kernel
+// socket) moves that descriptor's registrations to the kernel.
 void epoll_forget(int fd, Socket* socket, bool now_kernel) {
   if (socket->epoll_memberships.load(std::memory_order_relaxed) == 0) return;
+  // A descriptor that turns into a kernel socket is still in our table.
+  const int others = socket->descriptors.load(std::memory_order_relaxed) - (now_kernel ? 1 : 0);
+  const bool file_closed = others <= 0;
+  if (!now_kernel && !file_closed) return;
   for_each_set([&](int epfd, EpollSet* set) {
     std::lock_guard lock(set->mutex);
     for (auto member = set->members.begin(); member != set->members.end();) {
-      if (member->fd != fd) {
+      if (member->socket != socket || (!file_closed && member->fd != fd)) {
         ++member;
         continue;
       }
-      if (member->registered_wake >= 0) {
-        real().epoll_ctl(epfd, EPOLL_CTL_DEL, member->registered_wake, nullptr);
-      }
-      if (member->listener) --set->listeners;
-      if (now_kernel && !member->listener) {
+      if (now_kernel && member->fd == fd && !member->listener) {
         struct epoll_event event {
           member->events, member->data
         };
         real().epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
       }
-      member = set->members.erase(member);
-      socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
+      const auto index = member - set->members.begin();
+      erase_member(epfd, set, member);
+      member = set->members.begin() + index;
     }
   });
 }
 
-void epoll_connected(int fd, Socket* socket) {
+void epoll_connected(Socket* socket) {
   if (socket->epoll_memberships.load(std::memory_order_relaxed) == 0) return;
-  const int wake = wake_fd_of(socket);
   for_each_set([&](int epfd, EpollSet* set) {
     std::lock_guard lock(set->mutex);
     for (EpollMember& member : set->members) {
-      if (member.fd == fd && member.registered_wake < 0 &&
-          add_kernel_registration(epfd, wake, EPOLLIN, tag_of(fd)) == 0) {
-        member.registered_wake = wake;
-      }
+      if (member.socket == socket && member.registered_wake < 0) register_wake(epfd, set, member);
     }
   });
 }
 
 void epoll_closed(int fd) {
   if (fd < 0 || fd >= kMaxEpollFds) return;
+  if (epoll_instances()[fd].exchange(0, std::memory_order_relaxed) != 0) {
+    // The kernel drops a closed instance from the sets it was nested in.
+    for_each_set([fd](int, EpollSet* set) {
+      std::lock_guard lock(set->mutex);
+      std::erase_if(set->members,
+                    [fd](const EpollMember& m) { return m.socket == nullptr && m.fd == fd; });
+    });
+  }
   EpollSet* set;
   {
     std::lock_guard lock(g_sets_mutex);
@@ -416,8 +570,9 @@ void epoll_closed(int fd) {
   if (set == nullptr) return;
   std::lock_guard lock(set->mutex);
   for (const EpollMember& member : set->members) {
-    SocketRef socket = lookup_socket(member.fd);
-    if (socket) socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
+    if (member.socket != nullptr) {
+      member.socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
+    }
   }
   set->members.clear();
   // The set itself stays allocated: a racing epoll_wait may still hold it.

@@ -121,6 +121,8 @@ void Socket::reset() {
   read_shut = write_shut = connect_pending = reset_by_peer = reset_reported = false;
   pending_error = 0;
   receive_timeout_ns = send_timeout_ns = 0;
+  reset_on_close = false;
+  send_buffer = receive_buffer = 0;
   options.clear();
   connection = nullptr;
   epoll_memberships.store(0, std::memory_order_relaxed);
@@ -174,6 +176,7 @@ std::atomic<int> g_highest_fd{-1};
 
 void install_socket(int fd, Socket* socket) {
   socket->references.fetch_add(1, std::memory_order_relaxed);
+  socket->descriptors.fetch_add(1, std::memory_order_relaxed);
   sockets()[fd].store(socket, std::memory_order_release);
   int highest = g_highest_fd.load(std::memory_order_relaxed);
   while (fd > highest && !g_highest_fd.compare_exchange_weak(highest, fd)) {
@@ -266,12 +269,14 @@ void leave_connections_at_exit() {
 
 Socket* uninstall_socket(int fd) {
   if (fd < 0 || fd >= kMaxFds) return nullptr;
-  return sockets()[fd].exchange(nullptr, std::memory_order_acq_rel);
+  Socket* socket = sockets()[fd].exchange(nullptr, std::memory_order_acq_rel);
+  if (socket != nullptr) socket->descriptors.fetch_sub(1, std::memory_order_relaxed);
+  return socket;
 }
 
 void release_socket(Socket* socket) {
   if (socket->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  if (socket->connection != nullptr) close_connection(socket->connection, false);
+  if (socket->connection != nullptr) close_connection(socket->connection, socket->reset_on_close);
   if (socket->state == SocketState::kListening) {
     // Unannounced first, so that what we queued goes to another listener.
     if (socket->listener_announced.load(std::memory_order_acquire)) {
@@ -1265,6 +1270,11 @@ void drop_listener_channels(Socket* listener) {
   {
     std::lock_guard backlog(listener->backlog_mutex);
     for (Channel* channel : listener->channels) {
+      // Closed at once, not when the monitor gets to it: a connect made
+      // right after this close must not find the channel open (the kernel
+      // refuses it). What a client queued before it saw the flag, the
+      // monitor hands on.
+      channel->header->closed.store(1, std::memory_order_seq_cst);
       closing.push_back(channel->channel_id);
       drop_channel_reference(channel);
     }

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -107,6 +108,16 @@ struct Connection {
   bool peer_aborted() const {
     return header->aborted[side ^ 1].load(std::memory_order_acquire) != 0;
   }
+  // Bytes a send may add now: free ring space, within what SO_SNDBUF and
+  // the peer's SO_RCVBUF let the ring hold (only when one was set).
+  uint32_t send_room() {
+    const uint32_t free_space = tx.writable();
+    const uint32_t limit =
+        ring_queue_limit(header->ring_buffers[side].load(std::memory_order_relaxed), tx.capacity());
+    if (limit == 0) return free_space;
+    const uint32_t queued = tx.unread();
+    return queued >= limit ? 0 : std::min(free_space, limit - queued);
+  }
   void wake_peer_if_reading() {
     fence_after_publishing();
     if (tx.control().reader_waiting.load(std::memory_order_relaxed))
@@ -206,7 +217,8 @@ struct SavedOption {
 };
 
 struct Socket {
-  std::atomic<int> references{0};  // table slots + calls in progress
+  std::atomic<int> references{0};   // table slots + calls in progress
+  std::atomic<int> descriptors{0};  // table slots: the open file's descriptors
   int domain = AF_INET;
   int type = SOCK_STREAM;
   int protocol = 0;
@@ -227,6 +239,10 @@ struct Socket {
   bool reset_reported = false;
   int64_t receive_timeout_ns = 0;  // 0: none
   int64_t send_timeout_ns = 0;
+  bool reset_on_close = false;  // SO_LINGER {1, 0}
+  // SO_SNDBUF and SO_RCVBUF as getsockopt reports them; 0 when unset.
+  uint32_t send_buffer = 0;
+  uint32_t receive_buffer = 0;
   std::vector<SavedOption> options;
 
   Connection* connection = nullptr;

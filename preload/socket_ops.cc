@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include "intercepted.h"
 #include "real_calls.h"
 #include "runtime.h"
+#include "signals.h"
 
 namespace netaccel::preload {
 namespace {
@@ -128,6 +130,17 @@ int fall_back_to_kernel(int fd, Socket* socket) {
   return 0;
 }
 
+// Puts the socket's SO_SNDBUF and SO_RCVBUF into its connection's rings.
+void apply_buffer_sizes(Socket* socket) {
+  Connection* c = socket->connection;
+  if (socket->send_buffer != 0) {
+    set_ring_buffer(c->header->ring_buffers[c->side], true, socket->send_buffer);
+  }
+  if (socket->receive_buffer != 0) {
+    set_ring_buffer(c->header->ring_buffers[c->side ^ 1], false, socket->receive_buffer);
+  }
+}
+
 int64_t timeval_to_ns(const void* value, socklen_t length) {
   if (length < sizeof(struct timeval)) return -1;
   struct timeval tv;
@@ -140,27 +153,36 @@ int64_t timeval_to_ns(const void* value, socklen_t length) {
 // Waiting for a connection to become readable or writable.
 enum class Want { kData, kSpace };
 
-bool wait_satisfied(Socket* socket, Connection* c, Want want) {
+bool wait_satisfied(Socket* socket, Connection* c, Want want, uint32_t min_bytes = 1) {
   if (c->peer_aborted()) return true;
   if (want == Want::kData) {
-    return c->rx.readable() != 0 || c->rx.control().writer_closed.load(std::memory_order_acquire) ||
-           socket->read_shut;
+    return c->rx.readable(min_bytes) >= min_bytes ||
+           c->rx.control().writer_closed.load(std::memory_order_acquire) || socket->read_shut;
   }
-  return c->tx.writable() != 0 || c->tx.control().reader_closed.load(std::memory_order_acquire);
+  return c->send_room() != 0 || c->tx.control().reader_closed.load(std::memory_order_acquire);
+}
+
+// A blocking call whose sleep a signal handler interrupted starts again, as
+// the kernel restarts it: after a handler with SA_RESTART, unless a timeout
+// (SO_RCVTIMEO, SO_SNDTIMEO) bounds the call.
+bool restarts_after_signal(int64_t deadline_ns) {
+  return deadline_ns == 0 && handled_signal_restarts();
 }
 
 // 0 when the condition holds, -EAGAIN at the deadline, -EINTR on a signal.
-int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
+// Waiting for data, `min_bytes` must be readable.
+int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns,
+             uint32_t min_bytes = 1) {
   SpinBudget spin(config().spin_ns);
   while (spin.keep_spinning()) {
-    if (wait_satisfied(socket, c, want)) return 0;
+    if (wait_satisfied(socket, c, want, min_bytes)) return 0;
   }
   std::atomic<uint32_t>& flag =
       want == Want::kData ? c->rx.control().reader_waiting : c->tx.control().writer_waiting;
   for (;;) {
     flag.store(1, std::memory_order_relaxed);
     fence_before_sleeping();
-    if (wait_satisfied(socket, c, want)) {
+    if (wait_satisfied(socket, c, want, min_bytes)) {
       flag.store(0, std::memory_order_relaxed);
       return 0;
     }
@@ -184,12 +206,19 @@ int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
     struct pollfd wake {
       c->own_wake.get(), POLLIN, 0
     };
+    forget_handled_signal();
     const int ready = real().poll(&wake, 1, timeout_ms);
     const int error = errno;
     flag.store(0, std::memory_order_relaxed);
     if (ready > 0) drain_wake_fd(c->own_wake.get());
     if (ready < 0 && error == EINTR) return -EINTR;
   }
+}
+
+// The byte at `offset` of `iov`, which holds more than `offset` bytes.
+unsigned char iov_byte(const struct iovec* iov, std::size_t offset) {
+  for (; offset >= iov->iov_len; ++iov) offset -= iov->iov_len;
+  return static_cast<const unsigned char*>(iov->iov_base)[offset];
 }
 
 int64_t deadline_after(int64_t timeout_ns) {
@@ -202,16 +231,18 @@ std::size_t iov_total(const struct iovec* iov, int iovcnt) {
   return total;
 }
 
-// The part of `iov` after its first `skip` bytes, in `out` (at most 64 entries).
-int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, struct iovec* out) {
+// At most `most` bytes of `iov` after its first `skip`, in `out` (at most 64 entries).
+int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, std::size_t most,
+                struct iovec* out) {
   int count = 0;
-  for (int i = 0; i < iovcnt && count < 64; ++i) {
+  for (int i = 0; i < iovcnt && count < 64 && most > 0; ++i) {
     if (skip >= iov[i].iov_len) {
       skip -= iov[i].iov_len;
       continue;
     }
     out[count].iov_base = static_cast<char*>(iov[i].iov_base) + skip;
-    out[count].iov_len = iov[i].iov_len - skip;
+    out[count].iov_len = std::min(iov[i].iov_len - skip, most);
+    most -= out[count].iov_len;
     skip = 0;
     ++count;
   }
@@ -223,7 +254,58 @@ int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, struct io
 // ---------------------------------------------------------------------------
 // Data path.
 
+ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt, int flags);
+
+namespace {
+
+// MSG_OOB: all but the last byte go as usual; the last is the urgent byte,
+// which the peer reads apart (recv MSG_OOB) and which never enters the ring.
+ssize_t send_urgent(int fd, Socket* socket, const struct iovec* iov, int iovcnt, int flags) {
+  flags &= ~MSG_OOB;
+  Connection* c = socket->connection;
+  const std::size_t total = iov_total(iov, iovcnt);
+  if (total == 0 || socket->write_shut || c->peer_aborted() ||
+      c->tx.control().reader_closed.load(std::memory_order_acquire)) {
+    return stream_send(fd, socket, iov, iovcnt, flags);  // nothing to mark, or its error
+  }
+  struct iovec normal[64];
+  const int normal_count = iov_advance(iov, iovcnt, 0, total - 1, normal);
+  if (total > 1) {
+    const ssize_t sent = stream_send(fd, socket, normal, normal_count, flags);
+    if (sent < static_cast<ssize_t>(total - 1)) return sent;
+  }
+  const uint32_t byte = iov_byte(iov, total - 1);
+  c->header->urgent_mark[c->side].store(c->tx.control().head.load(std::memory_order_relaxed),
+                                        std::memory_order_relaxed);
+  // Release: the peer that sees the byte pending sees its mark.
+  c->header->urgent[c->side].store(kUrgentPending | byte, std::memory_order_release);
+  fence_after_publishing();
+  signal_wake_fd(c->peer_wake.get());
+  return static_cast<ssize_t>(total);
+}
+
+// recv MSG_OOB: the pending urgent byte, never waiting; EINVAL without one.
+ssize_t receive_urgent(Socket* socket, const struct iovec* iov, int iovcnt, int flags) {
+  Connection* c = socket->connection;
+  std::atomic<uint32_t>& urgent = c->header->urgent[c->side ^ 1];
+  uint32_t word = urgent.load(std::memory_order_acquire);
+  if (!(word & kUrgentPending)) return fail(EINVAL);
+  if (!(flags & MSG_PEEK) && !urgent.compare_exchange_strong(word, kUrgentRead)) {
+    return fail(EINVAL);
+  }
+  if (iov_total(iov, iovcnt) == 0) return 0;
+  struct iovec first[1];
+  iov_advance(iov, iovcnt, 0, 1, first);
+  if (!(flags & MSG_TRUNC)) *static_cast<unsigned char*>(first[0].iov_base) = word & 0xff;
+  return 1;
+}
+
+}  // namespace
+
 ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt, int flags) {
+  if ((flags & MSG_OOB) && socket->state == SocketState::kConnected) [[unlikely]] {
+    return send_urgent(fd, socket, iov, iovcnt, flags);
+  }
   if (socket->state != SocketState::kConnected) {
     if (kernel_backed(socket)) {
       struct msghdr message {};
@@ -265,11 +347,15 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
     }
     if (total == 0) return 0;
     std::size_t written;
-    if (sent == 0) {
+    const uint32_t limit = ring_queue_limit(
+        c->header->ring_buffers[c->side].load(std::memory_order_relaxed), c->tx.capacity());
+    if (sent == 0 && limit == 0) {
       written = c->tx.write(iov, iovcnt);
     } else {
+      // Small socket buffers (SO_SNDBUF, the peer's SO_RCVBUF) leave less room.
+      const std::size_t room = limit == 0 ? total : c->send_room();
       struct iovec rest[64];
-      written = c->tx.write(rest, iov_advance(iov, iovcnt, sent, rest));
+      written = room == 0 ? 0 : c->tx.write(rest, iov_advance(iov, iovcnt, sent, room, rest));
     }
     if (written > 0) {
       sent += written;
@@ -279,7 +365,9 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
     }
     if (nonblocking) return sent > 0 ? static_cast<ssize_t>(sent) : fail(EAGAIN);
     const int waited = wait_for(socket, c, Want::kSpace, deadline);
-    if (waited < 0) return sent > 0 ? static_cast<ssize_t>(sent) : fail(-waited);
+    if (waited < 0 && sent > 0) return static_cast<ssize_t>(sent);
+    if (waited == -EINTR && restarts_after_signal(deadline)) continue;
+    if (waited < 0) return fail(-waited);
   }
 }
 
@@ -293,6 +381,8 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
     }
     return fail(ENOTCONN);
   }
+  if (flags & MSG_OOB) [[unlikely]]
+    return receive_urgent(socket, iov, iovcnt, flags);
   std::lock_guard guard(socket->receive_lock);
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
@@ -319,12 +409,24 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
       taken = c->rx.read(iov, iovcnt, peek);
     } else {
       struct iovec rest[64];
-      taken = c->rx.read(rest, iov_advance(iov, iovcnt, got, rest), peek);
+      taken = c->rx.read(rest, iov_advance(iov, iovcnt, got, total, rest), peek);
     }
     if (taken > 0) {
       got += taken;
       if (!peek) c->wake_peer_if_writing();
-      if (got == total || peek || !(flags & MSG_WAITALL)) return static_cast<ssize_t>(got);
+      if (got == total || !(flags & MSG_WAITALL)) return static_cast<ssize_t>(got);
+      if (peek) {
+        // MSG_PEEK|MSG_WAITALL waits until the whole length (at most a full
+        // ring) can be peeked, then peeks again from the start.
+        const uint32_t wanted =
+            static_cast<uint32_t>(std::min<std::size_t>(total, c->rx.capacity()));
+        if (got >= wanted || nonblocking || socket->read_shut || c->peer_aborted() ||
+            c->rx.control().writer_closed.load(std::memory_order_acquire) ||
+            wait_for(socket, c, Want::kData, deadline, wanted) < 0) {
+          return static_cast<ssize_t>(got);
+        }
+        got = 0;
+      }
       continue;
     }
     if (c->rx.control().writer_closed.load(std::memory_order_acquire)) {
@@ -339,7 +441,9 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
     if (socket->read_shut) return static_cast<ssize_t>(got);
     if (nonblocking) return got > 0 ? static_cast<ssize_t>(got) : fail(EAGAIN);
     const int waited = wait_for(socket, c, Want::kData, deadline);
-    if (waited < 0) return got > 0 ? static_cast<ssize_t>(got) : fail(-waited);
+    if (waited < 0 && got > 0) return static_cast<ssize_t>(got);
+    if (waited == -EINTR && restarts_after_signal(deadline)) continue;
+    if (waited < 0) return fail(-waited);
   }
 }
 
@@ -429,6 +533,69 @@ ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count)
   return static_cast<ssize_t>(done);
 }
 
+// splice between a pipe and a netaccel connection: the kernel cannot see
+// the ring, so the bytes go through a buffer, taken from the source only as
+// far as the destination has room: a short write loses nothing.
+ssize_t intercepted_splice(int in_fd, loff_t* in_offset, int out_fd, loff_t* out_offset,
+                           size_t length, unsigned int flags) {
+  SocketRef source = lookup_socket(in_fd);
+  SocketRef destination = lookup_socket(out_fd);
+  const bool from_ring = source && source->state == SocketState::kConnected;
+  const bool to_ring = destination && destination->state == SocketState::kConnected;
+  if (!from_ring && !to_ring) {
+    return real().splice(in_fd, in_offset, out_fd, out_offset, length, flags);
+  }
+  // One end must be a pipe, and a socket cannot be read or written at an offset.
+  if (from_ring == to_ring || (from_ring ? in_offset : out_offset) != nullptr) return fail(EINVAL);
+  const int pipe_fd = from_ring ? out_fd : in_fd;
+  struct stat pipe_status;
+  if (fstat(pipe_fd, &pipe_status) != 0) return -1;
+  if (!S_ISFIFO(pipe_status.st_mode)) return fail(EINVAL);
+  if (length == 0) return 0;
+  // SPLICE_F_NONBLOCK keeps the pipe from blocking; the socket follows O_NONBLOCK.
+  const bool pipe_nonblocking = (flags & SPLICE_F_NONBLOCK) != 0;
+  struct pollfd pipe_ready {
+    pipe_fd, static_cast<short>(from_ring ? POLLOUT : POLLIN), 0
+  };
+  char buffer[16384];
+  struct iovec iov {
+    buffer, std::min(sizeof buffer, length)
+  };
+  if (from_ring) {
+    // Peeked, written to the pipe, then dropped as far as the pipe took it.
+    const ssize_t peeked = stream_receive(in_fd, source.get(), &iov, 1, MSG_PEEK);
+    if (peeked <= 0) return peeked;
+    if (pipe_nonblocking && real().poll(&pipe_ready, 1, 0) == 0) return fail(EAGAIN);
+    const ssize_t written = real().write(out_fd, buffer, static_cast<size_t>(peeked));
+    if (written <= 0) return written;
+    source->connection->rx.discard(static_cast<size_t>(written));
+    source->connection->wake_peer_if_writing();
+    return written;
+  }
+  // Only as much is read from the pipe as the ring has room for.
+  Connection* c = destination->connection;
+  const bool may_wait = !destination->nonblocking.load(std::memory_order_relaxed);
+  const int64_t deadline = deadline_after(destination->send_timeout_ns);
+  for (;;) {
+    const uint32_t room = c->send_room();
+    if (room != 0) {
+      iov.iov_len = std::min<size_t>(iov.iov_len, room);
+      break;
+    }
+    // A closed connection: the send below reports it as a send would.
+    if (destination->write_shut || wait_satisfied(destination.get(), c, Want::kSpace)) break;
+    if (!may_wait) return fail(EAGAIN);
+    const int waited = wait_for(destination.get(), c, Want::kSpace, deadline);
+    if (waited == -EINTR && restarts_after_signal(deadline)) continue;
+    if (waited < 0) return fail(-waited);
+  }
+  if (pipe_nonblocking && real().poll(&pipe_ready, 1, 0) == 0) return fail(EAGAIN);
+  const ssize_t got = real().read(in_fd, buffer, iov.iov_len);
+  if (got <= 0) return got;
+  iov.iov_len = static_cast<size_t>(got);
+  return stream_send(out_fd, destination.get(), &iov, 1, 0);
+}
+
 ssize_t intercepted_recv(int fd, void* buffer, size_t length, int flags) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) return real().recv(fd, buffer, length, flags);
@@ -465,7 +632,7 @@ ssize_t intercepted_recvmsg(int fd, struct msghdr* message, int flags) {
   if (got >= 0) {
     message->msg_namelen = 0;
     message->msg_controllen = 0;
-    message->msg_flags = 0;
+    message->msg_flags = flags & MSG_OOB;
   }
   return got;
 }
@@ -641,6 +808,13 @@ int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr
   socket->local_known = true;
   // From here on our death ends the connection rather than handing it on.
   connection->header->accepted.store(1, std::memory_order_relaxed);
+  // Accepted sockets inherit these, as the kernel's do.
+  socket->receive_timeout_ns = listener->receive_timeout_ns;
+  socket->send_timeout_ns = listener->send_timeout_ns;
+  socket->reset_on_close = listener->reset_on_close;
+  socket->send_buffer = listener->send_buffer;
+  socket->receive_buffer = listener->receive_buffer;
+  apply_buffer_sizes(socket);
   install_socket(fd, socket);
   release_socket(socket);
   copy_out_address(pending.peer, listener->domain, address, length);
@@ -674,9 +848,11 @@ bool pop_pending(Socket* listener, PendingConnection& out) {
 
 int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int flags) {
   SocketRef socket = lookup_socket(fd);
-  if (!socket || socket->state != SocketState::kListening) {
+  if (!socket || socket->state == SocketState::kBound) {
     return real().accept4(fd, address, length, flags);
   }
+  // A TCP socket that is not listening: never listened, or connected.
+  if (socket->state != SocketState::kListening) return fail(EINVAL);
   if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) return fail(EINVAL);
   ensure_listener_announced(socket.get());
   const int64_t deadline = deadline_after(socket->receive_timeout_ns);
@@ -715,12 +891,13 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
     }
     struct pollfd waits[3] = {
         {fd, POLLIN, 0}, {socket->listener_wake.get(), POLLIN, 0}, {event_wake_fd(), POLLIN, 0}};
+    forget_handled_signal();
     const int ready = real().poll(waits, event_wake_fd() >= 0 ? 3 : 2, timeout_ms);
     const int error = errno;
     announce_event_wait(false);
     if (waits[1].revents & POLLIN) drain_wake_fd(socket->listener_wake.get());
     if (waits[2].revents & POLLIN) drain_event_wake();
-    if (ready < 0 && error == EINTR) return fail(EINTR);
+    if (ready < 0 && error == EINTR && !restarts_after_signal(deadline)) return fail(EINTR);
   }
 }
 
@@ -771,7 +948,8 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   socket->peer = reply.peer;
   socket->local_known = true;
   socket->state = SocketState::kConnected;
-  epoll_connected(fd, socket.get());
+  apply_buffer_sizes(socket.get());
+  epoll_connected(socket.get());
   if (socket->nonblocking.load(std::memory_order_relaxed)) {
     // Like a kernel connect over loopback: in progress now, writable at once.
     socket->connect_pending = true;
@@ -849,16 +1027,65 @@ int intercepted_getpeername(int fd, struct sockaddr* address, socklen_t* length)
   return 0;
 }
 
+namespace {
+
+// The options whose effect netaccel carries out itself, once the kernel
+// accepted them; `kernel` (the socket's own or the oracle's probe) gives the
+// kernel's reading of a value. 0 or an errno.
+int note_option(Socket* socket, int kernel, int level, int name, const void* value,
+                socklen_t length) {
+  if (level != SOL_SOCKET) return 0;
+  switch (name) {
+    case SO_RCVTIMEO:
+    case SO_SNDTIMEO: {
+      const int64_t timeout = timeval_to_ns(value, length);
+      if (timeout < 0) return EDOM;
+      (name == SO_RCVTIMEO ? socket->receive_timeout_ns : socket->send_timeout_ns) = timeout;
+      return 0;
+    }
+    case SO_LINGER: {
+      struct linger option;
+      if (length < sizeof option) return 0;
+      memcpy(&option, value, sizeof option);
+      socket->reset_on_close = option.l_onoff != 0 && option.l_linger == 0;
+      return 0;
+    }
+    case SO_SNDBUF:
+    case SO_RCVBUF: {
+      // The kernel's reading: doubled, within net.core.[wr]mem_max and its
+      // minimum. Set again: the probe may hold another value.
+      int bytes = 0;
+      socklen_t bytes_length = sizeof bytes;
+      if (real().setsockopt(kernel, level, name, value, length) != 0 ||
+          real().getsockopt(kernel, level, name, &bytes, &bytes_length) != 0 || bytes <= 0) {
+        return 0;
+      }
+      (name == SO_SNDBUF ? socket->send_buffer : socket->receive_buffer) =
+          static_cast<uint32_t>(bytes);
+      if (socket->state == SocketState::kConnected) apply_buffer_sizes(socket);
+      return 0;
+    }
+    default:
+      return 0;
+  }
+}
+
+}  // namespace
+
 int intercepted_setsockopt(int fd, int level, int name, const void* value, socklen_t length) {
   SocketRef socket = lookup_socket(fd);
-  if (!socket || kernel_backed(socket.get()))
-    return real().setsockopt(fd, level, name, value, length);
+  if (!socket) return real().setsockopt(fd, level, name, value, length);
+  if (kernel_backed(socket.get())) {
+    // A listener's options also go to the connections it accepts.
+    if (real().setsockopt(fd, level, name, value, length) != 0) return -1;
+    note_option(socket.get(), fd, level, name, value, length);
+    return 0;
+  }
   // The kernel validates and normalises; we keep the result for this socket.
   if (!kernel_accepts_option(socket->domain, level, name, value, length)) return -1;
-  if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
-    const int64_t timeout = timeval_to_ns(value, length);
-    if (timeout < 0) return fail(EDOM);
-    (name == SO_RCVTIMEO ? socket->receive_timeout_ns : socket->send_timeout_ns) = timeout;
+  const int probe = option_oracle(socket->domain).probe;
+  if (const int error = note_option(socket.get(), probe, level, name, value, length)) {
+    return fail(error);
   }
   SavedOption saved{level, name, 0, {}};
   saved.length = std::min<socklen_t>(length, sizeof saved.value);
@@ -889,7 +1116,6 @@ int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* 
     }
     memcpy(value, &error, std::min<socklen_t>(*length, sizeof error));
     *length = std::min<socklen_t>(*length, sizeof error);
-    socket->connect_pending = false;
     return 0;
   }
   if (level == IPPROTO_TCP && name == TCP_INFO && socket->state == SocketState::kConnected) {
@@ -991,9 +1217,17 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
                                          ? static_cast<int>(socket->connection->tx.unread())
                                          : 0;
       return 0;
-    case SIOCATMARK:  // netaccel connections carry no urgent data
-      *static_cast<int*>(argument) = 0;
+    case SIOCATMARK: {  // the reader stands where urgent data was sent
+      int at_mark = 0;
+      if (socket->state == SocketState::kConnected) {
+        Connection* c = socket->connection;
+        at_mark = c->header->urgent[c->side ^ 1].load(std::memory_order_acquire) != 0 &&
+                  c->header->urgent_mark[c->side ^ 1].load(std::memory_order_relaxed) ==
+                      c->rx.control().tail.load(std::memory_order_relaxed);
+      }
+      *static_cast<int*>(argument) = at_mark;
       return 0;
+    }
     default:
       return real().ioctl(fd, request, argument);
   }

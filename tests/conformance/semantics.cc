@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -65,6 +66,20 @@ int epoll_watching(int fd, uint32_t events, uint32_t tag = 1) {
   event.data.u32 = tag;
   report("epoll_ctl ADD", epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event));
   return epfd;
+}
+
+// SO_LINGER {1, 0}: closing the socket resets its connection.
+void set_linger_zero(int fd) {
+  linger option{1, 0};
+  report("SO_LINGER", setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, sizeof option));
+}
+
+// One send of 64 KiB (on a full buffer, in these cases): its errno, or that
+// it sent something.
+void show_send_of_64_kib(int fd) {
+  const std::vector<unsigned char> chunk = pattern(65536, 1);
+  const ssize_t sent = send(fd, chunk.data(), chunk.size(), 0);
+  say("send: %s", sent < 0 ? errno_name(errno).c_str() : "partial or complete");
 }
 
 void show_select(const char* label, int fd) {
@@ -637,6 +652,47 @@ CONFORMANCE_CASE(
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, epoll_nested_instance_wakes_blocked_wait, 1,
+                 "an empty epoll nested first, the socket added to it later: the outer wakes") {
+  const TcpPair pair = tcp_pair();
+  const int inner = static_cast<int>(require("epoll_create1", epoll_create1(EPOLL_CLOEXEC)));
+  const int outer = epoll_watching(inner, EPOLLIN, 9);
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.u32 = 1;
+  report("ADD socket to inner", epoll_ctl(inner, EPOLL_CTL_ADD, pair.client, &event));
+  std::thread helper = in_background([&] {
+    sleep_ms(100);
+    send_text(pair.server, "x");
+  });
+  show_epoll_wait("outer", outer, 5000);
+  helper.join();
+  show_epoll_wait("inner", inner);
+  recv_once("recv", pair.client);
+  show_epoll_wait("outer after reading", outer);
+  report("DEL inner", epoll_ctl(outer, EPOLL_CTL_DEL, inner, nullptr));
+  close(outer);
+  close(inner);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, epoll_registration_outlives_its_descriptor, 1,
+                 "a registration stays while a dup keeps the file open, keyed by the closed fd") {
+  const TcpPair pair = tcp_pair();
+  const int copy = static_cast<int>(require("dup", dup(pair.client)));
+  const int epfd = epoll_watching(pair.client, EPOLLIN, 1);
+  const int original = pair.client;
+  close(original);
+  send_text(pair.server, "x");
+  show_epoll_wait("after closing the registered descriptor", epfd, 1000);
+  report("DEL the dup", epoll_ctl(epfd, EPOLL_CTL_DEL, copy, nullptr));
+  report("DEL the closed descriptor", epoll_ctl(epfd, EPOLL_CTL_DEL, original, nullptr));
+  close(copy);
+  show_epoll_wait("after closing the dup too", epfd);
+  close(epfd);
+  close(pair.server);
+}
+
 CONFORMANCE_CASE(kArea, epoll_close_removes_registration, 1,
                  "closing the only descriptor of a socket removes it from epoll") {
   const TcpPair pair = tcp_pair();
@@ -820,9 +876,7 @@ CONFORMANCE_CASE(kArea, send_interrupted_on_full_buffer, 1,
   fill_until_blocked(pair.client);
   count_signal(SIGALRM, false);
   alarm_after_ms(50);
-  const std::vector<unsigned char> chunk = pattern(65536, 1);
-  const ssize_t sent = send(pair.client, chunk.data(), chunk.size(), 0);
-  say("send: %s", sent < 0 ? errno_name(errno).c_str() : "partial or complete");
+  show_send_of_64_kib(pair.client);
   say("signals caught: %d", signals_caught());
   close_pair(pair);
 }
@@ -871,6 +925,84 @@ CONFORMANCE_CASE(kArea, accept_restarted_with_sa_restart, 1,
   say("signals caught: %d", signals_caught());
   helper.join();
   close(server);
+  close(listener);
+}
+
+volatile sig_atomic_t g_info_signals = 0;
+void on_info_signal(int, siginfo_t* info, void*) {
+  g_info_signals = g_info_signals + (info->si_signo == SIGALRM);
+}
+
+CONFORMANCE_CASE(kArea, recv_restarted_after_signal_function, 1,
+                 "a handler installed with signal() restarts a blocking recv (BSD semantics)") {
+  const TcpPair pair = tcp_pair();
+  signal(SIGALRM, [](int) {});
+  std::thread helper = in_background([&] {
+    sleep_ms(150);
+    send_text(pair.server, "restarted");
+  });
+  alarm_after_ms(50);
+  recv_once("recv", pair.client);
+  helper.join();
+  signal(SIGALRM, SIG_DFL);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, recv_interrupted_after_clearing_sa_restart, 1,
+                 "signal(), then SA_RESTART cleared as CPython's siginterrupt does: EINTR") {
+  const TcpPair pair = tcp_pair();
+  signal(SIGALRM, [](int) {});
+  struct sigaction action {};
+  sigaction(SIGALRM, nullptr, &action);
+  action.sa_flags &= ~SA_RESTART;
+  require("sigaction", sigaction(SIGALRM, &action, nullptr));
+  alarm_after_ms(50);
+  recv_once("recv", pair.client);
+  signal(SIGALRM, SIG_DFL);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, recv_restarted_with_siginfo_handler, 1,
+                 "an SA_SIGINFO|SA_RESTART handler gets its siginfo and the recv restarts") {
+  const TcpPair pair = tcp_pair();
+  struct sigaction action {};
+  action.sa_sigaction = on_info_signal;
+  action.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  require("sigaction", sigaction(SIGALRM, &action, nullptr));
+  struct sigaction reported {};
+  sigaction(SIGALRM, nullptr, &reported);
+  say("handler reported as installed: %d",
+      (reported.sa_flags & SA_SIGINFO) != 0 && reported.sa_sigaction == on_info_signal);
+  std::thread helper = in_background([&] {
+    sleep_ms(150);
+    send_text(pair.server, "after siginfo");
+  });
+  alarm_after_ms(50);
+  recv_once("recv", pair.client);
+  say("siginfo signals: %d", static_cast<int>(g_info_signals));
+  helper.join();
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, send_with_timeout_not_restarted, 1,
+                 "SO_SNDTIMEO set: a send on a full buffer is interrupted despite SA_RESTART") {
+  const TcpPair pair = tcp_pair();
+  fill_until_blocked(pair.client);
+  set_timeout_option(pair.client, SO_SNDTIMEO, 2000);
+  count_signal(SIGALRM, true);
+  alarm_after_ms(50);
+  show_send_of_64_kib(pair.client);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, accept_with_timeout_not_restarted, 0,
+                 "SO_RCVTIMEO on a listener: accept is interrupted despite SA_RESTART") {
+  const int listener = tcp_listener();
+  set_timeout_option(listener, SO_RCVTIMEO, 2000);
+  count_signal(SIGALRM, true);
+  alarm_after_ms(50);
+  report("accept", accept(listener, nullptr, nullptr));
   close(listener);
 }
 
@@ -951,9 +1083,7 @@ CONFORMANCE_CASE(kArea, sndtimeo_send_times_out, 1,
   const TcpPair pair = tcp_pair();
   fill_until_blocked(pair.client);
   set_timeout_option(pair.client, SO_SNDTIMEO, 100);
-  const std::vector<unsigned char> chunk = pattern(65536, 1);
-  const ssize_t sent = send(pair.client, chunk.data(), chunk.size(), 0);
-  say("send: %s", sent < 0 ? errno_name(errno).c_str() : "partial or complete");
+  show_send_of_64_kib(pair.client);
   close_pair(pair);
 }
 
@@ -1151,6 +1281,19 @@ CONFORMANCE_CASE(kArea, msg_peek_with_waitall, 1,
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, msg_peek_with_waitall_short, 1,
+                 "MSG_PEEK|MSG_WAITALL returns short without waiting (DONTWAIT) or at EOF") {
+  const TcpPair pair = tcp_pair();
+  send_text(pair.server, "ab");
+  sleep_ms(20);
+  recv_once("peek waitall dontwait 4", pair.client, 4, MSG_PEEK | MSG_WAITALL | MSG_DONTWAIT);
+  close(pair.server);
+  sleep_ms(20);
+  recv_once("peek waitall at EOF 4", pair.client, 4, MSG_PEEK | MSG_WAITALL);
+  recv_once("recv", pair.client, 4);
+  close(pair.client);
+}
+
 CONFORMANCE_CASE(kArea, msg_waitall_collects_pieces, 1,
                  "MSG_WAITALL returns only when every requested byte arrived") {
   const TcpPair pair = tcp_pair();
@@ -1231,6 +1374,33 @@ CONFORMANCE_CASE(kArea, msg_oob_urgent_byte, 1, "MSG_OOB: the urgent byte read o
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, msg_oob_readiness_and_mark, 1,
+                 "urgent data: POLLPRI, select's exceptional set, SIOCATMARK, read only once") {
+  const TcpPair pair = tcp_pair();
+  char urgent = 0;
+  report("recv MSG_OOB before any", recv(pair.client, &urgent, 1, MSG_OOB));
+  report("send MSG_OOB", send(pair.server, "abU", 3, MSG_OOB));
+  sleep_ms(20);
+  show_poll("poll", pair.client, POLLIN | POLLPRI);
+  fd_set exceptional;
+  FD_ZERO(&exceptional);
+  FD_SET(pair.client, &exceptional);
+  timeval timeout{0, 0};
+  report("select exceptional", select(pair.client + 1, nullptr, nullptr, &exceptional, &timeout));
+  int at_mark = -1;
+  ioctl(pair.client, SIOCATMARK, &at_mark);
+  say("at mark before reading: %d", at_mark);
+  report("recv MSG_OOB|MSG_PEEK", recv(pair.client, &urgent, 1, MSG_OOB | MSG_PEEK));
+  report("recv MSG_OOB", recv(pair.client, &urgent, 1, MSG_OOB));
+  say("urgent byte %c", urgent);
+  report("recv MSG_OOB again", recv(pair.client, &urgent, 1, MSG_OOB));
+  show_poll("poll after", pair.client, POLLIN | POLLPRI);
+  recv_once("recv", pair.client);
+  ioctl(pair.client, SIOCATMARK, &at_mark);
+  say("at mark after reading: %d", at_mark);
+  close_pair(pair);
+}
+
 CONFORMANCE_CASE(kArea, zero_length_send_and_recv, 1,
                  "zero-length send, and a zero-length recv(MSG_DONTWAIT) on an empty socket") {
   const TcpPair pair = tcp_pair();
@@ -1306,14 +1476,43 @@ CONFORMANCE_CASE(kArea, sendto_and_recvfrom_on_stream, 1,
 CONFORMANCE_CASE(kArea, so_linger_zero_resets_peer, 1,
                  "SO_LINGER {1, 0} then close: the peer sees ECONNRESET") {
   const TcpPair pair = tcp_pair();
-  linger option{1, 0};
-  report("SO_LINGER", setsockopt(pair.client, SOL_SOCKET, SO_LINGER, &option, sizeof option));
+  set_linger_zero(pair.client);
   close(pair.client);
   sleep_ms(20);
   show_poll("peer", pair.server, POLLIN | POLLOUT | POLLRDHUP);
   recv_once("peer recv", pair.server);
   recv_once("peer recv again", pair.server);
   close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, so_linger_zero_peer_keeps_unread_data, 1,
+                 "SO_LINGER {1, 0} after sending: the peer reads the data, then ECONNRESET") {
+  const TcpPair pair = tcp_pair();
+  send_text(pair.client, "before reset");
+  set_linger_zero(pair.client);
+  close(pair.client);
+  sleep_ms(20);
+  sockaddr_storage peer{};
+  socklen_t length = sizeof peer;
+  report("peer getpeername", getpeername(pair.server, reinterpret_cast<sockaddr*>(&peer), &length));
+  recv_once("peer recv", pair.server);
+  recv_once("peer recv again", pair.server);
+  recv_once("peer recv at the end", pair.server);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, so_linger_zero_inherited_from_listener, 1,
+                 "SO_LINGER {1, 0} on a listener: its accepted connection resets on close") {
+  const int listener = tcp_listener();
+  set_linger_zero(listener);
+  const int client = tcp_connect(local_port(listener));
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  close(server);
+  sleep_ms(20);
+  recv_once("client recv", client);
+  recv_once("client recv again", client);
+  close(client);
+  close(listener);
 }
 
 CONFORMANCE_CASE(kArea, so_linger_reported, 1, "SO_LINGER reads back as set") {
@@ -1403,6 +1602,33 @@ CONFORMANCE_CASE(kArea, small_buffers_limit_data_in_flight, 1,
   const size_t filled = fill_until_blocked(pair.client);
   say("bytes in flight below 64 KiB: %d", filled < 65536);
   close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, small_buffers_reader_closes_mid_transfer, 1,
+                 "small buffers, the reader closes with data unread: the blocked writer fails") {
+  const int listener = tcp_listener();
+  set_int_option(listener, SOL_SOCKET, SO_RCVBUF, 4096);  // inherited by the accepted socket
+  const int client = tcp_connect(local_port(listener));
+  set_int_option(client, SOL_SOCKET, SO_SNDBUF, 4096);
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  std::thread reader = in_background([&] {
+    sleep_ms(50);
+    show_exact("reader", server, 4);
+    close(server);
+  });
+  const std::vector<unsigned char> data = pattern(192 << 10, 3);  // less than a ring
+  size_t sent = 0;
+  ssize_t result = 0;
+  while (sent < data.size() &&
+         (result = send(client, data.data() + sent, data.size() - sent, MSG_NOSIGNAL)) > 0) {
+    sent += static_cast<size_t>(result);
+  }
+  say("writer stopped early: %d", sent < data.size());
+  say("writer error is ECONNRESET or EPIPE: %d",
+      result < 0 && (errno == ECONNRESET || errno == EPIPE));
+  reader.join();
+  close(client);
+  close(listener);
 }
 
 CONFORMANCE_CASE(kArea, misc_socket_options_roundtrip, 1,
@@ -1638,6 +1864,14 @@ CONFORMANCE_CASE(kArea, nonblocking_accept_eagain, 0,
   close(listener);
 }
 
+CONFORMANCE_CASE(kArea, accept_on_connected_socket, 1,
+                 "accept on a connected socket fails with EINVAL") {
+  const TcpPair pair = tcp_pair();
+  report("accept on the client", accept(pair.client, nullptr, nullptr));
+  report("accept4 on the server", accept4(pair.server, nullptr, nullptr, SOCK_CLOEXEC));
+  close_pair(pair);
+}
+
 CONFORMANCE_CASE(kArea, accept_on_non_listening_socket, 0,
                  "accept on a socket that does not listen fails with EINVAL") {
   const int fd = static_cast<int>(require("socket", socket(AF_INET, SOCK_STREAM, 0)));
@@ -1847,6 +2081,55 @@ CONFORMANCE_CASE(kArea, splice_file_to_socket_through_pipe, 1,
   close(pipe_ends[0]);
   close(pipe_ends[1]);
   close(file);
+}
+
+CONFORMANCE_CASE(kArea, splice_socket_to_pipe_large, 1,
+                 "splice socket -> pipe -> reader carries 1 MiB intact through a full pipe") {
+  const TcpPair pair = tcp_pair();
+  int pipe_ends[2];
+  require("pipe", pipe(pipe_ends));
+  const std::vector<unsigned char> data = pattern(1 << 20, 29);
+  std::thread writer = in_background([&] {
+    send_all(pair.client, data.data(), data.size());
+    close(pair.client);
+  });
+  std::thread reader = in_background([&] {
+    const Drained drained = drain(pipe_ends[0]);
+    say("pipe reader intact: %d",
+        drained.bytes == data.size() && drained.digest == digest(data.data(), data.size()));
+  });
+  size_t total = 0;
+  ssize_t moved;
+  while ((moved = splice(pair.server, nullptr, pipe_ends[1], nullptr, 65536, 0)) > 0) {
+    total += static_cast<size_t>(moved);
+  }
+  report("last splice", moved);
+  say("spliced %zu", total);
+  close(pipe_ends[1]);
+  writer.join();
+  reader.join();
+  close(pipe_ends[0]);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, splice_socket_errors, 1,
+                 "splice: socket to socket, an offset on the socket, nothing to move yet") {
+  const TcpPair pair = tcp_pair();
+  int pipe_ends[2];
+  require("pipe", pipe(pipe_ends));
+  report("socket to socket", splice(pair.server, nullptr, pair.client, nullptr, 8, 0));
+  loff_t offset = 0;
+  report("offset on the socket", splice(pair.server, &offset, pipe_ends[1], nullptr, 8, 0));
+  report("empty pipe, SPLICE_F_NONBLOCK",
+         splice(pipe_ends[0], nullptr, pair.client, nullptr, 8, SPLICE_F_NONBLOCK));
+  set_nonblocking(pair.server, true);
+  report("non-blocking socket, no data", splice(pair.server, nullptr, pipe_ends[1], nullptr, 8, 0));
+  send_text(pair.client, "late");
+  sleep_ms(20);
+  report("with data", splice(pair.server, nullptr, pipe_ends[1], nullptr, 8, SPLICE_F_NONBLOCK));
+  close(pipe_ends[0]);
+  close(pipe_ends[1]);
+  close_pair(pair);
 }
 
 CONFORMANCE_CASE(kArea, splice_socket_to_pipe, 1, "splice from a socket into a pipe") {

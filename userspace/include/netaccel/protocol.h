@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -199,8 +200,41 @@ struct ConnectionSegmentHeader {
   // Set when the server end was accepted. A server end that dies queued,
   // never accepted, goes to another listener (a closed listener's queue).
   std::atomic<uint32_t> accepted;
+  // What ring i may hold, as the kernel would buffer it: side i's SO_SNDBUF
+  // (high half) and side i ^ 1's SO_RCVBUF (low half), each as getsockopt
+  // reports it, 0 when unset. Beside `aborted`, which every send reads.
+  std::atomic<uint64_t> ring_buffers[2];
+  // TCP urgent data side i sent (MSG_OOB): kUrgentPending with the byte until
+  // the peer reads it out of band, kUrgentRead after; 0 when none was sent.
+  // The byte stays out of the ring; urgent_mark[i] is where it stood in it.
+  std::atomic<uint32_t> urgent[2];
+  std::atomic<uint32_t> urgent_mark[2];
 };
 static_assert(sizeof(ConnectionSegmentHeader) == 2 * kFalseSharingRange);
+
+// The bytes ring `capacity` may hold under `ring_buffers` (see above): each
+// buffer that was set stands for itself (at most half the ring), one that
+// was not for half the ring. 0 when neither was set: the whole ring.
+inline uint32_t ring_queue_limit(uint64_t ring_buffers, uint32_t capacity) {
+  if (ring_buffers == 0) return 0;
+  const uint32_t half = capacity / 2;
+  const auto part = [half](uint32_t buffer) { return buffer == 0 ? half : std::min(buffer, half); };
+  return part(static_cast<uint32_t>(ring_buffers >> 32)) +
+         part(static_cast<uint32_t>(ring_buffers));
+}
+
+// Sets one half of `ring_buffers`: the sender's (`send` true) or the receiver's.
+inline void set_ring_buffer(std::atomic<uint64_t>& ring_buffers, bool send, uint32_t bytes) {
+  const uint64_t mask = send ? ~uint64_t{0} << 32 : uint64_t{0xffffffff};
+  const uint64_t value = send ? uint64_t{bytes} << 32 : bytes;
+  uint64_t old = ring_buffers.load(std::memory_order_relaxed);
+  while (
+      !ring_buffers.compare_exchange_weak(old, (old & ~mask) | value, std::memory_order_relaxed)) {
+  }
+}
+
+inline constexpr uint32_t kUrgentPending = 1 << 8;
+inline constexpr uint32_t kUrgentRead = 1 << 9;
 
 inline constexpr std::size_t connection_segment_bytes(uint32_t ring_capacity) {
   return sizeof(ConnectionSegmentHeader) + 2 * byte_ring_footprint(ring_capacity);

@@ -283,6 +283,26 @@ void anchor_sockets_for_new_image(bool include_close_on_exec) {
   }
 }
 
+void anchor_connections_for_fork() {
+  if (!holder_process()) return;
+  const int highest = highest_socket_fd();
+  for (int fd = 0; fd <= highest; ++fd) {
+    SocketRef socket = lookup_socket(fd);
+    if (!socket || socket->state != SocketState::kConnected) continue;
+    Connection* connection = socket->connection;
+    // An adopted end's numbers hold copies of its anchor already.
+    if (connection->adopted && !connection->anchor) continue;
+    const int anchor = anchor_of(socket.get());
+    if (anchor < 0) continue;
+    if (!connection->adopted) hold_through_anchor(connection);
+    // Every number of the end holds a copy: the kernel counts them all.
+    const int descriptor_flags = real().fcntl(fd, F_GETFD);
+    if (descriptor_flags >= 0) {
+      real().dup3(anchor, fd, (descriptor_flags & FD_CLOEXEC) != 0 ? O_CLOEXEC : 0);
+    }
+  }
+}
+
 void adopt_inherited_descriptors() {
   DIR* directory = opendir("/proc/self/fd");
   if (directory == nullptr) return;

@@ -656,18 +656,22 @@ bool post_to_monitor(MonitorLink* locked, Request& request) {
          post_locked(*locked, request);
 }
 
+// The owner the monitor knows lets go of the end while others hold it: its
+// death must leave the end alone, and the engine forgets its copy.
+void leave_as_owner(MonitorLink* locked, Connection* connection) {
+  if (connection->inherited) return;
+  connection->header->owner_left[connection->side].store(1, std::memory_order_release);
+  if (connection->channel == nullptr) {
+    Request request{};
+    request.op = RequestOp::kClose;
+    request.connection_id = connection->connection_id;
+    post_to_monitor(locked, request);
+  }
+}
+
 // Another process still holds the end: only our share goes.
 void leave_shared_connection(MonitorLink* locked, Connection* connection) {
-  if (!connection->inherited) {
-    connection->header->owner_left[connection->side].store(1, std::memory_order_release);
-    if (connection->channel == nullptr) {
-      // The engine forgets our end; the segment stays with the other holders.
-      Request request{};
-      request.op = RequestOp::kClose;
-      request.connection_id = connection->connection_id;
-      post_to_monitor(locked, request);
-    }
-  }
+  leave_as_owner(locked, connection);
   if (connection->channel != nullptr) return forget_channel_slot(connection);
   free_connection(connection);
 }
@@ -1071,6 +1075,12 @@ bool monitor_post(Request& request) {
 
 void close_connection(Connection* connection, bool abort) {
   close_connection_locked(nullptr, connection, abort);
+}
+
+void hold_through_anchor(Connection* connection) {
+  leave_as_owner(nullptr, connection);
+  release_last_holder(connection->header->holders[connection->side]);  // the anchor's remains
+  connection->adopted = true;
 }
 
 void requeue_unaccepted(Connection* connection) {

@@ -323,6 +323,14 @@ bool holder_process();
 // its number (`include_close_on_exec`: also those the image closes, which a
 // posix_spawn file action may still dup).
 void anchor_sockets_for_new_image(bool include_close_on_exec);
+// fork: every connection end this process holds goes to an anchor that the
+// two processes share, as a kernel socket's open file; the last copy to go
+// (a close, an exit, an _exit, a kill) ends it. An end that cannot be
+// anchored (no monitor) is shared by count (share_connections_with_child).
+void anchor_connections_for_fork();
+// Our share of the end passes to the anchor just made for it: we hold the
+// end through the anchor's copies, as an adopter does.
+void hold_through_anchor(Connection* connection);
 // The preload's start in a new image: adopts every inherited descriptor.
 void adopt_inherited_descriptors();
 // Hands the monitor B of an anchor with the message it carries; false if no

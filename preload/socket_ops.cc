@@ -1263,6 +1263,7 @@ int intercepted_execvpe(const char* file, char* const argv[], char* const envp[]
 // as a holder of every connection before the parent can close its copy, and
 // only here can a failed fork take that back.
 pid_t intercepted_fork() {
+  anchor_connections_for_fork();
   share_connections_with_child(true);
   const pid_t child = real().fork();
   if (child < 0) {

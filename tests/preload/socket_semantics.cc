@@ -670,6 +670,29 @@ TEST_F(SocketSemantics, ClosingOneCopyOfASharedListenerLosesNoConnection) {
   close(ready[1]);
 }
 
+// _exit() runs no exit handler, and a killed child runs nothing at all: the
+// connection still ends when the last process holding it lets go.
+TEST_F(SocketSemantics, ChildLeavingWithoutExitHandlersReleasesTheConnection) {
+  expect_netaccel_connections(2);
+  for (const bool killed : {false, true}) {
+    auto [client, server] = connected_pair();
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      if (killed) pause();
+      _exit(0);
+    }
+    if (killed) kill(child, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    ASSERT_EQ(send(client, "x", 1, 0), 1);  // the parent's copy still works
+    close(client);
+    char bytes[2];
+    EXPECT_EQ(recv(server, bytes, sizeof bytes, MSG_WAITALL), 1) << (killed ? "killed" : "_exit");
+    close(server);
+  }
+}
+
 TEST_F(SocketSemantics, ManyThreadsShareOneSocket) {
   expect_netaccel_connections(1);
   auto [client, server] = connected_pair();

@@ -845,6 +845,25 @@ bool eventually(const std::function<bool()>& condition) {
   return true;
 }
 
+Request unlisten_request(uint32_t request_id, uint64_t socket_id) {
+  Request request{};
+  request.op = RequestOp::kUnlisten;
+  request.request_id = request_id;
+  request.socket_id = socket_id;
+  return request;
+}
+
+// A connection over the client's channel on slot 0, accepted by the server
+// as the preload accepts: it takes the queued bit. The server's wake for the
+// slot is drained.
+ClientChannelView accepted_channel_connection(TestProcess& server, TestProcess& client) {
+  ClientChannelView view(client.channels[0]);
+  EXPECT_TRUE(view.header && view.queue_slot0(10));
+  view.header->slot_state[0].fetch_and(~static_cast<uint32_t>(kSlotQueued));
+  drain_wake_fd(server.channels[0].fds[1 + 2 * 0 + kServerSide].get());
+  return view;
+}
+
 TEST_F(MonitorTest, FirstConnectOpensAChannelForBothProcesses) {
   start();
   TestProcess server = TestProcess::register_at(path());
@@ -887,11 +906,7 @@ TEST_F(MonitorTest, UnlistenRefusesWhatTheChannelStillQueues) {
   ASSERT_TRUE(view.header);
   ASSERT_TRUE(view.queue_slot0(10));
 
-  Request unlisten{};
-  unlisten.op = RequestOp::kUnlisten;
-  unlisten.request_id = 5;
-  unlisten.socket_id = 10;
-  server.push(unlisten);
+  server.push(unlisten_request(5, 10));
   ASSERT_TRUE(eventually([&] { return view.header->closed.load() == 1; }));
   ASSERT_TRUE(eventually([&] { return view.slot0->aborted[kServerSide].load() == 1; }));
   // The server end is gone and the entry taken; the client's end frees the slot.
@@ -905,13 +920,8 @@ TEST_F(MonitorTest, DeadClientAbortsItsChannelConnections) {
   TestProcess server = TestProcess::register_at(path());
   auto client = std::make_unique<TestProcess>(TestProcess::register_at(path()));
   ASSERT_NO_FATAL_FAILURE(connect_pair_with_channel(server, *client, 9102));
-  ClientChannelView view(client->channels[0]);
-  ASSERT_TRUE(view.header);
-  ASSERT_TRUE(view.queue_slot0(10));
-  // The server accepts it, as the preload does: it takes the queued bit.
-  view.header->slot_state[0].fetch_and(~static_cast<uint32_t>(kSlotQueued));
+  const ClientChannelView view = accepted_channel_connection(server, *client);
   const UniqueFd& server_wake = server.channels[0].fds[1 + 2 * 0 + kServerSide];
-  drain_wake_fd(server_wake.get());
 
   client.reset();
   ASSERT_TRUE(readable_within(server_wake.get(), 2000ms));
@@ -925,22 +935,13 @@ TEST_F(MonitorTest, ClientDeathStillReachesConnectionsOfAClosedChannel) {
   TestProcess server = TestProcess::register_at(path());
   auto client = std::make_unique<TestProcess>(TestProcess::register_at(path()));
   ASSERT_NO_FATAL_FAILURE(connect_pair_with_channel(server, *client, 9103));
-  ClientChannelView view(client->channels[0]);
-  ASSERT_TRUE(view.header);
-  ASSERT_TRUE(view.queue_slot0(10));
-  view.header->slot_state[0].fetch_and(~static_cast<uint32_t>(kSlotQueued));  // accepted
-  Request unlisten{};
-  unlisten.op = RequestOp::kUnlisten;
-  unlisten.request_id = 5;
-  unlisten.socket_id = 10;
-  server.push(unlisten);
+  const ClientChannelView view = accepted_channel_connection(server, *client);
+  server.push(unlisten_request(5, 10));
   ASSERT_TRUE(eventually([&] { return view.header->closed.load() == 1; }));
   EXPECT_TRUE(eventually([&] { return has_field(query_status(path()), "\"channels_open\":0"); }));
-  const UniqueFd& server_wake = server.channels[0].fds[1 + 2 * 0 + kServerSide];
-  drain_wake_fd(server_wake.get());
 
   client.reset();
-  ASSERT_TRUE(readable_within(server_wake.get(), 2000ms));
+  ASSERT_TRUE(readable_within(server.channels[0].fds[1 + 2 * 0 + kServerSide].get(), 2000ms));
   EXPECT_EQ(view.slot0->aborted[kClientSide].load(), 1u);
 }
 
@@ -1012,14 +1013,6 @@ struct SharedListener {
     EXPECT_EQ(header()->aborted[kServerSide].load(), 0u);
   }
 };
-
-Request unlisten_request(uint32_t request_id, uint64_t socket_id) {
-  Request request{};
-  request.op = RequestOp::kUnlisten;
-  request.request_id = request_id;
-  request.socket_id = socket_id;
-  return request;
-}
 
 TEST_F(MonitorTest, RequeuedConnectionGoesToAnotherListenerWithItsBytes) {
   start();

@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
@@ -391,6 +392,9 @@ struct MonitorLink {
   uint32_t next_request_id = 1;
   std::atomic<int64_t> retry_at{0};  // while unavailable: when to look for a monitor again
   bool registered_before = false;
+  // The monitor socket file we last tried: a new file there is a restarted
+  // monitor, worth trying at once.
+  std::atomic<uint64_t> tried_socket_file{0};
   // The one reply a thread holding `mutex` waits for.
   uint32_t awaited_request_id = 0;
   bool reply_arrived = false;
@@ -421,7 +425,17 @@ void mark_unavailable(MonitorLink& l) {
   l.state.store(LinkState::kUnavailable, std::memory_order_release);
 }
 
+// Which file is at the monitor's socket path: inode and change time (a
+// file system may give a new file the inode an unlinked one had); 0: none.
+uint64_t monitor_socket_file() {
+  struct stat status {};
+  if (stat(config().socket_path, &status) != 0) return 0;
+  return (uint64_t{status.st_ino} * 1000003) ^
+         static_cast<uint64_t>(status.st_ctim.tv_sec * 1000000000 + status.st_ctim.tv_nsec);
+}
+
 bool register_with_monitor(MonitorLink& l) {
+  l.tried_socket_file.store(monitor_socket_file(), std::memory_order_relaxed);
   UniqueFd control(real().socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!control) return false;
   struct sockaddr_un address {};
@@ -984,8 +998,15 @@ bool monitor_still_there(MonitorLink& l) {
 bool monitor_available() {
   MonitorLink& l = link();
   auto retry_due = [&l] {
-    return l.state.load(std::memory_order_acquire) == LinkState::kUnknown ||
-           monotonic_ns() >= l.retry_at.load(std::memory_order_relaxed);
+    if (l.state.load(std::memory_order_acquire) == LinkState::kUnknown ||
+        monotonic_ns() >= l.retry_at.load(std::memory_order_relaxed)) {
+      return true;
+    }
+    // Only a process that lost its monitor looks for a new one this eagerly
+    // (one stat per call): a restart must bring its connections back at once.
+    if (!l.registered_before) return false;
+    const uint64_t file = monitor_socket_file();
+    return file != 0 && file != l.tried_socket_file.load(std::memory_order_relaxed);
   };
   const LinkState state = l.state.load(std::memory_order_acquire);
   if (state == LinkState::kRegistered && monitor_still_there(l)) return true;
@@ -1011,7 +1032,8 @@ uint64_t next_socket_id() {
   return g_next_socket_id.fetch_add(1, std::memory_order_relaxed);
 }
 
-bool monitor_call(Request& request, Event& reply, Connection** connection) {
+namespace {
+bool monitor_call_once(Request& request, Event& reply, Connection** connection) {
   MonitorLink& l = link();
   std::lock_guard lock(l.mutex);
   if (!post_locked(l, request)) return false;
@@ -1063,6 +1085,14 @@ bool monitor_call(Request& request, Event& reply, Connection** connection) {
   l.reply_connection = nullptr;
   if (ok) reply = l.reply;
   return ok;
+}
+}  // namespace
+
+bool monitor_call(Request& request, Event& reply, Connection** connection) {
+  if (monitor_call_once(request, reply, connection)) return true;
+  // The monitor we knew went away during the call: a restarted one may
+  // serve already, and the call goes to it.
+  return monitor_available() && monitor_call_once(request, reply, connection);
 }
 
 bool monitor_post(Request& request) {

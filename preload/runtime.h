@@ -56,8 +56,31 @@ class OptionalSpinLock {
 // The announce/check pair around sleeping is the one store->load edge: a
 // sleeper stores its waiting flag then re-reads the ring; a waker publishes
 // then reads the flag. Both sides need a full fence between the two.
+//
+// The fence is asymmetric where the kernel allows: a full fence on every send
+// stalls the sender until the peer's copy of the ring's lines is invalidated
+// (most of a 64-byte send's cost), while sleeping is rare (after a spin
+// budget). So the sleeper issues membarrier(GLOBAL_EXPEDITED), which runs a
+// full fence on every CPU running a registered process, and a registered
+// waker's data sends need only stop the compiler.
+extern bool g_publish_without_fence;  // this process is registered for that
+// Registers this process; at start and in every forked child, since a fork
+// does not inherit the registration.
+void register_for_asymmetric_fence();
+// Before sleeping for a connection's data. False when the fence could not
+// cover wakers that skip theirs (membarrier failed here): the caller then
+// sleeps in slices of kSpaceRecheckMs.
+[[nodiscard]] bool fence_before_sleeping_for_data();
+// Before sleeping for wakers that always fence (the monitor, channel peers).
 void fence_before_sleeping();
 void fence_after_publishing();
+inline void fence_after_publishing_data() {
+  if (g_publish_without_fence) {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    fence_after_publishing();
+  }
+}
 
 // A writer asleep for space in a full ring re-checks this often.
 inline constexpr int kSpaceRecheckMs = 1;
@@ -99,7 +122,7 @@ struct Connection {
     return header->aborted[side ^ 1].load(std::memory_order_acquire) != 0;
   }
   void wake_peer_if_reading() {
-    fence_after_publishing();
+    fence_after_publishing_data();
     if (tx.control().reader_waiting.load(std::memory_order_relaxed))
       signal_wake_fd(peer_wake.get());
   }

@@ -124,7 +124,7 @@ int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
       want == Want::kData ? c->rx.control().reader_waiting : c->tx.control().writer_waiting;
   for (;;) {
     flag.store(1, std::memory_order_relaxed);
-    fence_before_sleeping();
+    const bool wake_may_be_missed = !fence_before_sleeping_for_data();
     if (wait_satisfied(socket, c, want)) {
       flag.store(0, std::memory_order_relaxed);
       return 0;
@@ -139,9 +139,10 @@ int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns) {
       timeout_ms = static_cast<int>((left + 999999) / 1000000);
     }
     // Another thread of ours may drain this eventfd first, and space
-    // wake-ups are sent without a fence (see wake_peer_if_writing): a
-    // bounded sleep keeps either from losing the wake-up for long.
-    int bound_ms = want == Want::kSpace ? kSpaceRecheckMs : -1;
+    // wake-ups are sent without a fence (see wake_peer_if_writing), as are
+    // data wake-ups when our fence could not cover them: a bounded sleep
+    // keeps each from losing the wake-up for long.
+    int bound_ms = want == Want::kSpace || wake_may_be_missed ? kSpaceRecheckMs : -1;
     if (g_multithreaded.load(std::memory_order_relaxed) && (bound_ms < 0 || bound_ms > 20)) {
       bound_ms = 20;
     }

@@ -82,7 +82,8 @@ bool SpinBudget::keep_spinning() {
     return true;
   }
   const int64_t now = monotonic_ns();
-  if (now >= until_) return false;
+  if (start_ < 0) start_ = now;
+  if (now - start_ >= budget_ns_) return false;
   // Past the first microseconds the peer may be waiting for our core: on a
   // two-core machine two spinners and a monitor do not fit otherwise.
   if (now - start_ > 5000) sched_yield();

@@ -49,6 +49,10 @@ bool take_reset(Socket* socket) {
 struct OptionOracle {
   int probe = -1;
   int pristine = -1;
+  // Values the probe accepted, of options it judges by their bytes alone:
+  // programs set the same few on every socket, a syscall each otherwise.
+  std::mutex accepted_mutex;
+  std::vector<SavedOption> accepted;
 };
 
 OptionOracle& option_oracle(int domain) {
@@ -61,6 +65,41 @@ OptionOracle& option_oracle(int domain) {
     oracle.pristine = keep_internal_fd(real().socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0));
   }
   return oracle;
+}
+
+// Options the kernel accepts or refuses by their value alone: no privilege,
+// no limit that may change, no other state of the socket.
+bool judged_by_value_alone(int level, int name) {
+  if (level == SOL_SOCKET) {
+    return name == SO_REUSEADDR || name == SO_REUSEPORT || name == SO_KEEPALIVE ||
+           name == SO_LINGER || name == SO_RCVTIMEO || name == SO_SNDTIMEO;
+  }
+  return level == IPPROTO_TCP && (name == TCP_NODELAY || name == TCP_KEEPIDLE ||
+                                  name == TCP_KEEPINTVL || name == TCP_KEEPCNT);
+}
+
+// Whether the kernel takes this setsockopt (errno set if not).
+bool option_accepted(OptionOracle& oracle, int level, int name, const void* value,
+                     socklen_t length) {
+  const bool remembered = judged_by_value_alone(level, name) && value != nullptr &&
+                          length <= sizeof(SavedOption::value);
+  const auto same = [&](const SavedOption& option) {
+    return option.level == level && option.name == name && option.length == length &&
+           memcmp(option.value, value, length) == 0;
+  };
+  if (remembered) {
+    std::lock_guard lock(oracle.accepted_mutex);
+    if (std::any_of(oracle.accepted.begin(), oracle.accepted.end(), same)) return true;
+  }
+  if (real().setsockopt(oracle.probe, level, name, value, length) != 0) return false;
+  if (remembered) {
+    SavedOption accepted{level, name, length, {}};
+    memcpy(accepted.value, value, length);
+    std::lock_guard lock(oracle.accepted_mutex);
+    // Bounded: a program that sets ever new values pays the syscall.
+    if (oracle.accepted.size() < 64) oracle.accepted.push_back(accepted);
+  }
+  return true;
 }
 
 // Replaces the placeholder at `fd` with a real kernel socket carrying every
@@ -650,10 +689,12 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
       return accept_pending(socket.get(), pending, address, length, flags);
     }
     // Kernel clients (not under netaccel) arrive on the kernel listener: look
-    // there at once when we may not wait, now and then while spinning, and
+    // there at once when we may not wait, every 1024 rounds while spinning
+    // (some tens of microseconds: each look is a syscall, and between
+    // netaccel connections it was one for every second connection), and
     // after every sleep (the sleep watches that listener too).
     const bool nonblocking = socket->nonblocking.load(std::memory_order_relaxed);
-    if (nonblocking || (round & 255) == 255 || !spinning) {
+    if (nonblocking || (round & 1023) == 1023 || !spinning) {
       const int kernel = real().accept4(fd, address, length, flags);
       if (kernel >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return kernel;
     }
@@ -815,8 +856,7 @@ int intercepted_setsockopt(int fd, int level, int name, const void* value, sockl
   if (!socket || kernel_backed(socket.get()))
     return real().setsockopt(fd, level, name, value, length);
   // The kernel validates and normalises; we keep the result for this socket.
-  OptionOracle& oracle = option_oracle(socket->domain);
-  if (real().setsockopt(oracle.probe, level, name, value, length) != 0) return -1;
+  if (!option_accepted(option_oracle(socket->domain), level, name, value, length)) return -1;
   if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
     const int64_t timeout = timeval_to_ns(value, length);
     if (timeout < 0) return fail(EDOM);

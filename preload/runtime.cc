@@ -145,10 +145,6 @@ void Socket::reset() {
   backlog.clear();
 }
 
-SocketRef::~SocketRef() {
-  if (socket_ != nullptr && counted_) release_socket(socket_);
-}
-
 SocketRef lookup_socket(int fd) {
   if (fd < 0 || fd >= kMaxFds) return SocketRef();
   std::atomic<Socket*>& slot = sockets()[fd];

@@ -269,6 +269,7 @@ struct Socket {
 // so numbers never collide with the kernel's.
 // While the process has one thread no close can race a call, so the
 // reference is not counted: two atomic operations fewer on every send and recv.
+void release_socket(Socket* socket);  // drops one reference
 class SocketRef {
  public:
   SocketRef() = default;
@@ -277,7 +278,10 @@ class SocketRef {
     other.socket_ = nullptr;
   }
   SocketRef& operator=(SocketRef&&) = delete;
-  ~SocketRef();
+  // Inline: it runs on every send and receive.
+  ~SocketRef() {
+    if (socket_ != nullptr && counted_) release_socket(socket_);
+  }
   Socket* operator->() const { return socket_; }
   Socket* get() const { return socket_; }
   explicit operator bool() const { return socket_ != nullptr; }
@@ -294,7 +298,6 @@ Socket* new_socket();
 void install_socket(int fd, Socket* socket);
 // Removes and returns the socket at `fd` (the caller owns the table reference).
 Socket* uninstall_socket(int fd);
-void release_socket(Socket* socket);  // drops one reference
 // Listener lookup by the id the monitor echoes in kIncoming.
 void register_listener(Socket* socket);
 void unregister_listener(Socket* socket);

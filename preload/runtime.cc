@@ -658,8 +658,9 @@ void close_connection_locked(MonitorLink* locked, Connection* connection, bool a
   }
   connection->rx.control().reader_closed.store(1, std::memory_order_release);
   connection->tx.control().writer_closed.store(1, std::memory_order_release);
-  // A peer asleep for data or for space must hear of the close.
-  fence_after_publishing();
+  // A peer asleep for data or for space must hear of the close. Both sleep
+  // behind fence_before_sleeping_for_data, so the data path's fence will do.
+  fence_after_publishing_data();
   if (connection->tx.control().reader_waiting.load(std::memory_order_relaxed) ||
       connection->rx.control().writer_waiting.load(std::memory_order_relaxed)) {
     signal_wake_fd(connection->peer_wake.get());

@@ -87,8 +87,8 @@ inline constexpr int kSpaceRecheckMs = 1;
 
 // How long a blocking call polls before it sleeps: pause-spins at first, then
 // yields the core between checks, and gives up after `budget_ns`. The clock
-// starts at the first check, 64 rounds in: most waits on a busy connection
-// end before it, and reading the clock costs as much as a 64-byte receive.
+// is read every 16 rounds, starting at the first check: most waits on a busy
+// connection end before it, and reading it costs as much as a 64-byte receive.
 class SpinBudget {
  public:
   explicit SpinBudget(int64_t budget_ns) : budget_ns_(budget_ns > 0 ? budget_ns : 0) {}

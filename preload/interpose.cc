@@ -107,6 +107,8 @@ __attribute__((destructor)) void leave_connections() {
 __attribute__((constructor)) void initialise_preload() {
   netaccel::preload::real();
   netaccel::preload::config();
+  netaccel::preload::register_for_asymmetric_fence();
+  pthread_atfork(nullptr, nullptr, netaccel::preload::register_for_asymmetric_fence);
   pthread_atfork(netaccel::preload::lock_link_for_fork,
                  netaccel::preload::withdraw_listeners_after_fork,
                  netaccel::preload::reset_link_in_child);

@@ -488,14 +488,16 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
     }
     if (spinning && (spinning = spin.keep_spinning())) continue;
     const bool space_wait = arm_members(set, true);
-    fence_before_sleeping();
+    const bool wake_may_be_missed = !fence_before_sleeping_for_data();
     found = collect_ready(set, events, max_events);
     if (found > 0) {
       arm_members(set, false);
       return found;
     }
     int sleep_ms = timeout_left_ms(deadline);
-    if (space_wait && (sleep_ms < 0 || sleep_ms > kSpaceRecheckMs)) sleep_ms = kSpaceRecheckMs;
+    if ((space_wait || wake_may_be_missed) && (sleep_ms < 0 || sleep_ms > kSpaceRecheckMs)) {
+      sleep_ms = kSpaceRecheckMs;
+    }
     const int got = real().epoll_pwait(epfd, events, max_events, sleep_ms, mask);
     const int error = errno;
     arm_members(set, false);
@@ -687,7 +689,7 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
     }
     if (listeners && event_wake_fd() >= 0) sleeping.push_back({event_wake_fd(), POLLIN, 0});
     const bool space_wait = arm_slots(slots, fds, true);
-    fence_before_sleeping();
+    const bool wake_may_be_missed = !fence_before_sleeping_for_data();
     for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
     if (netaccel_poll_half(fds, slots) > 0) {
       arm_slots(slots, fds, false);
@@ -695,10 +697,11 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
     }
     struct timespec left;
     const struct timespec* left_pointer = nullptr;
-    if (deadline >= 0 || space_wait) {
+    if (deadline >= 0 || space_wait || wake_may_be_missed) {
       int64_t remaining =
           deadline >= 0 ? std::max<int64_t>(0, deadline - monotonic_ns()) : INT64_MAX;
-      if (space_wait) remaining = std::min<int64_t>(remaining, kSpaceRecheckMs * 1000000LL);
+      if (space_wait || wake_may_be_missed)
+        remaining = std::min<int64_t>(remaining, kSpaceRecheckMs * 1000000LL);
       left = {static_cast<time_t>(remaining / 1000000000),
               static_cast<long>(remaining % 1000000000)};
       left_pointer = &left;

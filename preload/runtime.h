@@ -57,24 +57,47 @@ class OptionalSpinLock {
 // The announce/check pair around sleeping is the one store->load edge: a
 // sleeper stores its waiting flag then re-reads the ring; a waker publishes
 // then reads the flag. Both sides need a full fence between the two.
+//
+// The fence is asymmetric where the kernel allows: a full fence on every send
+// stalls the sender until the peer's copy of the ring's lines is invalidated
+// (most of a 64-byte send's cost), while sleeping is rare (after a spin
+// budget). So the sleeper issues membarrier(GLOBAL_EXPEDITED), which runs a
+// full fence on every CPU running a registered process, and a registered
+// waker's data sends need only stop the compiler.
+extern bool g_publish_without_fence;  // this process is registered for that
+// Registers this process; at start and in every forked child, since a fork
+// does not inherit the registration.
+void register_for_asymmetric_fence();
+// Before sleeping for a connection's data. False when the fence could not
+// cover wakers that skip theirs (membarrier failed here): the caller then
+// sleeps in slices of kSpaceRecheckMs.
+[[nodiscard]] bool fence_before_sleeping_for_data();
+// Before sleeping for wakers that always fence (the monitor, channel peers).
 void fence_before_sleeping();
 void fence_after_publishing();
+inline void fence_after_publishing_data() {
+  if (g_publish_without_fence) {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    fence_after_publishing();
+  }
+}
 
 // A writer asleep for space in a full ring re-checks this often.
 inline constexpr int kSpaceRecheckMs = 1;
 
 // How long a blocking call polls before it sleeps: pause-spins at first, then
-// yields the core between checks, and gives up after `budget_ns`.
+// yields the core between checks, and gives up after `budget_ns`. The clock
+// is read every 16 rounds, starting at the first check: most waits on a busy
+// connection end before it, and reading it costs as much as a 64-byte receive.
 class SpinBudget {
  public:
-  explicit SpinBudget(int64_t budget_ns)
-      : start_(monotonic_ns()), until_(start_ + (budget_ns > 0 ? budget_ns : 0)) {}
+  explicit SpinBudget(int64_t budget_ns) : budget_ns_(budget_ns > 0 ? budget_ns : 0) {}
   bool keep_spinning();
-  bool exhausted() const { return monotonic_ns() >= until_; }
 
  private:
-  int64_t start_;
-  int64_t until_;
+  int64_t budget_ns_;
+  int64_t start_ = -1;
   uint32_t rounds_ = 0;
 };
 
@@ -118,17 +141,21 @@ struct Connection {
     const uint32_t queued = tx.unread();
     return queued >= limit ? 0 : std::min(free_space, limit - queued);
   }
+  // The first waker takes the announcement down, so that a sleeper costs one
+  // eventfd write rather than one per message until it runs again.
   void wake_peer_if_reading() {
-    fence_after_publishing();
-    if (tx.control().reader_waiting.load(std::memory_order_relaxed))
-      signal_wake_fd(peer_wake.get());
+    fence_after_publishing_data();
+    wake_if_announced(tx.control().reader_waiting);
   }
   // No fence here, unlike the data direction: a writer waiting for space
   // re-checks on a short timer (kSpaceRecheckMs), so the rare lost race costs
   // a millisecond, while a fence on every receive costs a fifth of its time.
-  void wake_peer_if_writing() {
-    if (rx.control().writer_waiting.load(std::memory_order_relaxed))
+  void wake_peer_if_writing() { wake_if_announced(rx.control().writer_waiting); }
+  void wake_if_announced(std::atomic<uint32_t>& announced) {
+    if (announced.load(std::memory_order_relaxed) != 0 &&
+        announced.exchange(0, std::memory_order_relaxed) != 0) {
       signal_wake_fd(peer_wake.get());
+    }
   }
 };
 
@@ -272,6 +299,7 @@ struct Socket {
 // so numbers never collide with the kernel's.
 // While the process has one thread no close can race a call, so the
 // reference is not counted: two atomic operations fewer on every send and recv.
+void release_socket(Socket* socket);  // drops one reference
 class SocketRef {
  public:
   SocketRef() = default;
@@ -280,7 +308,10 @@ class SocketRef {
     other.socket_ = nullptr;
   }
   SocketRef& operator=(SocketRef&&) = delete;
-  ~SocketRef();
+  // Inline: it runs on every send and receive.
+  ~SocketRef() {
+    if (socket_ != nullptr && counted_) release_socket(socket_);
+  }
   Socket* operator->() const { return socket_; }
   Socket* get() const { return socket_; }
   explicit operator bool() const { return socket_ != nullptr; }
@@ -297,7 +328,6 @@ Socket* new_socket();
 void install_socket(int fd, Socket* socket);
 // Removes and returns the socket at `fd` (the caller owns the table reference).
 Socket* uninstall_socket(int fd);
-void release_socket(Socket* socket);  // drops one reference
 // Listener lookup by the id the monitor echoes in kIncoming.
 void register_listener(Socket* socket);
 void unregister_listener(Socket* socket);

@@ -51,6 +51,10 @@ bool take_reset(Socket* socket) {
 struct OptionOracle {
   int probe = -1;
   int pristine = -1;
+  // Values the probe accepted, of options it judges by their bytes alone:
+  // programs set the same few on every socket, a syscall each otherwise.
+  std::mutex accepted_mutex;
+  std::vector<SavedOption> accepted;
 };
 
 OptionOracle& option_oracle(int domain) {
@@ -65,37 +69,39 @@ OptionOracle& option_oracle(int domain) {
   return oracle;
 }
 
-// Whether the kernel takes this option value on a socket of `domain`. Its
-// verdicts are remembered: applications set the same few options again and
-// again (nginx corks and uncorks every response), and asking costs a system
-// call.
-bool kernel_accepts_option(int domain, int level, int name, const void* value, socklen_t length) {
-  struct Verdict {
-    int domain;
-    int level;
-    int name;
-    socklen_t length;
-    unsigned char value[16];
-  };
-  static OptionalSpinLock lock;
-  static Verdict accepted[32];
-  static std::size_t remembered = 0;
-  const bool memorable = value != nullptr && length <= sizeof Verdict::value;
-  const auto matches = [&](const Verdict& verdict) {
-    return verdict.domain == domain && verdict.level == level && verdict.name == name &&
-           verdict.length == length && memcmp(verdict.value, value, length) == 0;
-  };
-  if (memorable) {
-    std::lock_guard guard(lock);
-    const std::size_t known = std::min(remembered, std::size(accepted));
-    if (std::any_of(accepted, accepted + known, matches)) return true;
+// Options the kernel accepts or refuses by their value alone: no privilege,
+// no limit that may change, no other state of the socket.
+bool judged_by_value_alone(int level, int name) {
+  if (level == SOL_SOCKET) {
+    return name == SO_REUSEADDR || name == SO_REUSEPORT || name == SO_KEEPALIVE ||
+           name == SO_LINGER || name == SO_RCVTIMEO || name == SO_SNDTIMEO;
   }
-  if (real().setsockopt(option_oracle(domain).probe, level, name, value, length) != 0) return false;
-  if (memorable) {
-    std::lock_guard guard(lock);
-    Verdict& verdict = accepted[remembered++ % std::size(accepted)];
-    verdict = Verdict{domain, level, name, length, {}};
-    memcpy(verdict.value, value, length);
+  // TCP_CORK: nginx corks and uncorks around every response.
+  return level == IPPROTO_TCP &&
+         (name == TCP_NODELAY || name == TCP_CORK || name == TCP_QUICKACK || name == TCP_KEEPIDLE ||
+          name == TCP_KEEPINTVL || name == TCP_KEEPCNT);
+}
+
+// Whether the kernel takes this setsockopt (errno set if not).
+bool option_accepted(OptionOracle& oracle, int level, int name, const void* value,
+                     socklen_t length) {
+  const bool remembered = judged_by_value_alone(level, name) && value != nullptr &&
+                          length <= sizeof(SavedOption::value);
+  const auto same = [&](const SavedOption& option) {
+    return option.level == level && option.name == name && option.length == length &&
+           memcmp(option.value, value, length) == 0;
+  };
+  if (remembered) {
+    std::lock_guard lock(oracle.accepted_mutex);
+    if (std::any_of(oracle.accepted.begin(), oracle.accepted.end(), same)) return true;
+  }
+  if (real().setsockopt(oracle.probe, level, name, value, length) != 0) return false;
+  if (remembered) {
+    SavedOption accepted{level, name, length, {}};
+    memcpy(accepted.value, value, length);
+    std::lock_guard lock(oracle.accepted_mutex);
+    // Bounded: a program that sets ever new values pays the syscall.
+    if (oracle.accepted.size() < 64) oracle.accepted.push_back(accepted);
   }
   return true;
 }
@@ -153,13 +159,15 @@ int64_t timeval_to_ns(const void* value, socklen_t length) {
 // Waiting for a connection to become readable or writable.
 enum class Want { kData, kSpace };
 
-bool wait_satisfied(Socket* socket, Connection* c, Want want, uint32_t min_bytes = 1) {
+// Waiting for data, `amount` bytes must be readable; waiting for space,
+// `amount` bytes must be free within the socket buffers.
+bool wait_satisfied(Socket* socket, Connection* c, Want want, uint32_t amount = 1) {
   if (c->peer_aborted()) return true;
   if (want == Want::kData) {
-    return c->rx.readable(min_bytes) >= min_bytes ||
+    return c->rx.readable(amount) >= amount ||
            c->rx.control().writer_closed.load(std::memory_order_acquire) || socket->read_shut;
   }
-  return c->send_room() != 0 || c->tx.control().reader_closed.load(std::memory_order_acquire);
+  return c->send_room() >= amount || c->tx.control().reader_closed.load(std::memory_order_acquire);
 }
 
 // A blocking call whose sleep a signal handler interrupted starts again, as
@@ -169,20 +177,38 @@ bool restarts_after_signal(int64_t deadline_ns) {
   return deadline_ns == 0 && handled_signal_restarts();
 }
 
+// A sender that found the ring full spins until a quarter of it is free (or
+// all it has left fits, or all the socket buffers allow), as the kernel
+// wakes a writer only once a third of its buffer is free: one message per
+// freed slot would move the line of each index between the cores on every
+// message.
+uint32_t space_worth_spinning_for(const Connection* c, std::size_t unsent) {
+  std::size_t most = c->tx.capacity() / 4;
+  const uint32_t limit = ring_queue_limit(
+      c->header->ring_buffers[c->side].load(std::memory_order_relaxed), c->tx.capacity());
+  if (limit != 0) most = std::min<std::size_t>(most, limit);
+  return static_cast<uint32_t>(std::min(unsent, most));
+}
+
 // 0 when the condition holds, -EAGAIN at the deadline, -EINTR on a signal.
-// Waiting for data, `min_bytes` must be readable.
+// Waiting for data, `amount` bytes must be readable; waiting for space,
+// `amount` is what the sender has left to write.
 int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns,
-             uint32_t min_bytes = 1) {
+             std::size_t amount = 1) {
   SpinBudget spin(config().spin_ns);
+  const uint32_t target =
+      want == Want::kData ? static_cast<uint32_t>(amount) : space_worth_spinning_for(c, amount);
+  // After the announcement any space will do: the reader wakes us for it.
+  const uint32_t after_sleep = want == Want::kData ? target : 1;
   while (spin.keep_spinning()) {
-    if (wait_satisfied(socket, c, want, min_bytes)) return 0;
+    if (wait_satisfied(socket, c, want, target)) return 0;
   }
   std::atomic<uint32_t>& flag =
       want == Want::kData ? c->rx.control().reader_waiting : c->tx.control().writer_waiting;
   for (;;) {
     flag.store(1, std::memory_order_relaxed);
-    fence_before_sleeping();
-    if (wait_satisfied(socket, c, want, min_bytes)) {
+    const bool wake_may_be_missed = !fence_before_sleeping_for_data();
+    if (wait_satisfied(socket, c, want, after_sleep)) {
       flag.store(0, std::memory_order_relaxed);
       return 0;
     }
@@ -196,9 +222,10 @@ int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns,
       timeout_ms = static_cast<int>((left + 999999) / 1000000);
     }
     // Another thread of ours may drain this eventfd first, and space
-    // wake-ups are sent without a fence (see wake_peer_if_writing): a
-    // bounded sleep keeps either from losing the wake-up for long.
-    int bound_ms = want == Want::kSpace ? kSpaceRecheckMs : -1;
+    // wake-ups are sent without a fence (see wake_peer_if_writing), as are
+    // data wake-ups when our fence could not cover them: a bounded sleep
+    // keeps each from losing the wake-up for long.
+    int bound_ms = want == Want::kSpace || wake_may_be_missed ? kSpaceRecheckMs : -1;
     if (g_multithreaded.load(std::memory_order_relaxed) && (bound_ms < 0 || bound_ms > 20)) {
       bound_ms = 20;
     }
@@ -212,6 +239,8 @@ int wait_for(Socket* socket, Connection* c, Want want, int64_t deadline_ns,
     flag.store(0, std::memory_order_relaxed);
     if (ready > 0) drain_wake_fd(c->own_wake.get());
     if (ready < 0 && error == EINTR) return -EINTR;
+    // Woken: look before announcing again, which costs a membarrier.
+    if (wait_satisfied(socket, c, want, after_sleep)) return 0;
   }
 }
 
@@ -364,7 +393,7 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
       continue;
     }
     if (nonblocking) return sent > 0 ? static_cast<ssize_t>(sent) : fail(EAGAIN);
-    const int waited = wait_for(socket, c, Want::kSpace, deadline);
+    const int waited = wait_for(socket, c, Want::kSpace, deadline, total - sent);
     if (waited < 0 && sent > 0) return static_cast<ssize_t>(sent);
     if (waited == -EINTR && restarts_after_signal(deadline)) continue;
     if (waited < 0) return fail(-waited);
@@ -865,10 +894,12 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
       return accept_pending(socket.get(), pending, address, length, flags);
     }
     // Kernel clients (not under netaccel) arrive on the kernel listener: look
-    // there at once when we may not wait, now and then while spinning, and
+    // there at once when we may not wait, every 1024 rounds while spinning
+    // (some tens of microseconds: each look is a syscall, and between
+    // netaccel connections it was one for every second connection), and
     // after every sleep (the sleep watches that listener too).
     const bool nonblocking = socket->nonblocking.load(std::memory_order_relaxed);
-    if (nonblocking || (round & 255) == 255 || !spinning) {
+    if (nonblocking || (round & 1023) == 1023 || !spinning) {
       const int kernel = accept_kernel_if_ready(fd, address, length, flags);
       if (kernel >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return kernel;
     }
@@ -1082,7 +1113,7 @@ int intercepted_setsockopt(int fd, int level, int name, const void* value, sockl
     return 0;
   }
   // The kernel validates and normalises; we keep the result for this socket.
-  if (!kernel_accepts_option(socket->domain, level, name, value, length)) return -1;
+  if (!option_accepted(option_oracle(socket->domain), level, name, value, length)) return -1;
   const int probe = option_oracle(socket->domain).probe;
   if (const int error = note_option(socket.get(), probe, level, name, value, length)) {
     return fail(error);

@@ -275,6 +275,23 @@ TEST_F(SocketSemantics, OptionsAreAcceptedAndReported) {
   close(server);
 }
 
+// A fresh socket's options are checked on a probe socket, and the values it
+// accepted are remembered: a refused value must stay refused.
+TEST_F(SocketSemantics, OptionChecksRememberOnlyAcceptedValues) {
+  const struct linger abort_on_close { 1, 0 };
+  const struct timeval bad_timeout { 0, 2000000 };
+  for (int round = 0; round < 2; ++round) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close), 0);
+    EXPECT_EQ(setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof(int)), -1);
+    EXPECT_EQ(errno, EINVAL);
+    EXPECT_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &bad_timeout, sizeof bad_timeout), -1);
+    EXPECT_EQ(errno, EDOM);
+    close(fd);
+  }
+}
+
 TEST_F(SocketSemantics, NonBlockingConnectCompletesAsWritable) {
   expect_netaccel_connections(1);
   const int listener = listen_on(AF_INET);

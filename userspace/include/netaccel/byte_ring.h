@@ -194,13 +194,15 @@ class ByteRing {
     const uint32_t offset = position & mask_;
     const std::size_t first = std::min<std::size_t>(n, capacity() - offset);
     std::memcpy(data_ + offset, src, first);
-    std::memcpy(data_, src + first, n - first);
+    // Only a copy that wraps needs the second part; an empty call into the
+    // library still costs a small message a sizeable share of its copy.
+    if (n > first) std::memcpy(data_, src + first, n - first);
   }
   void copy_out(uint32_t position, unsigned char* dst, std::size_t n) const {
     const uint32_t offset = position & mask_;
     const std::size_t first = std::min<std::size_t>(n, capacity() - offset);
     std::memcpy(dst, data_ + offset, first);
-    std::memcpy(dst + first, data_, n - first);
+    if (n > first) std::memcpy(dst + first, data_, n - first);  // as in copy_in
   }
 
   ByteRingControl* control_ = nullptr;

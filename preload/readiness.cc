@@ -20,7 +20,7 @@
 
 namespace netaccel::preload {
 
-uint32_t socket_readiness(Socket* socket) {
+uint32_t socket_readiness(Socket* socket, uint32_t wanted) {
   switch (socket->state) {
     case SocketState::kFresh:
       return EPOLLOUT | EPOLLHUP;  // what the kernel says of an unconnected TCP socket
@@ -35,9 +35,14 @@ uint32_t socket_readiness(Socket* socket) {
   uint32_t ready = 0;
   const bool aborted = c->peer_aborted();
   const bool eof = c->rx.control().writer_closed.load(std::memory_order_acquire) != 0;
-  if (c->rx.readable() != 0 || eof || aborted || socket->read_shut) ready |= EPOLLIN | EPOLLRDNORM;
+  // The ring indices are the lines the peer keeps writing: only what the
+  // caller asks for is read (an event loop polls its sets in a tight spin).
+  if (eof || aborted || socket->read_shut ||
+      ((wanted & (EPOLLIN | EPOLLRDNORM)) && c->rx.readable() != 0)) {
+    ready |= EPOLLIN | EPOLLRDNORM;
+  }
   if (eof) ready |= EPOLLRDHUP;
-  if (socket->write_shut || c->send_room() != 0 ||
+  if (socket->write_shut || ((wanted & (EPOLLOUT | EPOLLWRNORM)) && c->send_room() != 0) ||
       c->tx.control().reader_closed.load(std::memory_order_acquire)) {
     ready |= EPOLLOUT | EPOLLWRNORM;
   }
@@ -46,7 +51,8 @@ uint32_t socket_readiness(Socket* socket) {
   if (aborted && !socket->reset_reported) ready |= EPOLLERR;
   if (socket->reset_by_peer) ready |= EPOLLIN | EPOLLRDNORM | EPOLLRDHUP | EPOLLOUT | EPOLLHUP;
   if (socket->pending_error != 0) ready |= EPOLLERR;
-  if (c->header->urgent[c->side ^ 1].load(std::memory_order_acquire) & kUrgentPending) {
+  if ((wanted & EPOLLPRI) &&
+      (c->header->urgent[c->side ^ 1].load(std::memory_order_acquire) & kUrgentPending)) {
     ready |= EPOLLPRI;
   }
   return ready;
@@ -230,8 +236,8 @@ uint32_t member_report(EpollMember& member, bool consume, int depth) {
       ready = (EPOLLIN | EPOLLRDNORM) & wanted;
   } else {
     Socket* socket = member.socket;
-    ready = socket_readiness(socket) & wanted;
-    if (socket->state == SocketState::kConnected) {
+    ready = socket_readiness(socket, wanted) & wanted;
+    if ((member.events & EPOLLET) && socket->state == SocketState::kConnected) {
       head = socket->connection->rx.control().head.load(std::memory_order_acquire);
       tail = socket->connection->tx.control().tail.load(std::memory_order_acquire);
     }
@@ -612,8 +618,8 @@ int netaccel_poll_half(struct pollfd* fds, const std::vector<PollSlot>& slots) {
   int newly_ready = 0;
   for (const PollSlot& slot : slots) {
     struct pollfd& entry = fds[slot.index];
-    const short ours = static_cast<short>(
-        socket_readiness(slot.socket) & (static_cast<uint32_t>(entry.events) | POLLERR | POLLHUP));
+    const uint32_t wanted = static_cast<uint32_t>(entry.events) | POLLERR | POLLHUP;
+    const short ours = static_cast<short>(socket_readiness(slot.socket, wanted) & wanted);
     if (ours != 0 && entry.revents == 0) ++newly_ready;
     entry.revents |= ours;
   }

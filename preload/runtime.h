@@ -405,7 +405,9 @@ bool is_local_address(const InetAddress& address);
 // Readiness as epoll reports it (EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLHUP,
 // EPOLLERR); poll's bits have the same values. A listener's kernel half is
 // not included: the kernel reports it on the listener's own descriptor.
-uint32_t socket_readiness(Socket* socket);
+// `wanted`: the bits the caller looks at; others may be missing (saves
+// reading the lines the peer writes).
+uint32_t socket_readiness(Socket* socket, uint32_t wanted = ~0u);
 
 // errno-style return helpers.
 inline int fail(int error) {

@@ -221,7 +221,7 @@ reload_rate() {
   local wrk_pid=$!
   for _ in 1 2 3; do
     sleep "$(python3 -c "print($nginx_seconds / 4)")"
-    nginx -c "$conf" -s reload
+    nginx -c "$conf" -s reload 2>/dev/null
   done
   wait "$wrk_pid"
   cat "$out"

@@ -359,6 +359,9 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
       raise_sigpipe(flags);
       return fail(EPIPE);
     }
+    // Another process holding this end may have shut it for writing: the
+    // kernel's shutdown acts on the socket all copies share.
+    if (c->tx.control().writer_closed.load(std::memory_order_relaxed)) socket->write_shut = true;
     if (socket->write_shut || c->tx.control().reader_closed.load(std::memory_order_acquire)) {
       if (sent > 0) return static_cast<ssize_t>(sent);
       if (!socket->write_shut && !socket->reset_by_peer) {

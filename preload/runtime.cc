@@ -705,7 +705,11 @@ void leave_shared_connection(MonitorLink* locked, Connection* connection) {
 
 void close_connection_locked(MonitorLink* locked, Connection* connection, bool abort) {
   // Its share goes with the last copy of the anchor: the monitor watches that.
-  if (connection->adopted) return free_connection(connection);
+  // A channel's slot (anchored at a fork) leaves the channel its fds.
+  if (connection->adopted) {
+    if (connection->channel != nullptr) return forget_channel_slot(connection);
+    return free_connection(connection);
+  }
   if (!release_last_holder(connection->header->holders[connection->side])) {
     return leave_shared_connection(locked, connection);
   }

@@ -1116,9 +1116,9 @@ int intercepted_setsockopt(int fd, int level, int name, const void* value, sockl
     return 0;
   }
   // The kernel validates and normalises; we keep the result for this socket.
-  if (!option_accepted(option_oracle(socket->domain), level, name, value, length)) return -1;
-  const int probe = option_oracle(socket->domain).probe;
-  if (const int error = note_option(socket.get(), probe, level, name, value, length)) {
+  OptionOracle& oracle = option_oracle(socket->domain);
+  if (!option_accepted(oracle, level, name, value, length)) return -1;
+  if (const int error = note_option(socket.get(), oracle.probe, level, name, value, length)) {
     return fail(error);
   }
   SavedOption saved{level, name, 0, {}};

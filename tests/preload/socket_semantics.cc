@@ -710,6 +710,56 @@ TEST_F(SocketSemantics, ChildLeavingWithoutExitHandlersReleasesTheConnection) {
   }
 }
 
+// A connection made over a channel (a client's second to a listener) is
+// shared by a fork like any other; when it ends, the channel goes on
+// carrying new connections in its slots, a client asleep in recv included.
+TEST_F(SocketSemantics, ChannelConnectionSharedByAForkEndsAndTheChannelGoesOn) {
+  constexpr int kLater = 2 * 16;  // every slot of the channel, twice
+  expect_netaccel_connections(2 + kLater);
+  const int listener = listen_on();
+  const uint16_t port = port_of(listener);
+  const pid_t server = fork();
+  ASSERT_GE(server, 0);
+  if (server == 0) {
+    // Answers each connection's byte a little later, until one says 'q'.
+    for (;;) {
+      const int connection = accept(listener, nullptr, nullptr);
+      char byte = 0;
+      if (connection < 0 || recv(connection, &byte, 1, MSG_WAITALL) != 1) _exit(1);
+      if (byte == 'q') _exit(0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (send(connection, &byte, 1, 0) != 1) _exit(2);
+      close(connection);
+    }
+  }
+  close(listener);
+  const auto exchange = [](int client) {
+    char byte = 'x';
+    return send(client, &byte, 1, 0) == 1 && recv(client, &byte, 1, 0) == 1 && byte == 'x';
+  };
+  const int first = connect_to(AF_INET, port);
+  ASSERT_TRUE(exchange(first));
+  const int shared = connect_to(AF_INET, port);  // over the channel the first one opened
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(exchange(shared));
+  close(shared);
+  close(first);
+  for (int i = 0; i < kLater; ++i) {
+    const int client = connect_to(AF_INET, port);
+    EXPECT_TRUE(exchange(client)) << "connection " << i;
+    close(client);
+  }
+  const int quit = connect_to(AF_INET, port);
+  ASSERT_EQ(send(quit, "q", 1, 0), 1);
+  ASSERT_EQ(waitpid(server, &status, 0), server);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  close(quit);
+}
+
 TEST_F(SocketSemantics, ManyThreadsShareOneSocket) {
   expect_netaccel_connections(1);
   auto [client, server] = connected_pair();

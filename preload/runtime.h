@@ -180,6 +180,7 @@ struct PendingConnection {
   Connection* connection;
   InetAddress local;
   InetAddress peer;
+  uint32_t queued_at;  // queue_stamp_now() when it was queued
 };
 
 // A channel (protocol.h) as one of its two processes holds it.
@@ -211,8 +212,10 @@ struct Channel {
 // Connects over a channel to `destination`, if this process holds an open one
 // with a free slot; null otherwise (the monitor is asked then).
 Connection* channel_connect(const InetAddress& destination, InetAddress& local, InetAddress& peer);
-// Takes the oldest connection queued on one of the listener's channels.
-bool channel_accept(struct Socket* listener, PendingConnection& out);
+// Takes the oldest connection queued on the listener's channels, if it was
+// queued before `older_than` (when given).
+bool channel_accept(struct Socket* listener, PendingConnection& out,
+                    const uint32_t* older_than = nullptr);
 // fork(): every connection end this process holds gains the child as a
 // holder before the fork, and loses it again if the fork fails.
 void share_connections_with_child(bool shared);

@@ -864,16 +864,23 @@ int accept_kernel_if_ready(int fd, struct sockaddr* address, socklen_t* length, 
   return real().accept4(fd, address, length, flags);
 }
 
+// The oldest of what the monitor queued and what the channels queued, as
+// the kernel's one accept queue would give them.
 bool pop_pending(Socket* listener, PendingConnection& out) {
+  bool monitor_queued = false;
+  uint32_t monitor_queued_at = 0;
   {
     std::lock_guard lock(listener->backlog_mutex);
-    if (!listener->backlog.empty()) {
-      out = std::move(listener->backlog.front());
-      listener->backlog.pop_front();
-      return true;
-    }
+    monitor_queued = !listener->backlog.empty();
+    if (monitor_queued) monitor_queued_at = listener->backlog.front().queued_at;
   }
-  return channel_accept(listener, out);
+  if (channel_accept(listener, out, monitor_queued ? &monitor_queued_at : nullptr)) return true;
+  if (!monitor_queued) return false;
+  std::lock_guard lock(listener->backlog_mutex);
+  if (listener->backlog.empty()) return false;  // another thread took it
+  out = std::move(listener->backlog.front());
+  listener->backlog.pop_front();
+  return true;
 }
 
 }  // namespace

@@ -890,6 +890,7 @@ void Monitor::Impl::deliver_event(uint32_t process_id, const Event& event) {
       event.type == EventType::kReply && event.op == RequestOp::kConnect && event.status == 0;
   const bool carries_connection = connect_succeeded || event.type == EventType::kIncoming;
   Event delivered = event;
+  if (event.type == EventType::kIncoming) delivered.request_id = queue_stamp_now();
   if (carries_connection) {
     const auto unbacked = unbacked_connections_.find(event.connection_id);
     if (unbacked != unbacked_connections_.end()) {

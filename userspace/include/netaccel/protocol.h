@@ -7,6 +7,7 @@
 
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -80,7 +81,8 @@ inline constexpr uint32_t kMonitorRequestBit = 1u << 31;
 // Events: monitor -> process, one cache line each.
 enum class EventType : uint8_t {
   kReply = 1,           // answer to request_id; status 0 or -errno
-  kIncoming = 2,        // a connection for listener socket_id; an fd delivery follows
+  kIncoming = 2,        // a connection for listener socket_id; an fd delivery follows;
+                        // request_id: its queue stamp (below)
   kError = 3,           // a request could not be parsed; status -errno, request_id echoed if any
   kSegmentDropped = 4,  // free the cached segment whose header says connection_id
   kChannelOpened = 5,   // a ChannelDelivery follows; socket_id is the listener (server
@@ -107,6 +109,20 @@ struct Event {
   InetAddress peer;   // kConnect reply: the server's address; kIncoming: the client's
 };
 static_assert(sizeof(Event) == kDescriptorBytes);
+
+// When a connection was queued for a listener: accept takes connections in
+// that order across the monitor's queue and the channels' (the kernel's
+// accept queue is one FIFO). Microseconds of CLOCK_MONOTONIC, which every
+// process on the host reads alike, compared modulo 2^32.
+inline uint32_t queue_stamp_now() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<uint32_t>(static_cast<uint64_t>(now.tv_sec) * 1000000u +
+                               static_cast<uint64_t>(now.tv_nsec) / 1000u);
+}
+inline bool queued_before(uint32_t stamp, uint32_t other) {
+  return static_cast<int32_t>(stamp - other) < 0;
+}
 
 // ---------------------------------------------------------------------------
 // Registration on the monitor's unix socket (SOCK_SEQPACKET).
@@ -256,6 +272,8 @@ inline constexpr uint32_t kChannelVersion = 1;
 inline constexpr uint32_t kChannelSlots = 16;
 static_assert(2 + 2 * kChannelSlots <= kMaxPassedFds);
 // Room for every slot twice: a cancelled entry stays queued until popped.
+// An entry is a kIncoming Event as the server sees it, with request_id the
+// slot and socket_id the queue stamp.
 inline constexpr uint32_t kChannelQueueSlots = 2 * kChannelSlots;
 
 // Bits of ChannelHeader::slot_state. 0 is a free slot.

@@ -1544,7 +1544,10 @@ namespace {
 // object rather than a constructor function: the tables it fills are
 // initialised before it in this file, which nothing guarantees across files.
 struct AdoptAtLoad {
-  AdoptAtLoad() { adopt_inherited_descriptors(); }
+  AdoptAtLoad() {
+    adopt_inherited_descriptors();
+    adopt_standard_streams();
+  }
 } g_adopt_at_load;
 }  // namespace
 

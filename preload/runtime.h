@@ -363,6 +363,9 @@ void anchor_connections_for_fork();
 void hold_through_anchor(Connection* connection);
 // The preload's start in a new image: adopts every inherited descriptor.
 void adopt_inherited_descriptors();
+// Then stdin, stdout and stderr that are netaccel sockets become streams that
+// reach their connections (streams.cc): glibc's own would write the anchor.
+void adopt_standard_streams();
 // Hands the monitor B of an anchor with the message it carries; false if no
 // monitor will watch it. `may_register`: false in a vfork child.
 bool send_anchor_watch(const AnchorMessage& message, const int (&fds)[kAnchorWatchFds],

@@ -1181,17 +1181,20 @@ int intercepted_dup(int fd) {
   return copy;
 }
 
+void forget_replaced_socket(int fd) {
+  Socket* replaced = uninstall_socket(fd);
+  if (replaced == nullptr) return;
+  epoll_forget(fd, replaced, /*now_kernel=*/false);
+  release_socket(replaced);
+}
+
 int intercepted_dup3(int fd, int target, int flags) {
   if (is_internal_fd(target)) return fail(EBADF);
   SocketRef socket = lookup_socket(fd);
   if (!socket && !is_netaccel_fd(target)) return real().dup3(fd, target, flags);
   const int copy = real().dup3(fd, target, flags);
   if (copy < 0) return -1;
-  Socket* replaced = uninstall_socket(target);
-  if (replaced != nullptr) {
-    epoll_forget(target, replaced, /*now_kernel=*/false);
-    release_socket(replaced);
-  }
+  forget_replaced_socket(target);
   if (socket) install_socket(target, socket.get());
   return copy;
 }

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -541,6 +542,106 @@ CONFORMANCE_CASE(kArea, posix_spawn_dup2_socket_to_stdout, 1,
   close(pair.client);
   const Drained drained = drain(pair.server);
   say("peer read %zu bytes", drained.bytes);
+  close(pair.server);
+}
+
+CONFORMANCE_HELPER(freopen_stdout_to_file) {
+  printf("before freopen\n");
+  if (freopen(arguments.at(0).c_str(), "w", stdout) == nullptr) die("freopen");
+  printf("printf after freopen\n");
+  const char written[] = "write(1) after freopen\n";
+  if (write(STDOUT_FILENO, written, sizeof written - 1) < 0) die("write");
+  fclose(stdout);
+}
+
+CONFORMANCE_CASE(kArea, posix_spawn_socket_stdout_freopen_to_file, 1,
+                 "an image whose stdout is a socket reopens stdout on a file: what it printed "
+                 "before goes to the socket, everything after (printf, write(1)) to the file") {
+  const TcpPair pair = tcp_pair();
+  char path[] = "/tmp/conformance-freopen.XXXXXX";
+  close(static_cast<int>(require("mkstemp", mkstemp(path))));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pair.client, STDOUT_FILENO);
+  const pid_t pid = spawn_helper(helper_command("freopen_stdout_to_file", {path}), &actions);
+  posix_spawn_file_actions_destroy(&actions);
+  wait_child("helper", pid);
+  close(pair.client);
+  show_exact("peer read", pair.server, 256);
+  const int file = static_cast<int>(require("open", open(path, O_RDONLY)));
+  char contents[256] = {};
+  report("read file", read(file, contents, sizeof contents - 1));
+  say("file %s", quoted(contents).c_str());
+  close(file);
+  unlink(path);
+  close(pair.server);
+}
+
+namespace {
+// inetd: accept, fork, the connection on stdin and stdout, exec `command`;
+// the client sends `input`, shuts down writing and reads the reply to EOF.
+void serve_inetd_style(const std::vector<const char*>& command, const std::string& input) {
+  const int listener = tcp_listener();
+  const int client = tcp_connect(local_port(listener));
+  const int connection = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  const pid_t pid = require("fork", fork());
+  if (pid == 0) {
+    dup2(connection, STDIN_FILENO);
+    dup2(connection, STDOUT_FILENO);
+    close(connection);
+    close(listener);
+    close(client);
+    std::vector<char*> argv;
+    for (const char* argument : command) argv.push_back(const_cast<char*>(argument));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(connection);
+  close(listener);
+  send_text(client, input);
+  shutdown(client, SHUT_WR);
+  show_exact("client read", client, 4096);
+  wait_child("server", pid);
+  close(client);
+}
+}  // namespace
+
+CONFORMANCE_CASE(kArea, inetd_cat_echoes_connection, 1,
+                 "inetd style: cat with the connection on stdin and stdout echoes it") {
+  serve_inetd_style({"/bin/cat"}, "first line\nsecond line\n");
+}
+
+CONFORMANCE_CASE(kArea, inetd_sed_filters_connection, 1,
+                 "inetd style: sed (stdio: fdopen'd stdin, buffered stdout) filters the "
+                 "connection") {
+  serve_inetd_style({"/bin/sed", "-e", "s/o/0/g", "-e", "2q"}, "one\ntwo\nthree\n");
+}
+
+CONFORMANCE_CASE(kArea, inetd_python_upper_cases_connection, 1,
+                 "inetd style: python3 -c reads stdin to EOF and writes it back upper-cased") {
+  serve_inetd_style(
+      {"/usr/bin/python3", "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())"},
+      "python on a socket\n");
+}
+
+CONFORMANCE_CASE(kArea, posix_spawn_sed_socket_on_stdin_and_stdout, 1,
+                 "posix_spawn with dup2 actions: sed reads the socket and writes back to it, "
+                 "its stderr the socket too (unbuffered)") {
+  const TcpPair pair = tcp_pair();
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  for (const int fd : {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO}) {
+    posix_spawn_file_actions_adddup2(&actions, pair.client, fd);
+  }
+  const pid_t pid =
+      spawn_helper({"/bin/sed", "-e", "s/^/sed: /", "-e", "$w /dev/stderr"}, &actions);
+  posix_spawn_file_actions_destroy(&actions);
+  close(pair.client);
+  send_text(pair.server, "a\nb\n");
+  shutdown(pair.server, SHUT_WR);
+  show_exact("peer read", pair.server, 4096);
+  wait_child("sed", pid);
   close(pair.server);
 }
 

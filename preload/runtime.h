@@ -131,6 +131,13 @@ struct Connection {
   bool peer_aborted() const {
     return header->aborted[side ^ 1].load(std::memory_order_acquire) != 0;
   }
+  // O_NONBLOCK of the end's one open file, whichever process set it.
+  bool nonblocking() const {
+    return header->nonblocking[side].load(std::memory_order_relaxed) != 0;
+  }
+  void set_nonblocking(bool nonblocking) {
+    header->nonblocking[side].store(nonblocking ? 1 : 0, std::memory_order_relaxed);
+  }
   // Bytes a send may add now: free ring space, within what SO_SNDBUF and
   // the peer's SO_RCVBUF let the ring hold (only when one was set).
   uint32_t send_room() {
@@ -250,6 +257,8 @@ struct Socket {
   int type = SOCK_STREAM;
   int protocol = 0;
   uint64_t id = 0;
+  // O_NONBLOCK until the socket connects (a connection end's is its
+  // Connection's) and of a listener no other process may hold.
   std::atomic<bool> nonblocking{false};
   SocketState state = SocketState::kFresh;
   bool local_known = false;
@@ -286,6 +295,10 @@ struct Socket {
   // next waits for connections (accept, epoll, poll, select), so those go to
   // the processes that take them (an nginx worker, not its master).
   std::atomic<bool> listener_announced{false};
+  // Another process may hold this listener (it was forked, exec'd, spawned or
+  // passed with it, or adopted it): its O_NONBLOCK is read from the kernel
+  // listener, where every holder sets it.
+  std::atomic<bool> listener_shared{false};
   std::mutex announce_mutex;
   std::mutex backlog_mutex;
   std::deque<PendingConnection> backlog;

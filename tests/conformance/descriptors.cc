@@ -403,6 +403,26 @@ CONFORMANCE_CASE(kArea, scm_rights_pass_connected_socket, 1,
   close(pair.server);
 }
 
+CONFORMANCE_CASE(kArea, scm_rights_receiver_sets_nonblocking_seen_by_sender, 1,
+                 "O_NONBLOCK set by the process that received a socket with SCM_RIGHTS is seen "
+                 "by the sender, which kept its copy") {
+  const UnixChannel channel = unix_channel();
+  const pid_t pid = fork_child([&] {
+    const std::vector<int> fds = receive_fds(channel.far);
+    if (fds.size() != 1) die("no descriptor");
+    set_nonblocking(fds[0], true);
+    send_text(channel.far, "set");
+  });
+  // Made after the fork: the receiver holds it only through the message.
+  const TcpPair pair = tcp_pair();
+  send_fds(channel.near, {pair.client});
+  show_exact("receiver says", channel.near, 3);
+  wait_child("receiver", pid);
+  show_status_flags("sender", pair.client);
+  recv_once("sender recv", pair.client);
+  close_pair(pair);
+}
+
 CONFORMANCE_CASE(kArea, scm_rights_never_received_socket_ends, 1,
                  "a socket passed but never received goes with the channel: the peer reads EOF") {
   const TcpPair pair = tcp_pair();

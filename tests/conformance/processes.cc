@@ -1,11 +1,13 @@
 // Processes: fork, vfork, posix_spawn, exec, daemon, threads, SO_REUSEPORT.
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -262,6 +264,95 @@ CONFORMANCE_CASE(kArea, fork_nonblocking_flag_is_shared, 1,
   close_pair(pair);
 }
 
+namespace {
+void show_nonblocking(const char* label, int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) {
+    report(label, flags);
+    return;
+  }
+  say("%s O_NONBLOCK: %d", label, (flags & O_NONBLOCK) != 0);
+}
+
+// A recv that must wait: the peer sends only after a while.
+void show_recv_waits_for_late_data(const char* label, int fd, int peer) {
+  std::thread sender = in_background([peer] {
+    sleep_ms(50);
+    send_text(peer, "late");
+  });
+  recv_once(label, fd);
+  sender.join();
+}
+}  // namespace
+
+CONFORMANCE_CASE(kArea, fork_child_clears_nonblocking_parent_waits, 1,
+                 "FIONBIO 0 in a child clears O_NONBLOCK for the parent too: its recv waits") {
+  const TcpPair pair = tcp_pair();
+  set_nonblocking(pair.client, true);
+  const pid_t pid = fork_child([&] {
+    int off = 0;
+    report("child FIONBIO 0", ioctl(pair.client, FIONBIO, &off));
+  });
+  wait_child("child", pid);
+  show_nonblocking("parent", pair.client);
+  show_recv_waits_for_late_data("parent recv", pair.client, pair.server);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, accept4_nonblock_shared_with_forked_child, 1,
+                 "accept4(SOCK_NONBLOCK): a forked child sees the flag and clears it with F_SETFL "
+                 "for the parent too") {
+  const int listener = tcp_listener();
+  const int client = tcp_connect(local_port(listener));
+  const int server =
+      static_cast<int>(require("accept4", accept4(listener, nullptr, nullptr, SOCK_NONBLOCK)));
+  close(listener);
+  const pid_t pid = fork_child([&] {
+    show_nonblocking("child", server);
+    report("child F_SETFL", fcntl(server, F_SETFL, fcntl(server, F_GETFL) & ~O_NONBLOCK));
+  });
+  wait_child("child", pid);
+  show_nonblocking("parent", server);
+  show_recv_waits_for_late_data("parent recv", server, client);
+  close(client);
+  close(server);
+}
+
+CONFORMANCE_CASE(kArea, socket_nonblock_flag_shared_after_fork, 1,
+                 "socket(SOCK_NONBLOCK), connected: a forked child sees O_NONBLOCK and clears it "
+                 "for the parent too") {
+  const int listener = tcp_listener();
+  const int client =
+      static_cast<int>(require("socket", socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0)));
+  tcp_connect_result(client, local_port(listener));
+  pollfd connected{client, POLLOUT, 0};
+  require("poll", poll(&connected, 1, 5000));
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  close(listener);
+  const pid_t pid = fork_child([&] {
+    show_nonblocking("child", client);
+    report("child F_SETFL", fcntl(client, F_SETFL, fcntl(client, F_GETFL) & ~O_NONBLOCK));
+  });
+  wait_child("child", pid);
+  show_nonblocking("parent", client);
+  show_recv_waits_for_late_data("parent recv", client, server);
+  close(client);
+  close(server);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_sets_listener_nonblocking, 0,
+                 "FIONBIO 1 on a listener in a child: the parent's accept fails with EAGAIN") {
+  const int listener = tcp_listener();
+  const pid_t pid = fork_child([&] {
+    int on = 1;
+    report("child FIONBIO 1", ioctl(listener, FIONBIO, &on));
+  });
+  wait_child("child", pid);
+  show_nonblocking("parent", listener);
+  report("parent accept", accept(listener, nullptr, nullptr));
+  close(listener);
+}
+
 CONFORMANCE_CASE(kArea, fork_after_thread_child_uses_socket, 1,
                  "fork after a thread was created; the child uses the inherited socket") {
   const TcpPair pair = tcp_pair();
@@ -329,6 +420,11 @@ CONFORMANCE_HELPER(report_fd_state) {
   socklen_t length = sizeof type;
   report("SO_TYPE after exec",
          getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 ? type : -1);
+}
+
+CONFORMANCE_HELPER(set_nonblocking_on_fd) {
+  const int fd = std::stoi(arguments.at(0));
+  report("F_SETFL in the new image", fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK));
 }
 
 CONFORMANCE_HELPER(accept_and_greet) {
@@ -528,6 +624,31 @@ CONFORMANCE_CASE(kArea, posix_spawn_child_outlives_parent_copy, 1,
   recv_once("peer recv after the child exited", pair.server);
   wait_child("spawned child", pid);
   close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, posix_spawn_image_sets_nonblocking_seen_by_parent, 1,
+                 "O_NONBLOCK set by a spawned image on an inherited socket: the parent's recv "
+                 "fails with EAGAIN") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid =
+      spawn_helper(helper_command("set_nonblocking_on_fd", {std::to_string(pair.client)}), nullptr);
+  wait_child("spawned child", pid);
+  show_nonblocking("parent", pair.client);
+  recv_once("parent recv", pair.client);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, exec_image_sees_flag_changed_after_fork, 1,
+                 "O_NONBLOCK cleared after a fork had shared the socket: a spawned image sees "
+                 "it cleared") {
+  const TcpPair pair = tcp_pair();
+  set_nonblocking(pair.client, true);
+  wait_child("forked child", fork_child([] {}));
+  set_nonblocking(pair.client, false);
+  const pid_t pid =
+      spawn_helper(helper_command("report_fd_state", {std::to_string(pair.client)}), nullptr);
+  wait_child("spawned child", pid);
+  close_pair(pair);
 }
 
 CONFORMANCE_CASE(kArea, posix_spawn_dup2_socket_to_stdout, 1,

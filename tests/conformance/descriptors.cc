@@ -86,16 +86,6 @@ void show_descriptor_flags(const char* label, int fd) {
   say("%s: FD_CLOEXEC %d", label, (flags & FD_CLOEXEC) != 0);
 }
 
-void show_status_flags(const char* label, int fd) {
-  const int flags = fcntl(fd, F_GETFL);
-  if (flags < 0) {
-    report(label, flags);
-    return;
-  }
-  say("%s: accmode %d O_NONBLOCK %d O_APPEND %d", label, flags & O_ACCMODE,
-      (flags & O_NONBLOCK) != 0, (flags & O_APPEND) != 0);
-}
-
 void show_int_option(const char* label, int fd, int level, int name) {
   int value = -1;
   socklen_t length = sizeof value;

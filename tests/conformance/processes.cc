@@ -265,15 +265,6 @@ CONFORMANCE_CASE(kArea, fork_nonblocking_flag_is_shared, 1,
 }
 
 namespace {
-void show_nonblocking(const char* label, int fd) {
-  const int flags = fcntl(fd, F_GETFL);
-  if (flags < 0) {
-    report(label, flags);
-    return;
-  }
-  say("%s O_NONBLOCK: %d", label, (flags & O_NONBLOCK) != 0);
-}
-
 // A recv that must wait: the peer sends only after a while.
 void show_recv_waits_for_late_data(const char* label, int fd, int peer) {
   std::thread sender = in_background([peer] {
@@ -282,6 +273,18 @@ void show_recv_waits_for_late_data(const char* label, int fd, int peer) {
   });
   recv_once(label, fd);
   sender.join();
+}
+
+// A forked child finds `fd` non-blocking and clears the flag with F_SETFL:
+// the parent finds it cleared, and its recv waits for `peer`'s data.
+void show_child_clears_nonblocking(int fd, int peer) {
+  const pid_t pid = fork_child([&] {
+    show_status_flags("child", fd);
+    report("child F_SETFL", fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK));
+  });
+  wait_child("child", pid);
+  show_status_flags("parent", fd);
+  show_recv_waits_for_late_data("parent recv", fd, peer);
 }
 }  // namespace
 
@@ -294,7 +297,7 @@ CONFORMANCE_CASE(kArea, fork_child_clears_nonblocking_parent_waits, 1,
     report("child FIONBIO 0", ioctl(pair.client, FIONBIO, &off));
   });
   wait_child("child", pid);
-  show_nonblocking("parent", pair.client);
+  show_status_flags("parent", pair.client);
   show_recv_waits_for_late_data("parent recv", pair.client, pair.server);
   close_pair(pair);
 }
@@ -307,13 +310,7 @@ CONFORMANCE_CASE(kArea, accept4_nonblock_shared_with_forked_child, 1,
   const int server =
       static_cast<int>(require("accept4", accept4(listener, nullptr, nullptr, SOCK_NONBLOCK)));
   close(listener);
-  const pid_t pid = fork_child([&] {
-    show_nonblocking("child", server);
-    report("child F_SETFL", fcntl(server, F_SETFL, fcntl(server, F_GETFL) & ~O_NONBLOCK));
-  });
-  wait_child("child", pid);
-  show_nonblocking("parent", server);
-  show_recv_waits_for_late_data("parent recv", server, client);
+  show_child_clears_nonblocking(server, client);
   close(client);
   close(server);
 }
@@ -329,13 +326,7 @@ CONFORMANCE_CASE(kArea, socket_nonblock_flag_shared_after_fork, 1,
   require("poll", poll(&connected, 1, 5000));
   const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
   close(listener);
-  const pid_t pid = fork_child([&] {
-    show_nonblocking("child", client);
-    report("child F_SETFL", fcntl(client, F_SETFL, fcntl(client, F_GETFL) & ~O_NONBLOCK));
-  });
-  wait_child("child", pid);
-  show_nonblocking("parent", client);
-  show_recv_waits_for_late_data("parent recv", client, server);
+  show_child_clears_nonblocking(client, server);
   close(client);
   close(server);
 }
@@ -348,7 +339,7 @@ CONFORMANCE_CASE(kArea, fork_child_sets_listener_nonblocking, 0,
     report("child FIONBIO 1", ioctl(listener, FIONBIO, &on));
   });
   wait_child("child", pid);
-  show_nonblocking("parent", listener);
+  show_status_flags("parent", listener);
   report("parent accept", accept(listener, nullptr, nullptr));
   close(listener);
 }
@@ -633,7 +624,7 @@ CONFORMANCE_CASE(kArea, posix_spawn_image_sets_nonblocking_seen_by_parent, 1,
   const pid_t pid =
       spawn_helper(helper_command("set_nonblocking_on_fd", {std::to_string(pair.client)}), nullptr);
   wait_child("spawned child", pid);
-  show_nonblocking("parent", pair.client);
+  show_status_flags("parent", pair.client);
   recv_once("parent recv", pair.client);
   close_pair(pair);
 }

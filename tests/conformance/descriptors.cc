@@ -397,7 +397,9 @@ CONFORMANCE_CASE(kArea, scm_rights_receiver_sets_nonblocking_seen_by_sender, 1,
                  "O_NONBLOCK set by the process that received a socket with SCM_RIGHTS is seen "
                  "by the sender, which kept its copy") {
   const UnixChannel channel = unix_channel();
+  Baton sent;  // keeps the two processes' transcript lines in order
   const pid_t pid = fork_child([&] {
+    sent.wait();
     const std::vector<int> fds = receive_fds(channel.far);
     if (fds.size() != 1) die("no descriptor");
     set_nonblocking(fds[0], true);
@@ -406,6 +408,7 @@ CONFORMANCE_CASE(kArea, scm_rights_receiver_sets_nonblocking_seen_by_sender, 1,
   // Made after the fork: the receiver holds it only through the message.
   const TcpPair pair = tcp_pair();
   send_fds(channel.near, {pair.client});
+  sent.pass();
   show_exact("receiver says", channel.near, 3);
   wait_child("receiver", pid);
   show_status_flags("sender", pair.client);

@@ -104,9 +104,7 @@ namespace {
 
 // exit(), not _exit(): what this process held of shared connections goes.
 __attribute__((destructor)) void leave_connections() {
-  // glibc flushes its streams only after every library's destructor: those
-  // on netaccel sockets must go while their connections are still ours.
-  fflush(nullptr);
+  netaccel::preload::flush_socket_streams_at_exit();
   netaccel::preload::leave_connections_at_exit();
 }
 

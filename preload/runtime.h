@@ -379,6 +379,9 @@ void adopt_inherited_descriptors();
 // Then stdin, stdout and stderr that are netaccel sockets become streams that
 // reach their connections (streams.cc): glibc's own would write the anchor.
 void adopt_standard_streams();
+// exit(): glibc flushes its streams only after every library's destructor,
+// when our connections are no longer ours; streams on sockets go first.
+void flush_socket_streams_at_exit();
 // Hands the monitor B of an anchor with the message it carries; false if no
 // monitor will watch it. `may_register`: false in a vfork child.
 bool send_anchor_watch(const AnchorMessage& message, const int (&fds)[kAnchorWatchFds],

@@ -183,4 +183,11 @@ void adopt_standard_streams() {
   }
 }
 
+void flush_socket_streams_at_exit() {
+  // Without the streams' locks, as glibc's own flush at exit: a thread
+  // blocked reading one (holding its lock) must not hang the exit.
+  std::lock_guard lock(g_streams_mutex);
+  for (SocketStream* stream : streams()) fflush_unlocked(stream->file);
+}
+
 }  // namespace netaccel::preload

@@ -2268,21 +2268,18 @@ CONFORMANCE_CASE(kArea, stdio_errors_on_socket_stream, 1,
   signal(SIGPIPE, SIG_DFL);
 }
 
-CONFORMANCE_CASE(kArea, stdio_stream_flushed_at_exit, 1,
-                 "a child's socket stream left unflushed is flushed by exit(); the peer reads it, "
-                 "then EOF") {
-  const int listener = tcp_listener();
+namespace {
+// A child connects to `listener` (announced first: a forked listener waits
+// to be) and runs `use` on the connection, a connection of its own, so that
+// its exit ends it; the parent prints what it reads, to EOF.
+void show_child_connection_at_exit(int listener, const std::function<void(int)>& use) {
   const uint16_t port = local_port(listener);
   Baton listening;
-  // The connection is the child's alone, so that its exit ends it.
   const pid_t pid = fork_child([&] {
     close(listener);
     listening.wait();
-    FILE* stream = fdopen(tcp_connect(port), "w");
-    if (stream == nullptr) die("fdopen");
-    fputs("flushed by exit", stream);
+    use(tcp_connect(port));
   });
-  // Waiting for connections on the forked listener announces it again.
   pollfd waiting{listener, POLLIN, 0};
   poll(&waiting, 1, 0);
   listening.pass();
@@ -2291,6 +2288,33 @@ CONFORMANCE_CASE(kArea, stdio_stream_flushed_at_exit, 1,
   wait_child("child", pid);
   show_exact("peer read", server, 64);
   close(server);
+}
+}  // namespace
+
+CONFORMANCE_CASE(kArea, stdio_stream_flushed_at_exit, 1,
+                 "a child's socket stream left unflushed is flushed by exit(); the peer reads it, "
+                 "then EOF") {
+  show_child_connection_at_exit(tcp_listener(), [](int fd) {
+    FILE* stream = fdopen(fd, "w");
+    if (stream == nullptr) die("fdopen");
+    fputs("flushed by exit", stream);
+  });
+}
+
+CONFORMANCE_CASE(kArea, stdio_exit_while_a_thread_reads_a_stream, 1,
+                 "exit() while another thread is blocked in fgets on a socket stream (holding its "
+                 "lock): the unflushed output still goes, and the exit does not hang") {
+  show_child_connection_at_exit(tcp_listener(), [](int fd) {
+    FILE* in = fdopen(fd, "r");
+    FILE* out = fdopen(dup(fd), "w");
+    if (in == nullptr || out == nullptr) die("fdopen");
+    std::thread([in] {
+      char line[16];
+      fgets(line, sizeof line, in);
+    }).detach();
+    sleep_ms(50);
+    fputs("flushed past a reader", out);
+  });
 }
 
 }  // namespace conformance

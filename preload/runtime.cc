@@ -148,6 +148,7 @@ void Socket::reset() {
   listen_backlog = 0;
   listen_v6only = false;
   listener_announced.store(false, std::memory_order_relaxed);
+  listener_shared.store(false, std::memory_order_relaxed);
   backlog.clear();
 }
 
@@ -1376,6 +1377,7 @@ void reset_link_in_child() {
     listener->channels.clear();
     listener->backlog.clear();
     listener->listener_announced.store(false, std::memory_order_relaxed);
+    listener->listener_shared.store(true, std::memory_order_relaxed);
   }
   MonitorLink& l = link();
   new (&l.mutex) std::mutex;
@@ -1395,6 +1397,7 @@ void withdraw_listeners_after_fork() {
   {
     std::lock_guard listeners(g_listeners_mutex);
     for (const auto& [id, listener] : g_listeners) {
+      listener->listener_shared.store(true, std::memory_order_relaxed);
       if (listener->listener_announced.exchange(false, std::memory_order_acq_rel)) {
         listener->references.fetch_add(1, std::memory_order_relaxed);
         announced.push_back(listener);
@@ -1557,7 +1560,10 @@ namespace {
 // object rather than a constructor function: the tables it fills are
 // initialised before it in this file, which nothing guarantees across files.
 struct AdoptAtLoad {
-  AdoptAtLoad() { adopt_inherited_descriptors(); }
+  AdoptAtLoad() {
+    adopt_inherited_descriptors();
+    adopt_standard_streams();
+  }
 } g_adopt_at_load;
 }  // namespace
 

@@ -192,7 +192,7 @@ inline constexpr uint32_t kEventSlots = 1024;
 enum ConnectionSide : uint32_t { kClientSide = 0, kServerSide = 1 };
 
 inline constexpr uint32_t kSegmentMagic = 0x4e414353;  // "NACS"
-inline constexpr uint32_t kSegmentVersion = 3;
+inline constexpr uint32_t kSegmentVersion = 4;
 inline constexpr uint32_t kDefaultRingBytes = 256 * 1024;
 
 struct ConnectionSegmentHeader {
@@ -205,27 +205,37 @@ struct ConnectionSegmentHeader {
   // Set when side i aborted (closed with unread data, or died): the other
   // side's reads and writes fail with ECONNRESET.
   alignas(kFalseSharingRange) std::atomic<uint32_t> aborted[2];
-  // Processes holding side i: a fork shares every connection end with the
-  // child, and only the last holder's close (or death) ends it, as with a
-  // kernel socket shared by two processes.
-  std::atomic<uint32_t> holders[2];
-  // Set when the process the monitor knows as side i's owner let go of its
-  // share while a forked process still holds it: the owner's death then
-  // leaves the end alone.
-  std::atomic<uint32_t> owner_left[2];
-  // Set when the server end was accepted. A server end that dies queued,
-  // never accepted, goes to another listener (a closed listener's queue).
-  std::atomic<uint32_t> accepted;
+  // Side i's O_NONBLOCK (1 when set). It belongs to the open file
+  // description, and a connection end has exactly one, which dup, fork, exec
+  // and SCM_RIGHTS only duplicate: kept here, a change made by any process
+  // holding the end is seen by all, as the kernel's F_SETFL on the shared
+  // file is. Beside `aborted` (the same cache line), which every send and
+  // receive reads already.
+  std::atomic<uint32_t> nonblocking[2];
   // What ring i may hold, as the kernel would buffer it: side i's SO_SNDBUF
   // (high half) and side i ^ 1's SO_RCVBUF (low half), each as getsockopt
   // reports it, 0 when unset. Beside `aborted`, which every send reads.
   std::atomic<uint64_t> ring_buffers[2];
+  // Processes holding side i: a fork shares every connection end with the
+  // child, and only the last holder's close (or death) ends it, as with a
+  // kernel socket shared by two processes.
+  std::atomic<uint32_t> holders[2];
+  // Set when the server end was accepted. A server end that dies queued,
+  // never accepted, goes to another listener (a closed listener's queue).
+  std::atomic<uint32_t> accepted;
   // TCP urgent data side i sent (MSG_OOB): kUrgentPending with the byte until
   // the peer reads it out of band, kUrgentRead after; 0 when none was sent.
   // The byte stays out of the ring; urgent_mark[i] is where it stood in it.
   std::atomic<uint32_t> urgent[2];
   std::atomic<uint32_t> urgent_mark[2];
+  // Set when the process the monitor knows as side i's owner let go of its
+  // share while a forked process still holds it: the owner's death then
+  // leaves the end alone.
+  std::atomic<uint32_t> owner_left[2];
 };
+// The fields every send and receive reads share one cache line.
+static_assert(offsetof(ConnectionSegmentHeader, ring_buffers) + sizeof(uint64_t[2]) <=
+              offsetof(ConnectionSegmentHeader, aborted) + 64);
 static_assert(sizeof(ConnectionSegmentHeader) == 2 * kFalseSharingRange);
 
 // The bytes ring `capacity` may hold under `ring_buffers` (see above): each
@@ -267,7 +277,7 @@ inline constexpr std::size_t connection_segment_bytes(uint32_t ring_capacity) {
 // it closes it when the listener or either process goes, and then consumes
 // what is left on the accept queue.
 inline constexpr uint32_t kChannelMagic = 0x4e414348;  // "NACH"
-inline constexpr uint32_t kChannelVersion = 1;
+inline constexpr uint32_t kChannelVersion = 2;         // its slots hold segments of kSegmentVersion
 // Each slot costs both processes two eventfds, so a channel stays small.
 inline constexpr uint32_t kChannelSlots = 16;
 static_assert(2 + 2 * kChannelSlots <= kMaxPassedFds);
@@ -363,14 +373,14 @@ inline ConnectionSegmentHeader* layout_connection_segment(void* base, uint64_t c
 // closes (an exit, a SIGKILL, a message never received), B hangs up and the
 // monitor lets the share go, closing the end if it was the last.
 inline constexpr uint32_t kAnchorMagic = 0x4e41414e;  // "NAAN"
-inline constexpr uint32_t kAnchorVersion = 1;
+inline constexpr uint32_t kAnchorVersion = 2;
 // AnchorMessage::channel_slot of a segment of its own (not a channel's slot).
 inline constexpr uint32_t kAnchorNoSlot = 0xffffffff;
 
+// O_NONBLOCK is not among them: it lives in the segment header.
 enum AnchorFlags : uint32_t {
-  kAnchorNonblocking = 1 << 0,
-  kAnchorReadShut = 1 << 1,
-  kAnchorWriteShut = 1 << 2,
+  kAnchorReadShut = 1 << 0,
+  kAnchorWriteShut = 1 << 1,
 };
 
 // A socket option set on the socket, replayed by whoever adopts it.

@@ -382,6 +382,9 @@ void adopt_inherited_descriptors();
 // Then stdin, stdout and stderr that are netaccel sockets become streams that
 // reach their connections (streams.cc): glibc's own would write the anchor.
 void adopt_standard_streams();
+// A connected netaccel socket was dup'd onto `fd` (0, 1 or 2): glibc's
+// stream there becomes a socket stream, taking over what it buffered.
+void take_over_standard_stream(int fd);
 // exit(): glibc flushes its streams only after every library's destructor,
 // when our connections are no longer ours; streams on sockets go first.
 void flush_socket_streams_at_exit();

@@ -1201,10 +1201,21 @@ int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* 
   return 0;
 }
 
+namespace {
+// `copy` is a new descriptor of `socket`; at 0, 1 or 2 (inetd's dup2, or
+// close then dup) glibc's stdin, stdout or stderr must reach the connection.
+void install_duplicate(int copy, Socket* socket) {
+  install_socket(copy, socket);
+  if (copy <= STDERR_FILENO && socket->state == SocketState::kConnected) {
+    take_over_standard_stream(copy);
+  }
+}
+}  // namespace
+
 int intercepted_dup(int fd) {
   SocketRef socket = lookup_socket(fd);
   const int copy = real().dup(fd);
-  if (copy >= 0 && socket) install_socket(copy, socket.get());
+  if (copy >= 0 && socket) install_duplicate(copy, socket.get());
   return copy;
 }
 
@@ -1222,7 +1233,7 @@ int intercepted_dup3(int fd, int target, int flags) {
   const int copy = real().dup3(fd, target, flags);
   if (copy < 0) return -1;
   forget_replaced_socket(target);
-  if (socket) install_socket(target, socket.get());
+  if (socket) install_duplicate(target, socket.get());
   return copy;
 }
 
@@ -1249,7 +1260,7 @@ int netaccel_fcntl(int fd, int command, unsigned long argument) {
     case F_DUPFD:
     case F_DUPFD_CLOEXEC: {
       const int copy = real().fcntl(fd, command, argument);
-      if (copy >= 0) install_socket(copy, socket.get());
+      if (copy >= 0) install_duplicate(copy, socket.get());
       return copy;
     }
     default:

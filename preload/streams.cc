@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -162,25 +163,64 @@ FILE* intercepted_freopen(const char* path, const char* mode, FILE* file) {
   return reopened;
 }
 
+namespace {
+
+struct Standard {
+  FILE** global;
+  const char* mode;
+};
+// Indexed by descriptor.
+const Standard kStandard[] = {{&stdin, "r"}, {&stdout, "w"}, {&stderr, "w"}};
+// glibc's own stdin, stdout and stderr, as the image started.
+FILE* g_glibc_standard[3];
+
+// `stream` stands in for glibc's standard stream at `fd` from now on.
+void stand_in(int fd, SocketStream* stream) {
+  const Standard& standard = kStandard[fd];
+  stream->standard = standard.global;
+  stream->replaced = *standard.global;
+  *standard.global = stream->file;
+}
+
+}  // namespace
+
 void adopt_standard_streams() {
-  struct Standard {
-    int fd;
-    FILE** global;
-    const char* mode;
-  };
-  const Standard standard[] = {
-      {STDIN_FILENO, &stdin, "r"}, {STDOUT_FILENO, &stdout, "w"}, {STDERR_FILENO, &stderr, "w"}};
-  for (const Standard& candidate : standard) {
-    SocketRef socket = lookup_socket(candidate.fd);
+  for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; ++fd) {
+    g_glibc_standard[fd] = *kStandard[fd].global;
+    SocketRef socket = lookup_socket(fd);
     if (!socket || socket->state != SocketState::kConnected) continue;
-    SocketStream* stream = open_stream(candidate.fd, candidate.mode);
+    SocketStream* stream = open_stream(fd, kStandard[fd].mode);
     if (stream == nullptr) continue;
     // As glibc's own: stdin and stdout on a socket fully buffered, stderr never.
-    if (candidate.fd == STDERR_FILENO) setvbuf(stream->file, nullptr, _IONBF, 0);
-    stream->standard = candidate.global;
-    stream->replaced = *candidate.global;
-    *candidate.global = stream->file;
+    if (fd == STDERR_FILENO) setvbuf(stream->file, nullptr, _IONBF, 0);
+    stand_in(fd, stream);
   }
+}
+
+void take_over_standard_stream(int fd) {
+  FILE* own = g_glibc_standard[fd];
+  // Ours already, or one the program chose; a vfork child runs in its
+  // parent's memory and must not touch its streams.
+  if (*kStandard[fd].global != own || !holder_process()) return;
+  // What glibc's stream would still do with the socket must carry over:
+  // pending output moves, but input it holds, an EOF or an error it
+  // remembers would not; the stream then stays glibc's.
+  const bool holds_input = __freading(own) && own->_IO_read_ptr < own->_IO_read_end;
+  if (holds_input || feof(own) || ferror(own)) return;
+  SocketStream* stream = open_stream(fd, kStandard[fd].mode);
+  if (stream == nullptr) return;
+  // The buffering glibc's stream has, or would take on a socket.
+  const size_t own_buffer = __fbufsize(own);
+  if (__flbf(own)) {
+    setvbuf(stream->file, nullptr, _IOLBF, 0);
+  } else if (own_buffer == 1 || (own_buffer == 0 && fd == STDERR_FILENO)) {
+    setvbuf(stream->file, nullptr, _IONBF, 0);
+  }
+  if (const size_t pending = __fpending(own)) {
+    fwrite(own->_IO_write_base, 1, pending, stream->file);
+    __fpurge(own);
+  }
+  stand_in(fd, stream);
 }
 
 void flush_socket_streams_at_exit() {

@@ -760,6 +760,40 @@ CONFORMANCE_CASE(kArea, posix_spawn_sed_socket_on_stdin_and_stdout, 1,
   close(pair.server);
 }
 
+CONFORMANCE_CASE(kArea, fork_child_dup2_socket_onto_stdout_then_printf, 1,
+                 "a forked child dup2s the socket onto stdout and prints without exec: what "
+                 "stdout buffered before and after goes to the peer") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid = fork_child([&] {
+    printf("buffered before dup2\n");
+    dup2(pair.client, STDOUT_FILENO);
+    printf("printf after dup2\n");
+  });
+  wait_child("child", pid);
+  close(pair.client);
+  show_exact("peer read", pair.server, 128);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_close_then_dup_socket_onto_stdin, 1,
+                 "a forked child closes stdin and dups the socket into its place: fgets and fread "
+                 "on stdin read the connection") {
+  const TcpPair pair = tcp_pair();
+  send_text(pair.server, "a line\nthe rest");
+  shutdown(pair.server, SHUT_WR);
+  const pid_t pid = fork_child([&] {
+    close(STDIN_FILENO);
+    if (dup(pair.client) != STDIN_FILENO) die("dup onto stdin");
+    char line[32] = {};
+    say("fgets: %s", quoted(fgets(line, sizeof line, stdin) != nullptr ? line : "NULL").c_str());
+    char rest[32] = {};
+    const size_t got = fread(rest, 1, sizeof rest - 1, stdin);
+    say("fread: %zu %s feof %d", got, quoted(rest).c_str(), feof(stdin) != 0);
+  });
+  wait_child("child", pid);
+  close_pair(pair);
+}
+
 CONFORMANCE_CASE(kArea, shell_redirects_to_socket, 1,
                  "a shell command writes to the socket through its inherited stdout") {
   const TcpPair pair = tcp_pair();

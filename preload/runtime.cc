@@ -152,6 +152,16 @@ void Socket::reset() {
   backlog.clear();
 }
 
+namespace {
+// Over loopback the kernel's connect takes microseconds; ours as long as a
+// channel claim or a monitor round trip.
+void wait_for_other_threads_connect(Socket* socket) {
+  const uintptr_t connecting = socket->connecting_thread.load(std::memory_order_acquire);
+  if (connecting == 0 || connecting == static_cast<uintptr_t>(pthread_self())) return;
+  while (socket->connecting_thread.load(std::memory_order_acquire) != 0) sched_yield();
+}
+}  // namespace
+
 SocketRef lookup_socket(int fd) {
   if (fd < 0 || fd >= kMaxFds) return SocketRef();
   std::atomic<Socket*>& slot = sockets()[fd];
@@ -163,7 +173,10 @@ SocketRef lookup_socket(int fd) {
     if (socket == nullptr) return SocketRef();
     socket->references.fetch_add(1, std::memory_order_acquire);
     // The slot may have changed between the load and the increment.
-    if (slot.load(std::memory_order_acquire) == socket) return SocketRef(socket, true);
+    if (slot.load(std::memory_order_acquire) == socket) {
+      wait_for_other_threads_connect(socket);
+      return SocketRef(socket, true);
+    }
     release_socket(socket);
   }
 }

@@ -254,7 +254,12 @@ struct SavedOption {
 };
 
 struct Socket {
-  std::atomic<int> references{0};   // table slots + calls in progress
+  std::atomic<int> references{0};  // table slots + calls in progress
+  // The thread (pthread_self) whose connect is setting this socket up over
+  // netaccel, or 0. The server may accept before that connect returns,
+  // while the kernel's client is connected by the time accept returns: the
+  // other threads' calls wait for it (lookup_socket).
+  std::atomic<uintptr_t> connecting_thread{0};
   std::atomic<int> descriptors{0};  // table slots: the open file's descriptors
   int domain = AF_INET;
   int type = SOCK_STREAM;

@@ -989,6 +989,10 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   Event reply{};
   Connection* connection = nullptr;
   if (inet && destination.port != 0) {
+    if (g_multithreaded.load(std::memory_order_relaxed)) {
+      socket->connecting_thread.store(static_cast<uintptr_t>(pthread_self()),
+                                      std::memory_order_relaxed);
+    }
     // A socket bound to an address of its own needs the monitor to check it.
     if (socket->state == SocketState::kFresh) {
       connection = channel_connect(destination, reply.local, reply.peer);
@@ -999,6 +1003,7 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
     }
   }
   if (connection == nullptr) {
+    socket->connecting_thread.store(0, std::memory_order_release);
     // Not a netaccel peer: exactly what the kernel would do.
     if (fall_back_to_kernel(fd, socket.get()) != 0) return -1;
     return real().connect(fd, address, length);
@@ -1011,6 +1016,7 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
   socket->state = SocketState::kConnected;
   apply_buffer_sizes(socket.get());
   epoll_connected(socket.get());
+  socket->connecting_thread.store(0, std::memory_order_release);
   if (socket->nonblocking.load(std::memory_order_relaxed)) {
     // Like a kernel connect over loopback: in progress now, writable at once.
     socket->connect_pending = true;

@@ -33,8 +33,10 @@ uint32_t socket_readiness(Socket* socket, uint32_t wanted) {
   }
   Connection* c = socket->connection;
   uint32_t ready = 0;
-  const bool aborted = c->peer_aborted();
   const bool eof = c->rx.control().writer_closed.load(std::memory_order_acquire) != 0;
+  // An abort closes the ring after it (protocol.h): while the ring is open
+  // the header's line need not be read.
+  const bool aborted = eof && c->peer_aborted();
   // The ring indices are the lines the peer keeps writing: only what the
   // caller asks for is read (an event loop polls its sets in a tight spin).
   if (eof || aborted || socket->read_shut ||

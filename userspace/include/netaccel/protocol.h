@@ -190,7 +190,9 @@ struct ConnectionSegmentHeader {
   // This block is a connection's state: each new connection in the segment
   // starts it zeroed but for `holders` (relayout_connection_segment).
   // Set when side i aborted (closed with unread data, or died): the other
-  // side's reads and writes fail with ECONNRESET.
+  // side's reads and writes fail with ECONNRESET. Whoever sets it then
+  // closes ring i (writer_closed, with release): a reader that finds ring i
+  // open may take side i as not aborted (readiness scans read less so).
   alignas(kFalseSharingRange) std::atomic<uint32_t> aborted[2];
   // Processes holding side i: a fork shares every connection end with the
   // child, and only the last holder's close (or death) ends it, as with a

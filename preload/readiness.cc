@@ -33,8 +33,10 @@ uint32_t socket_readiness(Socket* socket, uint32_t wanted) {
   }
   Connection* c = socket->connection;
   uint32_t ready = 0;
-  const bool aborted = c->peer_aborted();
   const bool eof = c->rx.control().writer_closed.load(std::memory_order_acquire) != 0;
+  // An abort closes the ring after it (protocol.h): while the ring is open
+  // the header's line need not be read.
+  const bool aborted = eof && c->peer_aborted();
   // The ring indices are the lines the peer keeps writing: only what the
   // caller asks for is read (an event loop polls its sets in a tight spin).
   if (eof || aborted || socket->read_shut ||
@@ -42,8 +44,9 @@ uint32_t socket_readiness(Socket* socket, uint32_t wanted) {
     ready |= EPOLLIN | EPOLLRDNORM;
   }
   if (eof) ready |= EPOLLRDHUP;
-  if (socket->write_shut || ((wanted & (EPOLLOUT | EPOLLWRNORM)) && c->send_room() != 0) ||
-      c->tx.control().reader_closed.load(std::memory_order_acquire)) {
+  if ((wanted & (EPOLLOUT | EPOLLWRNORM)) &&
+      (socket->write_shut || c->send_room() != 0 ||
+       c->tx.control().reader_closed.load(std::memory_order_acquire))) {
     ready |= EPOLLOUT | EPOLLWRNORM;
   }
   if ((eof || socket->read_shut) && socket->write_shut) ready |= EPOLLHUP;
@@ -280,9 +283,10 @@ int collect_ready(EpollSet* set, struct epoll_event* out, int capacity) {
   const std::size_t count = set->members.size();
   if (count == 0 || capacity <= 0) return 0;
   int found = 0;
-  const std::size_t start = set->rotation++ % count;  // no member starves another
+  std::size_t index = set->rotation++ % count;  // no member starves another
   for (std::size_t step = 0; step < count && found < capacity; ++step) {
-    EpollMember& member = set->members[(start + step) % count];
+    EpollMember& member = set->members[index];
+    if (++index == count) index = 0;  // a division per member showed in scans of 25
     if (member.disarmed) continue;
     const uint32_t report = member_report(member, true, 0);
     if (report == 0) continue;

@@ -1205,7 +1205,7 @@ Connection* claim_channel_slot(Channel* channel, const InetAddress& destination,
     }
     auto* base = static_cast<unsigned char*>(channel->mapping.get());
     const uint64_t number = ++channel->connections;
-    layout_connection_segment(
+    relayout_connection_segment(
         base + channel->slot_offset + std::size_t{slot} * channel->slot_bytes,
         kDirectConnectionBit | channel->channel_id << 24 | (number & 0xffffff),
         channel->ring_capacity);

@@ -1,6 +1,6 @@
 // ByteRing: single-process behaviour (wrap-around, partial writes and reads,
-// peek, discard, iovecs, layout validation) and a cross-process stress test
-// over a memfd shared by a forked producer and the test process as consumer.
+// peek, discard, iovecs, layout validation, reopening for a new connection) and a cross-process
+// stress test over a memfd shared by a forked producer and the test process as consumer.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "netaccel/byte_ring.h"
+#include "netaccel/protocol.h"
 #include "netaccel/shm.h"
 #include "test_support.h"
 
@@ -344,6 +345,108 @@ TEST_F(ByteRingTest, FlagsStartClearedAndLiveOffTheHotLines) {
   EXPECT_EQ(control.writer_closed.load(), 0u);
   EXPECT_EQ(control.reader_closed.load(), 0u);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(&control) % kFalseSharingRange, 0u);
+}
+
+TEST_F(ByteRingTest, ReopenEmptiesAClosedRingAndKeepsItsIndicesRunning) {
+  SharedRing shared(64);
+  ByteRing ring = shared.ring();
+  const auto in = pattern(40);
+  ASSERT_EQ(ring.write(in.data(), in.size()), 40u);
+  std::vector<unsigned char> out(40);
+  ASSERT_EQ(ring.read(out.data(), 10), 10u);  // 30 bytes left unread
+  ByteRingControl& control = shared.control();
+  control.reader_waiting.store(1);
+  control.writer_waiting.store(1);
+  control.writer_closed.store(1);
+  control.reader_closed.store(1);
+
+  byte_ring_reopen(shared.mapping.get(), 64);
+  EXPECT_TRUE(byte_ring_valid(shared.mapping.get(), shared.bytes));
+  EXPECT_EQ(control.reader_waiting.load(), 0u);
+  EXPECT_EQ(control.writer_waiting.load(), 0u);
+  EXPECT_EQ(control.writer_closed.load(), 0u);
+  EXPECT_EQ(control.reader_closed.load(), 0u);
+  EXPECT_EQ(control.tail.load(), 10u) << "the indices run on";
+  ByteRing reopened = shared.ring();
+  EXPECT_EQ(reopened.unread(), 0u);
+  EXPECT_EQ(reopened.readable(), 0u) << "no cached head ahead of the tail";
+  EXPECT_EQ(reopened.writable(), 64u);
+  ASSERT_EQ(reopened.write(in.data(), in.size()), 40u);
+  ASSERT_EQ(reopened.read(out.data(), out.size()), 40u);
+  EXPECT_EQ(out, in) << "a stream through the reopened ring, across its end";
+}
+
+TEST_F(ByteRingTest, ReopenInitialisesMemoryThatHoldsNoSuchRing) {
+  SharedRing shared(64, 64);
+  ByteRing small = shared.ring();
+  const auto in = pattern(20);
+  ASSERT_EQ(small.write(in.data(), in.size()), 20u);
+  byte_ring_reopen(shared.mapping.get(), 128);  // another capacity
+  EXPECT_TRUE(byte_ring_valid(shared.mapping.get(), shared.bytes));
+  EXPECT_EQ(shared.control().capacity, 128u);
+  EXPECT_EQ(shared.control().head.load(), 0u);
+  EXPECT_EQ(shared.control().tail.load(), 0u);
+
+  std::memset(shared.mapping.get(), 0xa5, shared.bytes);  // no ring at all
+  byte_ring_reopen(shared.mapping.get(), 64);
+  EXPECT_TRUE(byte_ring_valid(shared.mapping.get(), shared.bytes));
+  EXPECT_EQ(shared.ring().unread(), 0u);
+  EXPECT_EQ(shared.control().reader_closed.load(), 0u);
+}
+
+// A connection segment (protocol.h) is a header over two of these rings; a
+// channel's client lays out a slot anew for each connection.
+TEST_F(ByteRingTest, RelayoutStartsANewConnectionInAUsedSegment) {
+  constexpr uint32_t kCapacity = 4096;
+  const std::size_t bytes = connection_segment_bytes(kCapacity);
+  UniqueFd fd(create_shared_memory("test_byte_ring", bytes));
+  ASSERT_TRUE(fd);
+  SharedMapping mapping = map_shared(fd.get(), bytes);
+  ASSERT_TRUE(mapping);
+  auto* base = static_cast<unsigned char*>(mapping.get());
+  std::memset(base, 0xa5, bytes);  // never laid out: gets the full layout
+  ConnectionSegmentHeader* header = relayout_connection_segment(base, 1, kCapacity);
+  ByteRing client(base + header->ring_offset[kClientSide]);
+  ByteRing server(base + header->ring_offset[kServerSide]);
+  EXPECT_EQ(header->aborted[kServerSide].load(), 0u);
+  EXPECT_EQ(header->holders[kClientSide].load(), 1u);
+  EXPECT_EQ(client.unread(), 0u);
+  EXPECT_EQ(server.control().reader_closed.load(), 0u);
+
+  // The first connection ends with unread data, an abort and options set.
+  const auto in = pattern(100);
+  ASSERT_EQ(client.write(in.data(), in.size()), 100u);
+  header->aborted[kServerSide].store(1);
+  header->holders[kClientSide].store(0);
+  header->holders[kServerSide].store(0);
+  header->owner_left[kClientSide].store(1);
+  header->accepted.store(1);
+  header->ring_buffers[kClientSide].store(123);
+  header->urgent[kClientSide].store(kUrgentRead | 'x');
+  header->urgent_mark[kClientSide].store(7);
+  client.control().writer_closed.store(1);
+  server.control().reader_closed.store(1);
+
+  ASSERT_EQ(relayout_connection_segment(base, 2, kCapacity), header);
+  EXPECT_EQ(header->connection_id, 2u);
+  for (uint32_t side : {kClientSide, kServerSide}) {
+    EXPECT_EQ(header->aborted[side].load(), 0u);
+    EXPECT_EQ(header->holders[side].load(), 1u);
+    EXPECT_EQ(header->owner_left[side].load(), 0u);
+    EXPECT_EQ(header->ring_buffers[side].load(), 0u);
+    EXPECT_EQ(header->urgent[side].load(), 0u);
+    EXPECT_EQ(header->urgent_mark[side].load(), 0u);
+  }
+  EXPECT_EQ(header->accepted.load(), 0u);
+  EXPECT_TRUE(byte_ring_valid(base + header->ring_offset[kClientSide],
+                              bytes - header->ring_offset[kClientSide]));
+  EXPECT_EQ(client.unread(), 0u) << "the old connection's bytes are gone";
+  EXPECT_EQ(client.control().writer_closed.load(), 0u);
+  EXPECT_EQ(server.control().reader_closed.load(), 0u);
+  std::vector<unsigned char> out(100);
+  ASSERT_EQ(client.write(in.data(), in.size()), 100u);
+  ASSERT_EQ(client.read(out.data(), out.size()), 100u);
+  EXPECT_EQ(out, in);
 }
 
 // ---------------------------------------------------------------------------

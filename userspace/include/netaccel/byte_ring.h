@@ -65,6 +65,32 @@ inline void byte_ring_init(void* memory, uint32_t capacity) {
   control->data_offset = sizeof(ByteRingControl);
 }
 
+// Empties a ring that carried an earlier stream and opens it again, writing
+// only the lines whose contents change: a line the other process still
+// caches from that stream stays valid (a channel's slot is laid out anew for
+// every connection, and the accepting process's misses on it bound the
+// connect rate). The indices run on from where they stood; they are
+// rewritten only when the ring was left unread or a cached copy lags. Memory
+// that holds no ring of `capacity` is initialised as byte_ring_init does.
+// The caller owns the ring: neither end may be using it.
+inline void byte_ring_reopen(void* memory, uint32_t capacity) {
+  auto* control = static_cast<ByteRingControl*>(memory);
+  if (control->magic != kByteRingMagic || control->version != kByteRingVersion ||
+      control->capacity != capacity || control->data_offset != sizeof(ByteRingControl)) {
+    return byte_ring_init(memory, capacity);
+  }
+  const uint32_t tail = control->tail.load(std::memory_order_relaxed);
+  if (control->head.load(std::memory_order_relaxed) != tail ||
+      control->producer_cached_tail != tail) {
+    control->head.store(tail, std::memory_order_relaxed);
+    control->producer_cached_tail = tail;
+  }
+  if (control->consumer_cached_head != tail) control->consumer_cached_head = tail;
+  // The flags' line changes anyway (a close sets them): zero all of it.
+  std::memset(reinterpret_cast<unsigned char*>(control) + offsetof(ByteRingControl, reader_waiting),
+              0, sizeof(ByteRingControl) - offsetof(ByteRingControl, reader_waiting));
+}
+
 // True when `memory` holds a ring this code understands that fits in `bytes`.
 inline bool byte_ring_valid(const void* memory, std::size_t bytes) {
   const auto* control = static_cast<const ByteRingControl*>(memory);

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <new>
 
 #include "netaccel/byte_ring.h"
@@ -202,8 +203,12 @@ struct ConnectionSegmentHeader {
   uint32_t ring_offset[2];  // from the start of the segment
   uint32_t ring_capacity;
 
+  // This block is a connection's state: each new connection in the segment
+  // starts it zeroed but for `holders` (relayout_connection_segment).
   // Set when side i aborted (closed with unread data, or died): the other
-  // side's reads and writes fail with ECONNRESET.
+  // side's reads and writes fail with ECONNRESET. Whoever sets it then
+  // closes ring i (writer_closed, with release): a reader that finds ring i
+  // open may take side i as not aborted (readiness scans read less so).
   alignas(kFalseSharingRange) std::atomic<uint32_t> aborted[2];
   // Side i's O_NONBLOCK (1 when set). It belongs to the open file
   // description, and a connection end has exactly one, which dup, fork, exec
@@ -357,6 +362,36 @@ inline ConnectionSegmentHeader* layout_connection_segment(void* base, uint64_t c
     holders.store(1, std::memory_order_relaxed);
   byte_ring_init(bytes + header->ring_offset[kClientSide], ring_capacity);
   byte_ring_init(bytes + header->ring_offset[kServerSide], ring_capacity);
+  return header;
+}
+
+// As layout_connection_segment, for a channel's slot, which its client lays
+// out anew for every connection: only what changes is written (the
+// connection id, the second block of the header, the rings' indices and
+// flags as byte_ring_reopen keeps them), so that the lines the accepting
+// process still caches from the slot's last connection stay valid. Memory
+// not laid out this shape before gets the full layout. The caller owns the
+// slot: both ends of its last connection let go of it.
+inline ConnectionSegmentHeader* relayout_connection_segment(void* base, uint64_t connection_id,
+                                                            uint32_t ring_capacity) {
+  auto* bytes = static_cast<unsigned char*>(base);
+  auto* header = static_cast<ConnectionSegmentHeader*>(base);
+  const uint32_t client_ring = sizeof(ConnectionSegmentHeader);
+  const uint32_t server_ring =
+      static_cast<uint32_t>(client_ring + byte_ring_footprint(ring_capacity));
+  if (header->magic != kSegmentMagic || header->version != kSegmentVersion ||
+      header->ring_offset[kClientSide] != client_ring ||
+      header->ring_offset[kServerSide] != server_ring || header->ring_capacity != ring_capacity) {
+    return layout_connection_segment(base, connection_id, ring_capacity);
+  }
+  header->connection_id = connection_id;
+  // Everything from `aborted` on starts at zero, as in a fresh header.
+  std::memset(bytes + offsetof(ConnectionSegmentHeader, aborted), 0,
+              sizeof(ConnectionSegmentHeader) - offsetof(ConnectionSegmentHeader, aborted));
+  for (std::atomic<uint32_t>& holders : header->holders)
+    holders.store(1, std::memory_order_relaxed);
+  byte_ring_reopen(bytes + client_ring, ring_capacity);
+  byte_ring_reopen(bytes + server_ring, ring_capacity);
   return header;
 }
 

@@ -378,14 +378,17 @@ CONFORMANCE_CASE(kArea, scm_rights_pass_connected_socket, 1,
                  "a connected socket passed over AF_UNIX works in the receiving process") {
   const TcpPair pair = tcp_pair();
   const UnixChannel channel = unix_channel();
+  Baton sent;  // keeps the two processes' transcript lines in order
   const pid_t pid = fork_child([&] {
     close(pair.client);
+    sent.wait();
     const std::vector<int> fds = receive_fds(channel.far);
     if (fds.size() != 1) die("no descriptor");
     send_text(fds[0], "passed along");
     show_exact("receiver read", fds[0], 5);
   });
   send_fds(channel.near, {pair.client});
+  sent.pass();
   close(pair.client);
   show_exact("peer read", pair.server, 12);
   send_text(pair.server, "reply");
@@ -453,8 +456,10 @@ CONFORMANCE_CASE(kArea, scm_rights_pass_listener, 1,
   const int listener = tcp_listener();
   const uint16_t port = local_port(listener);
   const UnixChannel channel = unix_channel();
+  Baton sent;  // keeps the two processes' transcript lines in order
   const pid_t pid = fork_child([&] {
     close(listener);
+    sent.wait();
     const std::vector<int> fds = receive_fds(channel.far);
     if (fds.size() != 1) die("no descriptor");
     const int server = static_cast<int>(require("accept", accept(fds[0], nullptr, nullptr)));
@@ -462,6 +467,7 @@ CONFORMANCE_CASE(kArea, scm_rights_pass_listener, 1,
     close(server);
   });
   send_fds(channel.near, {listener});
+  sent.pass();
   close(listener);
   const int client = tcp_connect(port);
   show_exact("client read", client, 13);
@@ -473,8 +479,10 @@ CONFORMANCE_CASE(kArea, scm_rights_handoff_between_workers, 1,
                  "an accepting process hands each connection to a worker process") {
   const int listener = tcp_listener();
   const UnixChannel channel = unix_channel();
+  Baton sent;  // keeps the two processes' transcript lines in order
   const pid_t worker = fork_child([&] {
     close(listener);
+    sent.wait();
     const std::vector<int> fds = receive_fds(channel.far);
     if (fds.size() != 1) die("no descriptor");
     send_text(fds[0], "worker: " + recv_exact(fds[0], 4));
@@ -483,6 +491,7 @@ CONFORMANCE_CASE(kArea, scm_rights_handoff_between_workers, 1,
   const int client = tcp_connect(local_port(listener));
   const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
   send_fds(channel.near, {server});
+  sent.pass();
   close(server);
   send_text(client, "work");
   show_exact("client read", client, 12);
@@ -497,13 +506,16 @@ CONFORMANCE_CASE(kArea, scm_rights_several_sockets_in_one_message, 2,
   const TcpPair first = tcp_pair();
   const TcpPair second = tcp_pair();
   const UnixChannel channel = unix_channel();
+  Baton sent;  // keeps the two processes' transcript lines in order
   const pid_t pid = fork_child([&] {
+    sent.wait();
     const std::vector<int> fds = receive_fds(channel.far);
     if (fds.size() != 2) die("descriptors missing");
     send_text(fds[0], "one");
     send_text(fds[1], "two");
   });
   send_fds(channel.near, {first.client, second.client});
+  sent.pass();
   wait_child("receiver", pid);
   show_exact("first peer read", first.server, 3);
   show_exact("second peer read", second.server, 3);

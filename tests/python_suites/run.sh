@@ -46,6 +46,10 @@ regrtest=("$python" -m test -j1 -u "network,subprocess" --timeout "$per_file_tim
   "${extra_arguments[@]}")
 
 cd "$NA_TMP" || na_fail "cannot enter $NA_TMP"
+# regrtest names its work directory after its pid, which in our PID
+# namespace is the same for every run: two suites run at once on one
+# machine would share it (and one deletes it under the other).
+export TMPDIR=$NA_TMP
 export NA_PYTHON  # for the kernel side's fresh namespace below
 
 # run_regrtest SIDE NAME [ARGS...]: the module's regrtest on SIDE (kernel or

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "intercepted.h"
+#include "pipes.h"
 #include "real_calls.h"
 #include "runtime.h"
 
@@ -371,6 +372,7 @@ int intercepted_posix_spawn(pid_t* pid, const char* path, const posix_spawn_file
                             const posix_spawnattr_t* attributes, char* const argv[],
                             char* const envp[]) {
   anchor_sockets_for_new_image(actions != nullptr);
+  downgrade_pipes_for_new_image(actions != nullptr);
   return real().posix_spawn(pid, path, actions, attributes, argv, envp);
 }
 
@@ -379,6 +381,7 @@ int intercepted_posix_spawnp(pid_t* pid, const char* file,
                              const posix_spawnattr_t* attributes, char* const argv[],
                              char* const envp[]) {
   anchor_sockets_for_new_image(actions != nullptr);
+  downgrade_pipes_for_new_image(actions != nullptr);
   return real().posix_spawnp(pid, file, actions, attributes, argv, envp);
 }
 

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 
 #include "intercepted.h"
+#include "pipes.h"
 #include "real_calls.h"
 #include "runtime.h"
 
@@ -99,9 +100,11 @@ NETACCEL_EXPORT int ioctl(int fd, unsigned long request, ...) {
 
 namespace {
 
-// exit(), not _exit(): what this process held of shared connections goes.
+// exit(), not _exit(): what this process held of shared connections and
+// of pipes' read ends goes.
 __attribute__((destructor)) void leave_connections() {
   netaccel::preload::leave_connections_at_exit();
+  netaccel::preload::leave_pipes_at_exit();
 }
 
 __attribute__((constructor)) void initialise_preload() {

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "pipes.h"
 #include "real_calls.h"
 
 namespace netaccel::preload {
@@ -75,6 +76,29 @@ void fence_before_sleeping() {
 }
 void fence_after_publishing() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+std::size_t iov_total(const struct iovec* iov, int iovcnt) {
+  std::size_t total = 0;
+  for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+  return total;
+}
+
+int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, std::size_t most,
+                struct iovec* out) {
+  int count = 0;
+  for (int i = 0; i < iovcnt && count < 64 && most > 0; ++i) {
+    if (skip >= iov[i].iov_len) {
+      skip -= iov[i].iov_len;
+      continue;
+    }
+    out[count].iov_base = static_cast<char*>(iov[i].iov_base) + skip;
+    out[count].iov_len = std::min(iov[i].iov_len - skip, most);
+    most -= out[count].iov_len;
+    skip = 0;
+    ++count;
+  }
+  return count;
 }
 
 bool SpinBudget::keep_spinning() {
@@ -143,6 +167,8 @@ void Socket::reset() {
   send_buffer = receive_buffer = 0;
   options.clear();
   connection = nullptr;
+  pipe = nullptr;
+  pipe_write_end = false;
   epoll_memberships.store(0, std::memory_order_relaxed);
   listener_wake.reset();
   listen_backlog = 0;
@@ -152,6 +178,12 @@ void Socket::reset() {
 }
 
 SocketRef lookup_socket(int fd) {
+  SocketRef socket = lookup_descriptor(fd);
+  if (socket && socket->state == SocketState::kPipe) return SocketRef();
+  return socket;
+}
+
+SocketRef lookup_descriptor(int fd) {
   if (fd < 0 || fd >= kMaxFds) return SocketRef();
   std::atomic<Socket*>& slot = sockets()[fd];
   if (!g_multithreaded.load(std::memory_order_relaxed)) {
@@ -290,6 +322,7 @@ Socket* uninstall_socket(int fd) {
 
 void release_socket(Socket* socket) {
   if (socket->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (socket->pipe != nullptr) release_pipe_end(socket);
   if (socket->connection != nullptr) close_connection(socket->connection, socket->reset_on_close);
   if (socket->state == SocketState::kListening) {
     // Unannounced first, so that what we queued goes to another listener.

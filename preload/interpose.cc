@@ -3,6 +3,8 @@
 #include <alloca.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "intercepted.h"
 #include "pipes.h"
@@ -98,6 +100,16 @@ NETACCEL_EXPORT int ioctl(int fd, unsigned long request, ...) {
   return netaccel::preload::netaccel_ioctl(fd, request, argument);
 }
 
+// _exit() skips the destructors: a forked child that ends with it (after a
+// failed exec, Python's os._exit) still leaves the pipe read ends it held,
+// or a writer would not see EPIPE once the other readers are gone.
+NETACCEL_EXPORT void _exit(int status) {
+  netaccel::preload::leave_pipes_at_exit();
+  syscall(SYS_exit_group, status);
+  __builtin_unreachable();
+}
+NETACCEL_EXPORT void _Exit(int status) __attribute__((alias("_exit")));
+
 namespace {
 
 // exit(), not _exit(): what this process held of shared connections and
@@ -112,6 +124,7 @@ __attribute__((constructor)) void initialise_preload() {
   netaccel::preload::config();
   netaccel::preload::register_for_asymmetric_fence();
   pthread_atfork(nullptr, nullptr, netaccel::preload::register_for_asymmetric_fence);
+  pthread_atfork(nullptr, nullptr, netaccel::preload::start_pipe_statistics_in_child);
   pthread_atfork(netaccel::preload::lock_link_for_fork,
                  netaccel::preload::withdraw_listeners_after_fork,
                  netaccel::preload::reset_link_in_child);

@@ -402,7 +402,6 @@ uint32_t pipe_readiness(int fd, Socket* end) {
   // (no reader) does, asked only when no reader is counted.
   if (fd >= 0 && pipe->header->read_holders.load(std::memory_order_acquire) == 0) {
     ready = static_cast<uint16_t>(kernel_revents(fd, 0)) & POLLERR;
-    if (ready != 0) ready |= POLLOUT | POLLWRNORM;
   }
   // As the kernel, writable while a page's worth is free.
   if (ring_room(pipe) >= PIPE_BUF) ready |= POLLOUT | POLLWRNORM;
@@ -566,6 +565,12 @@ void leave_pipes_at_exit() {
             static_cast<unsigned long long>(g_pipes_downgraded.load()),
             static_cast<unsigned long long>(g_ring_bytes_written.load()));
   }
+}
+
+void start_pipe_statistics_in_child() {
+  g_pipes_accelerated.store(0, std::memory_order_relaxed);
+  g_pipes_downgraded.store(0, std::memory_order_relaxed);
+  g_ring_bytes_written.store(0, std::memory_order_relaxed);
 }
 
 ssize_t intercepted_tee(int in_fd, int out_fd, size_t length, unsigned int flags) {

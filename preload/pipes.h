@@ -66,5 +66,9 @@ void share_pipes_with_child(bool shared);
 std::vector<Pipe*> leave_pipes_for_exec();
 void rejoin_pipes_after_failed_exec(const std::vector<Pipe*>& left);
 void leave_pipes_at_exit();
+// With NETACCEL_DEBUG, exit prints how many pipes this process made and
+// downgraded and how many bytes it wrote to rings; a forked child counts
+// its own from zero.
+void start_pipe_statistics_in_child();
 
 }  // namespace netaccel::preload

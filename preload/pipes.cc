@@ -31,9 +31,10 @@ struct PipeHeader {
   uint32_t magic;
   uint32_t capacity;
   // Robust and process-shared: a holder killed inside a call blocks no one.
-  // A downgrade takes both, writers' first.
-  pthread_mutex_t write_lock;
-  pthread_mutex_t read_lock;
+  // A downgrade takes both, writers' first. Lines apart: the writer and the
+  // reader take theirs on every call.
+  alignas(kFalseSharingRange) pthread_mutex_t write_lock;
+  alignas(kFalseSharingRange) pthread_mutex_t read_lock;
   alignas(kFalseSharingRange) std::atomic<uint32_t> downgraded;
   std::atomic<uint32_t> read_holders;    // processes holding the read end
   std::atomic<uint32_t> nonblocking[2];  // O_NONBLOCK of each end's open file: [0] read, [1] write
@@ -56,7 +57,10 @@ struct Pipe {
   SharedMapping segment;
   PipeHeader* header = nullptr;
   ByteRing ring;
-  UniqueFd wake;
+  // One eventfd per direction, each drained only by those who sleep on it:
+  // a writer draining a wake-up meant for a reader would leave it asleep.
+  UniqueFd data_wake;   // readers sleep on it
+  UniqueFd space_wake;  // writers sleep on it
   std::atomic<int> ends{2};
 };
 
@@ -120,8 +124,9 @@ Pipe* make_pipe(int read_fd, bool read_nonblocking, bool write_nonblocking) {
   const UniqueFd memory(create_shared_memory("netaccel-pipe", bytes));
   if (!memory) return nullptr;
   SharedMapping segment = map_shared(memory.get(), bytes);
-  UniqueFd wake(create_wake_fd());
-  if (!segment || !wake) return nullptr;
+  UniqueFd data_wake(create_wake_fd());
+  UniqueFd space_wake(create_wake_fd());
+  if (!segment || !data_wake || !space_wake) return nullptr;
   auto* header = new (segment.get()) PipeHeader{};
   header->magic = kPipeMagic;
   header->capacity = static_cast<uint32_t>(capacity);
@@ -137,8 +142,10 @@ Pipe* make_pipe(int read_fd, bool read_nonblocking, bool write_nonblocking) {
   pipe->header = header;
   pipe->ring = ByteRing(ring_memory);
   pipe->segment = std::move(segment);
-  keep_internal_fd(wake);
-  pipe->wake = std::move(wake);
+  keep_internal_fd(data_wake);
+  keep_internal_fd(space_wake);
+  pipe->data_wake = std::move(data_wake);
+  pipe->space_wake = std::move(space_wake);
   return pipe;
 }
 
@@ -207,12 +214,15 @@ RingAttempt read_ring(Pipe* pipe, const struct iovec* iov, int iovcnt) {
     attempt.downgraded = pipe->header->downgraded.load(std::memory_order_relaxed) != 0;
     attempt.bytes = pipe->ring.read(iov, iovcnt);
   }
+  if (attempt.bytes == 0) return attempt;
   PipeHeader* header = pipe->header;
-  if (attempt.bytes > 0 &&
-      (header->writers_waiting.load(std::memory_order_relaxed) != 0 ||
-       // Another reader may have missed its wake-up to ours (one eventfd).
-       (pipe->ring.unread() != 0 && header->readers_waiting.load(std::memory_order_relaxed)))) {
-    signal_wake_fd(pipe->wake.get());
+  if (header->writers_waiting.load(std::memory_order_relaxed) != 0) {
+    signal_wake_fd(pipe->space_wake.get());
+  }
+  // Another reader may have lost its wake-up to ours (one eventfd): what we
+  // left is its to take.
+  if (header->readers_waiting.load(std::memory_order_relaxed) != 0 && pipe->ring.unread() != 0) {
+    signal_wake_fd(pipe->data_wake.get());
   }
   return attempt;
 }
@@ -243,7 +253,7 @@ RingAttempt write_ring(int fd, Pipe* pipe, const struct iovec* iov, int iovcnt, 
   g_ring_bytes_written.fetch_add(attempt.bytes, std::memory_order_relaxed);
   fence_after_publishing_data();
   if (header->readers_waiting.load(std::memory_order_relaxed) != 0) {
-    signal_wake_fd(pipe->wake.get());
+    signal_wake_fd(pipe->data_wake.get());
   }
   return attempt;
 }
@@ -273,13 +283,13 @@ PipeWait wait_for_pipe(int fd, Pipe* pipe, bool reading, std::size_t room) {
   const int timeout_ms = !reading || wake_may_be_missed ? kSpaceRecheckMs : -1;
   // The kernel end says when the other side is gone: POLLHUP (read end,
   // in `revents` with POLLIN) or POLLERR (write end, always reported).
-  struct pollfd waits[2] = {{pipe->wake.get(), POLLIN, 0},
-                            {fd, static_cast<short>(reading ? POLLIN : 0), 0}};
+  const int wake = (reading ? pipe->data_wake : pipe->space_wake).get();
+  struct pollfd waits[2] = {{wake, POLLIN, 0}, {fd, static_cast<short>(reading ? POLLIN : 0), 0}};
   forget_handled_signal();
   const int ready = real().poll(waits, 2, timeout_ms);
   const int error = errno;
   waiting.fetch_sub(1, std::memory_order_relaxed);
-  if (waits[0].revents & POLLIN) drain_wake_fd(pipe->wake.get());
+  if (waits[0].revents & POLLIN) drain_wake_fd(wake);
   if (ready < 0 && error == EINTR) return PipeWait::kInterrupted;
   if (waits[1].revents & (POLLHUP | POLLERR)) return PipeWait::kHangUp;
   return PipeWait::kRetry;
@@ -414,7 +424,7 @@ short pipe_kernel_events(Socket* end) {
 }
 
 int pipe_wake_fd(Socket* end) {
-  return end->pipe->wake.get();
+  return (end->pipe_write_end ? end->pipe->space_wake : end->pipe->data_wake).get();
 }
 
 uint32_t pipe_edge_position(Socket* end) {
@@ -489,7 +499,8 @@ void downgrade_pipe(int fd, Socket* end) {
   g_pipes_downgraded.fetch_add(1, std::memory_order_relaxed);
   // Sleepers go to the kernel pipe now.
   fence_after_publishing();
-  signal_wake_fd(pipe->wake.get());
+  signal_wake_fd(pipe->data_wake.get());
+  signal_wake_fd(pipe->space_wake.get());
 }
 
 void downgrade_pipe_at(int fd) {
@@ -523,7 +534,8 @@ void release_pipe_end(Socket* end) {
   Pipe* pipe = end->pipe;
   if (!end->pipe_write_end) pipe->header->read_holders.fetch_sub(1, std::memory_order_acq_rel);
   if (pipe->ends.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  mark_internal_fd(pipe->wake.get(), false);
+  mark_internal_fd(pipe->data_wake.get(), false);
+  mark_internal_fd(pipe->space_wake.get(), false);
   delete pipe;
 }
 

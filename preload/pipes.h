@@ -2,14 +2,14 @@
 //
 // pipe() still makes the kernel pipe, and the application gets its two
 // descriptors; beside it a memfd segment holds a byte ring, the shared state
-// of both ends and two robust locks, and an eventfd wakes sleepers. Data goes
-// through the ring while every holder is a preloaded process that reached the
-// pipe as its creator or a fork of it; the moment something else may reach
-// it (an exec keeping an end, stdio, SCM_RIGHTS, splice...), the pipe is
-// downgraded for good: what the ring holds moves into the kernel pipe and
-// every later read and write goes there. The kernel pipe also tells who holds
-// the ends: POLLHUP on the read end (no writer left), POLLERR on the write
-// end (no reader left), killed holders included.
+// of both ends and two robust locks, and an eventfd per direction wakes
+// sleepers. Data goes through the ring while every holder is a preloaded
+// process that reached the pipe as its creator or a fork of it; the moment
+// something else may reach it (an exec keeping an end, stdio, SCM_RIGHTS,
+// splice...), the pipe is downgraded for good: what the ring holds moves into
+// the kernel pipe and every later read and write goes there. The kernel pipe
+// also tells who holds the ends: POLLHUP on the read end (no writer left),
+// POLLERR on the write end (no reader left), killed holders included.
 #pragma once
 
 #include <stdint.h>
@@ -34,7 +34,7 @@ ssize_t pipe_write(int fd, Socket* end, const struct iovec* iov, int iovcnt);
 uint32_t pipe_readiness(int fd, Socket* end);
 // What to watch on the kernel pipe end while sleeping for `end`.
 short pipe_kernel_events(Socket* end);
-// The eventfd that wakes sleepers of either end.
+// The eventfd that wakes sleepers of this end.
 int pipe_wake_fd(Socket* end);
 // The ring position that moves when an edge-triggered watcher has news:
 // bytes written for the read end, bytes read for the write end.

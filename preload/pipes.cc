@@ -570,7 +570,8 @@ void leave_pipes_at_exit() {
   if (!holder_process()) return;
   for_each_held_read_end(
       [](Pipe* pipe) { pipe->header->read_holders.fetch_sub(1, std::memory_order_acq_rel); });
-  if (config().debug && g_pipes_accelerated.load() + g_ring_bytes_written.load() != 0) {
+  if (config().debug &&
+      g_pipes_accelerated.load() + g_pipes_downgraded.load() + g_ring_bytes_written.load() != 0) {
     fprintf(stderr,
             "netaccel: pipes: %llu accelerated, %llu downgraded, %llu bytes written to rings\n",
             static_cast<unsigned long long>(g_pipes_accelerated.load()),

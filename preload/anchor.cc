@@ -353,16 +353,7 @@ ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags) {
 }
 
 void adopt_received_descriptors(struct msghdr* message) {
-  for (struct cmsghdr* part = CMSG_FIRSTHDR(message); part != nullptr;
-       part = CMSG_NXTHDR(message, part)) {
-    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t count = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < count; ++i) {
-      int received;
-      memcpy(&received, CMSG_DATA(part) + i * sizeof(int), sizeof received);
-      adopt_descriptor(received);
-    }
-  }
+  for_each_passed_descriptor(message, adopt_descriptor);
 }
 
 // glibc's child runs its own internal execve, which we cannot reach: the

@@ -509,17 +509,7 @@ void downgrade_pipe_at(int fd) {
 }
 
 void downgrade_passed_pipes(const struct msghdr* message) {
-  auto* header = const_cast<struct msghdr*>(message);
-  for (struct cmsghdr* part = CMSG_FIRSTHDR(header); part != nullptr;
-       part = CMSG_NXTHDR(header, part)) {
-    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t count = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < count; ++i) {
-      int passed;
-      memcpy(&passed, CMSG_DATA(part) + i * sizeof(int), sizeof passed);
-      downgrade_pipe_at(passed);
-    }
-  }
+  for_each_passed_descriptor(message, downgrade_pipe_at);
 }
 
 void downgrade_pipes_for_new_image(bool include_close_on_exec) {
@@ -601,6 +591,19 @@ FILE* intercepted_fdopen(int fd, const char* mode) {
   // stdio reads and writes the descriptor itself.
   downgrade_pipe_at(fd);
   return real().fdopen(fd, mode);
+}
+
+// glibc spawns the shell of popen() and system() with its own internal
+// posix_spawn, out of our reach: the pipes the shell inherits go back to
+// the kernel here.
+FILE* intercepted_popen(const char* command, const char* type) {
+  downgrade_pipes_for_new_image(/*include_close_on_exec=*/false);
+  return real().popen(command, type);
+}
+
+int intercepted_system(const char* command) {
+  downgrade_pipes_for_new_image(/*include_close_on_exec=*/false);
+  return real().system(command);
 }
 
 }  // namespace netaccel::preload

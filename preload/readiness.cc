@@ -93,7 +93,10 @@ struct EpollMember {
   int registered_wake = -1;  // the eventfd it needs in the kernel epoll (shared by its dups)
   bool listener = false;
   bool pipe_registered = false;  // its pipe end's kernel descriptor (kPipeKernelTag)
-  uint32_t armed_events = 0;     // a pipe end: what arm_members announced, to withdraw
+  // That descriptor reported an edge: news the ring positions cannot show
+  // (a hang-up, or data in a downgraded pipe).
+  bool kernel_edge = false;
+  uint32_t armed_events = 0;  // a pipe end: what arm_members announced, to withdraw
 };
 
 struct EpollSet {
@@ -213,11 +216,17 @@ void drain_tagged(EpollSet* set, uint64_t tag) {
     pump_events();
     return;
   }
-  if ((tag & kNestedTag) == kNestedTag) return;          // the nested set's own wait drains it
-  if ((tag & kPipeKernelTag) == kPipeKernelTag) return;  // only a wake-up
-  // Only a wake fd a member still holds is ours to read.
-  const int wake = static_cast<int>(tag & 0xffffffffu);
+  if ((tag & kNestedTag) == kNestedTag) return;  // the nested set's own wait drains it
+  const int fd = static_cast<int>(tag & 0xffffffffu);
   std::lock_guard lock(set->mutex);
+  if ((tag & kPipeKernelTag) == kPipeKernelTag) {
+    for (EpollMember& member : set->members) {
+      if (member.pipe_registered && member.fd == fd) member.kernel_edge = true;
+    }
+    return;
+  }
+  // Only a wake fd a member still holds is ours to read.
+  const int wake = fd;
   if (wake_registered(set, wake)) drain_wake_fd(wake);
 }
 
@@ -267,10 +276,12 @@ uint32_t member_report(EpollMember& member, bool consume, int depth) {
   uint32_t report = ready & ~member.last_ready;
   if ((ready & EPOLLIN) && head != member.last_head) report |= ready & EPOLLIN;
   if ((ready & EPOLLOUT) && tail != member.last_tail) report |= ready & EPOLLOUT;
+  if (member.kernel_edge) report |= ready;
   if (consume) {
     member.last_ready = ready;
     member.last_head = head;
     member.last_tail = tail;
+    member.kernel_edge = false;
   }
   // Like the kernel, an edge reports everything that is ready, not only
   // what changed.

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <vector>
@@ -422,6 +423,23 @@ std::size_t iov_total(const struct iovec* iov, int iovcnt);
 // At most `most` bytes of `iov` after its first `skip`, in `out` (at most 64 entries).
 int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, std::size_t most,
                 struct iovec* out);
+
+// Calls `visit(fd)` for every descriptor that SCM_RIGHTS parts of
+// `message` carry.
+template <typename Visit>
+void for_each_passed_descriptor(const struct msghdr* message, Visit visit) {
+  auto* header = const_cast<struct msghdr*>(message);
+  for (struct cmsghdr* part = CMSG_FIRSTHDR(header); part != nullptr;
+       part = CMSG_NXTHDR(header, part)) {
+    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int passed;
+      memcpy(&passed, CMSG_DATA(part) + i * sizeof(int), sizeof passed);
+      visit(passed);
+    }
+  }
+}
 
 // errno-style return helpers.
 inline int fail(int error) {

@@ -65,14 +65,26 @@ void show_poll_of(const char* label, int fd, short events) {
   say("%s: %d %s", label, ready, poll_events_text(entry.revents).c_str());
 }
 
-void show_epoll_of(const char* label, int fd, uint32_t events) {
+// A new epoll instance watching `fd` for `events`.
+int epoll_watching(int fd, uint32_t events) {
   const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(0)));
   epoll_event event{};
   event.events = events;
   require("epoll_ctl", epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event));
+  return epfd;
+}
+
+// One epoll_wait for one event, printed; returns the events (0 if none).
+uint32_t show_epoll_wait(const char* label, int epfd, int timeout_ms) {
   epoll_event ready{};
-  const int count = epoll_wait(epfd, &ready, 1, 0);
+  const int count = epoll_wait(epfd, &ready, 1, timeout_ms);
   say("%s: %d %s", label, count, count > 0 ? epoll_events_text(ready.events).c_str() : "");
+  return count > 0 ? ready.events : 0;
+}
+
+void show_epoll_of(const char* label, int fd, uint32_t events) {
+  const int epfd = epoll_watching(fd, events);
+  show_epoll_wait(label, epfd, 0);
   close(epfd);
 }
 
@@ -221,10 +233,7 @@ CONFORMANCE_CASE(kArea, pipe_epoll_states, 0,
 CONFORMANCE_CASE(kArea, pipe_epoll_edge_triggered, 0,
                  "EPOLLET on a pipe: one event per write, none while unread") {
   const Pipe p = make_pipe();
-  const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(0)));
-  epoll_event event{};
-  event.events = EPOLLIN | EPOLLET;
-  require("epoll_ctl", epoll_ctl(epfd, EPOLL_CTL_ADD, p.read_end, &event));
+  const int epfd = epoll_watching(p.read_end, EPOLLIN | EPOLLET);
   epoll_event ready{};
   write_all(p.write_end, "a", 1);
   report("first", epoll_wait(epfd, &ready, 1, 0));
@@ -659,14 +668,9 @@ CONFORMANCE_CASE(kArea, pipe_readiness_with_forked_writer, 0,
     go.wait();
   });
   close(p.write_end);
-  const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(0)));
-  epoll_event event{};
-  event.events = EPOLLIN;
-  require("epoll_ctl", epoll_ctl(epfd, EPOLL_CTL_ADD, p.read_end, &event));
-  epoll_event ready{};
+  const int epfd = epoll_watching(p.read_end, EPOLLIN);
   go.pass();
-  const int count = epoll_wait(epfd, &ready, 1, 5000);
-  say("epoll_wait: %d %s", count, count > 0 ? epoll_events_text(ready.events).c_str() : "");
+  show_epoll_wait("epoll_wait", epfd, 5000);
   read_some("read", p.read_end);
   go.pass();
   pollfd entry{p.read_end, POLLIN, 0};
@@ -680,9 +684,7 @@ CONFORMANCE_CASE(kArea, pipe_readiness_with_forked_writer, 0,
   report("select", select(p.read_end + 1, &readable, nullptr, nullptr, nullptr));
   read_some("read", p.read_end);
   go.pass();
-  const int hangup = epoll_wait(epfd, &ready, 1, 5000);
-  say("epoll_wait after exit: %d %s", hangup,
-      hangup > 0 ? epoll_events_text(ready.events).c_str() : "");
+  show_epoll_wait("epoll_wait after exit", epfd, 5000);
   wait_child("writer", pid);
   close(epfd);
   close(p.read_end);
@@ -702,19 +704,32 @@ CONFORMANCE_CASE(kArea, pipe_epoll_write_end_reader_closes, 0,
   ssize_t wrote;
   while ((wrote = write(p.write_end, chunk.data(), chunk.size())) > 0) total += wrote;
   say("filled %zu bytes, then %s", total, errno_name(errno).c_str());
-  const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(0)));
-  epoll_event event{};
-  event.events = EPOLLOUT;
-  require("epoll_ctl", epoll_ctl(epfd, EPOLL_CTL_ADD, p.write_end, &event));
-  epoll_event ready{};
-  report("epoll_wait while full", epoll_wait(epfd, &ready, 1, 0));
+  const int epfd = epoll_watching(p.write_end, EPOLLOUT);
+  show_epoll_wait("epoll_wait while full", epfd, 0);
   go.pass();
-  const int count = epoll_wait(epfd, &ready, 1, 5000);
-  say("epoll_wait after the reader left: %d %s", count,
-      count > 0 ? epoll_events_text(ready.events).c_str() : "");
+  show_epoll_wait("epoll_wait after the reader left", epfd, 5000);
   wait_child("reader", pid);
   close(epfd);
   close(p.write_end);
+}
+
+CONFORMANCE_CASE(kArea, pipe_epoll_edge_triggered_from_exec_writer, 0,
+                 "EPOLLET on a read end whose writer an exec'd shell holds: each write an edge") {
+  const Pipe p = make_pipe();
+  const pid_t pid = fork_child([&] {
+    dup2(p.write_end, STDOUT_FILENO);
+    close_pipe(p);
+    execl("/bin/sh", "sh", "-c", "echo first; sleep 0.2; echo second; sleep 0.3", nullptr);
+    _exit(127);
+  });
+  close(p.write_end);
+  const int epfd = epoll_watching(p.read_end, EPOLLIN | EPOLLET);
+  for (const char* label : {"first", "second", "writer gone"}) {
+    if (show_epoll_wait(label, epfd, 5000) & EPOLLIN) read_some("read", p.read_end);
+  }
+  wait_child("sh", pid);
+  close(epfd);
+  close(p.read_end);
 }
 
 CONFORMANCE_CASE(kArea, pipe_partial_reads, 0,

@@ -557,7 +557,9 @@ void rejoin_pipes_after_failed_exec(const std::vector<Pipe*>& left) {
 }
 
 void leave_pipes_at_exit() {
-  if (!holder_process()) return;
+  // Once: a destructor or atexit handler may still call _exit() after ours ran.
+  static std::atomic<bool> left{false};
+  if (!holder_process() || left.exchange(true)) return;
   for_each_held_read_end(
       [](Pipe* pipe) { pipe->header->read_holders.fetch_sub(1, std::memory_order_acq_rel); });
   if (config().debug &&

@@ -48,6 +48,22 @@ std::string read_some(const char* label, int fd, size_t capacity = 256) {
   return report_data(label, got, std::move(buffer));
 }
 
+// Reads until `length` bytes or EOF; returns what arrived (recv_exact's
+// counterpart for pipes, which refuse recv).
+std::string read_exact(int fd, size_t length) {
+  std::string buffer(length, '\0');
+  size_t done = 0;
+  while (done < length) {
+    const ssize_t got = read(fd, buffer.data() + done, length - done);
+    if (got < 0 && errno == EINTR) continue;
+    require("read", got);
+    if (got == 0) break;
+    done += static_cast<size_t>(got);
+  }
+  buffer.resize(done);
+  return buffer;
+}
+
 void write_all(int fd, const void* data, size_t length) {
   const auto* bytes = static_cast<const unsigned char*>(data);
   size_t done = 0;
@@ -388,18 +404,10 @@ CONFORMANCE_CASE(kArea, pipe_atomic_writes_from_threads, 0,
     for (auto& writer : writers) writer.join();
     close(p.write_end);
   });
-  std::string record(PIPE_BUF, '\0');
   int records = 0, whole = 0;
-  for (;;) {
-    size_t got = 0;
-    while (got < record.size()) {
-      const ssize_t n = read(p.read_end, record.data() + got, record.size() - got);
-      if (n <= 0) break;
-      got += static_cast<size_t>(n);
-    }
-    if (got == 0) break;
+  for (std::string record; !(record = read_exact(p.read_end, PIPE_BUF)).empty();) {
     ++records;
-    whole += record.find_first_not_of(record[0]) == std::string::npos;
+    whole += record.size() == PIPE_BUF && record.find_first_not_of(record[0]) == std::string::npos;
   }
   closer.join();
   say("records %d, whole %d", records, whole);
@@ -554,18 +562,10 @@ CONFORMANCE_CASE(kArea, pipe_atomic_records_from_processes, 0,
     }));
   }
   close(p.write_end);
-  std::string record(PIPE_BUF, '\0');
   int records = 0, whole = 0, per_writer[kWriters] = {};
-  for (;;) {
-    size_t got = 0;
-    while (got < record.size()) {
-      const ssize_t n = read(p.read_end, record.data() + got, record.size() - got);
-      if (n <= 0) break;
-      got += static_cast<size_t>(n);
-    }
-    if (got == 0) break;
+  for (std::string record; !(record = read_exact(p.read_end, PIPE_BUF)).empty();) {
     ++records;
-    if (got == record.size() && record.find_first_not_of(record[0]) == std::string::npos) {
+    if (record.size() == PIPE_BUF && record.find_first_not_of(record[0]) == std::string::npos) {
       ++whole;
       if (record[0] >= 'a' && record[0] < 'a' + kWriters) ++per_writer[record[0] - 'a'];
     }
@@ -815,7 +815,7 @@ CONFORMANCE_CASE(kArea, pipe_dup2_stdout_exec_cat_after_ring_writes, 0,
   close(output.write_end);
   write_all(input.write_end, "copied by cat", 13);
   close(input.write_end);
-  const std::string all = recv_exact(output.read_end, 64);
+  const std::string all = read_exact(output.read_end, 64);
   say("read %s", quoted(all).c_str());
   wait_child("cat", pid);
   close(output.read_end);

@@ -953,8 +953,8 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows,
       << (setup.rounds > 1 ? "The table shows the median of the rounds for each figure; "
                              "alternating the modes spreads any outside load over both.\n"
                            : "\n")
-      << "- msgrate: the client sends 64-byte messages with one blocking `send()` each; the "
-         "server `recv()`s exactly 64 bytes per message and counts them. At the end the client "
+      << "- msgrate: the client sends 64-byte messages with one blocking `write()` each; the "
+         "server `read()`s exactly 64 bytes per message and counts them. At the end the client "
          "sends an end message and stops its clock when the server's count comes back, so the "
          "rate is messages the server received per second (the client checks the count equals "
          "what it sent).\n"

@@ -52,9 +52,8 @@ AnchorMessage describe(const Socket* socket, const SegmentPlace& place) {
   message.channel_slot = place.channel_slot;
   message.side = connection->side;
   const auto flag = [](bool set, AnchorFlags bit) { return set ? uint32_t{bit} : 0u; };
-  message.flags = flag(socket->nonblocking.load(std::memory_order_relaxed), kAnchorNonblocking) |
-                  flag(socket->read_shut, kAnchorReadShut) |
-                  flag(socket->write_shut, kAnchorWriteShut);
+  message.flags =
+      flag(socket->read_shut, kAnchorReadShut) | flag(socket->write_shut, kAnchorWriteShut);
   message.domain = socket->domain;
   message.local = socket->local;
   message.peer = socket->peer;
@@ -154,7 +153,6 @@ bool adopt_anchor(int fd) {
   socket->domain = message.domain;
   socket->type = SOCK_STREAM;
   socket->id = next_socket_id();
-  socket->nonblocking.store((message.flags & kAnchorNonblocking) != 0, std::memory_order_relaxed);
   socket->state = SocketState::kConnected;
   socket->connection = connection;
   socket->local = message.local;
@@ -205,6 +203,7 @@ bool adopt_listener(int fd, int domain) {
   socket->id = next_socket_id();
   const int flags = real().fcntl(fd, F_GETFL);
   socket->nonblocking.store(flags >= 0 && (flags & O_NONBLOCK) != 0, std::memory_order_relaxed);
+  socket->listener_shared.store(true, std::memory_order_relaxed);
   socket->local = address;
   socket->local_known = true;
   socket->listener_wake.reset(wake);
@@ -260,6 +259,9 @@ void anchor_sockets_for_new_image(bool include_close_on_exec) {
   const int highest = highest_socket_fd();
   for (int fd = 0; fd <= highest; ++fd) {
     SocketRef socket = lookup_socket(fd);
+    if (socket && socket->state == SocketState::kListening) {
+      socket->listener_shared.store(true, std::memory_order_relaxed);
+    }
     // An adopted socket's number holds its anchor already.
     if (!socket || socket->state != SocketState::kConnected || socket->connection->adopted) {
       continue;
@@ -334,6 +336,9 @@ ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags) {
       int passed;
       memcpy(&passed, CMSG_DATA(part) + i * sizeof(int), sizeof passed);
       SocketRef socket = lookup_socket(passed);
+      if (socket && socket->state == SocketState::kListening) {
+        socket->listener_shared.store(true, std::memory_order_relaxed);
+      }
       if (!socket || socket->state != SocketState::kConnected || socket->connection->adopted) {
         continue;
       }

@@ -34,6 +34,10 @@ void epoll_connected(Socket* socket);
 // A kernel descriptor closed: forget it if it was one of our epoll sets.
 void epoll_closed(int fd);
 
+// `fd`'s number was taken over or closed behind our back (glibc's internal
+// dup3 and close in freopen), or by dup2 onto it: its socket leaves the table.
+void forget_replaced_socket(int fd);
+
 // Fork bookkeeping for the monitor link.
 void lock_link_for_fork();
 void reset_link_in_child();

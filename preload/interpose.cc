@@ -33,6 +33,9 @@ NETACCEL_EXPORT int fcntl(int fd, int command, ...) {
 // The large-file name of the same call.
 NETACCEL_EXPORT int fcntl64(int fd, int command, ...) __attribute__((alias("fcntl")));
 // The large-file name of the same call (off_t is 64 bits on our targets).
+NETACCEL_EXPORT FILE* freopen64(const char* path, const char* mode, FILE* stream)
+    __attribute__((alias("freopen")));
+// The large-file name of the same call (off_t is 64 bits on our targets).
 NETACCEL_EXPORT ssize_t sendfile64(int out_fd, int in_fd, off_t* offset, size_t count)
     __attribute__((alias("sendfile")));
 
@@ -115,6 +118,7 @@ namespace {
 // exit(), not _exit(): what this process held of shared connections and
 // of pipes' read ends goes.
 __attribute__((destructor)) void leave_connections() {
+  netaccel::preload::flush_socket_streams_at_exit();
   netaccel::preload::leave_connections_at_exit();
   netaccel::preload::leave_pipes_at_exit();
 }

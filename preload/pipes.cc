@@ -589,12 +589,6 @@ ssize_t intercepted_vmsplice(int fd, const struct iovec* iov, size_t count, unsi
   return real().vmsplice(fd, iov, count, flags);
 }
 
-FILE* intercepted_fdopen(int fd, const char* mode) {
-  // stdio reads and writes the descriptor itself.
-  downgrade_pipe_at(fd);
-  return real().fdopen(fd, mode);
-}
-
 // glibc spawns the shell of popen() and system() with its own internal
 // posix_spawn, out of our reach: the pipes the shell inherits go back to
 // the kernel here.

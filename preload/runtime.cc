@@ -174,6 +174,7 @@ void Socket::reset() {
   listen_backlog = 0;
   listen_v6only = false;
   listener_announced.store(false, std::memory_order_relaxed);
+  listener_shared.store(false, std::memory_order_relaxed);
   backlog.clear();
 }
 
@@ -926,7 +927,8 @@ void dispatch(MonitorLink& l, const Event& event) {
       Socket* listener = found->second;
       {
         std::lock_guard backlog(listener->backlog_mutex);
-        listener->backlog.push_back(PendingConnection{connection, event.local, event.peer});
+        listener->backlog.push_back(
+            PendingConnection{connection, event.local, event.peer, event.request_id});
       }
       signal_wake_fd(listener->listener_wake.get());
       return;
@@ -1236,7 +1238,7 @@ Connection* claim_channel_slot(Channel* channel, const InetAddress& destination,
     Event entry{};
     entry.type = EventType::kIncoming;
     entry.request_id = slot;
-    entry.socket_id = channel->listener_id;
+    entry.socket_id = queue_stamp_now();
     entry.connection_id = connection->connection_id;
     entry.local = peer;
     entry.peer = local;
@@ -1316,7 +1318,7 @@ Connection* channel_connect(const InetAddress& destination, InetAddress& local, 
   return connection;
 }
 
-bool channel_accept(Socket* listener, PendingConnection& out) {
+bool channel_accept(Socket* listener, PendingConnection& out, const uint32_t* older_than) {
   std::lock_guard backlog(listener->backlog_mutex);
   // A closed channel gets no new entries: once drained, it goes.
   std::erase_if(listener->channels, [](Channel* channel) {
@@ -1324,27 +1326,39 @@ bool channel_accept(Socket* listener, PendingConnection& out) {
     drop_channel_reference(channel);
     return true;
   });
-  for (Channel* channel : listener->channels) {
-    std::lock_guard lock(channel->lock);
-    Event entry;
-    while (channel->queue.try_pop(entry)) {
-      const uint32_t slot = entry.request_id;
-      if (slot >= kChannelSlots) continue;  // garbage from the client
-      const uint32_t before = channel->header->slot_state[slot].fetch_and(
-          ~static_cast<uint32_t>(kSlotQueued), std::memory_order_acq_rel);
-      if ((before & kSlotQueued) == 0) continue;  // withdrawn by the client
-      Connection* connection = slot_connection(channel, slot, kServerSide);
-      // The client wrote this segment: check it as we check the monitor's.
-      if (!segment_valid(connection->header, channel->slot_bytes)) {
-        release_channel_slot(connection);
-        continue;
+  for (;;) {
+    Channel* oldest = nullptr;
+    uint32_t oldest_stamp = 0;
+    for (Channel* channel : listener->channels) {
+      std::lock_guard lock(channel->lock);
+      Event head;
+      if (!channel->queue.try_peek(head)) continue;
+      const auto stamp = static_cast<uint32_t>(head.socket_id);
+      if (oldest == nullptr || queued_before(stamp, oldest_stamp)) {
+        oldest = channel;
+        oldest_stamp = stamp;
       }
-      bind_rings(connection, kServerSide);
-      out = PendingConnection{connection, entry.local, entry.peer};
-      return true;
     }
+    if (oldest == nullptr) return false;
+    if (older_than != nullptr && !queued_before(oldest_stamp, *older_than)) return false;
+    std::lock_guard lock(oldest->lock);
+    Event entry;
+    if (!oldest->queue.try_pop(entry)) continue;
+    const uint32_t slot = entry.request_id;
+    if (slot >= kChannelSlots) continue;  // garbage from the client
+    const uint32_t before = oldest->header->slot_state[slot].fetch_and(
+        ~static_cast<uint32_t>(kSlotQueued), std::memory_order_acq_rel);
+    if ((before & kSlotQueued) == 0) continue;  // withdrawn by the client
+    Connection* connection = slot_connection(oldest, slot, kServerSide);
+    // The client wrote this segment: check it as we check the monitor's.
+    if (!segment_valid(connection->header, oldest->slot_bytes)) {
+      release_channel_slot(connection);
+      continue;
+    }
+    bind_rings(connection, kServerSide);
+    out = PendingConnection{connection, entry.local, entry.peer, oldest_stamp};
+    return true;
   }
-  return false;
 }
 
 bool listener_has_pending(Socket* listener) {
@@ -1396,6 +1410,7 @@ void reset_link_in_child() {
     listener->channels.clear();
     listener->backlog.clear();
     listener->listener_announced.store(false, std::memory_order_relaxed);
+    listener->listener_shared.store(true, std::memory_order_relaxed);
   }
   MonitorLink& l = link();
   new (&l.mutex) std::mutex;
@@ -1415,6 +1430,7 @@ void withdraw_listeners_after_fork() {
   {
     std::lock_guard listeners(g_listeners_mutex);
     for (const auto& [id, listener] : g_listeners) {
+      listener->listener_shared.store(true, std::memory_order_relaxed);
       if (listener->listener_announced.exchange(false, std::memory_order_acq_rel)) {
         listener->references.fetch_add(1, std::memory_order_relaxed);
         announced.push_back(listener);
@@ -1577,7 +1593,10 @@ namespace {
 // object rather than a constructor function: the tables it fills are
 // initialised before it in this file, which nothing guarantees across files.
 struct AdoptAtLoad {
-  AdoptAtLoad() { adopt_inherited_descriptors(); }
+  AdoptAtLoad() {
+    adopt_inherited_descriptors();
+    adopt_standard_streams();
+  }
 } g_adopt_at_load;
 }  // namespace
 

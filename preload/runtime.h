@@ -133,6 +133,13 @@ struct Connection {
   bool peer_aborted() const {
     return header->aborted[side ^ 1].load(std::memory_order_acquire) != 0;
   }
+  // O_NONBLOCK of the end's one open file, whichever process set it.
+  bool nonblocking() const {
+    return header->nonblocking[side].load(std::memory_order_relaxed) != 0;
+  }
+  void set_nonblocking(bool nonblocking) {
+    header->nonblocking[side].store(nonblocking ? 1 : 0, std::memory_order_relaxed);
+  }
   // Bytes a send may add now: free ring space, within what SO_SNDBUF and
   // the peer's SO_RCVBUF let the ring hold (only when one was set).
   uint32_t send_room() {
@@ -183,6 +190,7 @@ struct PendingConnection {
   Connection* connection;
   InetAddress local;
   InetAddress peer;
+  uint32_t queued_at;  // queue_stamp_now() when it was queued
 };
 
 // A channel (protocol.h) as one of its two processes holds it.
@@ -214,8 +222,10 @@ struct Channel {
 // Connects over a channel to `destination`, if this process holds an open one
 // with a free slot; null otherwise (the monitor is asked then).
 Connection* channel_connect(const InetAddress& destination, InetAddress& local, InetAddress& peer);
-// Takes the oldest connection queued on one of the listener's channels.
-bool channel_accept(struct Socket* listener, PendingConnection& out);
+// Takes the oldest connection queued on the listener's channels, if it was
+// queued before `older_than` (when given).
+bool channel_accept(struct Socket* listener, PendingConnection& out,
+                    const uint32_t* older_than = nullptr);
 // fork(): every connection end this process holds gains the child as a
 // holder before the fork, and loses it again if the fork fails.
 void share_connections_with_child(bool shared);
@@ -253,6 +263,8 @@ struct Socket {
   int type = SOCK_STREAM;
   int protocol = 0;
   uint64_t id = 0;
+  // O_NONBLOCK until the socket connects (a connection end's is its
+  // Connection's) and of a listener no other process may hold.
   std::atomic<bool> nonblocking{false};
   SocketState state = SocketState::kFresh;
   bool local_known = false;
@@ -292,6 +304,10 @@ struct Socket {
   // next waits for connections (accept, epoll, poll, select), so those go to
   // the processes that take them (an nginx worker, not its master).
   std::atomic<bool> listener_announced{false};
+  // Another process may hold this listener (it was forked, exec'd, spawned or
+  // passed with it, or adopted it): its O_NONBLOCK is read from the kernel
+  // listener, where every holder sets it.
+  std::atomic<bool> listener_shared{false};
   std::mutex announce_mutex;
   std::mutex backlog_mutex;
   std::deque<PendingConnection> backlog;
@@ -372,6 +388,12 @@ void anchor_connections_for_fork();
 void hold_through_anchor(Connection* connection);
 // The preload's start in a new image: adopts every inherited descriptor.
 void adopt_inherited_descriptors();
+// Then stdin, stdout and stderr that are netaccel sockets become streams that
+// reach their connections (streams.cc): glibc's own would write the anchor.
+void adopt_standard_streams();
+// exit(): glibc flushes its streams only after every library's destructor,
+// when our connections are no longer ours; streams on sockets go first.
+void flush_socket_streams_at_exit();
 // Hands the monitor B of an anchor with the message it carries; false if no
 // monitor will watch it. `may_register`: false in a vfork child.
 bool send_anchor_watch(const AnchorMessage& message, const int (&fds)[kAnchorWatchFds],

@@ -34,6 +34,27 @@ bool kernel_backed(const Socket* socket) {
   return socket->state == SocketState::kBound || socket->state == SocketState::kListening;
 }
 
+// O_NONBLOCK as every process holding the socket sees it: a connection end's
+// in its segment header, a listener's that others may hold in the kernel
+// (where F_SETFL and FIONBIO set it too), otherwise our own note.
+bool socket_nonblocking(int fd, Socket* socket) {
+  if (socket->state == SocketState::kConnected) return socket->connection->nonblocking();
+  if (socket->state == SocketState::kListening &&
+      socket->listener_shared.load(std::memory_order_relaxed)) {
+    const int flags = real().fcntl(fd, F_GETFL);
+    return flags >= 0 && (flags & O_NONBLOCK) != 0;
+  }
+  return socket->nonblocking.load(std::memory_order_relaxed);
+}
+
+void set_socket_nonblocking(Socket* socket, bool nonblocking) {
+  if (socket->state == SocketState::kConnected) {
+    socket->connection->set_nonblocking(nonblocking);
+  } else {
+    socket->nonblocking.store(nonblocking, std::memory_order_relaxed);
+  }
+}
+
 // The peer's reset is reported once, as ECONNRESET, by whichever of recv,
 // send and SO_ERROR meets it first; after that the kernel's connection is
 // simply closed (EOF, EPIPE).
@@ -321,8 +342,7 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
   std::lock_guard guard(socket->send_lock);
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
-  const bool nonblocking =
-      socket->nonblocking.load(std::memory_order_relaxed) || (flags & MSG_DONTWAIT);
+  const bool nonblocking = c->nonblocking() || (flags & MSG_DONTWAIT);
   const int64_t deadline = deadline_after(socket->send_timeout_ns);
   std::size_t sent = 0;
   for (;;) {
@@ -394,8 +414,7 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
   const bool peek = flags & MSG_PEEK;
   // TCP's MSG_TRUNC drops the bytes without copying them (the buffer may be null).
   const bool drop = (flags & MSG_TRUNC) && !peek;
-  const bool nonblocking =
-      socket->nonblocking.load(std::memory_order_relaxed) || (flags & MSG_DONTWAIT);
+  const bool nonblocking = c->nonblocking() || (flags & MSG_DONTWAIT);
   const int64_t deadline = deadline_after(socket->receive_timeout_ns);
   std::size_t got = 0;
   if (total == 0) {
@@ -586,7 +605,7 @@ ssize_t intercepted_splice(int in_fd, loff_t* in_offset, int out_fd, loff_t* out
   }
   // Only as much is read from the pipe as the ring has room for.
   Connection* c = destination->connection;
-  const bool may_wait = !destination->nonblocking.load(std::memory_order_relaxed);
+  const bool may_wait = !c->nonblocking();
   const int64_t deadline = deadline_after(destination->send_timeout_ns);
   for (;;) {
     const uint32_t room = c->send_room();
@@ -814,7 +833,7 @@ int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr
   socket->type = SOCK_STREAM;
   socket->protocol = listener->protocol;
   socket->id = next_socket_id();
-  socket->nonblocking.store(flags & SOCK_NONBLOCK, std::memory_order_relaxed);
+  connection->set_nonblocking(flags & SOCK_NONBLOCK);
   socket->state = SocketState::kConnected;
   socket->connection = connection;
   socket->local = pending.local;
@@ -846,16 +865,23 @@ int accept_kernel_if_ready(int fd, struct sockaddr* address, socklen_t* length, 
   return real().accept4(fd, address, length, flags);
 }
 
+// The oldest of what the monitor queued and what the channels queued, as
+// the kernel's one accept queue would give them.
 bool pop_pending(Socket* listener, PendingConnection& out) {
+  bool monitor_queued = false;
+  uint32_t monitor_queued_at = 0;
   {
     std::lock_guard lock(listener->backlog_mutex);
-    if (!listener->backlog.empty()) {
-      out = std::move(listener->backlog.front());
-      listener->backlog.pop_front();
-      return true;
-    }
+    monitor_queued = !listener->backlog.empty();
+    if (monitor_queued) monitor_queued_at = listener->backlog.front().queued_at;
   }
-  return channel_accept(listener, out);
+  if (channel_accept(listener, out, monitor_queued ? &monitor_queued_at : nullptr)) return true;
+  if (!monitor_queued) return false;
+  std::lock_guard lock(listener->backlog_mutex);
+  if (listener->backlog.empty()) return false;  // another thread took it
+  out = std::move(listener->backlog.front());
+  listener->backlog.pop_front();
+  return true;
 }
 
 }  // namespace
@@ -870,6 +896,7 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
   if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) return fail(EINVAL);
   ensure_listener_announced(socket.get());
   const int64_t deadline = deadline_after(socket->receive_timeout_ns);
+  const bool nonblocking = socket_nonblocking(fd, socket.get());
   SpinBudget spin(config().spin_ns);
   bool spinning = true;
   for (uint32_t round = 0;; ++round) {
@@ -883,7 +910,6 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
     // (some tens of microseconds: each look is a syscall, and between
     // netaccel connections it was one for every second connection), and
     // after every sleep (the sleep watches that listener too).
-    const bool nonblocking = socket->nonblocking.load(std::memory_order_relaxed);
     if (nonblocking || (round & 1023) == 1023 || !spinning) {
       const int kernel = accept_kernel_if_ready(fd, address, length, flags);
       if (kernel >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return kernel;
@@ -960,6 +986,7 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
     return real().connect(fd, address, length);
   }
   socket->connection = connection;
+  connection->set_nonblocking(socket->nonblocking.load(std::memory_order_relaxed));
   socket->local = reply.local;
   socket->peer = reply.peer;
   socket->local_known = true;
@@ -1176,6 +1203,13 @@ int intercepted_dup(int fd) {
   return copy;
 }
 
+void forget_replaced_socket(int fd) {
+  Socket* replaced = uninstall_socket(fd);
+  if (replaced == nullptr) return;
+  epoll_forget(fd, replaced, /*now_kernel=*/false);
+  release_socket(replaced);
+}
+
 int intercepted_dup3(int fd, int target, int flags) {
   if (is_internal_fd(target)) return fail(EBADF);
   SocketRef socket = lookup_descriptor(fd);
@@ -1185,11 +1219,7 @@ int intercepted_dup3(int fd, int target, int flags) {
   if (!socket && !is_netaccel_fd(target)) return real().dup3(fd, target, flags);
   const int copy = real().dup3(fd, target, flags);
   if (copy < 0) return -1;
-  Socket* replaced = uninstall_socket(target);
-  if (replaced != nullptr) {
-    epoll_forget(target, replaced, /*now_kernel=*/false);
-    release_socket(replaced);
-  }
+  forget_replaced_socket(target);
   if (socket) install_socket(target, socket.get());
   return copy;
 }
@@ -1206,13 +1236,15 @@ int netaccel_fcntl(int fd, int command, unsigned long argument) {
   switch (command) {
     case F_GETFL: {
       const int flags = real().fcntl(fd, F_GETFL);
-      if (flags < 0) return flags;
-      return (flags & ~O_NONBLOCK) |
-             (socket->nonblocking.load(std::memory_order_relaxed) ? O_NONBLOCK : 0);
+      // A kernel socket's own flag is the truth; a placeholder's is not ours.
+      if (flags < 0 || kernel_backed(socket.get())) return flags;
+      return (flags & ~O_NONBLOCK) | (socket_nonblocking(fd, socket.get()) ? O_NONBLOCK : 0);
     }
-    case F_SETFL:
-      socket->nonblocking.store(argument & O_NONBLOCK, std::memory_order_relaxed);
-      return real().fcntl(fd, F_SETFL, argument);
+    case F_SETFL: {
+      const int set = real().fcntl(fd, F_SETFL, argument);
+      if (set == 0) set_socket_nonblocking(socket.get(), argument & O_NONBLOCK);
+      return set;
+    }
     case F_DUPFD:
     case F_DUPFD_CLOEXEC: {
       const int copy = real().fcntl(fd, command, argument);
@@ -1230,10 +1262,11 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
     return pipe_ioctl(fd, socket.get(), request, argument);
   }
   if (!socket || kernel_backed(socket.get())) {
-    if (socket && request == FIONBIO && argument != nullptr) {
-      socket->nonblocking.store(*static_cast<int*>(argument) != 0, std::memory_order_relaxed);
+    const int result = real().ioctl(fd, request, argument);
+    if (socket && request == FIONBIO && result == 0) {
+      set_socket_nonblocking(socket.get(), *static_cast<int*>(argument) != 0);
     }
-    return real().ioctl(fd, request, argument);
+    return result;
   }
   // FIOCLEX and FIONCLEX take no argument and act on the descriptor itself,
   // which is a real kernel descriptor.
@@ -1241,7 +1274,7 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
   if (argument == nullptr) return fail(EFAULT);
   switch (request) {
     case FIONBIO:
-      socket->nonblocking.store(*static_cast<int*>(argument) != 0, std::memory_order_relaxed);
+      set_socket_nonblocking(socket.get(), *static_cast<int*>(argument) != 0);
       return 0;
     case FIONREAD:  // also SIOCINQ
       *static_cast<int*>(argument) = socket->state == SocketState::kConnected

@@ -293,6 +293,16 @@ size_t fill_until_blocked(int fd) {
   return total;
 }
 
+void show_status_flags(const char* label, int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) {
+    report(label, flags);
+    return;
+  }
+  say("%s: accmode %d O_NONBLOCK %d O_APPEND %d", label, flags & O_ACCMODE,
+      (flags & O_NONBLOCK) != 0, (flags & O_APPEND) != 0);
+}
+
 void set_nonblocking(int fd, bool nonblocking) {
   const int flags = static_cast<int>(require("F_GETFL", fcntl(fd, F_GETFL)));
   require("F_SETFL",

@@ -113,6 +113,8 @@ Drained drain(int fd);
 // returns the bytes written. Leaves the descriptor's blocking mode as it was.
 size_t fill_until_blocked(int fd);
 void set_nonblocking(int fd, bool nonblocking);
+// Prints "label: accmode N O_NONBLOCK 0|1 O_APPEND 0|1" from F_GETFL.
+void show_status_flags(const char* label, int fd);
 void set_int_option(int fd, int level, int name, int value);
 void sleep_ms(int milliseconds);
 

@@ -86,16 +86,6 @@ void show_descriptor_flags(const char* label, int fd) {
   say("%s: FD_CLOEXEC %d", label, (flags & FD_CLOEXEC) != 0);
 }
 
-void show_status_flags(const char* label, int fd) {
-  const int flags = fcntl(fd, F_GETFL);
-  if (flags < 0) {
-    report(label, flags);
-    return;
-  }
-  say("%s: accmode %d O_NONBLOCK %d O_APPEND %d", label, flags & O_ACCMODE,
-      (flags & O_NONBLOCK) != 0, (flags & O_APPEND) != 0);
-}
-
 void show_int_option(const char* label, int fd, int level, int name) {
   int value = -1;
   socklen_t length = sizeof value;
@@ -401,6 +391,29 @@ CONFORMANCE_CASE(kArea, scm_rights_pass_connected_socket, 1,
   send_text(pair.server, "reply");
   wait_child("receiver", pid);
   close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, scm_rights_receiver_sets_nonblocking_seen_by_sender, 1,
+                 "O_NONBLOCK set by the process that received a socket with SCM_RIGHTS is seen "
+                 "by the sender, which kept its copy") {
+  const UnixChannel channel = unix_channel();
+  Baton sent;  // keeps the two processes' transcript lines in order
+  const pid_t pid = fork_child([&] {
+    sent.wait();
+    const std::vector<int> fds = receive_fds(channel.far);
+    if (fds.size() != 1) die("no descriptor");
+    set_nonblocking(fds[0], true);
+    send_text(channel.far, "set");
+  });
+  // Made after the fork: the receiver holds it only through the message.
+  const TcpPair pair = tcp_pair();
+  send_fds(channel.near, {pair.client});
+  sent.pass();
+  show_exact("receiver says", channel.near, 3);
+  wait_child("receiver", pid);
+  show_status_flags("sender", pair.client);
+  recv_once("sender recv", pair.client);
+  close_pair(pair);
 }
 
 CONFORMANCE_CASE(kArea, scm_rights_never_received_socket_ends, 1,

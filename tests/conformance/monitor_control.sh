@@ -19,7 +19,16 @@ connections_total() {
 
 case ${1:-} in
   start)
-    "$NETACCEL" daemon --socket "$NA_SOCK" </dev/null >>"$CONFORMANCE_STATE/monitor.log" 2>&1 &
+    # A case runs this with its sockets open; a monitor started as a service
+    # holds none of an application's descriptors (an anchor it held would
+    # keep a shared connection end open).
+    (
+      for fd_path in /proc/self/fd/*; do
+        fd=${fd_path##*/}
+        if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+      done
+      exec "$NETACCEL" daemon --socket "$NA_SOCK" </dev/null >>"$CONFORMANCE_STATE/monitor.log" 2>&1
+    ) &
     echo $! >"$pid_file"
     for _ in $(seq 200); do
       if connections_total >/dev/null 2>&1; then exit 0; fi

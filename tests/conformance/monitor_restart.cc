@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "conformance.h"
@@ -189,6 +190,40 @@ CONFORMANCE_CASE(kArea, restart_sigpipe_semantics_unchanged, 1,
   say("SIGPIPE caught: %d", signals_caught());
   monitor_start();
   close(pair.client);
+}
+
+CONFORMANCE_CASE(kArea, restart_fork_shared_end_closes_with_last_holder, 1,
+                 "an end shared with a child before a restart ends, with EOF, when the last "
+                 "holder lets go after it") {
+  const TcpPair pair = tcp_pair();
+  Baton restarted;
+  const pid_t child = fork_child([&] {
+    restarted.wait();
+    send_text(pair.client, "from child");
+  });
+  monitor_stop();
+  monitor_start();
+  close(pair.client);
+  restarted.pass();
+  wait_child("child", child);
+  say("server read %s", quoted(recv_exact(pair.server, 10)).c_str());
+  recv_once("server recv after the last holder", pair.server);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, restart_shared_end_killed_while_down, 1,
+                 "with the monitor down, the last holder of a fork-shared end is killed: "
+                 "the peer gets EOF") {
+  const TcpPair pair = tcp_pair();
+  Baton forever;
+  const pid_t child = fork_child([&] { forever.wait(); });
+  monitor_stop();
+  close(pair.client);
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  recv_once("server recv after the kill", pair.server);
+  monitor_start();
+  close(pair.server);
 }
 
 }  // namespace conformance

@@ -1,10 +1,13 @@
 // Processes: fork, vfork, posix_spawn, exec, daemon, threads, SO_REUSEPORT.
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,13 +51,16 @@ void run_echo_clients(uint16_t port, int count) {
   say("echoed correctly: %d of %d", echoed, count);
 }
 
-// Stops `workers` workers, one "stop" connection each, and waits for them;
-// prints how many echoes they served together.
+// Stops `workers` workers, one echoed "stop" connection each, and waits for
+// them; prints how many echoes they served together. A stop that reaches a
+// worker already stopping (SO_REUSEPORT hashes it to that worker's closing
+// listener: a reset) is sent again.
 void stop_workers(uint16_t port, const std::vector<pid_t>& workers, int served_pipe) {
-  for (size_t i = 0; i < workers.size(); ++i) {
+  for (size_t stopped = 0; stopped < workers.size();) {
     const int client = tcp_connect(port);
     send_text(client, "stop");
-    recv_exact(client, 4);
+    char echo[4];
+    if (recv(client, echo, sizeof echo, MSG_WAITALL) == sizeof echo) ++stopped;
     close(client);
   }
   int total = 0;
@@ -261,6 +267,86 @@ CONFORMANCE_CASE(kArea, fork_nonblocking_flag_is_shared, 1,
   close_pair(pair);
 }
 
+namespace {
+// A recv that must wait: the peer sends only after a while.
+void show_recv_waits_for_late_data(const char* label, int fd, int peer) {
+  std::thread sender = in_background([peer] {
+    sleep_ms(50);
+    send_text(peer, "late");
+  });
+  recv_once(label, fd);
+  sender.join();
+}
+
+// A forked child finds `fd` non-blocking and clears the flag with F_SETFL:
+// the parent finds it cleared, and its recv waits for `peer`'s data.
+void show_child_clears_nonblocking(int fd, int peer) {
+  const pid_t pid = fork_child([&] {
+    show_status_flags("child", fd);
+    report("child F_SETFL", fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK));
+  });
+  wait_child("child", pid);
+  show_status_flags("parent", fd);
+  show_recv_waits_for_late_data("parent recv", fd, peer);
+}
+}  // namespace
+
+CONFORMANCE_CASE(kArea, fork_child_clears_nonblocking_parent_waits, 1,
+                 "FIONBIO 0 in a child clears O_NONBLOCK for the parent too: its recv waits") {
+  const TcpPair pair = tcp_pair();
+  set_nonblocking(pair.client, true);
+  const pid_t pid = fork_child([&] {
+    int off = 0;
+    report("child FIONBIO 0", ioctl(pair.client, FIONBIO, &off));
+  });
+  wait_child("child", pid);
+  show_status_flags("parent", pair.client);
+  show_recv_waits_for_late_data("parent recv", pair.client, pair.server);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, accept4_nonblock_shared_with_forked_child, 1,
+                 "accept4(SOCK_NONBLOCK): a forked child sees the flag and clears it with F_SETFL "
+                 "for the parent too") {
+  const int listener = tcp_listener();
+  const int client = tcp_connect(local_port(listener));
+  const int server =
+      static_cast<int>(require("accept4", accept4(listener, nullptr, nullptr, SOCK_NONBLOCK)));
+  close(listener);
+  show_child_clears_nonblocking(server, client);
+  close(client);
+  close(server);
+}
+
+CONFORMANCE_CASE(kArea, socket_nonblock_flag_shared_after_fork, 1,
+                 "socket(SOCK_NONBLOCK), connected: a forked child sees O_NONBLOCK and clears it "
+                 "for the parent too") {
+  const int listener = tcp_listener();
+  const int client =
+      static_cast<int>(require("socket", socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0)));
+  tcp_connect_result(client, local_port(listener));
+  pollfd connected{client, POLLOUT, 0};
+  require("poll", poll(&connected, 1, 5000));
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  close(listener);
+  show_child_clears_nonblocking(client, server);
+  close(client);
+  close(server);
+}
+
+CONFORMANCE_CASE(kArea, fork_child_sets_listener_nonblocking, 0,
+                 "FIONBIO 1 on a listener in a child: the parent's accept fails with EAGAIN") {
+  const int listener = tcp_listener();
+  const pid_t pid = fork_child([&] {
+    int on = 1;
+    report("child FIONBIO 1", ioctl(listener, FIONBIO, &on));
+  });
+  wait_child("child", pid);
+  show_status_flags("parent", listener);
+  report("parent accept", accept(listener, nullptr, nullptr));
+  close(listener);
+}
+
 CONFORMANCE_CASE(kArea, fork_after_thread_child_uses_socket, 1,
                  "fork after a thread was created; the child uses the inherited socket") {
   const TcpPair pair = tcp_pair();
@@ -328,6 +414,11 @@ CONFORMANCE_HELPER(report_fd_state) {
   socklen_t length = sizeof type;
   report("SO_TYPE after exec",
          getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 ? type : -1);
+}
+
+CONFORMANCE_HELPER(set_nonblocking_on_fd) {
+  const int fd = std::stoi(arguments.at(0));
+  report("F_SETFL in the new image", fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK));
 }
 
 CONFORMANCE_HELPER(accept_and_greet) {
@@ -529,6 +620,31 @@ CONFORMANCE_CASE(kArea, posix_spawn_child_outlives_parent_copy, 1,
   close(pair.server);
 }
 
+CONFORMANCE_CASE(kArea, posix_spawn_image_sets_nonblocking_seen_by_parent, 1,
+                 "O_NONBLOCK set by a spawned image on an inherited socket: the parent's recv "
+                 "fails with EAGAIN") {
+  const TcpPair pair = tcp_pair();
+  const pid_t pid =
+      spawn_helper(helper_command("set_nonblocking_on_fd", {std::to_string(pair.client)}), nullptr);
+  wait_child("spawned child", pid);
+  show_status_flags("parent", pair.client);
+  recv_once("parent recv", pair.client);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, exec_image_sees_flag_changed_after_fork, 1,
+                 "O_NONBLOCK cleared after a fork had shared the socket: a spawned image sees "
+                 "it cleared") {
+  const TcpPair pair = tcp_pair();
+  set_nonblocking(pair.client, true);
+  wait_child("forked child", fork_child([] {}));
+  set_nonblocking(pair.client, false);
+  const pid_t pid =
+      spawn_helper(helper_command("report_fd_state", {std::to_string(pair.client)}), nullptr);
+  wait_child("spawned child", pid);
+  close_pair(pair);
+}
+
 CONFORMANCE_CASE(kArea, posix_spawn_dup2_socket_to_stdout, 1,
                  "posix_spawn with a dup2 file action makes the socket the child's stdout") {
   const TcpPair pair = tcp_pair();
@@ -541,6 +657,106 @@ CONFORMANCE_CASE(kArea, posix_spawn_dup2_socket_to_stdout, 1,
   close(pair.client);
   const Drained drained = drain(pair.server);
   say("peer read %zu bytes", drained.bytes);
+  close(pair.server);
+}
+
+CONFORMANCE_HELPER(freopen_stdout_to_file) {
+  printf("before freopen\n");
+  if (freopen(arguments.at(0).c_str(), "w", stdout) == nullptr) die("freopen");
+  printf("printf after freopen\n");
+  const char written[] = "write(1) after freopen\n";
+  if (write(STDOUT_FILENO, written, sizeof written - 1) < 0) die("write");
+  fclose(stdout);
+}
+
+CONFORMANCE_CASE(kArea, posix_spawn_socket_stdout_freopen_to_file, 1,
+                 "an image whose stdout is a socket reopens stdout on a file: what it printed "
+                 "before goes to the socket, everything after (printf, write(1)) to the file") {
+  const TcpPair pair = tcp_pair();
+  char path[] = "/tmp/conformance-freopen.XXXXXX";
+  close(static_cast<int>(require("mkstemp", mkstemp(path))));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pair.client, STDOUT_FILENO);
+  const pid_t pid = spawn_helper(helper_command("freopen_stdout_to_file", {path}), &actions);
+  posix_spawn_file_actions_destroy(&actions);
+  wait_child("helper", pid);
+  close(pair.client);
+  show_exact("peer read", pair.server, 256);
+  const int file = static_cast<int>(require("open", open(path, O_RDONLY)));
+  char contents[256] = {};
+  report("read file", read(file, contents, sizeof contents - 1));
+  say("file %s", quoted(contents).c_str());
+  close(file);
+  unlink(path);
+  close(pair.server);
+}
+
+namespace {
+// inetd: accept, fork, the connection on stdin and stdout, exec `command`;
+// the client sends `input`, shuts down writing and reads the reply to EOF.
+void serve_inetd_style(const std::vector<const char*>& command, const std::string& input) {
+  const int listener = tcp_listener();
+  const int client = tcp_connect(local_port(listener));
+  const int connection = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  const pid_t pid = require("fork", fork());
+  if (pid == 0) {
+    dup2(connection, STDIN_FILENO);
+    dup2(connection, STDOUT_FILENO);
+    close(connection);
+    close(listener);
+    close(client);
+    std::vector<char*> argv;
+    for (const char* argument : command) argv.push_back(const_cast<char*>(argument));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(connection);
+  close(listener);
+  send_text(client, input);
+  shutdown(client, SHUT_WR);
+  show_exact("client read", client, 4096);
+  wait_child("server", pid);
+  close(client);
+}
+}  // namespace
+
+CONFORMANCE_CASE(kArea, inetd_cat_echoes_connection, 1,
+                 "inetd style: cat with the connection on stdin and stdout echoes it") {
+  serve_inetd_style({"/bin/cat"}, "first line\nsecond line\n");
+}
+
+CONFORMANCE_CASE(kArea, inetd_sed_filters_connection, 1,
+                 "inetd style: sed (stdio: fdopen'd stdin, buffered stdout) filters the "
+                 "connection") {
+  serve_inetd_style({"/bin/sed", "-e", "s/o/0/g", "-e", "2q"}, "one\ntwo\nthree\n");
+}
+
+CONFORMANCE_CASE(kArea, inetd_python_upper_cases_connection, 1,
+                 "inetd style: python3 -c reads stdin to EOF and writes it back upper-cased") {
+  serve_inetd_style(
+      {"/usr/bin/python3", "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())"},
+      "python on a socket\n");
+}
+
+CONFORMANCE_CASE(kArea, posix_spawn_sed_socket_on_stdin_and_stdout, 1,
+                 "posix_spawn with dup2 actions: sed reads the socket and writes back to it, "
+                 "its stderr the socket too (unbuffered)") {
+  const TcpPair pair = tcp_pair();
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  for (const int fd : {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO}) {
+    posix_spawn_file_actions_adddup2(&actions, pair.client, fd);
+  }
+  const pid_t pid =
+      spawn_helper({"/bin/sed", "-e", "s/^/sed: /", "-e", "$w /dev/stderr"}, &actions);
+  posix_spawn_file_actions_destroy(&actions);
+  close(pair.client);
+  send_text(pair.server, "a\nb\n");
+  shutdown(pair.server, SHUT_WR);
+  show_exact("peer read", pair.server, 4096);
+  wait_child("sed", pid);
   close(pair.server);
 }
 

@@ -2162,4 +2162,159 @@ CONFORMANCE_CASE(kArea, stdio_fdopen_on_socket, 1, "fdopen + fprintf/fgets over 
   fclose(in);
 }
 
+namespace {
+// Everything the socket holds now, without waiting: what a stream flushed.
+std::string take_pending(int fd) {
+  std::string taken;
+  char buffer[8192];
+  ssize_t got;
+  while ((got = recv(fd, buffer, sizeof buffer, MSG_DONTWAIT)) > 0) taken.append(buffer, got);
+  return taken;
+}
+}  // namespace
+
+CONFORMANCE_CASE(kArea, stdio_fdopen_mode_fileno_and_fclose, 1,
+                 "fdopen refuses a bad mode (EINVAL); fileno names the socket; fclose closes it "
+                 "exactly once and the peer reads EOF") {
+  const TcpPair pair = tcp_pair();
+  errno = 0;
+  FILE* refused = fdopen(pair.client, "q");
+  say("fdopen mode q: %s %s", refused == nullptr ? "NULL" : "stream", errno_name(errno).c_str());
+  FILE* stream = fdopen(pair.client, "r+");
+  if (stream == nullptr) die("fdopen r+");
+  say("fileno is the socket: %d", fileno(stream) == pair.client);
+  say("fprintf: %d", fprintf(stream, "through %s", "r+"));
+  report("fclose", fclose(stream));
+  report("close after fclose", close(pair.client));
+  show_exact("peer read", pair.server, 64);
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, stdio_socket_stream_buffering, 1,
+                 "a socket stream is fully buffered by default (a block at a time), line "
+                 "buffered or unbuffered after setvbuf; fflush sends the rest") {
+  const TcpPair pair = tcp_pair();
+  FILE* stream = fdopen(pair.client, "w");
+  if (stream == nullptr) die("fdopen");
+  fputs("held", stream);
+  say("full, before fflush: %zu", take_pending(pair.server).size());
+  const std::string block(5000, 'b');
+  fwrite(block.data(), 1, block.size(), stream);
+  say("full, after 5004 bytes: %zu", take_pending(pair.server).size());
+  report("fflush", fflush(stream));
+  say("full, after fflush: %zu", take_pending(pair.server).size());
+  report("setvbuf line", setvbuf(stream, nullptr, _IOLBF, 0));
+  fputs("partial", stream);
+  say("line, before newline: %s", quoted(take_pending(pair.server)).c_str());
+  fputs(" line\n", stream);
+  say("line, after newline: %s", quoted(take_pending(pair.server)).c_str());
+  report("setvbuf none", setvbuf(stream, nullptr, _IONBF, 0));
+  fputc('x', stream);
+  say("unbuffered: %s", quoted(take_pending(pair.server)).c_str());
+  report("fclose", fclose(stream));
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, stdio_getline_and_fscanf_on_socket, 1,
+                 "getline, fscanf and fgetc read a socket stream; feof at EOF, ferror clear") {
+  const TcpPair pair = tcp_pair();
+  send_text(pair.server, "alpha beta\n42 7\nlast");
+  shutdown(pair.server, SHUT_WR);
+  FILE* stream = fdopen(pair.client, "r");
+  if (stream == nullptr) die("fdopen");
+  char* line = nullptr;
+  size_t capacity = 0;
+  ssize_t got = getline(&line, &capacity, stream);
+  say("getline: %zd %s", got, quoted(got > 0 ? line : "").c_str());
+  int first = 0;
+  int second = 0;
+  const int matched = fscanf(stream, "%d %d", &first, &second);
+  say("fscanf: %d (%d, %d)", matched, first, second);
+  while ((got = getline(&line, &capacity, stream)) > 0)
+    say("getline: %zd %s", got, quoted(line).c_str());
+  say("getline at EOF: %zd feof %d ferror %d", got, feof(stream) != 0, ferror(stream) != 0);
+  say("fgetc at EOF: %d", fgetc(stream));
+  free(line);
+  report("fclose", fclose(stream));
+  close(pair.server);
+}
+
+CONFORMANCE_CASE(kArea, stdio_errors_on_socket_stream, 1,
+                 "a non-blocking socket stream with nothing to read sets ferror (EAGAIN); "
+                 "writing after the peer closed fails with EPIPE") {
+  const TcpPair pair = tcp_pair();
+  set_nonblocking(pair.client, true);
+  FILE* stream = fdopen(pair.client, "r+");
+  if (stream == nullptr) die("fdopen");
+  errno = 0;
+  const int got = fgetc(stream);
+  say("fgetc: %d %s feof %d ferror %d", got, errno_name(errno).c_str(), feof(stream) != 0,
+      ferror(stream) != 0);
+  clearerr(stream);
+  send_text(pair.server, "z");
+  sleep_ms(20);
+  say("fgetc after data: %c", fgetc(stream));
+  close(pair.server);
+  signal(SIGPIPE, SIG_IGN);
+  // The first write reaches the closed peer, which resets; the next fails.
+  fputs("to a closed peer", stream);
+  fflush(stream);
+  sleep_ms(20);
+  errno = 0;
+  fputs("again", stream);
+  const int flushed = fflush(stream);
+  say("fflush: %d %s ferror %d", flushed, errno_name(errno).c_str(), ferror(stream) != 0);
+  fclose(stream);
+  signal(SIGPIPE, SIG_DFL);
+}
+
+namespace {
+// A child connects to `listener` (announced first: a forked listener waits
+// to be) and runs `use` on the connection, a connection of its own, so that
+// its exit ends it; the parent prints what it reads, to EOF.
+void show_child_connection_at_exit(int listener, const std::function<void(int)>& use) {
+  const uint16_t port = local_port(listener);
+  Baton listening;
+  const pid_t pid = fork_child([&] {
+    close(listener);
+    listening.wait();
+    use(tcp_connect(port));
+  });
+  pollfd waiting{listener, POLLIN, 0};
+  poll(&waiting, 1, 0);
+  listening.pass();
+  const int server = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+  close(listener);
+  wait_child("child", pid);
+  show_exact("peer read", server, 64);
+  close(server);
+}
+}  // namespace
+
+CONFORMANCE_CASE(kArea, stdio_stream_flushed_at_exit, 1,
+                 "a child's socket stream left unflushed is flushed by exit(); the peer reads it, "
+                 "then EOF") {
+  show_child_connection_at_exit(tcp_listener(), [](int fd) {
+    FILE* stream = fdopen(fd, "w");
+    if (stream == nullptr) die("fdopen");
+    fputs("flushed by exit", stream);
+  });
+}
+
+CONFORMANCE_CASE(kArea, stdio_exit_while_a_thread_reads_a_stream, 1,
+                 "exit() while another thread is blocked in fgets on a socket stream (holding its "
+                 "lock): the unflushed output still goes, and the exit does not hang") {
+  show_child_connection_at_exit(tcp_listener(), [](int fd) {
+    FILE* in = fdopen(fd, "r");
+    FILE* out = fdopen(dup(fd), "w");
+    if (in == nullptr || out == nullptr) die("fdopen");
+    std::thread([in] {
+      char line[16];
+      fgets(line, sizeof line, in);
+    }).detach();
+    sleep_ms(50);
+    fputs("flushed past a reader", out);
+  });
+}
+
 }  // namespace conformance

@@ -1074,55 +1074,107 @@ TEST_F(MonitorTest, UnlistenHandsWhatTheChannelQueuesToAnotherListener) {
   EXPECT_EQ(view.header->closed.load(), 1u);
 }
 
+// An anchored client end of a connection from `client` to `server`: the
+// anchor's share taken and B sent to the monitor, as the preload does.
+struct AnchoredEnd {
+  Delivery server_delivery;
+  Delivery client_delivery;
+  SharedMapping view;
+  ConnectionSegmentHeader* header = nullptr;
+  UniqueFd anchor;         // A
+  ino_t monitor_half = 0;  // B's inode
+
+  ByteRing ring(ConnectionSide side) const {
+    return ByteRing(static_cast<unsigned char*>(view.get()) + header->ring_offset[side]);
+  }
+};
+
+// Whether this process has a descriptor for the socket with inode `inode`.
+bool holds_socket(ino_t inode) {
+  const std::string wanted = "socket:[" + std::to_string(inode) + "]";
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code error;
+    if (std::filesystem::read_symlink(entry.path(), error).string() == wanted) return true;
+  }
+  return false;
+}
+
+class AnchorTest : public MonitorTest {
+ protected:
+  void anchor_client_end(TestProcess& server, TestProcess& client, AnchoredEnd& end) {
+    connect_pair(server, client, 9010, end.server_delivery, end.client_delivery);
+    const std::size_t segment_bytes = connection_segment_bytes(options_.ring_bytes);
+    end.view = map_shared(end.client_delivery.segment.get(), segment_bytes);
+    ASSERT_TRUE(end.view);
+    end.header = static_cast<ConnectionSegmentHeader*>(end.view.get());
+    int anchor[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, anchor), 0);
+    end.anchor.reset(anchor[0]);
+    UniqueFd monitor_end(anchor[1]);
+    struct stat status {};
+    ASSERT_EQ(fstat(monitor_end.get(), &status), 0);
+    end.monitor_half = status.st_ino;
+    end.header->holders[kClientSide].fetch_add(1);
+    AnchorMessage message{};
+    message.magic = kAnchorMagic;
+    message.version = kAnchorVersion;
+    message.connection_id = end.header->connection_id;
+    message.segment_bytes = segment_bytes;
+    message.channel_slot = kAnchorNoSlot;
+    message.side = kClientSide;
+    const int fds[kAnchorWatchFds] = {monitor_end.get(), end.client_delivery.segment.get(),
+                                      end.client_delivery.other_wake.get()};
+    ASSERT_EQ(send_with_fds(client.socket(), &message, sizeof message, fds, kAnchorWatchFds), 0);
+  }
+
+  // The last copy of A closes: EOF for the peer, no reset (nothing unread).
+  void expect_closed_with_the_anchor(AnchoredEnd& end) {
+    drain_wake_fd(end.server_delivery.own_wake.get());
+    end.anchor.reset();
+    ASSERT_TRUE(readable_within(end.server_delivery.own_wake.get(), 2000ms));
+    EXPECT_EQ(end.header->holders[kClientSide].load(), 0u);
+    EXPECT_EQ(end.header->aborted[kClientSide].load(), 0u);
+    EXPECT_EQ(end.ring(kClientSide).control().writer_closed.load(), 1u);
+    EXPECT_EQ(end.ring(kServerSide).control().reader_closed.load(), 1u);
+  }
+};
+
 // A connection end handed to a new image (exec): the anchor's share keeps it
 // open past its owner's death, and goes, closing the end, with the last copy of A.
-TEST_F(MonitorTest, AnchoredEndOutlivesItsOwnerAndClosesWithTheAnchor) {
+TEST_F(AnchorTest, AnchoredEndOutlivesItsOwnerAndClosesWithTheAnchor) {
   start();
   TestProcess server = TestProcess::register_at(path());
   auto client = std::make_unique<TestProcess>(TestProcess::register_at(path()));
-  Delivery server_delivery;
-  Delivery client_delivery;
-  connect_pair(server, *client, 9010, server_delivery, client_delivery);
-  const std::size_t segment_bytes = connection_segment_bytes(options_.ring_bytes);
-  SharedMapping view = map_shared(client_delivery.segment.get(), segment_bytes);
-  ASSERT_TRUE(view);
-  auto* base = static_cast<unsigned char*>(view.get());
-  auto* header = reinterpret_cast<ConnectionSegmentHeader*>(base);
-  ByteRing client_to_server(base + header->ring_offset[kClientSide]);
-  ByteRing server_to_client(base + header->ring_offset[kServerSide]);
-
-  // As the preload makes an anchor: its share first, then B to the monitor.
-  int anchor[2];
-  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, anchor), 0);
-  UniqueFd anchor_end(anchor[0]);
-  UniqueFd monitor_end(anchor[1]);
-  header->holders[kClientSide].fetch_add(1);
-  AnchorMessage message{};
-  message.magic = kAnchorMagic;
-  message.version = kAnchorVersion;
-  message.connection_id = header->connection_id;
-  message.segment_bytes = segment_bytes;
-  message.channel_slot = kAnchorNoSlot;
-  message.side = kClientSide;
-  const int fds[kAnchorWatchFds] = {monitor_end.get(), client_delivery.segment.get(),
-                                    client_delivery.other_wake.get()};
-  ASSERT_EQ(send_with_fds(client->socket(), &message, sizeof message, fds, kAnchorWatchFds), 0);
-  monitor_end.reset();
+  AnchoredEnd end;
+  anchor_client_end(server, *client, end);
 
   // The owner execs: its link closes, its own share goes, the end stays open.
   client.reset();
-  ASSERT_TRUE(eventually([&] { return header->holders[kClientSide].load() == 1; }));
-  EXPECT_EQ(header->aborted[kClientSide].load(), 0u);
-  EXPECT_EQ(client_to_server.control().writer_closed.load(), 0u);
+  ASSERT_TRUE(eventually([&] { return end.header->holders[kClientSide].load() == 1; }));
+  EXPECT_EQ(end.header->aborted[kClientSide].load(), 0u);
+  EXPECT_EQ(end.ring(kClientSide).control().writer_closed.load(), 0u);
+  expect_closed_with_the_anchor(end);
+}
 
-  // The last copy of A closes: EOF for the peer, no reset (nothing unread).
-  drain_wake_fd(server_delivery.own_wake.get());
-  anchor_end.reset();
-  ASSERT_TRUE(readable_within(server_delivery.own_wake.get(), 2000ms));
-  EXPECT_EQ(header->holders[kClientSide].load(), 0u);
-  EXPECT_EQ(header->aborted[kClientSide].load(), 0u);
-  EXPECT_EQ(client_to_server.control().writer_closed.load(), 1u);
-  EXPECT_EQ(server_to_client.control().reader_closed.load(), 1u);
+// The anchors' keeper outlives the monitor: an end shared across a fork or
+// an exec still closes, with EOF for its peer, when its last holder lets go
+// after the monitor stopped (a restart).
+TEST_F(AnchorTest, AnchoredEndClosesAfterTheMonitorStopped) {
+  start();
+  TestProcess server = TestProcess::register_at(path());
+  TestProcess client = TestProcess::register_at(path());
+  AnchoredEnd end;
+  anchor_client_end(server, client, end);
+  // The monitor runs in this process: B leaves it once passed to the keeper,
+  // and A shows no hang-up, so the keeper holds it. Only then may the monitor go.
+  ASSERT_TRUE(eventually([&] { return !holds_socket(end.monitor_half); }));
+  pollfd anchor{end.anchor.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&anchor, 1, 0), 0);
+  stop();
+  EXPECT_EQ(end.header->aborted[kClientSide].load(), 0u);
+  // The client's own share goes as the preload's close would, then the anchor's.
+  ASSERT_FALSE(release_last_holder(end.header->holders[kClientSide]));
+  expect_closed_with_the_anchor(end);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "anchor_keeper.h"
 #include "netaccel/shm.h"
 
 namespace netaccel {
@@ -75,16 +76,6 @@ int create_sealed_memory(const char* name, std::size_t bytes) {
   return fd.release();
 }
 
-// Only an eventfd may serve as a wake fd: the monitor writes to it.
-bool is_eventfd(int fd) {
-  char link[64];
-  const std::string path = "/proc/self/fd/" + std::to_string(fd);
-  const ssize_t length = readlink(path.c_str(), link, sizeof link - 1);
-  if (length < 0) return false;
-  link[length] = '\0';
-  return std::strcmp(link, "anon_inode:[eventfd]") == 0;
-}
-
 sockaddr_un unix_address(const std::string& path) {
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
@@ -101,7 +92,6 @@ enum class Source : uint64_t {
   kDoorbell = 2,
   kNewcomer = 3,
   kProcess = 4,
-  kAnchor = 5,
 };
 uint64_t tag(Source source, uint32_t id) {
   return static_cast<uint64_t>(source) << 32 | id;
@@ -224,18 +214,6 @@ class Monitor::Impl {
     ChannelHeader* header() const { return static_cast<ChannelHeader*>(mapping.get()); }
   };
 
-  // The monitor's half (B) of an anchor (protocol.h): when every copy of A
-  // is gone, the anchor's share of the end goes. It keeps what it needs
-  // mapped itself: the connection or channel may be long gone from our tables.
-  struct Anchor {
-    UniqueFd socket;  // B
-    SharedMapping memory;
-    UniqueFd peer_wake;  // the other end's: it hears of the close
-    uint64_t segment_offset;
-    uint32_t channel_slot;
-    ConnectionSide side;
-  };
-
   void bind_socket();
   void watch(int fd, Source source, uint32_t id, uint32_t events);
 
@@ -255,10 +233,6 @@ class Monitor::Impl {
   void send_status(int socket);
   void on_process_socket(uint32_t process_id, uint32_t events);
   bool take_process_messages(int socket);
-  void watch_anchor(const AnchorMessage& message, ssize_t bytes, const int* fds,
-                    std::size_t fd_count);
-  void on_anchor_socket(uint32_t anchor_id, uint32_t events);
-  void release_anchor_share(Anchor& anchor);
   void remove_process(uint32_t process_id);
 
   void handle_outputs();
@@ -333,8 +307,7 @@ class Monitor::Impl {
   std::unordered_map<uint32_t, HandOff> hand_offs_;  // by our request id
   uint32_t next_own_request_ = 0;
   uint64_t connections_handed_on_ = 0;  // shown by status
-  std::unordered_map<uint32_t, Anchor> anchors_;
-  uint32_t next_anchor_id_ = 1;
+  AnchorKeeperLink anchor_keeper_;
 };
 
 Monitor::Impl::Impl(MonitorOptions options)
@@ -594,9 +567,6 @@ void Monitor::Impl::poll_sockets(int timeout_ms) {
       case Source::kProcess:
         on_process_socket(id, events[i].events);
         break;
-      case Source::kAnchor:
-        on_anchor_socket(id, events[i].events);
-        break;
     }
   }
 }
@@ -747,89 +717,8 @@ bool Monitor::Impl::take_process_messages(int socket) {
     const ssize_t received =
         receive_with_fds(socket, &message, sizeof message, fds, kAnchorWatchFds, &fd_count);
     if (received <= 0) return received == -EAGAIN || received == -EINTR;
-    watch_anchor(message, received, fds, fd_count);
+    anchor_keeper_.watch(message, received, fds, fd_count);
   }
-}
-
-void Monitor::Impl::watch_anchor(const AnchorMessage& message, ssize_t bytes, const int* fds,
-                                 std::size_t fd_count) {
-  UniqueFd owned[kAnchorWatchFds];
-  for (std::size_t i = 0; i < fd_count; ++i) owned[i].reset(fds[i]);
-  if (bytes != sizeof message || fd_count != kAnchorWatchFds || message.magic != kAnchorMagic ||
-      message.version != kAnchorVersion || message.side > kServerSide ||
-      (message.channel_slot != kAnchorNoSlot && message.channel_slot >= kChannelSlots)) {
-    return;
-  }
-  // Everything we will touch must lie inside the memfd: the process wrote the message.
-  const int64_t size = shared_memory_size(owned[1].get());
-  const uint64_t header_end = message.segment_offset + sizeof(ConnectionSegmentHeader);
-  const uint64_t needed = std::max<uint64_t>(
-      header_end, message.channel_slot != kAnchorNoSlot ? sizeof(ChannelHeader) : 0);
-  if (size < 0 || message.segment_offset > static_cast<uint64_t>(size) ||
-      needed > static_cast<uint64_t>(size) ||
-      message.segment_offset % alignof(ConnectionSegmentHeader) != 0 ||
-      !is_eventfd(owned[2].get())) {
-    return;
-  }
-  Anchor anchor;
-  anchor.memory = map_shared(owned[1].get(), static_cast<std::size_t>(size));
-  if (!anchor.memory) return log_error("cannot map an anchored connection", errno);
-  anchor.socket = std::move(owned[0]);
-  anchor.peer_wake = std::move(owned[2]);
-  anchor.segment_offset = message.segment_offset;
-  anchor.channel_slot = message.channel_slot;
-  anchor.side = static_cast<ConnectionSide>(message.side);
-  const uint32_t id = next_anchor_id_++;
-  watch(anchor.socket.get(), Source::kAnchor, id, EPOLLIN);
-  anchors_.emplace(id, std::move(anchor));
-}
-
-void Monitor::Impl::on_anchor_socket(uint32_t anchor_id, uint32_t events) {
-  const auto found = anchors_.find(anchor_id);
-  if (found == anchors_.end()) return;
-  if ((events & (EPOLLHUP | EPOLLERR)) == 0) {
-    // Only a program that does not know A (not preloaded) writes to it.
-    char ignored[64];
-    recv(found->second.socket.get(), ignored, sizeof ignored, MSG_DONTWAIT);
-    return;
-  }
-  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, found->second.socket.get(), nullptr);
-  release_anchor_share(found->second);
-  anchors_.erase(found);
-}
-
-// Every copy of A is closed: as the close of a holder's last descriptor, the
-// anchor's share goes, and if it was the last one the end closes (EOF for
-// the peer; a reset if data was left unread, as the kernel does).
-void Monitor::Impl::release_anchor_share(Anchor& anchor) {
-  auto* base = static_cast<unsigned char*>(anchor.memory.get());
-  auto* segment = base + anchor.segment_offset;
-  auto* header = reinterpret_cast<ConnectionSegmentHeader*>(segment);
-  const ConnectionSide side = anchor.side;
-  if (!release_last_holder(header->holders[side])) return;
-  const std::size_t bytes = anchor.memory.size() - anchor.segment_offset;
-  auto ring_at = [&](ConnectionSide ring) -> unsigned char* {
-    const uint32_t offset = header->ring_offset[ring];
-    return offset < bytes && byte_ring_valid(segment + offset, bytes - offset) ? segment + offset
-                                                                               : nullptr;
-  };
-  unsigned char* own = ring_at(side);
-  unsigned char* received = ring_at(other_side(side));
-  if (own == nullptr || received == nullptr || ByteRing(received).unread() != 0) {
-    header->aborted[side].store(1, std::memory_order_release);
-  }
-  if (own != nullptr) ByteRing(own).control().writer_closed.store(1, std::memory_order_release);
-  if (received != nullptr) {
-    ByteRing(received).control().reader_closed.store(1, std::memory_order_release);
-  }
-  if (anchor.channel_slot != kAnchorNoSlot) {
-    // Last: the slot frees once the other end closes too.
-    auto* channel = reinterpret_cast<ChannelHeader*>(base);
-    const uint32_t own_bit = side == kClientSide ? kSlotClientOpen : kSlotServerOpen;
-    channel->slot_state[anchor.channel_slot].fetch_and(~own_bit, std::memory_order_acq_rel);
-  }
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  signal_wake_fd(anchor.peer_wake.get());
 }
 
 void Monitor::Impl::remove_process(uint32_t process_id) {
@@ -1001,6 +890,7 @@ void Monitor::Impl::deliver_event(uint32_t process_id, const Event& event) {
       event.type == EventType::kReply && event.op == RequestOp::kConnect && event.status == 0;
   const bool carries_connection = connect_succeeded || event.type == EventType::kIncoming;
   Event delivered = event;
+  if (event.type == EventType::kIncoming) delivered.request_id = queue_stamp_now();
   if (carries_connection) {
     const auto unbacked = unbacked_connections_.find(event.connection_id);
     if (unbacked != unbacked_connections_.end()) {

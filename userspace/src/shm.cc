@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
 namespace netaccel {
@@ -128,6 +129,16 @@ ssize_t receive_with_fds(int socket_fd, void* data, std::size_t bytes, int* fds,
     }
   }
   return received;
+}
+
+bool is_eventfd(int fd) {
+  char path[48];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  char link[64];
+  const ssize_t length = readlink(path, link, sizeof link - 1);
+  if (length < 0) return false;
+  link[length] = '\0';
+  return std::strcmp(link, "anon_inode:[eventfd]") == 0;
 }
 
 }  // namespace netaccel

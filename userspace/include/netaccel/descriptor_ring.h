@@ -89,6 +89,15 @@ class DescriptorRing {
   }
 
   bool try_pop(Descriptor& descriptor) {
+    if (!try_peek(descriptor)) return false;
+    const uint32_t tail = control_->tail.load(std::memory_order_relaxed);  // own index
+    // Release: we are done reading the slot before the producer may reuse it.
+    control_->tail.store(tail + 1, std::memory_order_release);
+    return true;
+  }
+
+  // The oldest descriptor, left queued (consumer only).
+  bool try_peek(Descriptor& descriptor) {
     const uint32_t tail = control_->tail.load(std::memory_order_relaxed);  // own index
     if (control_->consumer_cached_head == tail) {
       // Acquire pairs with the producer's release of head: the slot is written.
@@ -96,8 +105,6 @@ class DescriptorRing {
       if (control_->consumer_cached_head == tail) return false;
     }
     std::memcpy(&descriptor, slot(tail), sizeof(Descriptor));
-    // Release: we are done reading the slot before the producer may reuse it.
-    control_->tail.store(tail + 1, std::memory_order_release);
     return true;
   }
 

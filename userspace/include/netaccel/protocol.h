@@ -7,6 +7,7 @@
 
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -80,7 +81,8 @@ inline constexpr uint32_t kMonitorRequestBit = 1u << 31;
 // Events: monitor -> process, one cache line each.
 enum class EventType : uint8_t {
   kReply = 1,           // answer to request_id; status 0 or -errno
-  kIncoming = 2,        // a connection for listener socket_id; an fd delivery follows
+  kIncoming = 2,        // a connection for listener socket_id; an fd delivery follows;
+                        // request_id: its queue stamp (below)
   kError = 3,           // a request could not be parsed; status -errno, request_id echoed if any
   kSegmentDropped = 4,  // free the cached segment whose header says connection_id
   kChannelOpened = 5,   // a ChannelDelivery follows; socket_id is the listener (server
@@ -107,6 +109,20 @@ struct Event {
   InetAddress peer;   // kConnect reply: the server's address; kIncoming: the client's
 };
 static_assert(sizeof(Event) == kDescriptorBytes);
+
+// When a connection was queued for a listener: accept takes connections in
+// that order across the monitor's queue and the channels' (the kernel's
+// accept queue is one FIFO). Microseconds of CLOCK_MONOTONIC, which every
+// process on the host reads alike, compared modulo 2^32.
+inline uint32_t queue_stamp_now() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<uint32_t>(static_cast<uint64_t>(now.tv_sec) * 1000000u +
+                               static_cast<uint64_t>(now.tv_nsec) / 1000u);
+}
+inline bool queued_before(uint32_t stamp, uint32_t other) {
+  return static_cast<int32_t>(stamp - other) < 0;
+}
 
 // ---------------------------------------------------------------------------
 // Registration on the monitor's unix socket (SOCK_SEQPACKET).
@@ -176,7 +192,7 @@ inline constexpr uint32_t kEventSlots = 1024;
 enum ConnectionSide : uint32_t { kClientSide = 0, kServerSide = 1 };
 
 inline constexpr uint32_t kSegmentMagic = 0x4e414353;  // "NACS"
-inline constexpr uint32_t kSegmentVersion = 3;
+inline constexpr uint32_t kSegmentVersion = 4;
 inline constexpr uint32_t kDefaultRingBytes = 256 * 1024;
 
 struct ConnectionSegmentHeader {
@@ -189,27 +205,37 @@ struct ConnectionSegmentHeader {
   // Set when side i aborted (closed with unread data, or died): the other
   // side's reads and writes fail with ECONNRESET.
   alignas(kFalseSharingRange) std::atomic<uint32_t> aborted[2];
-  // Processes holding side i: a fork shares every connection end with the
-  // child, and only the last holder's close (or death) ends it, as with a
-  // kernel socket shared by two processes.
-  std::atomic<uint32_t> holders[2];
-  // Set when the process the monitor knows as side i's owner let go of its
-  // share while a forked process still holds it: the owner's death then
-  // leaves the end alone.
-  std::atomic<uint32_t> owner_left[2];
-  // Set when the server end was accepted. A server end that dies queued,
-  // never accepted, goes to another listener (a closed listener's queue).
-  std::atomic<uint32_t> accepted;
+  // Side i's O_NONBLOCK (1 when set). It belongs to the open file
+  // description, and a connection end has exactly one, which dup, fork, exec
+  // and SCM_RIGHTS only duplicate: kept here, a change made by any process
+  // holding the end is seen by all, as the kernel's F_SETFL on the shared
+  // file is. Beside `aborted` (the same cache line), which every send and
+  // receive reads already.
+  std::atomic<uint32_t> nonblocking[2];
   // What ring i may hold, as the kernel would buffer it: side i's SO_SNDBUF
   // (high half) and side i ^ 1's SO_RCVBUF (low half), each as getsockopt
   // reports it, 0 when unset. Beside `aborted`, which every send reads.
   std::atomic<uint64_t> ring_buffers[2];
+  // Processes holding side i: a fork shares every connection end with the
+  // child, and only the last holder's close (or death) ends it, as with a
+  // kernel socket shared by two processes.
+  std::atomic<uint32_t> holders[2];
+  // Set when the server end was accepted. A server end that dies queued,
+  // never accepted, goes to another listener (a closed listener's queue).
+  std::atomic<uint32_t> accepted;
   // TCP urgent data side i sent (MSG_OOB): kUrgentPending with the byte until
   // the peer reads it out of band, kUrgentRead after; 0 when none was sent.
   // The byte stays out of the ring; urgent_mark[i] is where it stood in it.
   std::atomic<uint32_t> urgent[2];
   std::atomic<uint32_t> urgent_mark[2];
+  // Set when the process the monitor knows as side i's owner let go of its
+  // share while a forked process still holds it: the owner's death then
+  // leaves the end alone.
+  std::atomic<uint32_t> owner_left[2];
 };
+// The fields every send and receive reads share one cache line.
+static_assert(offsetof(ConnectionSegmentHeader, ring_buffers) + sizeof(uint64_t[2]) <=
+              offsetof(ConnectionSegmentHeader, aborted) + 64);
 static_assert(sizeof(ConnectionSegmentHeader) == 2 * kFalseSharingRange);
 
 // The bytes ring `capacity` may hold under `ring_buffers` (see above): each
@@ -251,11 +277,13 @@ inline constexpr std::size_t connection_segment_bytes(uint32_t ring_capacity) {
 // it closes it when the listener or either process goes, and then consumes
 // what is left on the accept queue.
 inline constexpr uint32_t kChannelMagic = 0x4e414348;  // "NACH"
-inline constexpr uint32_t kChannelVersion = 1;
+inline constexpr uint32_t kChannelVersion = 2;         // its slots hold segments of kSegmentVersion
 // Each slot costs both processes two eventfds, so a channel stays small.
 inline constexpr uint32_t kChannelSlots = 16;
 static_assert(2 + 2 * kChannelSlots <= kMaxPassedFds);
 // Room for every slot twice: a cancelled entry stays queued until popped.
+// An entry is a kIncoming Event as the server sees it, with request_id the
+// slot and socket_id the queue stamp.
 inline constexpr uint32_t kChannelQueueSlots = 2 * kChannelSlots;
 
 // Bits of ChannelHeader::slot_state. 0 is a free slot.
@@ -345,14 +373,14 @@ inline ConnectionSegmentHeader* layout_connection_segment(void* base, uint64_t c
 // closes (an exit, a SIGKILL, a message never received), B hangs up and the
 // monitor lets the share go, closing the end if it was the last.
 inline constexpr uint32_t kAnchorMagic = 0x4e41414e;  // "NAAN"
-inline constexpr uint32_t kAnchorVersion = 1;
+inline constexpr uint32_t kAnchorVersion = 2;
 // AnchorMessage::channel_slot of a segment of its own (not a channel's slot).
 inline constexpr uint32_t kAnchorNoSlot = 0xffffffff;
 
+// O_NONBLOCK is not among them: it lives in the segment header.
 enum AnchorFlags : uint32_t {
-  kAnchorNonblocking = 1 << 0,
-  kAnchorReadShut = 1 << 1,
-  kAnchorWriteShut = 1 << 2,
+  kAnchorReadShut = 1 << 0,
+  kAnchorWriteShut = 1 << 1,
 };
 
 // A socket option set on the socket, replayed by whoever adopts it.

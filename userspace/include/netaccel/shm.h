@@ -72,6 +72,9 @@ int64_t shared_memory_size(int fd);
 int create_wake_fd();         // non-blocking, close-on-exec eventfd; -errno on failure
 void signal_wake_fd(int fd);  // one increment; never blocks
 void drain_wake_fd(int fd);   // consumes pending increments; never blocks
+// Whether `fd` is an eventfd: only one may serve as a wake fd that a process
+// hands us, since we write to it.
+bool is_eventfd(int fd);
 
 // The most fds one message carries (a channel: its memfd and two eventfds per slot).
 inline constexpr std::size_t kMaxPassedFds = 64;

@@ -48,22 +48,6 @@ std::string read_some(const char* label, int fd, size_t capacity = 256) {
   return report_data(label, got, std::move(buffer));
 }
 
-// Reads until `length` bytes or EOF; returns what arrived (recv_exact's
-// counterpart for pipes, which refuse recv).
-std::string read_exact(int fd, size_t length) {
-  std::string buffer(length, '\0');
-  size_t done = 0;
-  while (done < length) {
-    const ssize_t got = read(fd, buffer.data() + done, length - done);
-    if (got < 0 && errno == EINTR) continue;
-    require("read", got);
-    if (got == 0) break;
-    done += static_cast<size_t>(got);
-  }
-  buffer.resize(done);
-  return buffer;
-}
-
 void write_all(int fd, const void* data, size_t length) {
   const auto* bytes = static_cast<const unsigned char*>(data);
   size_t done = 0;
@@ -73,6 +57,13 @@ void write_all(int fd, const void* data, size_t length) {
     require("write", wrote);
     done += static_cast<size_t>(wrote);
   }
+}
+
+// A one-byte write with a SIGPIPE handler installed, and whether it ran.
+void show_write_with_sigpipe_caught(const char* label, int fd) {
+  count_signal(SIGPIPE, true);
+  report(label, write(fd, "x", 1));
+  say("SIGPIPE caught: %d", signals_caught());
 }
 
 void show_poll_of(const char* label, int fd, short events) {
@@ -147,9 +138,7 @@ CONFORMANCE_CASE(kArea, pipe_write_without_reader_sigpipe, 0,
   close(p.read_end);
   const pid_t pid = fork_child([&] { write(p.write_end, "x", 1); });
   wait_child("default action", pid);
-  count_signal(SIGPIPE, true);
-  report("write with handler", write(p.write_end, "x", 1));
-  say("SIGPIPE caught: %d", signals_caught());
+  show_write_with_sigpipe_caught("write with handler", p.write_end);
   close(p.write_end);
 }
 
@@ -405,7 +394,7 @@ CONFORMANCE_CASE(kArea, pipe_atomic_writes_from_threads, 0,
     close(p.write_end);
   });
   int records = 0, whole = 0;
-  for (std::string record; !(record = read_exact(p.read_end, PIPE_BUF)).empty();) {
+  for (std::string record; !(record = recv_exact(p.read_end, PIPE_BUF)).empty();) {
     ++records;
     whole += record.size() == PIPE_BUF && record.find_first_not_of(record[0]) == std::string::npos;
   }
@@ -563,7 +552,7 @@ CONFORMANCE_CASE(kArea, pipe_atomic_records_from_processes, 0,
   }
   close(p.write_end);
   int records = 0, whole = 0, per_writer[kWriters] = {};
-  for (std::string record; !(record = read_exact(p.read_end, PIPE_BUF)).empty();) {
+  for (std::string record; !(record = recv_exact(p.read_end, PIPE_BUF)).empty();) {
     ++records;
     if (record.size() == PIPE_BUF && record.find_first_not_of(record[0]) == std::string::npos) {
       ++whole;
@@ -609,9 +598,7 @@ CONFORMANCE_CASE(kArea, pipe_epipe_right_after_reader_closed, 0,
   close(p.read_end);
   write_all(p.write_end, "one", 3);
   closed.wait();
-  count_signal(SIGPIPE, true);
-  report("write after the reader closed", write(p.write_end, "two", 3));
-  say("SIGPIPE caught: %d", signals_caught());
+  show_write_with_sigpipe_caught("write after the reader closed", p.write_end);
   done.pass();
   wait_child("reader", pid);
   close(p.write_end);
@@ -630,9 +617,7 @@ CONFORMANCE_CASE(kArea, pipe_epipe_after_reader_exits, 0,
   close(p.read_end);
   write_all(p.write_end, "x", 1);
   wait_child("reader", pid);
-  count_signal(SIGPIPE, true);
-  report("write", write(p.write_end, "y", 1));
-  say("SIGPIPE caught: %d", signals_caught());
+  show_write_with_sigpipe_caught("write", p.write_end);
   close(p.write_end);
 }
 
@@ -699,11 +684,7 @@ CONFORMANCE_CASE(kArea, pipe_epoll_write_end_reader_closes, 0,
     go.wait();
   });
   close(p.read_end);
-  const std::vector<unsigned char> chunk = pattern(4096, 5);
-  size_t total = 0;
-  ssize_t wrote;
-  while ((wrote = write(p.write_end, chunk.data(), chunk.size())) > 0) total += wrote;
-  say("filled %zu bytes, then %s", total, errno_name(errno).c_str());
+  say("filled %zu bytes", fill_until_blocked(p.write_end));
   const int epfd = epoll_watching(p.write_end, EPOLLOUT);
   show_epoll_wait("epoll_wait while full", epfd, 0);
   go.pass();
@@ -815,7 +796,7 @@ CONFORMANCE_CASE(kArea, pipe_dup2_stdout_exec_cat_after_ring_writes, 0,
   close(output.write_end);
   write_all(input.write_end, "copied by cat", 13);
   close(input.write_end);
-  const std::string all = read_exact(output.read_end, 64);
+  const std::string all = recv_exact(output.read_end, 64);
   say("read %s", quoted(all).c_str());
   wait_child("cat", pid);
   close(output.read_end);

@@ -456,6 +456,7 @@ struct TestSpec {
   std::string label;      // "rtt 64 B"
   std::string peer_test;  // netaccel-bench-peer --test
   std::size_t size;
+  bool over_pipes = false;  // a process and its forked child over two pipes, no sockets
 };
 
 // One row of the table: a figure read from one test's JSON.
@@ -653,6 +654,76 @@ RunResult run_once(const Setup& setup, const TestSpec& test, Mode mode, int step
     const std::string why = last_line_of(base + "-client.log");
     result.error = "client " + describe_status(client.exit_status().value_or(0)) +
                    (why.empty() ? "" : ": " + why);
+  }
+  return result;
+}
+
+// The pipes the preload carried on rings in a pipe test, from the counts
+// each process prints at exit with NETACCEL_DEBUG (pipes.cc); 0 when any was
+// downgraded or no byte went through a ring; none when no count was printed.
+std::optional<uint64_t> pipes_on_rings(const std::string& log_path) {
+  std::ifstream log(log_path);
+  std::string line;
+  bool counted = false;
+  unsigned long long pipes = 0, downgraded = 0, bytes = 0;
+  while (std::getline(log, line)) {
+    unsigned long long made = 0, dropped = 0, written = 0;
+    if (std::sscanf(line.c_str(),
+                    "netaccel: pipes: %llu accelerated, %llu downgraded, %llu bytes written", &made,
+                    &dropped, &written) != 3) {
+      continue;
+    }
+    counted = true;
+    pipes += made;
+    downgraded += dropped;
+    bytes += written;
+  }
+  if (!counted) return std::nullopt;
+  return downgraded == 0 && bytes > 0 ? pipes : 0;
+}
+
+// Runs one pipe test once: `netaccel-bench-peer pipe` forks its own peer.
+// No monitor takes part; under netaccel the preload's statistics stand where
+// the monitor's connection count does for sockets.
+RunResult run_pipe_once(const Setup& setup, const TestSpec& test, Mode mode, int step) {
+  RunResult result;
+  std::vector<std::string> env = mode == Mode::kKernel ? setup.kernel_env : setup.netaccel_env;
+  if (mode == Mode::kNetaccel) env.push_back("NETACCEL_DEBUG=1");
+  const std::string log =
+      setup.work_dir + "/" + std::to_string(step) + "-" + mode_name(mode) + "-pipe.log";
+  char seconds[32];
+  std::snprintf(seconds, sizeof seconds, "%.3f", setup.seconds);
+  Child peer;
+  std::string error;
+  if (!peer.start({setup.peer, "pipe", "--test", test.peer_test, "--size",
+                   std::to_string(test.size), "--seconds", seconds},
+                  env, log, true, &error)) {
+    result.error = "peer: " + error;
+    return result;
+  }
+  const double limit = setup.seconds * 3 + 20;
+  const auto line =
+      peer.read_line_where(limit, [](const std::string& text) { return text.rfind("{", 0) == 0; });
+  // Its statistics come at exit, after the figures.
+  const bool exited = peer.wait_exit(line ? 5.0 : 0.0);
+  if (!exited) peer.stop(0.5);
+  if (g_interrupted) {
+    result.error = "interrupted";
+    return result;
+  }
+  if (!line || !json_true(*line, "ok")) {
+    const std::string why = last_line_of(log);
+    result.error = line ? json_string(*line, "error").value_or("peer said: " + *line)
+                        : (exited ? "peer " + describe_status(peer.exit_status().value_or(0))
+                                  : "peer timed out") +
+                              (why.empty() ? "" : ": " + why);
+    return result;
+  }
+  result.ok = true;
+  result.json = *line;
+  if (mode == Mode::kNetaccel) {
+    result.netaccel_connections = pipes_on_rings(log);
+    if (!result.netaccel_connections) result.verify_error = "no pipe statistics in " + log;
   }
   return result;
 }
@@ -882,8 +953,8 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows,
       << (setup.rounds > 1 ? "The table shows the median of the rounds for each figure; "
                              "alternating the modes spreads any outside load over both.\n"
                            : "\n")
-      << "- msgrate: the client sends 64-byte messages with one blocking `send()` each; the "
-         "server `recv()`s exactly 64 bytes per message and counts them. At the end the client "
+      << "- msgrate: the client sends 64-byte messages with one blocking `write()` each; the "
+         "server `read()`s exactly 64 bytes per message and counts them. At the end the client "
          "sends an end message and stops its clock when the server's count comes back, so the "
          "rate is messages the server received per second (the client checks the count equals "
          "what it sent).\n"
@@ -897,9 +968,14 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows,
          "TIME_WAIT.\n"
       << "- ratio: netaccel over kernel for rates, kernel over netaccel for latencies; above 1 "
          "means netaccel is better.\n"
+      << "- pipe msgrate and pipe rtt: the same two tests between a process and its forked "
+         "child over two pipes, one each way (`netaccel-bench-peer pipe`, `write()` and "
+         "`read()`); kernel pipes against pipes that netaccel carries on shared-memory "
+         "rings. No monitor takes part.\n"
       << "- netaccel conns: growth of the monitor's `connections_total` during the netaccel "
-         "run. A run where it did not grow used kernel TCP: it is marked \"fell back to "
-         "kernel\" and has no ratio.\n"
+         "run; for the pipe tests, the pipes carried on rings, as the preload counts them "
+         "at exit with `NETACCEL_DEBUG`. A run where it did not grow used kernel TCP (or kernel "
+         "pipes): it is marked \"fell back to kernel\" and has no ratio.\n"
       << "- Nothing is pinned: on a 2-core machine the server and the client each get a core "
          "and the monitor sleeps while idle.\n\n"
       << "### Results\n\n";
@@ -1015,6 +1091,8 @@ int run_bench(const BenchOptions& options) {
       {"throughput 4 KiB", "stream", 4096},
       {"throughput 64 KiB", "stream", 65536},
       {"connect", "connect", 0},
+      {"pipe msgrate 64 B", "msgrate", 64, true},
+      {"pipe rtt 64 B", "rtt", 64, true},
   };
   const std::vector<Metric> metrics = {
       {0, "msgrate 64 B (messages/s)", "messages_per_s", true, format_messages},
@@ -1024,6 +1102,9 @@ int run_bench(const BenchOptions& options) {
       {2, "throughput 4 KiB", "gbit_per_s", true, format_throughput},
       {3, "throughput 64 KiB", "gbit_per_s", true, format_throughput},
       {4, "connect (connections/s)", "connections_per_s", true, format_connections},
+      {5, "pipe msgrate 64 B (messages/s)", "messages_per_s", true, format_messages},
+      {6, "pipe rtt 64 B p50", "p50_us", false, format_p50},
+      {6, "pipe rtt 64 B round trips/s", "round_trips_per_s", true, format_round_trips},
   };
 
   const std::string started = utc_now();
@@ -1065,7 +1146,9 @@ int run_bench(const BenchOptions& options) {
     std::printf("%s ... ", label.c_str());
     std::fflush(stdout);
     RunResult result;
-    if (mode == Mode::kKernel) {
+    if (test.over_pipes) {
+      result = run_pipe_once(setup, test, mode, step);
+    } else if (mode == Mode::kKernel) {
       result = run_once(setup, test, mode, step);
     } else if (const auto unavailable = ensure_monitor()) {
       result.error = *unavailable;
@@ -1093,8 +1176,8 @@ int run_bench(const BenchOptions& options) {
       if (result.fell_back()) {
         std::printf("  [fell back to kernel: 0 netaccel connections]");
       } else if (result.netaccel_connections) {
-        std::printf("  [%llu netaccel connections]",
-                    static_cast<unsigned long long>(*result.netaccel_connections));
+        std::printf("  [%llu %s]", static_cast<unsigned long long>(*result.netaccel_connections),
+                    test.over_pipes ? "pipes on rings" : "netaccel connections");
       } else {
         std::printf("  [unverified: %s]", result.verify_error.c_str());
       }

@@ -6,17 +6,20 @@
 //
 //   netaccel-bench-peer server --port P --test T [--size N]
 //   netaccel-bench-peer client --port P --test T --seconds S [--size N]
+//   netaccel-bench-peer pipe --test T --seconds S [--size N]
 //
 // Tests: stream, alias throughput (N-byte messages one way; msgrate is
 // stream with N = 64), rtt (N-byte ping-pong), connect (connect+close loop).
 // The server prints "ready" once it listens; the client prints one JSON line
-// with its results.
+// with its results. `pipe` runs stream or rtt between itself (the client)
+// and a forked child (the server) over two pipes, one each way.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,7 +59,7 @@ int64_t now_nanoseconds() {
 
 // The client reports failures as JSON too, so that the bench can show why.
 [[noreturn]] void fail(const Options& options, const char* what, int error) {
-  if (options.role == "client") {
+  if (options.role != "server") {
     std::printf("{\"test\":\"%s\",\"ok\":false,\"error\":\"%s: %s\"}\n", options.test.c_str(), what,
                 std::strerror(error));
     std::fflush(stdout);
@@ -74,10 +77,17 @@ struct sockaddr_in loopback(int port) {
   return address;
 }
 
-// Blocking send of all `n` bytes; false on error (errno set).
+// The descriptors a test reads and writes: one socket, or two pipes.
+struct Link {
+  int in;
+  int out;
+};
+
+// Blocking write of all `n` bytes; false on error (errno set). write() and
+// read(), not send() and recv(): the same calls on sockets and pipes.
 bool send_all(int fd, const unsigned char* data, std::size_t n) {
   while (n > 0) {
-    const ssize_t sent = send(fd, data, n, 0);
+    const ssize_t sent = write(fd, data, n);
     if (sent < 0) {
       if (errno == EINTR) continue;
       return false;
@@ -93,7 +103,7 @@ bool send_all(int fd, const unsigned char* data, std::size_t n) {
 int recv_exact(int fd, unsigned char* data, std::size_t n) {
   std::size_t got = 0;
   while (got < n) {
-    const ssize_t r = recv(fd, data + got, n - got, 0);
+    const ssize_t r = read(fd, data + got, n - got);
     if (r < 0) {
       if (errno == EINTR) continue;
       return -1;
@@ -158,29 +168,33 @@ int accept_one(const Options& options, int listener) {
 // stops when that answer arrives, so the rate counts messages the server
 // actually received.
 
-int stream_server(const Options& options, int listener) {
-  const int fd = accept_one(options, listener);
+void serve_stream(const Options& options, const Link& link) {
   std::vector<unsigned char> message(options.size);
   uint64_t received = 0;
   for (;;) {
-    const int r = recv_exact(fd, message.data(), message.size());
+    const int r = recv_exact(link.in, message.data(), message.size());
     if (r == 0) break;  // the client left without an end message
     if (r < 0) fail(options, "recv", errno);
     if (message[0] == kDataMark) {
       ++received;
     } else if (message[0] == kEndMark) {
-      if (!send_all(fd, reinterpret_cast<const unsigned char*>(&received), sizeof received))
+      if (!send_all(link.out, reinterpret_cast<const unsigned char*>(&received), sizeof received))
         fail(options, "send", errno);
     } else {
       fail(options, "stream out of step", EPROTO);
     }
   }
+}
+
+int stream_server(const Options& options, int listener) {
+  const int fd = accept_one(options, listener);
+  serve_stream(options, {fd, fd});
   close(fd);
   return 0;
 }
 
-int stream_client(const Options& options) {
-  const int fd = connect_to(options);
+// Sends for the test's duration, then prints the results.
+void drive_stream(const Options& options, const Link& link) {
   std::vector<unsigned char> message(options.size, 0x5a);
   message[0] = kDataMark;
   const double start = now_seconds();
@@ -190,16 +204,15 @@ int stream_client(const Options& options) {
   const uint64_t check_every = options.size >= 16384 ? 1 : options.size >= 1024 ? 8 : 64;
   uint64_t sent = 0;
   for (;;) {
-    if (!send_all(fd, message.data(), message.size())) fail(options, "send", errno);
+    if (!send_all(link.out, message.data(), message.size())) fail(options, "send", errno);
     if (++sent % check_every == 0 && now_seconds() >= stop) break;
   }
   message[0] = kEndMark;
-  if (!send_all(fd, message.data(), message.size())) fail(options, "send", errno);
+  if (!send_all(link.out, message.data(), message.size())) fail(options, "send", errno);
   uint64_t received = 0;
-  const int r = recv_exact(fd, reinterpret_cast<unsigned char*>(&received), sizeof received);
+  const int r = recv_exact(link.in, reinterpret_cast<unsigned char*>(&received), sizeof received);
   if (r <= 0) fail(options, "recv count", r == 0 ? ECONNRESET : errno);
   const double elapsed = now_seconds() - start;
-  close(fd);
   if (received != sent) fail(options, "server received a different count", EPROTO);
   const double bytes = static_cast<double>(received) * static_cast<double>(options.size);
   std::printf(
@@ -208,29 +221,38 @@ int stream_client(const Options& options) {
       options.test.c_str(), options.size, elapsed, static_cast<unsigned long long>(received),
       static_cast<double>(received) / elapsed, bytes, bytes / elapsed / 1e6,
       bytes * 8 / elapsed / 1e9);
+}
+
+int stream_client(const Options& options) {
+  const int fd = connect_to(options);
+  drive_stream(options, {fd, fd});
+  close(fd);
   return 0;
 }
 
 // ---------------------------------------------------------------------------
 // rtt: N-byte ping-pong; the client times every round trip.
 
+void serve_rtt(const Options& options, const Link& link) {
+  std::vector<unsigned char> message(options.size);
+  for (;;) {
+    const int r = recv_exact(link.in, message.data(), message.size());
+    if (r == 0) break;
+    if (r < 0) fail(options, "recv", errno);
+    if (!send_all(link.out, message.data(), message.size())) fail(options, "send", errno);
+  }
+}
+
 int rtt_server(const Options& options, int listener) {
   const int fd = accept_one(options, listener);
   set_nodelay(fd);
-  std::vector<unsigned char> message(options.size);
-  for (;;) {
-    const int r = recv_exact(fd, message.data(), message.size());
-    if (r == 0) break;
-    if (r < 0) fail(options, "recv", errno);
-    if (!send_all(fd, message.data(), message.size())) fail(options, "send", errno);
-  }
+  serve_rtt(options, {fd, fd});
   close(fd);
   return 0;
 }
 
-int rtt_client(const Options& options) {
-  const int fd = connect_to(options);
-  set_nodelay(fd);
+// Times round trips for the test's duration, then prints the results.
+void drive_rtt(const Options& options, const Link& link) {
   std::vector<unsigned char> message(options.size, 0x5a), reply(options.size);
   std::vector<int64_t> samples;
   samples.reserve(1 << 20);
@@ -239,13 +261,12 @@ int rtt_client(const Options& options) {
   int64_t end = start;
   while (end < stop) {
     const int64_t before = end;
-    if (!send_all(fd, message.data(), message.size())) fail(options, "send", errno);
-    const int r = recv_exact(fd, reply.data(), reply.size());
+    if (!send_all(link.out, message.data(), message.size())) fail(options, "send", errno);
+    const int r = recv_exact(link.in, reply.data(), reply.size());
     if (r <= 0) fail(options, "recv", r == 0 ? ECONNRESET : errno);
     end = now_nanoseconds();
     samples.push_back(end - before);
   }
-  close(fd);
   const double elapsed = static_cast<double>(end - start) * 1e-9;
   std::sort(samples.begin(), samples.end());
   auto percentile = [&](double p) {
@@ -262,7 +283,40 @@ int rtt_client(const Options& options) {
       options.test.c_str(), options.size, elapsed, samples.size(),
       static_cast<double>(samples.size()) / elapsed, percentile(0.50), percentile(0.99),
       sum / static_cast<double>(samples.size()) / 1e3, static_cast<double>(samples.back()) / 1e3);
+}
+
+int rtt_client(const Options& options) {
+  const int fd = connect_to(options);
+  set_nodelay(fd);
+  drive_rtt(options, {fd, fd});
+  close(fd);
   return 0;
+}
+
+// ---------------------------------------------------------------------------
+// pipe: the same stream and rtt tests between this process and a forked
+// child, over a pipe each way.
+
+int pipe_test(const Options& options, bool stream) {
+  int down[2], up[2];
+  if (pipe(down) != 0 || pipe(up) != 0) fail(options, "pipe", errno);
+  const pid_t child = fork();
+  if (child < 0) fail(options, "fork", errno);
+  if (child == 0) {
+    close(down[1]);
+    close(up[0]);
+    const Link link{down[0], up[1]};
+    stream ? serve_stream(options, link) : serve_rtt(options, link);
+    std::exit(0);
+  }
+  close(down[0]);
+  close(up[1]);
+  const Link link{up[0], down[1]};
+  stream ? drive_stream(options, link) : drive_rtt(options, link);
+  close(down[1]);  // the child's end of file
+  int status = 0;
+  waitpid(child, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
 }
 
 // ---------------------------------------------------------------------------
@@ -315,6 +369,7 @@ int connect_client(const Options& options) {
   std::fprintf(stderr,
                "usage: netaccel-bench-peer server --port P --test T [--size N]\n"
                "       netaccel-bench-peer client --port P --test T --seconds S [--size N]\n"
+               "       netaccel-bench-peer pipe --test T --seconds S [--size N]\n"
                "tests: msgrate (64 B stream), stream or throughput [--size N], rtt [--size N], "
                "connect\n");
   std::exit(2);
@@ -324,7 +379,7 @@ Options parse(int argc, char** argv) {
   if (argc < 2) usage();
   Options options;
   options.role = argv[1];
-  if (options.role != "server" && options.role != "client") usage();
+  if (options.role != "server" && options.role != "client" && options.role != "pipe") usage();
   for (int i = 2; i < argc; ++i) {
     const std::string flag = argv[i];
     if (i + 1 >= argc) usage();
@@ -341,7 +396,8 @@ Options parse(int argc, char** argv) {
       usage();
     }
   }
-  if (options.port <= 0 || options.port > 65535 || options.seconds <= 0) usage();
+  const bool needs_port = options.role != "pipe";
+  if ((needs_port && (options.port <= 0 || options.port > 65535)) || options.seconds <= 0) usage();
   if (options.test == "throughput") options.test = "stream";
   if (options.test == "msgrate") options.size = 64;
   if (options.size < 1 || options.size > (64u << 20)) usage();
@@ -356,6 +412,10 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   const bool stream = options.test == "msgrate" || options.test == "stream";
   if (!stream && options.test != "rtt" && options.test != "connect") usage();
+  if (options.role == "pipe") {
+    if (options.test == "connect") usage();
+    return pipe_test(options, stream);
+  }
 
   if (options.role == "server") {
     const int listener = listen_on(options);

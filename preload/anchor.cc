@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "intercepted.h"
+#include "pipes.h"
 #include "real_calls.h"
 #include "runtime.h"
 
@@ -357,16 +358,7 @@ ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags) {
 }
 
 void adopt_received_descriptors(struct msghdr* message) {
-  for (struct cmsghdr* part = CMSG_FIRSTHDR(message); part != nullptr;
-       part = CMSG_NXTHDR(message, part)) {
-    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t count = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < count; ++i) {
-      int received;
-      memcpy(&received, CMSG_DATA(part) + i * sizeof(int), sizeof received);
-      adopt_descriptor(received);
-    }
-  }
+  for_each_passed_descriptor(message, adopt_descriptor);
 }
 
 // glibc's child runs its own internal execve, which we cannot reach: the
@@ -376,6 +368,7 @@ int intercepted_posix_spawn(pid_t* pid, const char* path, const posix_spawn_file
                             const posix_spawnattr_t* attributes, char* const argv[],
                             char* const envp[]) {
   anchor_sockets_for_new_image(actions != nullptr);
+  downgrade_pipes_for_new_image(actions != nullptr);
   return real().posix_spawn(pid, path, actions, attributes, argv, envp);
 }
 
@@ -384,6 +377,7 @@ int intercepted_posix_spawnp(pid_t* pid, const char* file,
                              const posix_spawnattr_t* attributes, char* const argv[],
                              char* const envp[]) {
   anchor_sockets_for_new_image(actions != nullptr);
+  downgrade_pipes_for_new_image(actions != nullptr);
   return real().posix_spawnp(pid, file, actions, attributes, argv, envp);
 }
 

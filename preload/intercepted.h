@@ -2,6 +2,7 @@
 // the hooks that keep emulated epoll sets in step with socket transitions.
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>

@@ -3,8 +3,11 @@
 #include <alloca.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "intercepted.h"
+#include "pipes.h"
 #include "real_calls.h"
 #include "runtime.h"
 
@@ -100,12 +103,24 @@ NETACCEL_EXPORT int ioctl(int fd, unsigned long request, ...) {
   return netaccel::preload::netaccel_ioctl(fd, request, argument);
 }
 
+// _exit() skips the destructors: a forked child that ends with it (after a
+// failed exec, Python's os._exit) still leaves the pipe read ends it held,
+// or a writer would not see EPIPE once the other readers are gone.
+NETACCEL_EXPORT void _exit(int status) {
+  netaccel::preload::leave_pipes_at_exit();
+  syscall(SYS_exit_group, status);
+  __builtin_unreachable();
+}
+NETACCEL_EXPORT void _Exit(int status) __attribute__((alias("_exit")));
+
 namespace {
 
-// exit(), not _exit(): what this process held of shared connections goes.
+// exit(), not _exit(): what this process held of shared connections and
+// of pipes' read ends goes.
 __attribute__((destructor)) void leave_connections() {
   netaccel::preload::flush_socket_streams_at_exit();
   netaccel::preload::leave_connections_at_exit();
+  netaccel::preload::leave_pipes_at_exit();
 }
 
 __attribute__((constructor)) void initialise_preload() {
@@ -113,6 +128,7 @@ __attribute__((constructor)) void initialise_preload() {
   netaccel::preload::config();
   netaccel::preload::register_for_asymmetric_fence();
   pthread_atfork(nullptr, nullptr, netaccel::preload::register_for_asymmetric_fence);
+  pthread_atfork(nullptr, nullptr, netaccel::preload::start_pipe_statistics_in_child);
   pthread_atfork(netaccel::preload::lock_link_for_fork,
                  netaccel::preload::withdraw_listeners_after_fork,
                  netaccel::preload::reset_link_in_child);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "intercepted.h"
+#include "pipes.h"
 #include "real_calls.h"
 #include "runtime.h"
 
@@ -28,6 +29,8 @@ uint32_t socket_readiness(Socket* socket, uint32_t wanted) {
       return 0;
     case SocketState::kListening:
       return listener_has_pending(socket) ? EPOLLIN | EPOLLRDNORM : 0;
+    case SocketState::kPipe:
+      return pipe_readiness(-1, socket);
     case SocketState::kConnected:
       break;
   }
@@ -68,6 +71,9 @@ namespace {
 // in the set (kNestedTag), the process's event-queue wake fd.
 constexpr uint64_t kTagBase = 0x4e41ull << 48;
 constexpr uint64_t kNestedTag = kTagBase | (1ull << 32);
+// A pipe end's own kernel descriptor, registered edge-triggered: its
+// POLLHUP, POLLERR and, once downgraded, its data wake the wait.
+constexpr uint64_t kPipeKernelTag = kTagBase | (2ull << 32);
 constexpr uint64_t kEventWakeTag = kTagBase | 0xffffffffull;
 bool is_tag(uint64_t data) {
   return (data >> 48) == 0x4e41;
@@ -89,6 +95,11 @@ struct EpollMember {
   bool disarmed = false;     // EPOLLONESHOT already fired
   int registered_wake = -1;  // the eventfd it needs in the kernel epoll (shared by its dups)
   bool listener = false;
+  bool pipe_registered = false;  // its pipe end's kernel descriptor (kPipeKernelTag)
+  // That descriptor reported an edge: news the ring positions cannot show
+  // (a hang-up, or data in a downgraded pipe).
+  bool kernel_edge = false;
+  uint32_t armed_events = 0;  // a pipe end: what arm_members announced, to withdraw
 };
 
 struct EpollSet {
@@ -151,6 +162,7 @@ void for_each_set(Visit visit) {
 // The kernel object that wakes sleepers for this socket.
 int wake_fd_of(Socket* socket) {
   if (socket->state == SocketState::kConnected) return socket->connection->own_wake.get();
+  if (socket->state == SocketState::kPipe) return pipe_wake_fd(socket);
   if (socket->state == SocketState::kListening) return socket->listener_wake.get();
   return -1;
 }
@@ -189,6 +201,9 @@ void erase_member(int epfd, EpollSet* set, std::vector<EpollMember>::iterator me
     }
     --set->listeners;
   }
+  if (member->pipe_registered && lookup_descriptor(member->fd).get() == member->socket) {
+    real().epoll_ctl(epfd, EPOLL_CTL_DEL, member->fd, nullptr);
+  }
   if (member->socket != nullptr) {
     member->socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
   }
@@ -205,9 +220,16 @@ void drain_tagged(EpollSet* set, uint64_t tag) {
     return;
   }
   if ((tag & kNestedTag) == kNestedTag) return;  // the nested set's own wait drains it
-  // Only a wake fd a member still holds is ours to read.
-  const int wake = static_cast<int>(tag & 0xffffffffu);
+  const int fd = static_cast<int>(tag & 0xffffffffu);
   std::lock_guard lock(set->mutex);
+  if ((tag & kPipeKernelTag) == kPipeKernelTag) {
+    for (EpollMember& member : set->members) {
+      if (member.pipe_registered && member.fd == fd) member.kernel_edge = true;
+    }
+    return;
+  }
+  // Only a wake fd a member still holds is ours to read.
+  const int wake = fd;
   if (wake_registered(set, wake)) drain_wake_fd(wake);
 }
 
@@ -237,6 +259,13 @@ uint32_t member_report(EpollMember& member, bool consume, int depth) {
     EpollSet* inner = find_set(member.fd);
     if (inner != nullptr && depth < kMaxEpollNesting && set_has_events(member.fd, inner, depth + 1))
       ready = (EPOLLIN | EPOLLRDNORM) & wanted;
+  } else if (member.socket->state == SocketState::kPipe) {
+    Socket* end = member.socket;
+    // Its kernel half is read through the member's descriptor while that
+    // still holds this end.
+    const int fd = lookup_descriptor(member.fd).get() == end ? member.fd : -1;
+    ready = pipe_readiness(fd, end) & wanted;
+    head = tail = pipe_edge_position(end);
   } else {
     Socket* socket = member.socket;
     ready = socket_readiness(socket, wanted) & wanted;
@@ -250,10 +279,12 @@ uint32_t member_report(EpollMember& member, bool consume, int depth) {
   uint32_t report = ready & ~member.last_ready;
   if ((ready & EPOLLIN) && head != member.last_head) report |= ready & EPOLLIN;
   if ((ready & EPOLLOUT) && tail != member.last_tail) report |= ready & EPOLLOUT;
+  if (member.kernel_edge) report |= ready;
   if (consume) {
     member.last_ready = ready;
     member.last_head = head;
     member.last_tail = tail;
+    member.kernel_edge = false;
   }
   // Like the kernel, an edge reports everything that is ready, not only
   // what changed.
@@ -314,7 +345,15 @@ bool arm_connection(Connection* c, uint32_t events, bool armed) {
 bool arm_members(EpollSet* set, bool armed, int depth = 0) {
   std::lock_guard lock(set->mutex);
   bool space_wait = false;
-  for (const EpollMember& member : set->members) {
+  for (EpollMember& member : set->members) {
+    // A pipe end counts its sleepers: each announcement is withdrawn as made,
+    // even if the member was disarmed or changed in between.
+    if (member.socket != nullptr && member.socket->state == SocketState::kPipe) {
+      if (armed && !member.disarmed) member.armed_events = member.events;
+      space_wait |= arm_pipe_end(member.socket, member.armed_events, armed);
+      if (!armed) member.armed_events = 0;
+      continue;
+    }
     if (member.disarmed) continue;
     if (member.socket == nullptr) {
       EpollSet* inner = find_set(member.fd);
@@ -405,7 +444,7 @@ int intercepted_epoll_create1(int flags) {
 }
 
 int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
-  SocketRef socket = lookup_socket(fd);
+  SocketRef socket = lookup_descriptor(fd);
   if (!socket || socket->state == SocketState::kBound) {
     if (!socket && is_epoll_instance(fd) && fd != epfd) {
       return nested_epoll_ctl(epfd, op, fd, event);
@@ -433,6 +472,13 @@ int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
         const int error = errno;
         if (listener) real().epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
         return fail(error);
+      }
+      if (socket->state == SocketState::kPipe) {
+        // Both directions: each end reports only what its mode allows, and
+        // a write end's kernel pipe, empty until downgraded, changes never.
+        added.pipe_registered =
+            add_kernel_registration(epfd, fd, EPOLLIN | EPOLLOUT | EPOLLET,
+                                    kPipeKernelTag | static_cast<uint32_t>(fd)) == 0;
       }
       if (listener) {
         ++set->listeners;
@@ -600,6 +646,11 @@ struct PollSlot {
   Socket* socket;  // referenced for the duration of the call
 };
 
+uint32_t slot_readiness(const struct pollfd& entry, Socket* socket, uint32_t wanted) {
+  if (socket->state == SocketState::kPipe) return pipe_readiness(entry.fd, socket);
+  return socket_readiness(socket, wanted);
+}
+
 // Kernel half of a poll: netaccel entries other than listeners are hidden
 // from the kernel (a negative fd is ignored by poll) and restored after.
 int kernel_poll(struct pollfd* fds, nfds_t count, const std::vector<PollSlot>& slots,
@@ -623,7 +674,7 @@ int netaccel_poll_half(struct pollfd* fds, const std::vector<PollSlot>& slots) {
   for (const PollSlot& slot : slots) {
     struct pollfd& entry = fds[slot.index];
     const uint32_t wanted = static_cast<uint32_t>(entry.events) | POLLERR | POLLHUP;
-    const short ours = static_cast<short>(socket_readiness(slot.socket, wanted) & wanted);
+    const short ours = static_cast<short>(slot_readiness(entry, slot.socket, wanted) & wanted);
     if (ours != 0 && entry.revents == 0) ++newly_ready;
     entry.revents |= ours;
   }
@@ -641,6 +692,9 @@ bool arm_slots(const std::vector<PollSlot>& slots, const struct pollfd* fds, boo
   bool space_wait = false;
   for (const PollSlot& slot : slots) {
     if (slot.socket->state == SocketState::kListening) listeners = true;
+    if (slot.socket->state == SocketState::kPipe) {
+      space_wait |= arm_pipe_end(slot.socket, static_cast<uint16_t>(fds[slot.index].events), armed);
+    }
     if (slot.socket->state != SocketState::kConnected) continue;
     space_wait |= arm_connection(slot.socket->connection,
                                  static_cast<uint16_t>(fds[slot.index].events), armed);
@@ -652,7 +706,7 @@ bool arm_slots(const std::vector<PollSlot>& slots, const struct pollfd* fds, boo
 int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigset_t* mask) {
   std::vector<PollSlot> slots;
   for (nfds_t i = 0; i < count; ++i) {
-    SocketRef socket = lookup_socket(fds[i].fd);
+    SocketRef socket = lookup_descriptor(fds[i].fd);
     if (socket && socket->state != SocketState::kBound) {
       socket->references.fetch_add(1, std::memory_order_relaxed);  // released below
       slots.push_back({i, socket.get()});
@@ -693,7 +747,12 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
     // Sleep: the kernel entries as they are, plus the eventfds that wake us.
     std::vector<struct pollfd> sleeping(fds, fds + count);
     for (const PollSlot& slot : slots) {
-      if (slot.socket->state != SocketState::kListening) sleeping[slot.index].fd = -1;
+      if (slot.socket->state == SocketState::kPipe) {
+        // Its kernel end tells of hang-ups (and, once downgraded, of data).
+        sleeping[slot.index].events = pipe_kernel_events(slot.socket);
+      } else if (slot.socket->state != SocketState::kListening) {
+        sleeping[slot.index].fd = -1;
+      }
       const int wake = wake_fd_of(slot.socket);
       if (wake >= 0) sleeping.push_back({wake, POLLIN, 0});
     }

@@ -2,6 +2,7 @@
 // dlsym(RTLD_NEXT) from the one list in calls.def.
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "pipes.h"
 #include "real_calls.h"
 
 namespace netaccel::preload {
@@ -37,7 +38,8 @@ const Config& config() {
              path != nullptr && *path != '\0' ? path : kDefaultMonitorSocket);
     const char* spin = getenv("NETACCEL_SPIN_US");
     c.spin_ns = (spin != nullptr ? atoll(spin) : 500) * 1000;
-    c.debug = getenv("NETACCEL_DEBUG") != nullptr;
+    const char* debug = getenv("NETACCEL_DEBUG");
+    c.debug = debug != nullptr && strcmp(debug, "0") != 0;
     return c;
   }();
   return loaded;
@@ -75,6 +77,29 @@ void fence_before_sleeping() {
 }
 void fence_after_publishing() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+std::size_t iov_total(const struct iovec* iov, int iovcnt) {
+  std::size_t total = 0;
+  for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+  return total;
+}
+
+int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, std::size_t most,
+                struct iovec* out) {
+  int count = 0;
+  for (int i = 0; i < iovcnt && count < 64 && most > 0; ++i) {
+    if (skip >= iov[i].iov_len) {
+      skip -= iov[i].iov_len;
+      continue;
+    }
+    out[count].iov_base = static_cast<char*>(iov[i].iov_base) + skip;
+    out[count].iov_len = std::min(iov[i].iov_len - skip, most);
+    most -= out[count].iov_len;
+    skip = 0;
+    ++count;
+  }
+  return count;
 }
 
 bool SpinBudget::keep_spinning() {
@@ -143,6 +168,8 @@ void Socket::reset() {
   send_buffer = receive_buffer = 0;
   options.clear();
   connection = nullptr;
+  pipe = nullptr;
+  pipe_write_end = false;
   epoll_memberships.store(0, std::memory_order_relaxed);
   listener_wake.reset();
   listen_backlog = 0;
@@ -163,6 +190,12 @@ void wait_for_other_threads_connect(Socket* socket) {
 }  // namespace
 
 SocketRef lookup_socket(int fd) {
+  SocketRef socket = lookup_descriptor(fd);
+  if (socket && socket->state == SocketState::kPipe) return SocketRef();
+  return socket;
+}
+
+SocketRef lookup_descriptor(int fd) {
   if (fd < 0 || fd >= kMaxFds) return SocketRef();
   std::atomic<Socket*>& slot = sockets()[fd];
   if (!g_multithreaded.load(std::memory_order_relaxed)) {
@@ -304,6 +337,7 @@ Socket* uninstall_socket(int fd) {
 
 void release_socket(Socket* socket) {
   if (socket->references.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (socket->pipe != nullptr) release_pipe_end(socket);
   if (socket->connection != nullptr) close_connection(socket->connection, socket->reset_on_close);
   if (socket->state == SocketState::kListening) {
     // Unannounced first, so that what we queued goes to another listener.

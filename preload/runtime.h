@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <vector>
@@ -102,6 +103,7 @@ class SpinBudget {
 };
 
 struct Channel;
+struct Pipe;
 
 // ---------------------------------------------------------------------------
 // One end of a shared-memory connection: its own segment from the monitor, or
@@ -181,6 +183,7 @@ enum class SocketState : uint8_t {
   kBound,      // a real kernel socket, bound; may still listen or connect via netaccel
   kListening,  // kernel listener plus a netaccel listener
   kConnected,  // a netaccel connection
+  kPipe,       // not a socket: one end of a pipe carried by a ring (pipes.h)
 };
 
 struct PendingConnection {
@@ -290,6 +293,9 @@ struct Socket {
   std::vector<SavedOption> options;
 
   Connection* connection = nullptr;
+  // kPipe: the pipe and which of its ends the descriptors hold.
+  Pipe* pipe = nullptr;
+  bool pipe_write_end = false;
   std::atomic<int> epoll_memberships{0};  // emulated epoll sets watching it
   OptionalSpinLock send_lock;
   OptionalSpinLock receive_lock;
@@ -342,6 +348,9 @@ class SocketRef {
   bool counted_ = false;
 };
 
+// Every descriptor in the table: sockets and pipe ends.
+SocketRef lookup_descriptor(int fd);
+// Sockets only: socket calls on a pipe end go to the kernel, which refuses them.
 SocketRef lookup_socket(int fd);
 bool is_netaccel_fd(int fd);
 Socket* new_socket();
@@ -438,6 +447,29 @@ bool is_local_address(const InetAddress& address);
 // `wanted`: the bits the caller looks at; others may be missing (saves
 // reading the lines the peer writes).
 uint32_t socket_readiness(Socket* socket, uint32_t wanted = ~0u);
+
+// Scatter/gather helpers shared by the socket and pipe data paths.
+std::size_t iov_total(const struct iovec* iov, int iovcnt);
+// At most `most` bytes of `iov` after its first `skip`, in `out` (at most 64 entries).
+int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, std::size_t most,
+                struct iovec* out);
+
+// Calls `visit(fd)` for every descriptor that SCM_RIGHTS parts of
+// `message` carry.
+template <typename Visit>
+void for_each_passed_descriptor(const struct msghdr* message, Visit visit) {
+  auto* header = const_cast<struct msghdr*>(message);
+  for (struct cmsghdr* part = CMSG_FIRSTHDR(header); part != nullptr;
+       part = CMSG_NXTHDR(header, part)) {
+    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int passed;
+      memcpy(&passed, CMSG_DATA(part) + i * sizeof(int), sizeof passed);
+      visit(passed);
+    }
+  }
+}
 
 // errno-style return helpers.
 inline int fail(int error) {

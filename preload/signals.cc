@@ -8,6 +8,9 @@
 #include "signals.h"
 
 #include <errno.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
 
@@ -102,6 +105,10 @@ bool handled_signal_restarts() {
   struct sigaction current;
   return signal_number != 0 && real().sigaction(signal_number, nullptr, &current) == 0 &&
          (current.sa_flags & SA_RESTART) != 0;
+}
+
+void raise_sigpipe(int flags) {
+  if ((flags & MSG_NOSIGNAL) == 0) syscall(SYS_tgkill, getpid(), gettid(), SIGPIPE);
 }
 
 }  // namespace netaccel::preload

@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "intercepted.h"
+#include "pipes.h"
 #include "real_calls.h"
 #include "runtime.h"
 #include "signals.h"
@@ -52,10 +53,6 @@ void set_socket_nonblocking(Socket* socket, bool nonblocking) {
   } else {
     socket->nonblocking.store(nonblocking, std::memory_order_relaxed);
   }
-}
-
-void raise_sigpipe(int flags) {
-  if ((flags & MSG_NOSIGNAL) == 0) syscall(SYS_tgkill, getpid(), gettid(), SIGPIPE);
 }
 
 // The peer's reset is reported once, as ECONNRESET, by whichever of recv,
@@ -273,30 +270,6 @@ unsigned char iov_byte(const struct iovec* iov, std::size_t offset) {
 
 int64_t deadline_after(int64_t timeout_ns) {
   return timeout_ns == 0 ? 0 : monotonic_ns() + timeout_ns;
-}
-
-std::size_t iov_total(const struct iovec* iov, int iovcnt) {
-  std::size_t total = 0;
-  for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
-  return total;
-}
-
-// At most `most` bytes of `iov` after its first `skip`, in `out` (at most 64 entries).
-int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, std::size_t most,
-                struct iovec* out) {
-  int count = 0;
-  for (int i = 0; i < iovcnt && count < 64 && most > 0; ++i) {
-    if (skip >= iov[i].iov_len) {
-      skip -= iov[i].iov_len;
-      continue;
-    }
-    out[count].iov_base = static_cast<char*>(iov[i].iov_base) + skip;
-    out[count].iov_len = std::min(iov[i].iov_len - skip, most);
-    most -= out[count].iov_len;
-    skip = 0;
-    ++count;
-  }
-  return count;
 }
 
 }  // namespace
@@ -524,6 +497,7 @@ ssize_t intercepted_sendmsg(int fd, const struct msghdr* message, int flags) {
     if (message == nullptr || message->msg_controllen == 0) {
       return real().sendmsg(fd, message, flags);
     }
+    downgrade_passed_pipes(message);
     return send_with_anchors(fd, message, flags);
   }
   return stream_send(fd, socket.get(), message->msg_iov, static_cast<int>(message->msg_iovlen),
@@ -531,17 +505,19 @@ ssize_t intercepted_sendmsg(int fd, const struct msghdr* message, int flags) {
 }
 
 ssize_t intercepted_write(int fd, const void* buffer, size_t length) {
-  SocketRef socket = lookup_socket(fd);
+  SocketRef socket = lookup_descriptor(fd);
   if (!socket) return real().write(fd, buffer, length);
   struct iovec iov {
     const_cast<void*>(buffer), length
   };
+  if (socket->state == SocketState::kPipe) return pipe_write(fd, socket.get(), &iov, 1);
   return stream_send(fd, socket.get(), &iov, 1, 0);
 }
 
 ssize_t intercepted_writev(int fd, const struct iovec* iov, int iovcnt) {
-  SocketRef socket = lookup_socket(fd);
+  SocketRef socket = lookup_descriptor(fd);
   if (!socket) return real().writev(fd, iov, iovcnt);
+  if (socket->state == SocketState::kPipe) return pipe_write(fd, socket.get(), iov, iovcnt);
   if (iovcnt < 0 || iovcnt > IOV_MAX) return fail(EINVAL);
   return stream_send(fd, socket.get(), iov, iovcnt, 0);
 }
@@ -551,6 +527,7 @@ ssize_t intercepted_writev(int fd, const struct iovec* iov, int iovcnt) {
 // SIGPIPE, returns what it sent before an error, and leaves the file
 // position (or *offset) just past the bytes sent.
 ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count) {
+  downgrade_pipe_at(out_fd);  // the kernel moves the bytes
   SocketRef socket = lookup_socket(out_fd);
   if (!socket || socket->state != SocketState::kConnected) {
     return real().sendfile(out_fd, in_fd, offset, count);
@@ -589,6 +566,9 @@ ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count)
 // far as the destination has room: a short write loses nothing.
 ssize_t intercepted_splice(int in_fd, loff_t* in_offset, int out_fd, loff_t* out_offset,
                            size_t length, unsigned int flags) {
+  // The kernel reads or writes the pipe's own buffer.
+  downgrade_pipe_at(in_fd);
+  downgrade_pipe_at(out_fd);
   SocketRef source = lookup_socket(in_fd);
   SocketRef destination = lookup_socket(out_fd);
   const bool from_ring = source && source->state == SocketState::kConnected;
@@ -689,17 +669,19 @@ ssize_t intercepted_recvmsg(int fd, struct msghdr* message, int flags) {
 }
 
 ssize_t intercepted_read(int fd, void* buffer, size_t length) {
-  SocketRef socket = lookup_socket(fd);
+  SocketRef socket = lookup_descriptor(fd);
   if (!socket) return real().read(fd, buffer, length);
   struct iovec iov {
     buffer, length
   };
+  if (socket->state == SocketState::kPipe) return pipe_read(fd, socket.get(), &iov, 1);
   return stream_receive(fd, socket.get(), &iov, 1, 0);
 }
 
 ssize_t intercepted_readv(int fd, const struct iovec* iov, int iovcnt) {
-  SocketRef socket = lookup_socket(fd);
+  SocketRef socket = lookup_descriptor(fd);
   if (!socket) return real().readv(fd, iov, iovcnt);
+  if (socket->state == SocketState::kPipe) return pipe_read(fd, socket.get(), iov, iovcnt);
   if (iovcnt < 0 || iovcnt > IOV_MAX) return fail(EINVAL);
   return stream_receive(fd, socket.get(), iov, iovcnt, 0);
 }
@@ -1062,6 +1044,8 @@ int intercepted_shutdown(int fd, int how) {
 
 int intercepted_close(int fd) {
   if (is_internal_fd(fd)) return fail(EBADF);  // not the application's to close
+  // A vfork child's descriptors are not the ones its parent's tables count.
+  if (!holder_process() && lookup_descriptor(fd)) return real().close(fd);
   Socket* socket = uninstall_socket(fd);
   if (socket == nullptr) {
     epoll_closed(fd);
@@ -1212,14 +1196,26 @@ namespace {
 // close then dup) glibc's stdin, stdout or stderr must reach the connection.
 void install_duplicate(int copy, Socket* socket) {
   install_socket(copy, socket);
-  if (copy <= STDERR_FILENO && socket->state == SocketState::kConnected) {
-    take_over_standard_stream(copy);
-  }
+  if (copy > STDERR_FILENO) return;
+  if (socket->state == SocketState::kConnected) take_over_standard_stream(copy);
+  // stdio and an exec'd image reach a pipe there behind our back.
+  if (socket->state == SocketState::kPipe) downgrade_pipe(copy, socket);
 }
 }  // namespace
 
+// A pipe end copied onto stdin, stdout or stderr is reached by stdio and
+// by whatever image an exec puts there; one copied in a vfork child is out
+// of our sight (its parent's tables). Either way it goes back to the kernel.
+bool pipe_copy_leaves_our_sight(int fd, Socket* socket, int target) {
+  if (socket->state != SocketState::kPipe) return false;
+  const bool leaves = !holder_process() || (target >= 0 && target <= STDERR_FILENO);
+  if (leaves) downgrade_pipe(fd, socket);
+  return !holder_process();
+}
+
 int intercepted_dup(int fd) {
-  SocketRef socket = lookup_socket(fd);
+  SocketRef socket = lookup_descriptor(fd);
+  if (socket && pipe_copy_leaves_our_sight(fd, socket.get(), -1)) return real().dup(fd);
   const int copy = real().dup(fd);
   if (copy >= 0 && socket) install_duplicate(copy, socket.get());
   return copy;
@@ -1234,7 +1230,10 @@ void forget_replaced_socket(int fd) {
 
 int intercepted_dup3(int fd, int target, int flags) {
   if (is_internal_fd(target)) return fail(EBADF);
-  SocketRef socket = lookup_socket(fd);
+  SocketRef socket = lookup_descriptor(fd);
+  if (socket && pipe_copy_leaves_our_sight(fd, socket.get(), target)) {
+    return real().dup3(fd, target, flags);
+  }
   if (!socket && !is_netaccel_fd(target)) return real().dup3(fd, target, flags);
   const int copy = real().dup3(fd, target, flags);
   if (copy < 0) return -1;
@@ -1249,8 +1248,9 @@ int intercepted_dup2(int fd, int target) {
 }
 
 int netaccel_fcntl(int fd, int command, unsigned long argument) {
-  SocketRef socket = lookup_socket(fd);
+  SocketRef socket = lookup_descriptor(fd);
   if (!socket) return real().fcntl(fd, command, argument);
+  if (socket->state == SocketState::kPipe) return pipe_fcntl(fd, socket.get(), command, argument);
   switch (command) {
     case F_GETFL: {
       const int flags = real().fcntl(fd, F_GETFL);
@@ -1275,7 +1275,10 @@ int netaccel_fcntl(int fd, int command, unsigned long argument) {
 }
 
 int netaccel_ioctl(int fd, unsigned long request, void* argument) {
-  SocketRef socket = lookup_socket(fd);
+  SocketRef socket = lookup_descriptor(fd);
+  if (socket && socket->state == SocketState::kPipe) {
+    return pipe_ioctl(fd, socket.get(), request, argument);
+  }
   if (!socket || kernel_backed(socket.get())) {
     const int result = real().ioctl(fd, request, argument);
     if (socket && request == FIONBIO && result == 0) {
@@ -1322,10 +1325,13 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
 template <typename Exec>
 int exec_handing_sockets_to_new_image(Exec exec) {
   anchor_sockets_for_new_image(/*include_close_on_exec=*/false);
+  downgrade_pipes_for_new_image(/*include_close_on_exec=*/false);
   const std::vector<Connection*> left = leave_shared_connections_for_exec();
+  const std::vector<Pipe*> left_pipes = leave_pipes_for_exec();
   const int result = exec();
   const int error = errno;
   rejoin_connections_after_failed_exec(left);
+  rejoin_pipes_after_failed_exec(left_pipes);
   errno = error;
   return result;
 }
@@ -1349,10 +1355,12 @@ int intercepted_execvpe(const char* file, char* const argv[], char* const envp[]
 pid_t intercepted_fork() {
   anchor_connections_for_fork();
   share_connections_with_child(true);
+  share_pipes_with_child(true);
   const pid_t child = real().fork();
   if (child < 0) {
     const int error = errno;
     share_connections_with_child(false);
+    share_pipes_with_child(false);
     errno = error;
   }
   return child;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "intercepted.h"
+#include "pipes.h"
 #include "real_calls.h"
 #include "runtime.h"
 
@@ -141,7 +142,9 @@ FILE* socket_stream(int fd, const char* mode) {
 }  // namespace
 
 FILE* intercepted_fdopen(int fd, const char* mode) {
-  if (is_netaccel_fd(fd)) return socket_stream(fd, mode);
+  if (lookup_socket(fd)) return socket_stream(fd, mode);
+  // A pipe end's stream reads and writes the kernel pipe itself.
+  downgrade_pipe_at(fd);
   return real().fdopen(fd, mode);
 }
 

@@ -232,9 +232,10 @@ std::string recv_exact(int fd, size_t length) {
   std::string buffer(length, '\0');
   size_t done = 0;
   while (done < length) {
-    const ssize_t got = recv(fd, buffer.data() + done, length - done, 0);
+    // read(), which a socket takes as recv(0) and a pipe takes too.
+    const ssize_t got = read(fd, buffer.data() + done, length - done);
     if (got < 0 && errno == EINTR) continue;
-    require("recv", got);
+    require("read", got);
     if (got == 0) break;
     done += static_cast<size_t>(got);
   }

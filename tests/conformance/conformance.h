@@ -96,7 +96,8 @@ void send_text(int fd, const std::string& text);
 std::string report_data(const char* label, ssize_t got, std::string buffer);
 // One recv of up to `capacity` bytes, printed as by report_data.
 std::string recv_once(const char* label, int fd, size_t capacity = 256, int flags = 0);
-// Reads exactly `length` bytes (or to EOF); returns what arrived.
+// Reads exactly `length` bytes (or to EOF) from a socket or a pipe;
+// returns what arrived.
 std::string recv_exact(int fd, size_t length);
 // Reads exactly `length` bytes (or to EOF) and prints "label: 'bytes'".
 void show_exact(const char* label, int fd, size_t length);

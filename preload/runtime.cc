@@ -369,9 +369,21 @@ void unregister_listener(Socket* socket) {
   g_listeners.erase(socket->id);
 }
 
+namespace {
+std::atomic<int> g_highest_internal_fd{-1};
+}  // namespace
+
 void mark_internal_fd(int fd, bool internal) {
-  if (fd >= 0 && fd < kMaxFds)
-    internal_fds()[fd].store(internal ? 1 : 0, std::memory_order_relaxed);
+  if (fd < 0 || fd >= kMaxFds) return;
+  internal_fds()[fd].store(internal ? 1 : 0, std::memory_order_relaxed);
+  int highest = g_highest_internal_fd.load(std::memory_order_relaxed);
+  while (internal && fd > highest &&
+         !g_highest_internal_fd.compare_exchange_weak(highest, fd, std::memory_order_relaxed)) {
+  }
+}
+
+int highest_internal_fd() {
+  return g_highest_internal_fd.load(std::memory_order_relaxed);
 }
 
 namespace {

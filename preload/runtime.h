@@ -369,6 +369,8 @@ void keep_internal_fd(UniqueFd& fd);
 // Our own descriptors refuse application calls.
 void mark_internal_fd(int fd, bool internal);
 bool is_internal_fd(int fd);
+// The highest number one of our own descriptors has ever had; -1 if none.
+int highest_internal_fd();
 
 // A placeholder descriptor for a new netaccel socket; -1 with errno set.
 int new_placeholder_fd(bool close_on_exec);

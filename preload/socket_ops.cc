@@ -1042,6 +1042,29 @@ int intercepted_shutdown(int fd, int how) {
   return 0;
 }
 
+// close_range and closefrom, as a daemon closes everything above stderr:
+// the application's descriptors close as close() closes them (a netaccel
+// socket's connection ends, an epoll set is forgotten), ours stay open. A
+// vfork child's table is its own copy: the kernel may close anything there.
+int intercepted_close_range(unsigned int first, unsigned int last, int flags) {
+  const int highest = std::max(highest_socket_fd(), highest_internal_fd());
+  if (!holder_process() || (flags & CLOSE_RANGE_CLOEXEC) != 0 || first > last || highest < 0) {
+    return real().close_range(first, last, flags);
+  }
+  const auto known = static_cast<unsigned int>(highest);
+  for (unsigned int fd = first; fd <= std::min(last, known); ++fd) {
+    if (!is_internal_fd(static_cast<int>(fd))) intercepted_close(static_cast<int>(fd));
+  }
+  if (known >= last) return 0;
+  return real().close_range(std::max(first, known + 1), last, flags);
+}
+
+void intercepted_closefrom(int first) {
+  const int saved = errno;
+  intercepted_close_range(static_cast<unsigned int>(std::max(first, 0)), ~0u, 0);
+  errno = saved;
+}
+
 int intercepted_close(int fd) {
   if (is_internal_fd(fd)) return fail(EBADF);  // not the application's to close
   // A vfork child's descriptors are not the ones its parent's tables count.

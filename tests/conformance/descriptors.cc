@@ -536,6 +536,21 @@ CONFORMANCE_CASE(kArea, scm_rights_within_one_process, 1,
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, close_range_and_closefrom, 2,
+                 "close_range closes a connected socket (the peer reads EOF); after closefrom(3), "
+                 "as a daemon closes all it inherited, new connections work") {
+  const TcpPair first = tcp_pair();
+  report("close_range",
+         close_range(static_cast<unsigned>(first.client), static_cast<unsigned>(first.client), 0));
+  recv_once("peer recv after close_range", first.server);
+  closefrom(3);
+  report("fcntl on a closed number", fcntl(first.server, F_GETFD));
+  const TcpPair second = tcp_pair();
+  send_text(second.client, "after closefrom");
+  show_exact("peer read", second.server, 15);
+  close_pair(second);
+}
+
 CONFORMANCE_CASE(kArea, close_one_duplicate_no_eof, 1,
                  "closing one of three duplicates: the peer sees no EOF, the others work") {
   const TcpPair pair = tcp_pair();

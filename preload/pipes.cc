@@ -250,7 +250,8 @@ RingAttempt write_ring(int fd, Pipe* pipe, const struct iovec* iov, int iovcnt, 
     struct iovec rest[64];
     attempt.bytes = pipe->ring.write(rest, iov_advance(iov, iovcnt, skip, room, rest));
   }
-  g_ring_bytes_written.fetch_add(attempt.bytes, std::memory_order_relaxed);
+  // Statistics only when they are printed: no shared add on every write.
+  if (config().debug) g_ring_bytes_written.fetch_add(attempt.bytes, std::memory_order_relaxed);
   fence_after_publishing_data();
   if (header->readers_waiting.load(std::memory_order_relaxed) != 0) {
     signal_wake_fd(pipe->data_wake.get());

@@ -764,7 +764,7 @@ void leave_shared_connection(MonitorLink* locked, Connection* connection) {
 }
 
 void close_connection_locked(MonitorLink* locked, Connection* connection, bool abort) {
-  // Its share goes with the last copy of the anchor: the monitor watches that.
+  // Its share goes with the last copy of the anchor: the monitor's anchor keeper watches that.
   // A channel's slot (anchored at a fork) leaves the channel its fds.
   if (connection->adopted) {
     if (connection->channel != nullptr) return forget_channel_slot(connection);

@@ -399,14 +399,14 @@ inline ConnectionSegmentHeader* relayout_connection_segment(void* base, uint64_t
 // Anchors: how a connection end leaves this process's table (exec,
 // posix_spawn, SCM_RIGHTS). An anchor is a SOCK_SEQPACKET socketpair (A, B):
 // A takes the place of the placeholder at the socket's descriptor number, B
-// goes to the monitor. A's receive queue holds one AnchorMessage from B with
-// SCM_RIGHTS [the memfd holding the segment, this end's wake eventfd, the
+// goes to the monitor, which passes it to its anchor keeper. A's receive queue holds one
+// AnchorMessage from B with SCM_RIGHTS [the memfd holding the segment, this end's wake eventfd, the
 // other end's], which a preloaded process finds on an inherited or received
 // descriptor and peeks (never consumes), so every later exec or pass finds it
 // again. The anchor holds one share of the end (`holders`); every copy of A
 // is that share, as a kernel socket's open file is: when the last copy
 // closes (an exit, a SIGKILL, a message never received), B hangs up and the
-// monitor lets the share go, closing the end if it was the last.
+// keeper lets the share go, closing the end if it was the last.
 inline constexpr uint32_t kAnchorMagic = 0x4e41414e;  // "NAAN"
 inline constexpr uint32_t kAnchorVersion = 2;
 // AnchorMessage::channel_slot of a segment of its own (not a channel's slot).
@@ -444,8 +444,9 @@ struct AnchorMessage {
 };
 
 // process -> monitor on its registration socket: the same AnchorMessage with
-// SCM_RIGHTS [B, memfd, the other end's wake eventfd]. The monitor watches B
-// and lets the anchor's share go when B hangs up.
+// SCM_RIGHTS [B, memfd, the other end's wake eventfd], passed on as it is to
+// the anchor keeper (anchor_keeper.h), which watches B and lets the anchor's
+// share go when B hangs up.
 inline constexpr std::size_t kAnchorWatchFds = 3;
 
 }  // namespace netaccel

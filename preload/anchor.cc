@@ -95,46 +95,6 @@ int make_anchor(const Socket* socket, bool may_register) {
 
 std::mutex g_anchor_mutex;  // one anchor per end, whichever thread makes it
 
-// Reads the anchor message at `fd` without taking it off the queue, so that
-// the next exec or pass finds it again; its fds in `fds` (own copies).
-bool peek_anchor(int fd, AnchorMessage& message, UniqueFd (&fds)[3]) {
-  struct iovec data {
-    &message, sizeof message
-  };
-  struct msghdr header {};
-  header.msg_iov = &data;
-  header.msg_iovlen = 1;
-  // No room for fds: a look at the magic installs nothing.
-  if (real().recvmsg(fd, &header, MSG_PEEK | MSG_DONTWAIT) != sizeof message ||
-      (header.msg_flags & MSG_TRUNC) != 0 || message.magic != kAnchorMagic ||
-      message.version != kAnchorVersion) {
-    return false;
-  }
-  alignas(struct cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))];
-  header.msg_control = control;
-  header.msg_controllen = sizeof control;
-  header.msg_flags = 0;
-  if (real().recvmsg(fd, &header, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != sizeof message) {
-    return false;
-  }
-  std::size_t count = 0;
-  for (struct cmsghdr* part = CMSG_FIRSTHDR(&header); part != nullptr;
-       part = CMSG_NXTHDR(&header, part)) {
-    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t passed = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < passed; ++i) {
-      int received;
-      memcpy(&received, CMSG_DATA(part) + i * sizeof(int), sizeof received);
-      if (count < 3) {
-        fds[count++].reset(received);
-      } else {
-        real().close(received);
-      }
-    }
-  }
-  return count == 3 && (header.msg_flags & MSG_CTRUNC) == 0;
-}
-
 int64_t timeout_of(const AnchorOption& option) {
   struct timeval value {};
   if (option.length < sizeof value) return 0;
@@ -182,7 +142,11 @@ bool adopt_anchor(int fd) {
 // systemd's socket activation, SCM_RIGHTS) becomes a netaccel listener,
 // announced when it first waits for connections. Its O_NONBLOCK is the
 // application's: netaccel leaves a listener's flag as the application set it.
-bool adopt_listener(int fd, int domain) {
+// Accept queues (Qa) that arrived with listeners, by the sockets' cookies;
+// an adopted listener takes its own (the entry's fd becomes -1).
+using ArrivingQueues = std::vector<std::pair<uint64_t, int>>;
+
+bool adopt_listener(int fd, int domain, ArrivingQueues& queues) {
   int listening = 0;
   socklen_t length = sizeof listening;
   if (real().getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) != 0 || !listening) {
@@ -214,6 +178,12 @@ bool adopt_listener(int fd, int domain) {
     real().getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &v6only_length);
     socket->listen_v6only = v6only != 0;
   }
+  socket->cookie = socket_cookie(fd);
+  for (auto& [cookie, queue] : queues) {
+    if (cookie != socket->cookie || queue < 0 || socket->accept_queue) continue;
+    socket->accept_queue.reset(keep_internal_fd(queue));
+    queue = -1;
+  }
   socket->state = SocketState::kListening;
   register_listener(socket);
   install_socket(fd, socket);
@@ -233,25 +203,158 @@ int anchor_of(Socket* socket) {
   return connection->anchor.get();
 }
 
-// Adopts what a descriptor we did not make holds: an anchor becomes a
-// connected netaccel socket, a kernel TCP listener a netaccel listener.
-void adopt_descriptor(int fd) {
-  if (is_netaccel_fd(fd) || is_internal_fd(fd)) return;
+// A socket descriptor we did not make, as the kernel describes it.
+struct ArrivingSocket {
+  int fd;
+  int domain;
+  int type;
+};
+
+bool describe_arriving(int fd, ArrivingSocket& out) {
+  if (is_netaccel_fd(fd) || is_internal_fd(fd)) return false;
   struct stat status;
-  if (fstat(fd, &status) != 0 || !S_ISSOCK(status.st_mode)) return;
-  int domain = 0;
-  int type = 0;
-  socklen_t length = sizeof domain;
-  if (real().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) return;
-  length = sizeof type;
-  if (real().getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0) return;
-  if (domain == AF_UNIX && type == SOCK_SEQPACKET) {
-    adopt_anchor(fd);
-  } else if ((domain == AF_INET || domain == AF_INET6) && type == SOCK_STREAM) {
-    adopt_listener(fd, domain);
-  }
+  if (fstat(fd, &status) != 0 || !S_ISSOCK(status.st_mode)) return false;
+  out.fd = fd;
+  socklen_t length = sizeof out.domain;
+  if (real().getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &out.domain, &length) != 0) return false;
+  length = sizeof out.type;
+  return real().getsockopt(fd, SOL_SOCKET, SO_TYPE, &out.type, &length) == 0;
 }
 
+// Adopts what descriptors we did not make hold (an image's inheritance, one
+// SCM_RIGHTS message): an anchor becomes a connected netaccel socket, a
+// kernel TCP listener a netaccel listener with the accept queue that came
+// with it. Queues are set apart first (peeking one's entry would install
+// its anchor here). Returns the numbers the queues came at: a listener took
+// its own elsewhere, the others are closed.
+std::vector<int> adopt_descriptors(const std::vector<int>& fds) {
+  std::vector<ArrivingSocket> sockets;
+  ArrivingQueues queues;
+  std::vector<int> arrived_at;
+  for (const int fd : fds) {
+    ArrivingSocket arriving;
+    if (!describe_arriving(fd, arriving)) continue;
+    const uint64_t queue_of =
+        arriving.domain == AF_UNIX && arriving.type == SOCK_SEQPACKET ? accept_queue_cookie(fd) : 0;
+    if (queue_of != 0) {
+      queues.emplace_back(queue_of, fd);
+      arrived_at.push_back(fd);
+    } else {
+      sockets.push_back(arriving);
+    }
+  }
+  for (const ArrivingSocket& arriving : sockets) {
+    if (arriving.domain == AF_UNIX && arriving.type == SOCK_SEQPACKET) {
+      adopt_anchor(arriving.fd);
+    } else if ((arriving.domain == AF_INET || arriving.domain == AF_INET6) &&
+               arriving.type == SOCK_STREAM) {
+      adopt_listener(arriving.fd, arriving.domain, queues);
+    }
+  }
+  for (const auto& [cookie, queue] : queues) {
+    if (queue >= 0) real().close(queue);
+  }
+  return arrived_at;
+}
+
+// Takes the descriptors `removed` out of the SCM_RIGHTS parts of a received
+// message, as if they had never been sent.
+void strip_passed_descriptors(struct msghdr* message, const std::vector<int>& removed) {
+  if (removed.empty()) return;
+  std::vector<unsigned char> kept;
+  for (struct cmsghdr* part = CMSG_FIRSTHDR(message); part != nullptr;
+       part = CMSG_NXTHDR(message, part)) {
+    std::vector<int> fds;
+    std::size_t data_bytes = part->cmsg_len - CMSG_LEN(0);
+    if (part->cmsg_level == SOL_SOCKET && part->cmsg_type == SCM_RIGHTS) {
+      for (std::size_t i = 0; i < data_bytes / sizeof(int); ++i) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(part) + i * sizeof(int), sizeof fd);
+        if (std::find(removed.begin(), removed.end(), fd) == removed.end()) fds.push_back(fd);
+      }
+      if (fds.empty()) continue;
+      data_bytes = fds.size() * sizeof(int);
+    }
+    const std::size_t start = kept.size();
+    kept.resize(start + CMSG_SPACE(data_bytes), 0);
+    auto* copy = reinterpret_cast<struct cmsghdr*>(kept.data() + start);
+    copy->cmsg_level = part->cmsg_level;
+    copy->cmsg_type = part->cmsg_type;
+    copy->cmsg_len = CMSG_LEN(data_bytes);
+    memcpy(CMSG_DATA(copy),
+           fds.empty() ? CMSG_DATA(part) : reinterpret_cast<unsigned char*>(fds.data()),
+           data_bytes);
+  }
+  memcpy(message->msg_control, kept.data(), kept.size());
+  message->msg_controllen = kept.size();
+}
+
+// The accept queues the listeners passed with `message` need: each one's
+// Qa, opened now if the listener had none. The listeners may be shared from
+// now on.
+std::vector<int> accept_queues_to_pass(const struct msghdr* message) {
+  std::vector<int> queues;
+  for_each_passed_descriptor(message, [&](int passed) {
+    SocketRef socket = lookup_socket(passed);
+    if (!socket || socket->state != SocketState::kListening) return;
+    socket->listener_shared.store(true, std::memory_order_relaxed);
+    if (open_accept_queue(socket.get())) queues.push_back(socket->accept_queue.get());
+  });
+  return queues;
+}
+
+}  // namespace
+
+// Never consumed: the next exec or pass finds the message again.
+bool peek_anchor(int fd, AnchorMessage& message, UniqueFd (&fds)[3]) {
+  struct iovec data {
+    &message, sizeof message
+  };
+  struct msghdr header {};
+  header.msg_iov = &data;
+  header.msg_iovlen = 1;
+  // No room for fds: a look at the magic installs nothing.
+  if (real().recvmsg(fd, &header, MSG_PEEK | MSG_DONTWAIT) != sizeof message ||
+      (header.msg_flags & MSG_TRUNC) != 0 || message.magic != kAnchorMagic ||
+      message.version != kAnchorVersion) {
+    return false;
+  }
+  alignas(struct cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))];
+  header.msg_control = control;
+  header.msg_controllen = sizeof control;
+  header.msg_flags = 0;
+  if (real().recvmsg(fd, &header, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != sizeof message) {
+    return false;
+  }
+  std::size_t count = 0;
+  for (struct cmsghdr* part = CMSG_FIRSTHDR(&header); part != nullptr;
+       part = CMSG_NXTHDR(&header, part)) {
+    if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t passed = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < passed; ++i) {
+      int received;
+      memcpy(&received, CMSG_DATA(part) + i * sizeof(int), sizeof received);
+      if (count < 3) {
+        fds[count++].reset(received);
+      } else {
+        real().close(received);
+      }
+    }
+  }
+  return count == 3 && (header.msg_flags & MSG_CTRUNC) == 0;
+}
+
+namespace {
+// A listener the new image inherits takes its accept queue along: Qa stays
+// open across the exec (a vfork child can only pass one that exists).
+void pass_accept_queue_to_new_image(int fd, Socket* listener, bool include_close_on_exec) {
+  const int descriptor_flags = real().fcntl(fd, F_GETFD);
+  if (descriptor_flags < 0 || ((descriptor_flags & FD_CLOEXEC) != 0 && !include_close_on_exec)) {
+    return;
+  }
+  if (holder_process()) open_accept_queue(listener);
+  if (listener->accept_queue) real().fcntl(listener->accept_queue.get(), F_SETFD, 0);
+}
 }  // namespace
 
 void anchor_sockets_for_new_image(bool include_close_on_exec) {
@@ -261,6 +364,8 @@ void anchor_sockets_for_new_image(bool include_close_on_exec) {
     SocketRef socket = lookup_socket(fd);
     if (socket && socket->state == SocketState::kListening) {
       socket->listener_shared.store(true, std::memory_order_relaxed);
+      pass_accept_queue_to_new_image(fd, socket.get(), include_close_on_exec);
+      continue;
     }
     // An adopted socket's number holds its anchor already.
     if (!socket || socket->state != SocketState::kConnected || socket->connection->adopted) {
@@ -318,7 +423,7 @@ void adopt_inherited_descriptors() {
     }
   }
   closedir(directory);
-  for (const int fd : inherited) adopt_descriptor(fd);
+  adopt_descriptors(inherited);
 }
 
 ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags) {
@@ -336,9 +441,6 @@ ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags) {
       int passed;
       memcpy(&passed, CMSG_DATA(part) + i * sizeof(int), sizeof passed);
       SocketRef socket = lookup_socket(passed);
-      if (socket && socket->state == SocketState::kListening) {
-        socket->listener_shared.store(true, std::memory_order_relaxed);
-      }
       if (!socket || socket->state != SocketState::kConnected || socket->connection->adopted) {
         continue;
       }
@@ -351,14 +453,33 @@ ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags) {
       memcpy(control.data() + start + i * sizeof(int), &anchor, sizeof anchor);
     }
   }
-  if (control.empty()) return real().sendmsg(fd, message, flags);
+  // Passed listeners take their accept queues along, in a part of their own
+  // at the end; a preloaded receiver takes them out again.
+  const std::vector<int> queues = accept_queues_to_pass(message);
+  if (control.empty() && queues.empty()) return real().sendmsg(fd, message, flags);
+  if (control.empty()) {
+    const auto* bytes = static_cast<const unsigned char*>(message->msg_control);
+    control.assign(bytes, bytes + message->msg_controllen);
+  }
+  if (!queues.empty()) {
+    const std::size_t start = CMSG_ALIGN(control.size());
+    control.resize(start + CMSG_SPACE(queues.size() * sizeof(int)), 0);
+    auto* part = reinterpret_cast<struct cmsghdr*>(control.data() + start);
+    part->cmsg_level = SOL_SOCKET;
+    part->cmsg_type = SCM_RIGHTS;
+    part->cmsg_len = CMSG_LEN(queues.size() * sizeof(int));
+    memcpy(CMSG_DATA(part), queues.data(), queues.size() * sizeof(int));
+  }
   struct msghdr substituted = *message;
   substituted.msg_control = control.data();
+  substituted.msg_controllen = control.size();
   return real().sendmsg(fd, &substituted, flags);
 }
 
 void adopt_received_descriptors(struct msghdr* message) {
-  for_each_passed_descriptor(message, adopt_descriptor);
+  std::vector<int> received;
+  for_each_passed_descriptor(message, [&](int fd) { received.push_back(fd); });
+  strip_passed_descriptors(message, adopt_descriptors(received));
 }
 
 // glibc's child runs its own internal execve, which we cannot reach: the

@@ -177,6 +177,9 @@ void Socket::reset() {
   listener_announced.store(false, std::memory_order_relaxed);
   listener_shared.store(false, std::memory_order_relaxed);
   backlog.clear();
+  cookie = 0;
+  if (accept_queue) mark_internal_fd(accept_queue.get(), false);
+  accept_queue.reset();
 }
 
 namespace {
@@ -352,7 +355,10 @@ void release_socket(Socket* socket) {
   }
   // Never accepted: another process listening there takes it, as from a
   // kernel listener's shared queue; with none, the client sees a reset.
-  for (PendingConnection& pending : socket->backlog) requeue_unaccepted(pending.connection);
+  for (PendingConnection& pending : socket->backlog) {
+    if (pending.connection->adopted && give_back_to_accept_queue(socket, pending)) continue;
+    requeue_unaccepted(pending.connection);
+  }
   if (socket->listener_wake) mark_internal_fd(socket->listener_wake.get(), false);
   socket->reset();
   std::lock_guard lock(g_free_sockets_mutex);
@@ -1446,7 +1452,25 @@ void reset_link_in_child() {
   l.state.store(LinkState::kUnknown, std::memory_order_relaxed);
 }
 
+void open_accept_queues_for_fork() {
+  if (!holder_process()) return;
+  std::vector<Socket*> listeners;
+  {
+    std::lock_guard lock(g_listeners_mutex);
+    for (const auto& [id, listener] : g_listeners) {
+      if (listener->accept_queue) continue;
+      listener->references.fetch_add(1, std::memory_order_relaxed);
+      listeners.push_back(listener);
+    }
+  }
+  for (Socket* listener : listeners) {
+    open_accept_queue(listener);
+    release_socket(listener);
+  }
+}
+
 void lock_link_for_fork() {
+  open_accept_queues_for_fork();
   link().mutex.lock();
 }
 void withdraw_listeners_after_fork() {
@@ -1481,20 +1505,28 @@ namespace {
 bool monitor_registered() {
   return link().state.load(std::memory_order_acquire) == LinkState::kRegistered;
 }
-}  // namespace
 
-bool send_anchor_watch(const AnchorMessage& message, const int (&fds)[kAnchorWatchFds],
-                       bool may_register) {
+bool send_to_monitor_socket(const void* message, std::size_t bytes, const int* fds,
+                            std::size_t fd_count, bool may_register) {
   MonitorLink& l = link();
   if (!may_register) {
     // A vfork child: its parent, whose memory it runs in, is stopped.
     return monitor_registered() &&
-           send_with_fds(l.control.get(), &message, sizeof message, fds, kAnchorWatchFds) == 0;
+           send_with_fds(l.control.get(), message, bytes, fds, fd_count) == 0;
   }
   if (!monitor_available()) return false;
   std::lock_guard lock(l.mutex);
-  return monitor_registered() &&
-         send_with_fds(l.control.get(), &message, sizeof message, fds, kAnchorWatchFds) == 0;
+  return monitor_registered() && send_with_fds(l.control.get(), message, bytes, fds, fd_count) == 0;
+}
+}  // namespace
+
+bool send_anchor_watch(const AnchorMessage& message, const int (&fds)[kAnchorWatchFds],
+                       bool may_register) {
+  return send_to_monitor_socket(&message, sizeof message, fds, kAnchorWatchFds, may_register);
+}
+
+bool send_accept_queue(const AcceptQueueMessage& message, int queue) {
+  return send_to_monitor_socket(&message, sizeof message, &queue, 1, /*may_register=*/true);
 }
 
 Connection* adopt_connection(const AnchorMessage& message, UniqueFd (&fds)[3]) {

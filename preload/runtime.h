@@ -240,6 +240,24 @@ void leave_connections_at_exit();
 
 // Announces a listener that a fork left unannounced; see Socket::listener_announced.
 void ensure_listener_announced(struct Socket* socket);
+
+// Accept queues (accept_queue.cc, protocol.h).
+// The kernel listener's SO_COOKIE; 0 if it has none.
+uint64_t socket_cookie(int fd);
+// Gives the listener an accept queue before another process may hold it;
+// false if it has none (no monitor): its holders then announce themselves.
+bool open_accept_queue(struct Socket* listener);
+// Before a fork: every listener gets its queue.
+void open_accept_queues_for_fork();
+// Moves what the listener's accept queue holds into its backlog; true if it
+// added any. A queue whose monitor went is closed.
+bool take_accept_queue(struct Socket* listener);
+// The listener closes: a queued connection it took from the accept queue
+// goes back there for another holder (false if it could not).
+bool give_back_to_accept_queue(struct Socket* listener, const PendingConnection& pending);
+// Qa of an accept queue, as a descriptor inherited or received shows it:
+// the listening socket's cookie, or 0 if `fd` is no accept queue.
+uint64_t accept_queue_cookie(int fd);
 // Counts the events that leave listeners unannounced (a fork, a new
 // monitor), so that epoll sets know to look for them.
 extern std::atomic<uint32_t> g_listener_generation;
@@ -317,6 +335,12 @@ struct Socket {
   std::mutex backlog_mutex;
   std::deque<PendingConnection> backlog;
   std::vector<Channel*> channels;  // under backlog_mutex
+  // The kernel listener's SO_COOKIE: names the socket, whichever process
+  // holds it, to the monitor and to its accept queue.
+  uint64_t cookie = 0;
+  // Qa of the socket's accept queue (protocol.h), once it may be shared.
+  UniqueFd accept_queue;
+  std::mutex accept_queue_mutex;
 
   void reset();
 };
@@ -408,6 +432,11 @@ void flush_socket_streams_at_exit();
 // monitor will watch it. `may_register`: false in a vfork child.
 bool send_anchor_watch(const AnchorMessage& message, const int (&fds)[kAnchorWatchFds],
                        bool may_register);
+// Hands the monitor Qb of a new accept queue; false if no monitor took it.
+bool send_accept_queue(const AcceptQueueMessage& message, int queue);
+// Reads the anchor message at `fd` without taking it off its queue; its fds
+// in `fds` (own copies).
+bool peek_anchor(int fd, AnchorMessage& message, UniqueFd (&fds)[3]);
 // sendmsg on a kernel socket with control data: connected netaccel sockets
 // passed with SCM_RIGHTS travel as their anchors.
 ssize_t send_with_anchors(int fd, const struct msghdr* message, int flags);

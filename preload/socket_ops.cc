@@ -750,6 +750,7 @@ bool announce_listener(Socket* socket) {
   request.socket_id = socket->id;
   request.address = socket->local;
   request.backlog = socket->listen_backlog;
+  request.connection_id = socket->cookie;
   if (socket->listen_v6only) request.flags |= kRequestV6Only;
   Event reply{};
   return monitor_available() && monitor_call(request, reply, nullptr) && reply.status == 0;
@@ -764,7 +765,11 @@ void ensure_listener_announced(Socket* socket) {
   std::lock_guard lock(socket->announce_mutex);
   if (socket->listener_announced.load(std::memory_order_relaxed)) return;
   // Without the monitor, clients reach us through the kernel listener.
-  if (announce_listener(socket)) socket->listener_announced.store(true, std::memory_order_release);
+  if (!announce_listener(socket)) return;
+  socket->listener_announced.store(true, std::memory_order_release);
+  // What was queued while no holder was announced is ours to take now; from
+  // the reply on, connections come to us.
+  take_accept_queue(socket);
 }
 
 int intercepted_listen(int fd, int backlog) {
@@ -794,6 +799,7 @@ int intercepted_listen(int fd, int backlog) {
   }
   socket->local_known = true;
   socket->listener_wake.reset(wake);
+  socket->cookie = socket_cookie(fd);
 
   socket->listen_backlog = static_cast<uint16_t>(std::clamp(backlog, 0, 65535));
   if (socket->domain == AF_INET6) {
@@ -819,10 +825,23 @@ int intercepted_listen(int fd, int backlog) {
 
 namespace {
 
+// The descriptor an accepted connection gets: a placeholder, or for one
+// from the accept queue its anchor, which holds its share as an adopted
+// socket's number does.
+int accepted_descriptor(Connection* connection, bool close_on_exec) {
+  if (!connection->anchor) return new_placeholder_fd(close_on_exec);
+  const int fd =
+      real().fcntl(connection->anchor.get(), close_on_exec ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
+  if (fd < 0) return -1;
+  mark_internal_fd(connection->anchor.get(), false);
+  connection->anchor.reset();
+  return fd;
+}
+
 int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr* address,
                    socklen_t* length, int flags) {
   Connection* connection = pending.connection;
-  const int fd = new_placeholder_fd(flags & SOCK_CLOEXEC);
+  const int fd = accepted_descriptor(connection, flags & SOCK_CLOEXEC);
   if (fd < 0) {
     const int error = errno;
     close_connection(connection, true);
@@ -911,6 +930,9 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
     // netaccel connections it was one for every second connection), and
     // after every sleep (the sleep watches that listener too).
     if (nonblocking || (round & 1023) == 1023 || !spinning) {
+      if (take_accept_queue(socket.get()) && pop_pending(socket.get(), pending)) {
+        return accept_pending(socket.get(), pending, address, length, flags);
+      }
       const int kernel = accept_kernel_if_ready(fd, address, length, flags);
       if (kernel >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return kernel;
     }
@@ -931,14 +953,17 @@ int intercepted_accept4(int fd, struct sockaddr* address, socklen_t* length, int
       }
       timeout_ms = static_cast<int>((left + 999999) / 1000000);
     }
-    struct pollfd waits[3] = {
-        {fd, POLLIN, 0}, {socket->listener_wake.get(), POLLIN, 0}, {event_wake_fd(), POLLIN, 0}};
+    // The accept queue (-1 when none, which poll skips) wakes us too.
+    struct pollfd waits[4] = {{fd, POLLIN, 0},
+                              {socket->listener_wake.get(), POLLIN, 0},
+                              {socket->accept_queue.get(), POLLIN, 0},
+                              {event_wake_fd(), POLLIN, 0}};
     forget_handled_signal();
-    const int ready = real().poll(waits, event_wake_fd() >= 0 ? 3 : 2, timeout_ms);
+    const int ready = real().poll(waits, event_wake_fd() >= 0 ? 4 : 3, timeout_ms);
     const int error = errno;
     announce_event_wait(false);
     if (waits[1].revents & POLLIN) drain_wake_fd(socket->listener_wake.get());
-    if (waits[2].revents & POLLIN) drain_event_wake();
+    if (waits[3].revents & POLLIN) drain_event_wake();
     if (ready < 0 && error == EINTR && !restarts_after_signal(deadline)) return fail(EINTR);
   }
 }

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -92,6 +93,7 @@ enum class Source : uint64_t {
   kDoorbell = 2,
   kNewcomer = 3,
   kProcess = 4,
+  kAcceptQueue = 5,
 };
 uint64_t tag(Source source, uint32_t id) {
   return static_cast<uint64_t>(source) << 32 | id;
@@ -155,6 +157,18 @@ class Monitor::Impl {
     DescriptorRing<Event> events;
     std::deque<PendingEvent> backlog;
     bool events_pushed = false;  // since its last wake check
+    uint64_t netns_id = 0;
+  };
+
+  // A listening socket's accept queue (protocol.h): Qb, and the engine
+  // process under which we listen for the socket while none of its holders
+  // is announced.
+  struct AcceptQueue {
+    UniqueFd queue;
+    uint32_t engine_process = 0;
+    uint64_t cookie = 0;
+    Request listen{};
+    bool listening = false;
   };
 
   // A connection's shared memory and its two ends' eventfds. A segment we
@@ -232,8 +246,17 @@ class Monitor::Impl {
   void register_process(UniqueFd socket, UniqueFd wake);
   void send_status(int socket);
   void on_process_socket(uint32_t process_id, uint32_t events);
-  bool take_process_messages(int socket);
+  bool take_process_messages(uint32_t process_id, int socket);
   void remove_process(uint32_t process_id);
+
+  void open_accept_queue(uint32_t process_id, const AcceptQueueMessage& message, UniqueFd queue);
+  void share_listener(uint32_t process_id, const Request& request);
+  void note_announcement(uint32_t process_id, const Request& request);
+  void forget_announcements_of(uint32_t process_id);
+  void update_accept_queue(uint64_t cookie);
+  void queue_anchor(AcceptQueue& queue, const Event& incoming);
+  void on_accept_queue(uint32_t engine_process, uint32_t events);
+  void close_accept_queue(uint32_t engine_process);
 
   void handle_outputs();
   void create_connection(const EngineOutput& output);
@@ -308,6 +331,12 @@ class Monitor::Impl {
   uint32_t next_own_request_ = 0;
   uint64_t connections_handed_on_ = 0;  // shown by status
   AnchorKeeperLink anchor_keeper_;
+  std::unordered_map<uint32_t, AcceptQueue> accept_queues_;  // by engine process
+  std::unordered_map<uint64_t, uint32_t> accept_queue_of_cookie_;
+  // Announced listeners that are copies of a socket with a cookie:
+  // (process, socket id) -> cookie, and how many each cookie has.
+  std::map<std::pair<uint32_t, uint64_t>, uint64_t> announced_cookies_;
+  std::unordered_map<uint64_t, uint32_t> announced_per_cookie_;
 };
 
 Monitor::Impl::Impl(MonitorOptions options)
@@ -439,6 +468,11 @@ bool Monitor::Impl::serve_request_queues() {
         worked = true;
         continue;
       }
+      if (request.op == RequestOp::kShareListener) {
+        share_listener(process_id, request);
+        worked = true;
+        continue;
+      }
       outputs_.clear();
       engine_->submit(process_id, request, outputs_);
       // The channel's fds reach both processes ahead of the connection itself.
@@ -447,6 +481,7 @@ bool Monitor::Impl::serve_request_queues() {
       if (request.op == RequestOp::kUnlisten)
         close_channels_of_listener(process_id, request.socket_id,
                                    (request.flags & kRequestKeepQueued) == 0);
+      note_announcement(process_id, request);
       worked = true;
     }
   }
@@ -567,6 +602,9 @@ void Monitor::Impl::poll_sockets(int timeout_ms) {
       case Source::kProcess:
         on_process_socket(id, events[i].events);
         break;
+      case Source::kAcceptQueue:
+        on_accept_queue(id, events[i].events);
+        break;
     }
   }
 }
@@ -660,6 +698,7 @@ void Monitor::Impl::register_process(UniqueFd socket, UniqueFd wake) {
 
   Process process;
   process.pid = credentials.pid;
+  process.netns_id = netns_id;
   process.socket = std::move(socket);
   process.wake = std::move(wake);
   // Ring views are built now, from the layout we just wrote; what the process
@@ -702,22 +741,34 @@ void Monitor::Impl::on_process_socket(uint32_t process_id, uint32_t events) {
   const auto found = processes_.find(process_id);
   if (found == processes_.end()) return;
   // Anchors handed over just before an exec arrive with the hang-up: taken first.
-  const bool open = take_process_messages(found->second.socket.get());
+  const bool open = take_process_messages(process_id, found->second.socket.get());
   if (open && (events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) == 0) return;
   remove_process(process_id);
 }
 
-// After registering, a process sends only anchors. False once the socket
-// reached its end.
-bool Monitor::Impl::take_process_messages(int socket) {
+// After registering, a process sends anchors and accept queues. False once
+// the socket reached its end.
+bool Monitor::Impl::take_process_messages(uint32_t process_id, int socket) {
   for (;;) {
-    AnchorMessage message{};
+    union {
+      AnchorMessage anchor;
+      AcceptQueueMessage accept_queue;
+    } message{};
     int fds[kAnchorWatchFds];
     std::size_t fd_count = 0;
     const ssize_t received =
         receive_with_fds(socket, &message, sizeof message, fds, kAnchorWatchFds, &fd_count);
     if (received <= 0) return received == -EAGAIN || received == -EINTR;
-    anchor_keeper_.watch(message, received, fds, fd_count);
+    if (message.accept_queue.magic != kAcceptQueueMagic) {
+      anchor_keeper_.watch(message.anchor, received, fds, fd_count);
+      continue;
+    }
+    UniqueFd queue(fd_count == 1 ? fds[0] : -1);
+    for (std::size_t i = 1; i < fd_count; ++i) close(fds[i]);
+    if (received == sizeof message.accept_queue &&
+        message.accept_queue.version == kAcceptQueueVersion) {
+      open_accept_queue(process_id, message.accept_queue, std::move(queue));
+    }
   }
 }
 
@@ -729,6 +780,7 @@ void Monitor::Impl::remove_process(uint32_t process_id) {
   outputs_.clear();
   engine_->remove_process(process_id, outputs_);
   handle_outputs();
+  forget_announcements_of(process_id);
   drop_pooled_segments_of(process_id);
   close_channels_of_process(process_id);
 }
@@ -906,6 +958,14 @@ void Monitor::Impl::deliver_event(uint32_t process_id, const Event& event) {
       delivered.status = static_cast<int16_t>(-unbacked->second.error);
       delivered.connection_id = 0;
     }
+  }
+  const auto queue = accept_queues_.find(process_id);
+  if (queue != accept_queues_.end()) {
+    // Our own listening: replies need nothing, connections join the queue.
+    if (event.type == EventType::kIncoming && delivered.status == 0) {
+      queue_anchor(queue->second, delivered);
+    }
+    return;
   }
   const auto found = processes_.find(process_id);
   if (found == processes_.end()) return;  // it died; the engine is told by remove_process
@@ -1381,6 +1441,197 @@ uint64_t Monitor::Impl::direct_connections_total() const {
     total += channel.header()->connections_total.load(std::memory_order_relaxed);
   }
   return total;
+}
+
+// ---------------------------------------------------------------------------
+// Accept queues (protocol.h)
+
+namespace {
+
+// Qb as a process sent it: a SOCK_SEQPACKET unix socket, or nothing we use.
+bool is_seqpacket_unix_socket(int fd) {
+  int domain = 0;
+  int type = 0;
+  socklen_t length = sizeof domain;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) return false;
+  length = sizeof type;
+  return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 && domain == AF_UNIX &&
+         type == SOCK_SEQPACKET;
+}
+
+}  // namespace
+
+void Monitor::Impl::open_accept_queue(uint32_t process_id, const AcceptQueueMessage& message,
+                                      UniqueFd queue) {
+  const auto process = processes_.find(process_id);
+  // One queue per socket: its holders already share the first.
+  if (process == processes_.end() || !queue || message.cookie == 0 ||
+      accept_queue_of_cookie_.contains(message.cookie) || next_process_id_ == 0 ||
+      !is_seqpacket_unix_socket(queue.get()) ||
+      fcntl(queue.get(), F_SETFL, fcntl(queue.get(), F_GETFL) | O_NONBLOCK) != 0) {
+    return;
+  }
+  AcceptQueue accept_queue;
+  accept_queue.engine_process = next_process_id_++;
+  accept_queue.cookie = message.cookie;
+  // The engine checks the address as it checks any process's listen.
+  accept_queue.listen.op = RequestOp::kListen;
+  accept_queue.listen.flags = message.flags & kRequestV6Only;
+  accept_queue.listen.backlog = message.backlog;
+  accept_queue.listen.socket_id = message.cookie;
+  accept_queue.listen.address = message.address;
+  accept_queue.queue = std::move(queue);
+  watch(accept_queue.queue.get(), Source::kAcceptQueue, accept_queue.engine_process,
+        EPOLLIN | EPOLLRDHUP);
+  engine_->add_process(accept_queue.engine_process, process->second.netns_id);
+  accept_queue_of_cookie_.emplace(message.cookie, accept_queue.engine_process);
+  accept_queues_.emplace(accept_queue.engine_process, std::move(accept_queue));
+  update_accept_queue(message.cookie);
+}
+
+// The message with Qb came just before the request: take it, then say
+// whether the socket has its queue now.
+void Monitor::Impl::share_listener(uint32_t process_id, const Request& request) {
+  const auto process = processes_.find(process_id);
+  if (process == processes_.end()) return;
+  take_process_messages(process_id, process->second.socket.get());
+  Event reply{};
+  reply.type = EventType::kReply;
+  reply.op = request.op;
+  reply.request_id = request.request_id;
+  reply.socket_id = request.socket_id;
+  reply.connection_id = request.connection_id;
+  reply.status = accept_queue_of_cookie_.contains(request.connection_id) ? 0 : -EINVAL;
+  deliver_event(process_id, reply);
+}
+
+// Which announced listeners are copies of which socket: its queue takes
+// connections only while none is.
+void Monitor::Impl::note_announcement(uint32_t process_id, const Request& request) {
+  const std::pair<uint32_t, uint64_t> listener{process_id, request.socket_id};
+  if (request.op == RequestOp::kListen && request.connection_id != 0 &&
+      announced_cookies_.emplace(listener, request.connection_id).second) {
+    ++announced_per_cookie_[request.connection_id];
+    update_accept_queue(request.connection_id);
+  } else if (request.op == RequestOp::kUnlisten) {
+    const auto found = announced_cookies_.find(listener);
+    if (found == announced_cookies_.end()) return;
+    const uint64_t cookie = found->second;
+    announced_cookies_.erase(found);
+    if (--announced_per_cookie_[cookie] == 0) announced_per_cookie_.erase(cookie);
+    update_accept_queue(cookie);
+  }
+}
+
+void Monitor::Impl::forget_announcements_of(uint32_t process_id) {
+  std::vector<uint64_t> socket_ids;
+  for (auto it = announced_cookies_.lower_bound({process_id, 0});
+       it != announced_cookies_.end() && it->first.first == process_id; ++it) {
+    socket_ids.push_back(it->first.second);
+  }
+  for (const uint64_t socket_id : socket_ids) {
+    Request unlisten{};
+    unlisten.op = RequestOp::kUnlisten;
+    unlisten.socket_id = socket_id;
+    note_announcement(process_id, unlisten);
+  }
+}
+
+void Monitor::Impl::update_accept_queue(uint64_t cookie) {
+  const auto engine_process = accept_queue_of_cookie_.find(cookie);
+  if (engine_process == accept_queue_of_cookie_.end()) return;
+  AcceptQueue& queue = accept_queues_.at(engine_process->second);
+  const bool listen = !announced_per_cookie_.contains(cookie);
+  if (listen == queue.listening) return;
+  queue.listening = listen;
+  Request request = queue.listen;
+  if (!listen) {
+    request = Request{};
+    request.op = RequestOp::kUnlisten;
+    request.socket_id = queue.listen.socket_id;
+  }
+  submit_on_behalf(queue.engine_process, request);
+}
+
+// A connection for a socket none of whose holders is announced: an anchor
+// on the queue, which whichever holder waits first adopts.
+void Monitor::Impl::queue_anchor(AcceptQueue& queue, const Event& incoming) {
+  const auto found = connections_.find(incoming.connection_id);
+  if (found == connections_.end()) return;
+  Connection& connection = found->second;
+  connection.handed_on = true;  // never pooled: the holder is no process of ours
+  const Segment& segment = connection.segment;
+  AnchorMessage message{};
+  message.magic = kAnchorMagic;
+  message.version = kAnchorVersion;
+  message.connection_id = segment.header_connection_id;
+  message.segment_offset = segment.offset;
+  message.segment_bytes = segment.bytes;
+  message.channel_slot = kAnchorNoSlot;
+  message.side = kServerSide;
+  message.domain = incoming.local.family;
+  message.local = incoming.local;
+  message.local.reserved = 0;
+  message.peer = incoming.peer;
+  const AcceptQueueEntry entry{kAcceptQueueMagic, incoming.request_id};
+  int pair[2];
+  bool queued = socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0;
+  const UniqueFd anchor(queued ? pair[0] : -1);
+  UniqueFd keeper_end(queued ? pair[1] : -1);
+  const int carried[3] = {segment.memory.get(), segment.wake[kServerSide].get(),
+                          segment.wake[kClientSide].get()};
+  queued = queued && send_with_fds(keeper_end.get(), &message, sizeof message, carried, 3) == 0;
+  const int entry_fds[1] = {anchor.get()};
+  queued = queued && send_with_fds(queue.queue.get(), &entry, sizeof entry, entry_fds, 1) == 0;
+  UniqueFd memory = duplicate_fd(segment.memory.get());
+  UniqueFd client_wake = duplicate_fd(segment.wake[kClientSide].get());
+  if (queued && memory && client_wake) {
+    int watched[kAnchorWatchFds] = {keeper_end.release(), memory.release(), client_wake.release()};
+    anchor_keeper_.watch(message, sizeof message, watched, kAnchorWatchFds);
+  } else {
+    // A full queue, as the kernel's full backlog: the client's connect fails late.
+    log_error("cannot queue a connection on an accept queue", errno);
+    reset_server_end(segment);
+  }
+  // The server end is the anchor's from here on (or reset): ours closes in
+  // the engine, so that the queue's end never aborts it.
+  Request close{};
+  close.op = RequestOp::kClose;
+  close.connection_id = incoming.connection_id;
+  submit_on_behalf(queue.engine_process, close);
+}
+
+// Entries a holder gave back (it closed its listener unaccepted) queue
+// again; the last Qa's close ends the queue.
+void Monitor::Impl::on_accept_queue(uint32_t engine_process, uint32_t events) {
+  const auto found = accept_queues_.find(engine_process);
+  if (found == accept_queues_.end()) return;
+  const int queue = found->second.queue.get();
+  for (;;) {
+    AcceptQueueEntry entry{};
+    int fds[1];
+    std::size_t fd_count = 0;
+    const ssize_t received = receive_with_fds(queue, &entry, sizeof entry, fds, 1, &fd_count);
+    if (received == -EAGAIN && (events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) == 0) return;
+    if (received <= 0) break;  // every Qa closed
+    const UniqueFd anchor(fd_count == 1 ? fds[0] : -1);
+    if (received != sizeof entry || entry.magic != kAcceptQueueMagic || !anchor) continue;
+    const int entry_fds[1] = {anchor.get()};
+    send_with_fds(queue, &entry, sizeof entry, entry_fds, 1);
+  }
+  close_accept_queue(engine_process);
+}
+
+void Monitor::Impl::close_accept_queue(uint32_t engine_process) {
+  const auto found = accept_queues_.find(engine_process);
+  if (found == accept_queues_.end()) return;
+  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, found->second.queue.get(), nullptr);
+  accept_queue_of_cookie_.erase(found->second.cookie);
+  accept_queues_.erase(found);
+  // Its listener goes; the ends it had are the anchors' already.
+  outputs_.clear();
+  engine_->remove_process(engine_process, outputs_);
+  handle_outputs();
 }
 
 // ---------------------------------------------------------------------------

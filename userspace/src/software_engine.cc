@@ -183,6 +183,7 @@ class SoftwareEngine final : public ControlPlaneEngine {
         return close(process_id, found->second, request, out);
       case RequestOp::kCloseChannel:
       case RequestOp::kRequeue:
+      case RequestOp::kShareListener:
         break;  // the monitor's own business; it never passes these on
     }
     reject_malformed(process_id, request, -EINVAL, out);

@@ -51,6 +51,10 @@ enum class RequestOp : uint8_t {
   // server end to another process listening there, as the kernel's shared
   // queue would, or resets it when there is none.
   kRequeue = 6,
+  // connection_id = the listener's socket cookie: the AcceptQueueMessage
+  // this process sent just before on its registration socket opens the
+  // socket's accept queue (below). Status 0 when the queue is open.
+  kShareListener = 7,
 };
 
 enum RequestFlags : uint8_t {
@@ -62,6 +66,8 @@ enum RequestFlags : uint8_t {
   kRequestKeepQueued = 1 << 2,
 };
 
+// kListen's connection_id is the kernel listener's socket cookie (SO_COOKIE),
+// or 0: copies of one listening socket announced by several processes.
 struct Request {
   RequestOp op;
   uint8_t flags;
@@ -448,5 +454,45 @@ struct AnchorMessage {
 // the anchor keeper (anchor_keeper.h), which watches B and lets the anchor's
 // share go when B hangs up.
 inline constexpr std::size_t kAnchorWatchFds = 3;
+
+// ---------------------------------------------------------------------------
+// Accept queues. The kernel keeps one accept queue per listening socket,
+// shared by every process holding it; our listeners queue per process, and a
+// process is announced (routed connections) only once it waits for them. A
+// socket that may be held by several processes (fork, exec, SCM_RIGHTS) gets
+// an accept queue for the time none of them is announced: a SOCK_SEQPACKET
+// pair (Qa, Qb). Every holder keeps a copy of Qa beside the listener; the
+// monitor holds Qb and, while no holder is announced, listens for the socket
+// under an engine process of its own. Each connection routed there becomes
+// an anchor (A, B): B goes to the anchor keeper, A to Qb with an
+// AcceptQueueEntry. Any holder that waits receives A from Qa and adopts it
+// as a queued connection. A holder that closes its listener with such
+// connections unaccepted sends them back on Qa, and the monitor queues them
+// again. Qb hangs up when the last copy of Qa closes: the queue ends.
+inline constexpr uint32_t kAcceptQueueMagic = 0x4e414151;  // "NAAQ"
+inline constexpr uint32_t kAcceptQueueVersion = 1;
+// Qa's peer is bound to this abstract name followed by the socket's cookie
+// in hex, so that an image inheriting Qa (exec) or receiving it
+// (SCM_RIGHTS) knows which listener it serves.
+inline constexpr char kAcceptQueueName[] = "netaccel-accept-queue-";
+
+// process -> monitor on its registration socket, SCM_RIGHTS [Qb]; a
+// kShareListener request follows on the request queue.
+struct AcceptQueueMessage {
+  uint32_t magic;  // kAcceptQueueMagic
+  uint32_t version;
+  uint64_t cookie;      // SO_COOKIE of the kernel listener
+  InetAddress address;  // its bound address
+  uint16_t backlog;
+  uint8_t flags;  // RequestFlags: kRequestV6Only
+  uint8_t reserved;
+};
+
+// One queued connection, SCM_RIGHTS [A]: monitor -> holders on Qb, and a
+// holder giving one back -> monitor on Qa.
+struct AcceptQueueEntry {
+  uint32_t magic;      // kAcceptQueueMagic
+  uint32_t queued_at;  // queue stamp
+};
 
 }  // namespace netaccel

@@ -1177,5 +1177,210 @@ TEST_F(AnchorTest, AnchoredEndClosesAfterTheMonitorStopped) {
   expect_closed_with_the_anchor(end);
 }
 
+// ---------------------------------------------------------------------------
+// Accept queues (protocol.h): the monitor listens for a socket whose holders
+// are all unannounced, and queues each connection on Qb as an anchor.
+
+constexpr uint64_t kCookie = 0x5eed;
+constexpr uint16_t kQueuedPort = 9030;
+
+Request announce_request(uint32_t request_id, uint64_t socket_id) {
+  Request request = listen_request(request_id, socket_id, kQueuedPort);
+  request.connection_id = kCookie;
+  return request;
+}
+
+struct QueuedConnection {
+  AcceptQueueEntry entry{};
+  UniqueFd anchor;  // A
+  AnchorMessage message{};
+  UniqueFd carried[3];  // as A's message carries them: memfd, server wake, client wake
+};
+
+class AcceptQueueTest : public MonitorTest {
+ protected:
+  // The holder announced the socket, opened its queue and then let go of
+  // the announcement, as a process that forks does.
+  void open_queue() {
+    start();
+    holder_ = std::make_unique<TestProcess>(TestProcess::register_at(path()));
+    client_ = std::make_unique<TestProcess>(TestProcess::register_at(path()));
+    holder_->push(announce_request(1, 10));
+    ASSERT_EQ(holder_->next_event()->status, 0);
+    int pair[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair), 0);
+    queue_.reset(pair[0]);
+    const UniqueFd monitor_end(pair[1]);
+    ASSERT_EQ(share(kCookie, monitor_end.get()), 0);
+    holder_->push(unlisten_request(3, 10));
+    ASSERT_EQ(holder_->next_event()->status, 0);
+  }
+
+  // Sends the queue message with `queue` (-1: none) and the request; the reply's status.
+  int share(uint64_t cookie, int queue, uint32_t version = kAcceptQueueVersion) {
+    AcceptQueueMessage message{};
+    message.magic = kAcceptQueueMagic;
+    message.version = version;
+    message.cookie = cookie;
+    message.address = ipv4(0, 0, 0, 0, kQueuedPort);
+    message.backlog = 128;
+    EXPECT_EQ(
+        send_with_fds(holder_->socket(), &message, sizeof message, &queue, queue >= 0 ? 1 : 0), 0);
+    Request request{};
+    request.op = RequestOp::kShareListener;
+    request.request_id = 2;
+    request.socket_id = 10;
+    request.connection_id = cookie;
+    holder_->push(request);
+    const auto reply = holder_->next_event();
+    EXPECT_TRUE(reply);
+    return reply ? reply->status : 1;
+  }
+
+  // The client connects; its reply's connection id (0 if refused).
+  uint64_t connect_client(uint32_t request_id) {
+    client_->push(connect_request(request_id, 20 + request_id, kQueuedPort));
+    const auto reply = client_->next_reply();
+    EXPECT_TRUE(reply);
+    if (!reply || reply->status != 0) return 0;
+    client_deliveries_.push_back(std::move(*client_->take_delivery()));
+    return reply->connection_id;
+  }
+
+  std::optional<QueuedConnection> take_queued() {
+    if (!readable_within(queue_.get(), 2000ms)) return std::nullopt;
+    QueuedConnection queued;
+    int fds[3];
+    std::size_t fd_count = 0;
+    if (receive_with_fds(queue_.get(), &queued.entry, sizeof queued.entry, fds, 1, &fd_count) !=
+            static_cast<ssize_t>(sizeof queued.entry) ||
+        fd_count != 1) {
+      return std::nullopt;
+    }
+    queued.anchor.reset(fds[0]);
+    if (receive_peeked(queued) != sizeof queued.message) return std::nullopt;
+    return queued;
+  }
+
+  // A's message, peeked as the preload does: it stays for the next holder.
+  ssize_t receive_peeked(QueuedConnection& queued) {
+    iovec data{&queued.message, sizeof queued.message};
+    alignas(cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))];
+    msghdr header{};
+    header.msg_iov = &data;
+    header.msg_iovlen = 1;
+    header.msg_control = control;
+    header.msg_controllen = sizeof control;
+    const ssize_t received =
+        recvmsg(queued.anchor.get(), &header, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    cmsghdr* part = CMSG_FIRSTHDR(&header);
+    if (received < 0 || part == nullptr || part->cmsg_len != CMSG_LEN(3 * sizeof(int))) return -1;
+    for (std::size_t i = 0; i < 3; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(part) + i * sizeof(int), sizeof fd);
+      queued.carried[i].reset(fd);
+    }
+    return received;
+  }
+
+  std::unique_ptr<TestProcess> holder_;
+  std::unique_ptr<TestProcess> client_;
+  std::vector<Delivery> client_deliveries_;
+  UniqueFd queue_;  // Qa
+};
+
+TEST_F(AcceptQueueTest, ConnectionWaitsOnTheQueueAsAnAnchorUntilAHolderAnnounces) {
+  ASSERT_NO_FATAL_FAILURE(open_queue());
+  const uint64_t connection_id = connect_client(4);
+  ASSERT_NE(connection_id, 0u);
+  auto queued = take_queued();
+  ASSERT_TRUE(queued);
+  EXPECT_EQ(queued->entry.magic, kAcceptQueueMagic);
+  EXPECT_EQ(queued->message.magic, kAnchorMagic);
+  EXPECT_EQ(queued->message.side, kServerSide);
+  EXPECT_EQ(queued->message.connection_id, connection_id);
+  EXPECT_EQ(queued->message.local.port, kQueuedPort);
+  // The server end the anchor carries is the client's peer: its bytes arrive.
+  const SharedMapping view = map_shared(queued->carried[0].get(), queued->message.segment_bytes,
+                                        queued->message.segment_offset);
+  ASSERT_TRUE(view);
+  auto* header = static_cast<ConnectionSegmentHeader*>(view.get());
+  EXPECT_EQ(header->connection_id, connection_id);
+  EXPECT_EQ(header->holders[kServerSide].load(), 1u);
+
+  // Announced again: connections reach the holder itself, not the queue.
+  holder_->push(announce_request(5, 10));
+  ASSERT_EQ(holder_->next_event()->status, 0);
+  ASSERT_NE(connect_client(6), 0u);
+  const auto incoming = holder_->next_reply();
+  ASSERT_TRUE(incoming);
+  EXPECT_EQ(incoming->type, EventType::kIncoming);
+  EXPECT_EQ(incoming->socket_id, 10u);
+  pollfd queue{queue_.get(), POLLIN, 0};
+  EXPECT_EQ(poll(&queue, 1, 0), 0);
+}
+
+// A holder that closes its listener gives what it took back: queued again.
+TEST_F(AcceptQueueTest, GivenBackConnectionIsQueuedAgain) {
+  ASSERT_NO_FATAL_FAILURE(open_queue());
+  ASSERT_NE(connect_client(4), 0u);
+  auto queued = take_queued();
+  ASSERT_TRUE(queued);
+  struct stat given {};
+  ASSERT_EQ(fstat(queued->anchor.get(), &given), 0);
+  const int anchor = queued->anchor.get();
+  ASSERT_EQ(send_with_fds(queue_.get(), &queued->entry, sizeof queued->entry, &anchor, 1), 0);
+  queued->anchor.reset();
+  // Garbage on Qa is dropped; the queue keeps working.
+  const uint32_t garbage = 7;
+  ASSERT_EQ(send(queue_.get(), &garbage, sizeof garbage, 0), static_cast<ssize_t>(sizeof garbage));
+  auto again = take_queued();
+  ASSERT_TRUE(again);
+  struct stat taken {};
+  ASSERT_EQ(fstat(again->anchor.get(), &taken), 0);
+  EXPECT_EQ(taken.st_ino, given.st_ino);
+  EXPECT_EQ(again->entry.queued_at, queued->entry.queued_at);
+}
+
+// The last copy of Qa goes: the monitor stops listening for the socket, and
+// a connection never taken closes for its client (the anchor's share goes).
+TEST_F(AcceptQueueTest, LastQaClosingEndsTheQueue) {
+  ASSERT_NO_FATAL_FAILURE(open_queue());
+  ASSERT_NE(connect_client(4), 0u);
+  const Delivery& client_end = client_deliveries_.back();
+  const SharedMapping view =
+      map_shared(client_end.segment.get(), connection_segment_bytes(options_.ring_bytes));
+  ASSERT_TRUE(view);
+  auto* header = static_cast<ConnectionSegmentHeader*>(view.get());
+  ASSERT_TRUE(readable_within(queue_.get(), 2000ms));
+  queue_.reset();
+  ASSERT_TRUE(eventually([&] { return header->holders[kServerSide].load() == 0; }));
+  ASSERT_TRUE(eventually([&] {
+    client_->push(connect_request(5, 25, kQueuedPort));
+    const auto reply = client_->next_reply();
+    return reply && reply->status == -ECONNREFUSED;
+  }));
+}
+
+// Queue messages a process cannot have meant are refused, and the process's
+// other requests still work.
+TEST_F(AcceptQueueTest, BadQueueMessagesAreRefused) {
+  start();
+  holder_ = std::make_unique<TestProcess>(TestProcess::register_at(path()));
+  EXPECT_NE(share(kCookie, -1), 0);  // no Qb
+  const UniqueFd not_a_socket(create_wake_fd());
+  EXPECT_NE(share(kCookie, not_a_socket.get()), 0);
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair), 0);
+  const UniqueFd near(pair[0]);
+  const UniqueFd far(pair[1]);
+  EXPECT_NE(share(0, far.get()), 0);            // no cookie
+  EXPECT_NE(share(kCookie, far.get(), 99), 0);  // another version
+  EXPECT_EQ(share(kCookie, far.get()), 0);      // at last a good one
+  EXPECT_NE(share(kCookie + 1, far.get(), 99), 0);
+  holder_->push(listen_request(8, 11, 9031));
+  EXPECT_EQ(holder_->next_event()->status, 0);
+}
+
 }  // namespace
 }  // namespace netaccel

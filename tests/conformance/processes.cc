@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -23,18 +24,59 @@ namespace {
 
 constexpr const char* kArea = "processes";
 
+// Echoes the one 4-byte line of an accepted connection; true if it was "stop".
+bool echo_line(int connection) {
+  const std::string line = recv_exact(connection, 4);
+  send_text(connection, line);
+  close(connection);
+  return line == "stop";
+}
+
 // Each worker accepts from its listener and echoes one 4-byte line per
 // connection until a client sends "stop"; returns how many it echoed.
 int serve_echo_until_stop(int listener) {
   int served = 0;
-  for (;;) {
-    const int connection = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
-    const std::string line = recv_exact(connection, 4);
-    send_text(connection, line);
-    close(connection);
-    if (line == "stop") return served;
+  while (!echo_line(static_cast<int>(require("accept", accept(listener, nullptr, nullptr))))) {
     ++served;
   }
+  return served;
+}
+
+// As serve_echo_until_stop, the way event-driven workers (nginx) do it: wait
+// until the non-blocking listener is readable (`wait_readable`), then accept
+// until EAGAIN. Another worker may have taken what woke this one.
+int serve_echo_when_readable(int listener, const std::function<void(int)>& wait_readable) {
+  set_nonblocking(listener, true);
+  int served = 0;
+  for (;;) {
+    wait_readable(listener);
+    for (;;) {
+      const int connection = accept(listener, nullptr, nullptr);
+      if (connection < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (echo_line(static_cast<int>(require("accept", connection)))) return served;
+      ++served;
+    }
+  }
+}
+
+void wait_in_epoll(int listener) {
+  static const int epoll = [listener] {
+    const int created = static_cast<int>(require("epoll_create1", epoll_create1(EPOLL_CLOEXEC)));
+    struct epoll_event event {};
+    event.events = EPOLLIN;
+    event.data.fd = listener;
+    require("epoll_ctl", epoll_ctl(created, EPOLL_CTL_ADD, listener, &event));
+    return created;
+  }();
+  struct epoll_event ready {};
+  require("epoll_wait", epoll_wait(epoll, &ready, 1, -1));
+}
+
+void wait_in_poll(int listener) {
+  struct pollfd ready {
+    listener, POLLIN, 0
+  };
+  require("poll", poll(&ready, 1, -1));
 }
 
 // Connects `count` clients to `port` and checks every echo.
@@ -73,22 +115,25 @@ void stop_workers(uint16_t port, const std::vector<pid_t>& workers, int served_p
   say("served in total: %d", total);
 }
 
-// Runs serve_echo_until_stop on `listener` in a child that reports its count.
-pid_t start_worker(int listener, int served_pipe) {
+using Serve = std::function<int(int listener)>;
+
+// Runs `serve` on `listener` in a child that reports its count.
+pid_t start_worker(int listener, int served_pipe, const Serve& serve) {
   return fork_child([=] {
-    const int served = serve_echo_until_stop(listener);
+    const int served = serve(listener);
     require("write", write(served_pipe, &served, sizeof served));
   });
 }
 
-// Pre-fork server: `workers` processes accept on one inherited listener.
-void prefork_echo(int workers, int clients) {
+// Pre-fork server: `workers` processes accept on one inherited listener,
+// which the parent closes at once; the clients connect right away.
+void prefork_echo(int workers, int clients, const Serve& serve = serve_echo_until_stop) {
   const int listener = tcp_listener();
   const uint16_t port = local_port(listener);
   int served_pipe[2];
   require("pipe", pipe(served_pipe));
   std::vector<pid_t> pids;
-  for (int i = 0; i < workers; ++i) pids.push_back(start_worker(listener, served_pipe[1]));
+  for (int i = 0; i < workers; ++i) pids.push_back(start_worker(listener, served_pipe[1], serve));
   close(listener);
   run_echo_clients(port, clients);
   stop_workers(port, pids, served_pipe[0]);
@@ -255,6 +300,47 @@ CONFORMANCE_CASE(kArea, prefork_two_workers_share_listener, 14,
 CONFORMANCE_CASE(kArea, prefork_four_workers_share_listener, 28,
                  "pre-fork server: four workers accept on one listener, 24 clients") {
   prefork_echo(4, 24);
+}
+
+CONFORMANCE_CASE(kArea, prefork_epoll_workers_share_listener, 14,
+                 "pre-fork server: two workers wait in epoll and accept until EAGAIN, 12 clients") {
+  prefork_echo(2, 12,
+               [](int listener) { return serve_echo_when_readable(listener, wait_in_epoll); });
+}
+
+CONFORMANCE_CASE(kArea, prefork_poll_workers_share_listener, 14,
+                 "pre-fork server: two workers wait in poll and accept until EAGAIN, 12 clients") {
+  prefork_echo(2, 12,
+               [](int listener) { return serve_echo_when_readable(listener, wait_in_poll); });
+}
+
+CONFORMANCE_CASE(kArea, listener_closed_after_poll_leaves_connection_to_sibling, 1,
+                 "a worker sees the queued connection in poll and closes its listener: the other "
+                 "worker accepts it") {
+  const int listener = tcp_listener();
+  const uint16_t port = local_port(listener);
+  Baton first_turn, second_turn;
+  const pid_t first = fork_child([&] {
+    first_turn.wait();
+    wait_in_poll(listener);
+    say("first worker saw a connection, closes its listener");
+    close(listener);
+  });
+  const pid_t second = fork_child([&] {
+    second_turn.wait();
+    const int connection = static_cast<int>(require("accept", accept(listener, nullptr, nullptr)));
+    send_text(connection, "second: " + recv_exact(connection, 5));
+    close(connection);
+  });
+  close(listener);
+  const int client = tcp_connect(port);
+  send_text(client, "hello");
+  first_turn.pass();
+  wait_child("first worker", first);
+  second_turn.pass();
+  show_exact("client read", client, 13);
+  wait_child("second worker", second);
+  close(client);
 }
 
 CONFORMANCE_CASE(kArea, fork_nonblocking_flag_is_shared, 1,

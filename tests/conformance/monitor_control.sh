@@ -27,7 +27,7 @@ case ${1:-} in
         fd=${fd_path##*/}
         if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
       done
-      exec "$NETACCEL" daemon --socket "$NA_SOCK" </dev/null >>"$CONFORMANCE_STATE/monitor.log" 2>&1
+      exec "$NETACCEL" daemon --socket "$NA_SOCK" ${NA_ENGINE:+--engine "$NA_ENGINE"} </dev/null >>"$CONFORMANCE_STATE/monitor.log" 2>&1
     ) &
     echo $! >"$pid_file"
     for _ in $(seq 200); do

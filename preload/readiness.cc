@@ -757,6 +757,13 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
       if (wake >= 0) sleeping.push_back({wake, POLLIN, 0});
     }
     if (listeners && event_wake_fd() >= 0) sleeping.push_back({event_wake_fd(), POLLIN, 0});
+    // Accept queues last: they are read by take_accept_queue, not drained.
+    const std::size_t first_queue = sleeping.size();
+    for (const PollSlot& slot : slots) {
+      if (slot.socket->state == SocketState::kListening && slot.socket->accept_queue) {
+        sleeping.push_back({slot.socket->accept_queue.get(), POLLIN, 0});
+      }
+    }
     const bool space_wait = arm_slots(slots, fds, true);
     const bool wake_may_be_missed = !fence_before_sleeping_for_data();
     for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
@@ -783,7 +790,13 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
       result = -1;
       break;
     }
-    for (std::size_t i = count; i < sleeping.size(); ++i) {
+    if (std::any_of(sleeping.begin() + static_cast<std::ptrdiff_t>(first_queue), sleeping.end(),
+                    [](const struct pollfd& entry) { return entry.revents != 0; })) {
+      for (const PollSlot& slot : slots) {
+        if (slot.socket->state == SocketState::kListening) take_accept_queue(slot.socket);
+      }
+    }
+    for (std::size_t i = count; i < first_queue; ++i) {
       if (sleeping[i].revents == 0) continue;
       if (sleeping[i].fd == event_wake_fd()) {
         drain_event_wake();

@@ -1307,6 +1307,9 @@ TEST_F(AcceptQueueTest, ConnectionWaitsOnTheQueueAsAnAnchorUntilAHolderAnnounces
   auto* header = static_cast<ConnectionSegmentHeader*>(view.get());
   EXPECT_EQ(header->connection_id, connection_id);
   EXPECT_EQ(header->holders[kServerSide].load(), 1u);
+  const std::string status = query_status(path());
+  EXPECT_TRUE(has_field(status, "\"accept_queues\":1")) << status;
+  EXPECT_TRUE(has_field(status, "\"processes\":2,")) << status;
 
   // Announced again: connections reach the holder itself, not the queue.
   holder_->push(announce_request(5, 10));

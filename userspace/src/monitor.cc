@@ -721,9 +721,10 @@ void Monitor::Impl::send_status(int socket) {
       "\"connections_total\":%llu,\"requests\":%llu,\"rejected_requests\":%llu,"
       "\"ring_bytes\":%u,\"segments_created\":%llu,\"segments_reused\":%llu,"
       "\"channels_open\":%zu,\"direct_connections_total\":%llu,"
-      "\"connections_handed_on\":%llu}",
+      "\"connections_handed_on\":%llu,\"accept_queues\":%zu}",
       static_cast<int>(engine_name().size()), engine_name().data(),
-      static_cast<unsigned long long>(counters.processes),
+      // Our own listening for accept queues is no process.
+      static_cast<unsigned long long>(counters.processes - accept_queues_.size()),
       static_cast<unsigned long long>(counters.listeners),
       static_cast<unsigned long long>(counters.connections_open),
       // A hand-off is a second engine connection for one real connection.
@@ -733,7 +734,7 @@ void Monitor::Impl::send_status(int socket) {
       static_cast<unsigned long long>(segments_created_),
       static_cast<unsigned long long>(segments_reused_), channels_open(),
       static_cast<unsigned long long>(direct),
-      static_cast<unsigned long long>(connections_handed_on_));
+      static_cast<unsigned long long>(connections_handed_on_), accept_queues_.size());
   if (length > 0) send(socket, json, static_cast<std::size_t>(length), MSG_NOSIGNAL);
 }
 

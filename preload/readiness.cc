@@ -43,7 +43,7 @@ uint32_t socket_readiness(Socket* socket, uint32_t wanted) {
   // The ring indices are the lines the peer keeps writing: only what the
   // caller asks for is read (an event loop polls its sets in a tight spin).
   if (eof || aborted || socket->read_shut ||
-      ((wanted & (EPOLLIN | EPOLLRDNORM)) && c->rx.readable() != 0)) {
+      ((wanted & (EPOLLIN | EPOLLRDNORM)) && c->rx.has_unread())) {
     ready |= EPOLLIN | EPOLLRDNORM;
   }
   if (eof) ready |= EPOLLRDHUP;

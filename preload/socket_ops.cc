@@ -1093,7 +1093,8 @@ void intercepted_closefrom(int first) {
 int intercepted_close(int fd) {
   if (is_internal_fd(fd)) return fail(EBADF);  // not the application's to close
   // A vfork child's descriptors are not the ones its parent's tables count.
-  if (!holder_process() && lookup_descriptor(fd)) return real().close(fd);
+  // (In that order: holder_process() is a system call, and most closes are of files.)
+  if (lookup_descriptor(fd) && !holder_process()) return real().close(fd);
   Socket* socket = uninstall_socket(fd);
   if (socket == nullptr) {
     epoll_closed(fd);

@@ -164,8 +164,13 @@ nginx_conf=$repo/tests/integration/apps/nginx_conf.sh
 mkdir -p "$tmp/nginx-kernel" "$tmp/nginx-netaccel"
 "$nginx_conf" "$tmp/nginx-kernel" 7101 "$www" >"$tmp/nginx-kernel.conf"
 "$nginx_conf" "$tmp/nginx-netaccel" 7102 "$www" >"$tmp/nginx-netaccel.conf"
-nginx -c "$tmp/nginx-kernel.conf"
-"${run[@]}" nginx -c "$tmp/nginx-netaccel.conf"
+# The load generator and the server on separate cores, as benchmarks place
+# them, for both paths alike: on two cores the scheduler otherwise mixes
+# four busy threads differently from run to run (a last row shows that).
+server_cpu=() client_cpu=()
+if (($(nproc) >= 2)); then server_cpu=(taskset -c 1) client_cpu=(taskset -c 0); fi
+"${server_cpu[@]}" nginx -c "$tmp/nginx-kernel.conf"
+"${server_cpu[@]}" "${run[@]}" nginx -c "$tmp/nginx-netaccel.conf"
 wait_listen 7101
 wait_listen 7102
 # wrk_rate PORT [ARGS...] [-- PREFIX...]: requests/s, or 0 with errors.
@@ -174,7 +179,7 @@ wrk_rate() {
   shift 2
   local -a args=(-t 2 -c 50 -d "${nginx_seconds}s")
   if [[ $header == close ]]; then args+=(-H "Connection: close"); fi
-  timeout 120 "$@" wrk "${args[@]}" "http://127.0.0.1:$port/index.txt" </dev/null 2>&1 | python3 -c '
+  timeout 120 "${client_cpu[@]}" "$@" wrk "${args[@]}" "http://127.0.0.1:$port/index.txt" </dev/null 2>&1 | python3 -c '
 import re, sys
 text = sys.stdin.read()
 errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
@@ -192,13 +197,20 @@ nginx_markdown=$tmp/nginx.md
   echo "(\`tests/integration/apps/nginx_conf.sh\`: master + \`worker_processes auto\`, sendfile on),"
   echo "serving a 1.3 KB file to \`wrk -t 2 -c 50 -d ${nginx_seconds}s\`, both on the kernel's loopback,"
   echo "then both under \`netaccel run\`; median of $nginx_rounds rounds, the modes alternating."
+  if ((${#server_cpu[@]} > 0)); then
+    echo "wrk runs on CPU 0 and nginx on CPU 1 for both paths (load generator and server apart),"
+    echo "but in the last row, where the scheduler places all of them."
+  fi
   echo
   echo "| connections | kernel req/s | netaccel req/s | ratio | failed requests (kernel / netaccel) |"
   echo "|---|---|---|---|---|"
 } >"$nginx_markdown"
 printf '%-28s %14s %14s %8s %s\n' "connections" "kernel req/s" "netaccel req/s" "ratio" "failed (kernel/netaccel)"
-for header in keep-alive close; do
-  kernel_rates=() netaccel_rates=() kernel_failed=0 netaccel_failed=0
+# compare_rates LABEL HEADER: one row, both paths, median of the rounds.
+compare_rates() {
+  local label=$1 header=$2 k n ratio rate failed
+  local -a kernel_rates=() netaccel_rates=()
+  local kernel_failed=0 netaccel_failed=0
   for ((round = 0; round < nginx_rounds; round++)); do
     read -r rate failed <<<"$(wrk_rate 7101 "$header")"
     kernel_rates+=("$rate") kernel_failed=$((kernel_failed + failed))
@@ -207,11 +219,11 @@ for header in keep-alive close; do
   done
   k=$(median "${kernel_rates[@]}") n=$(median "${netaccel_rates[@]}")
   ratio=$(python3 -c "print('%.2fx' % ($n / $k) if $k > 0 else 'n/a')")
-  label="keep-alive"
-  if [[ $header == close ]]; then label="one request per connection"; fi
   printf '%-28s %14.0f %14.0f %8s %s / %s\n' "$label" "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed"
   printf '| %s | %.0f | %.0f | %s | %s / %s |\n' "$label" "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed" >>"$nginx_markdown"
-done
+}
+compare_rates keep-alive keep-alive
+compare_rates "one request per connection" close
 # The same load while `nginx -s reload` replaces the workers three times: the
 # kernel's shared accept queue loses nothing, and neither may netaccel.
 reload_rate() {
@@ -233,6 +245,18 @@ label="one per connection, 3 reloads"
 printf '%-28s %14.0f %14.0f %8s %s / %s\n' "$label" "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed"
 printf '| one request per connection, three `nginx -s reload` during the run | %.0f | %.0f | %s | %s / %s |\n' \
   "$k" "$n" "$ratio" "$kernel_failed" "$netaccel_failed" >>"$nginx_markdown"
+if ((${#server_cpu[@]} > 0)); then
+  # Both nginx instances (their masters and current workers) may now run
+  # anywhere, and so may wrk.
+  for instance in nginx-kernel nginx-netaccel; do
+    master=$(cat "$tmp/$instance/nginx.pid")
+    for pid in "$master" $(pgrep -P "$master"); do
+      taskset -a -p -c "0-$(($(nproc) - 1))" "$pid" >/dev/null
+    done
+  done
+  client_cpu=()
+  compare_rates "keep-alive, any CPU" keep-alive
+fi
 nginx_after=$(connections_total)
 echo "(netaccel carried $((nginx_after - nginx_before)) connections during the netaccel nginx runs)"
 nginx -c "$tmp/nginx-kernel.conf" -s stop || true

@@ -21,7 +21,7 @@ namespace netaccel {
 // Two lines: the adjacent-line prefetcher pulls lines in 128-byte pairs.
 inline constexpr std::size_t kFalseSharingRange = 128;
 inline constexpr uint32_t kByteRingMagic = 0x4e414252;  // "NABR"
-inline constexpr uint32_t kByteRingVersion = 1;
+inline constexpr uint32_t kByteRingVersion = 2;
 
 struct ByteRingControl {
   // Written once by the creator, read-only afterwards.
@@ -30,9 +30,12 @@ struct ByteRingControl {
   uint32_t capacity;     // bytes, power of two
   uint32_t data_offset;  // from the start of this control block
 
-  // Producer line: only the producer writes it.
+  // Producer line: only the producer (or whoever closes its end) writes it.
   alignas(kFalseSharingRange) std::atomic<uint32_t> head;  // bytes ever published
   uint32_t producer_cached_tail;
+  // No more data will come: EOF once drained. Beside `head`, so that a
+  // readiness check reads one line the peer writes, not two.
+  std::atomic<uint32_t> writer_closed;
 
   // Consumer line: only the consumer writes it.
   alignas(kFalseSharingRange) std::atomic<uint32_t> tail;  // bytes ever consumed
@@ -42,7 +45,6 @@ struct ByteRingControl {
   // keeps the line shared instead of bouncing it on every push or pop.
   alignas(kFalseSharingRange) std::atomic<uint32_t> reader_waiting;  // consumer sleeps for data
   std::atomic<uint32_t> writer_waiting;                              // producer sleeps for space
-  std::atomic<uint32_t> writer_closed;  // no more data will come: EOF once drained
   std::atomic<uint32_t> reader_closed;  // nobody will read: writes fail with EPIPE
 };
 static_assert(offsetof(ByteRingControl, head) == kFalseSharingRange);
@@ -86,6 +88,9 @@ inline void byte_ring_reopen(void* memory, uint32_t capacity) {
     control->producer_cached_tail = tail;
   }
   if (control->consumer_cached_head != tail) control->consumer_cached_head = tail;
+  if (control->writer_closed.load(std::memory_order_relaxed) != 0) {
+    control->writer_closed.store(0, std::memory_order_relaxed);
+  }
   // The flags' line changes anyway (a close sets them): zero all of it.
   std::memset(reinterpret_cast<unsigned char*>(control) + offsetof(ByteRingControl, reader_waiting),
               0, sizeof(ByteRingControl) - offsetof(ByteRingControl, reader_waiting));
@@ -172,6 +177,14 @@ class ByteRing {
       ready = control_->consumer_cached_head - tail;
     }
     return ready;
+  }
+
+  // Whether bytes wait, for a readiness check: the cached head is not
+  // refreshed, so that a scan over many rings writes none of their lines.
+  bool has_unread() const {
+    const uint32_t tail = control_->tail.load(std::memory_order_relaxed);
+    return control_->consumer_cached_head != tail ||
+           control_->head.load(std::memory_order_relaxed) != tail;
   }
 
   // Copies up to the iovec's size into `iov`; with `peek` the bytes stay.

@@ -1356,6 +1356,7 @@ TEST_F(AcceptQueueTest, LastQaClosingEndsTheQueue) {
   ASSERT_TRUE(view);
   auto* header = static_cast<ConnectionSegmentHeader*>(view.get());
   ASSERT_TRUE(readable_within(queue_.get(), 2000ms));
+  const Clock::time_point closed = Clock::now();
   queue_.reset();
   ASSERT_TRUE(eventually([&] { return header->holders[kServerSide].load() == 0; }));
   ASSERT_TRUE(eventually([&] {
@@ -1363,6 +1364,26 @@ TEST_F(AcceptQueueTest, LastQaClosingEndsTheQueue) {
     const auto reply = client_->next_reply();
     return reply && reply->status == -ECONNREFUSED;
   }));
+  EXPECT_LT(Clock::now() - closed, 1000ms) << "refused by the queue's end, not its window";
+}
+
+// No holder announces within the window (its images may lack the preload):
+// clients go through the kernel again, until a holder comes and goes anew.
+TEST_F(AcceptQueueTest, QueueStopsTakingConnectionsWhenNoHolderAnnouncesInTime) {
+  ASSERT_NO_FATAL_FAILURE(open_queue());
+  const Clock::time_point opened = Clock::now();
+  ASSERT_TRUE(eventually([&] {
+    client_->push(connect_request(5, 25, kQueuedPort));
+    const auto reply = client_->next_reply();
+    if (reply && reply->status == 0) client_->take_delivery();
+    return reply && reply->status == -ECONNREFUSED;
+  }));
+  EXPECT_GE(Clock::now() - opened, 1900ms);
+  holder_->push(announce_request(6, 10));
+  ASSERT_EQ(holder_->next_event()->status, 0);
+  holder_->push(unlisten_request(7, 10));
+  ASSERT_EQ(holder_->next_event()->status, 0);
+  EXPECT_NE(connect_client(8), 0u);
 }
 
 // Queue messages a process cannot have meant are refused, and the process's

@@ -49,6 +49,12 @@ constexpr std::size_t kPooledSegmentsPerProcess = 32;
 // Channels a process may hold in each role: each costs it 2 * kChannelSlots
 // eventfds, which live among the application's own descriptors.
 constexpr std::size_t kChannelsPerProcessRole = 8;
+// An accept queue takes connections for this long after the last announced
+// holder of its socket went (a fork, an exec). Holders that wait announce
+// within milliseconds; ones that never do (an image without the preload)
+// would leave clients queued for nobody, so after it they go through the
+// kernel listener again.
+constexpr auto kAcceptQueueWindow = std::chrono::seconds(2);
 constexpr uint32_t kMinRingBytes = 4096;
 constexpr uint32_t kMaxRingBytes = 1u << 30;  // segment offsets are 32-bit
 
@@ -169,6 +175,7 @@ class Monitor::Impl {
     uint64_t cookie = 0;
     Request listen{};
     bool listening = false;
+    Clock::time_point listening_until{};
   };
 
   // A connection's shared memory and its two ends' eventfds. A segment we
@@ -257,6 +264,8 @@ class Monitor::Impl {
   void queue_anchor(AcceptQueue& queue, const Event& incoming);
   void on_accept_queue(uint32_t engine_process, uint32_t events);
   void close_accept_queue(uint32_t engine_process);
+  void expire_accept_queues();
+  int accept_queue_expiry_ms() const;
 
   void handle_outputs();
   void create_connection(const EngineOutput& output);
@@ -434,6 +443,7 @@ void Monitor::Impl::run() {
     if (worked) last_work = now;
     if (now - last_socket_poll >= kSocketPollInterval) {
       poll_sockets(0);
+      expire_accept_queues();
       last_socket_poll = now;
     }
     if (worked) continue;
@@ -569,9 +579,14 @@ void Monitor::Impl::sleep_until_work() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (!any_request_pending() && !stop_requested_.load(std::memory_order_relaxed)) {
     // Processes do not ring us when they drain their event queues, so a
-    // backlog is retried on a timer.
-    poll_sockets(any_backlog() ? kBacklogRetryMs : -1);
+    // backlog is retried on a timer; an accept queue's window closes on one.
+    int timeout_ms = accept_queue_expiry_ms();
+    if (any_backlog() && (timeout_ms < 0 || timeout_ms > kBacklogRetryMs)) {
+      timeout_ms = kBacklogRetryMs;
+    }
+    poll_sockets(timeout_ms);
   }
+  expire_accept_queues();
   drain_wake_fd(doorbell_.get());
   set_consumers_sleeping(0);
 }
@@ -1545,6 +1560,7 @@ void Monitor::Impl::update_accept_queue(uint64_t cookie) {
   const bool listen = !announced_per_cookie_.contains(cookie);
   if (listen == queue.listening) return;
   queue.listening = listen;
+  queue.listening_until = Clock::now() + kAcceptQueueWindow;
   Request request = queue.listen;
   if (!listen) {
     request = Request{};
@@ -1621,6 +1637,32 @@ void Monitor::Impl::on_accept_queue(uint32_t engine_process, uint32_t events) {
     send_with_fds(queue, &entry, sizeof entry, entry_fds, 1);
   }
   close_accept_queue(engine_process);
+}
+
+void Monitor::Impl::expire_accept_queues() {
+  const Clock::time_point now = Clock::now();
+  for (auto& [engine_process, queue] : accept_queues_) {
+    if (!queue.listening || now < queue.listening_until) continue;
+    queue.listening = false;
+    Request unlisten{};
+    unlisten.op = RequestOp::kUnlisten;
+    unlisten.socket_id = queue.listen.socket_id;
+    submit_on_behalf(engine_process, unlisten);
+  }
+}
+
+// How long a sleep may last before a queue's window closes; -1: forever.
+int Monitor::Impl::accept_queue_expiry_ms() const {
+  int soonest = -1;
+  const Clock::time_point now = Clock::now();
+  for (const auto& [engine_process, queue] : accept_queues_) {
+    if (!queue.listening) continue;
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(queue.listening_until - now).count();
+    const int ms = static_cast<int>(std::max<int64_t>(left, 0));
+    if (soonest < 0 || ms < soonest) soonest = ms;
+  }
+  return soonest;
 }
 
 void Monitor::Impl::close_accept_queue(uint32_t engine_process) {

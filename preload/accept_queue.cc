@@ -58,7 +58,9 @@ uint64_t socket_cookie(int fd) {
 bool open_accept_queue(Socket* listener) {
   std::lock_guard lock(listener->accept_queue_mutex);
   if (listener->accept_queue) return true;
-  if (listener->cookie == 0 || !monitor_available()) return false;
+  if (listener->cookie == 0 || listener->accept_queue_refused || !monitor_available()) {
+    return false;
+  }
   UniqueFd near;
   UniqueFd far;
   if (!make_named_pair(listener->cookie, near, far)) return false;
@@ -76,7 +78,11 @@ bool open_accept_queue(Socket* listener) {
   request.socket_id = listener->id;
   request.connection_id = listener->cookie;
   Event reply{};
-  if (!monitor_call(request, reply, nullptr) || reply.status != 0) return false;
+  if (!monitor_call(request, reply, nullptr)) return false;
+  if (reply.status != 0) {
+    listener->accept_queue_refused = true;
+    return false;
+  }
   keep_internal_fd(near);
   listener->accept_queue = std::move(near);
   return true;

@@ -138,14 +138,14 @@ bool adopt_anchor(int fd) {
   return true;
 }
 
-// A kernel TCP listener we did not make (an exec'd image's inheritance,
-// systemd's socket activation, SCM_RIGHTS) becomes a netaccel listener,
-// announced when it first waits for connections. Its O_NONBLOCK is the
-// application's: netaccel leaves a listener's flag as the application set it.
 // Accept queues (Qa) that arrived with listeners, by the sockets' cookies;
 // an adopted listener takes its own (the entry's fd becomes -1).
 using ArrivingQueues = std::vector<std::pair<uint64_t, int>>;
 
+// A kernel TCP listener we did not make (an exec'd image's inheritance,
+// systemd's socket activation, SCM_RIGHTS) becomes a netaccel listener,
+// announced when it first waits for connections. Its O_NONBLOCK is the
+// application's: netaccel leaves a listener's flag as the application set it.
 bool adopt_listener(int fd, int domain, ArrivingQueues& queues) {
   int listening = 0;
   socklen_t length = sizeof listening;

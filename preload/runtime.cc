@@ -180,6 +180,7 @@ void Socket::reset() {
   cookie = 0;
   if (accept_queue) mark_internal_fd(accept_queue.get(), false);
   accept_queue.reset();
+  accept_queue_refused = false;
 }
 
 namespace {

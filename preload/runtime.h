@@ -340,6 +340,9 @@ struct Socket {
   uint64_t cookie = 0;
   // Qa of the socket's accept queue (protocol.h), once it may be shared.
   UniqueFd accept_queue;
+  // The monitor refused one (another holder's queue serves the socket): not
+  // asked again for this socket.
+  bool accept_queue_refused = false;
   std::mutex accept_queue_mutex;
 
   void reset();

@@ -55,6 +55,8 @@ constexpr std::size_t kChannelsPerProcessRole = 8;
 // would leave clients queued for nobody, so after it they go through the
 // kernel listener again.
 constexpr auto kAcceptQueueWindow = std::chrono::seconds(2);
+// Each queue holds a descriptor of ours; processes may not open them without end.
+constexpr std::size_t kMaxAcceptQueues = 1024;
 constexpr uint32_t kMinRingBytes = 4096;
 constexpr uint32_t kMaxRingBytes = 1u << 30;  // segment offsets are 32-bit
 
@@ -1483,7 +1485,7 @@ void Monitor::Impl::open_accept_queue(uint32_t process_id, const AcceptQueueMess
   // One queue per socket: its holders already share the first.
   if (process == processes_.end() || !queue || message.cookie == 0 ||
       accept_queue_of_cookie_.contains(message.cookie) || next_process_id_ == 0 ||
-      !is_seqpacket_unix_socket(queue.get()) ||
+      accept_queues_.size() >= kMaxAcceptQueues || !is_seqpacket_unix_socket(queue.get()) ||
       fcntl(queue.get(), F_SETFL, fcntl(queue.get(), F_GETFL) | O_NONBLOCK) != 0) {
     return;
   }

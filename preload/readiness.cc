@@ -74,6 +74,9 @@ constexpr uint64_t kNestedTag = kTagBase | (1ull << 32);
 // A pipe end's own kernel descriptor, registered edge-triggered: its
 // POLLHUP, POLLERR and, once downgraded, its data wake the wait.
 constexpr uint64_t kPipeKernelTag = kTagBase | (2ull << 32);
+// A listener's accept queue (Qa), registered edge-triggered: a connection
+// queued or given back while we sleep wakes the wait, which takes it.
+constexpr uint64_t kAcceptQueueTag = kTagBase | (4ull << 32);  // a bit of its own
 constexpr uint64_t kEventWakeTag = kTagBase | 0xffffffffull;
 bool is_tag(uint64_t data) {
   return (data >> 48) == 0x4e41;
@@ -100,6 +103,7 @@ struct EpollMember {
   // (a hang-up, or data in a downgraded pipe).
   bool kernel_edge = false;
   uint32_t armed_events = 0;  // a pipe end: what arm_members announced, to withdraw
+  int registered_queue = -1;  // a listener: its accept queue (kAcceptQueueTag)
 };
 
 struct EpollSet {
@@ -190,6 +194,25 @@ void register_wake(int epfd, EpollSet* set, EpollMember& member) {
   }
 }
 
+bool queue_registered(const EpollSet* set, int queue) {
+  return std::any_of(set->members.begin(), set->members.end(),
+                     [queue](const EpollMember& m) { return m.registered_queue == queue; });
+}
+
+// Registers a listener member's accept queue, once for all its descriptors.
+// Edge-triggered: a queue whose monitor went stays readable (its hang-up),
+// and once take_accept_queue closed it here the registration cannot be
+// removed while another process still holds the queue.
+void register_accept_queue(int epfd, EpollSet* set, EpollMember& member) {
+  const int queue = member.socket->accept_queue.get();
+  if (queue < 0 || member.registered_queue >= 0) return;
+  if (queue_registered(set, queue) ||
+      add_kernel_registration(epfd, queue, EPOLLIN | EPOLLET,
+                              kAcceptQueueTag | static_cast<uint32_t>(queue)) == 0) {
+    member.registered_queue = queue;
+  }
+}
+
 // Takes `member` out of the set (under its lock) with what it registered.
 void erase_member(int epfd, EpollSet* set, std::vector<EpollMember>::iterator member) {
   const int wake = member->registered_wake;
@@ -207,7 +230,13 @@ void erase_member(int epfd, EpollSet* set, std::vector<EpollMember>::iterator me
   if (member->socket != nullptr) {
     member->socket->epoll_memberships.fetch_sub(1, std::memory_order_relaxed);
   }
+  const int queue = member->registered_queue;
+  // Only while the number still holds the queue we registered.
+  const bool queue_open = queue >= 0 && member->socket->accept_queue.get() == queue;
   set->members.erase(member);
+  if (queue_open && !queue_registered(set, queue)) {
+    real().epoll_ctl(epfd, EPOLL_CTL_DEL, queue, nullptr);
+  }
   if (wake >= 0 && !wake_registered(set, wake)) {
     real().epoll_ctl(epfd, EPOLL_CTL_DEL, wake, nullptr);
   }
@@ -222,6 +251,12 @@ void drain_tagged(EpollSet* set, uint64_t tag) {
   if ((tag & kNestedTag) == kNestedTag) return;  // the nested set's own wait drains it
   const int fd = static_cast<int>(tag & 0xffffffffu);
   std::lock_guard lock(set->mutex);
+  if ((tag & kAcceptQueueTag) == kAcceptQueueTag) {
+    for (EpollMember& member : set->members) {
+      if (member.registered_queue == fd) take_accept_queue(member.socket);
+    }
+    return;
+  }
   if ((tag & kPipeKernelTag) == kPipeKernelTag) {
     for (EpollMember& member : set->members) {
       if (member.pipe_registered && member.fd == fd) member.kernel_edge = true;
@@ -370,14 +405,17 @@ bool arm_members(EpollSet* set, bool armed, int depth = 0) {
 
 // A set that watched listeners before a fork (or before the monitor came
 // back) waits for connections now: whichever process waits on it takes them.
-void announce_unannounced_listeners(EpollSet* set) {
+void announce_unannounced_listeners(int epfd, EpollSet* set) {
   const uint32_t generation = g_listener_generation.load(std::memory_order_relaxed);
   if (set->listeners == 0 || set->listener_generation == generation) return;
   std::vector<int> listeners;
   {
     std::lock_guard lock(set->mutex);
-    for (const EpollMember& member : set->members) {
-      if (member.listener) listeners.push_back(member.fd);
+    for (EpollMember& member : set->members) {
+      if (!member.listener) continue;
+      listeners.push_back(member.fd);
+      // Its accept queue may be new (made at the fork).
+      register_accept_queue(epfd, set, member);
     }
     set->listener_generation = generation;
   }
@@ -481,6 +519,7 @@ int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
                                     kPipeKernelTag | static_cast<uint32_t>(fd)) == 0;
       }
       if (listener) {
+        register_accept_queue(epfd, set, added);
         ++set->listeners;
         if (!set->event_wake_registered && event_wake_fd() >= 0 &&
             add_kernel_registration(epfd, event_wake_fd(), EPOLLIN, kEventWakeTag) == 0) {
@@ -520,7 +559,7 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
       if (kept > 0 || timeout == 0) return kept;
     }
   }
-  announce_unannounced_listeners(set);
+  announce_unannounced_listeners(epfd, set);
   const int64_t start = monotonic_ns();
   const int64_t deadline = timeout < 0 ? -1 : start + static_cast<int64_t>(timeout) * 1000000;
   SpinBudget spin(timeout < 0 ? config().spin_ns

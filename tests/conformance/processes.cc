@@ -343,6 +343,45 @@ CONFORMANCE_CASE(kArea, listener_closed_after_poll_leaves_connection_to_sibling,
   close(client);
 }
 
+CONFORMANCE_CASE(kArea, listener_closed_after_poll_wakes_sibling_in_epoll, 1,
+                 "a worker sees the queued connection in poll and closes its listener while the "
+                 "other worker sleeps in epoll: that one wakes and accepts it") {
+  const int listener = tcp_listener();
+  const uint16_t port = local_port(listener);
+  Baton first_turn, second_turn, first_closes;
+  const pid_t first = fork_child([&] {
+    first_turn.wait();
+    wait_in_poll(listener);
+    second_turn.pass();
+    first_closes.wait();
+    say("first worker closes its listener");
+    close(listener);
+  });
+  const pid_t second = fork_child([&] {
+    second_turn.wait();
+    set_nonblocking(listener, true);
+    for (;;) {
+      wait_in_epoll(listener);
+      const int connection = accept(listener, nullptr, nullptr);
+      if (connection < 0) continue;  // the first worker still held it
+      set_nonblocking(connection, false);
+      send_text(connection, "second: " + recv_exact(connection, 5));
+      close(connection);
+      return;
+    }
+  });
+  close(listener);
+  const int client = tcp_connect(port);
+  send_text(client, "hello");
+  first_turn.pass();
+  sleep_ms(100);  // the second worker is asleep in epoll_wait by then
+  first_closes.pass();
+  wait_child("first worker", first);
+  show_exact("client read", client, 13);
+  wait_child("second worker", second);
+  close(client);
+}
+
 CONFORMANCE_CASE(kArea, fork_nonblocking_flag_is_shared, 1,
                  "O_NONBLOCK set in the child is seen by the parent (one open file)") {
   const TcpPair pair = tcp_pair();

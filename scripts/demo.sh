@@ -199,7 +199,8 @@ nginx_markdown=$tmp/nginx.md
   echo "then both under \`netaccel run\`; median of $nginx_rounds rounds, the modes alternating."
   if ((${#server_cpu[@]} > 0)); then
     echo "wrk runs on CPU 0 and nginx on CPU 1 for both paths (load generator and server apart),"
-    echo "but in the last row, where the scheduler places all of them."
+    echo "but in the last row, where the scheduler places all of them: on two cores that figure"
+    echo "varies most from run to run, as four busy threads land differently each time."
   fi
   echo
   echo "| connections | kernel req/s | netaccel req/s | ratio | failed requests (kernel / netaccel) |"

@@ -293,25 +293,35 @@ bool holder_process() {
   return getpid() == g_holder_process;
 }
 
-std::vector<Connection*> leave_shared_connections_for_exec() {
-  std::vector<Connection*> left;
+std::vector<LeftForExec> leave_shared_connections_for_exec() {
+  std::vector<LeftForExec> left;
   if (!holder_process()) return left;
-  const bool monitor_releases_owned = monitor_registered();
-  for_each_held_connection([&left, monitor_releases_owned](Connection* connection) {
-    if (!connection->inherited && monitor_releases_owned) return;
-    std::atomic<uint32_t>& holders = connection->header->holders[connection->side];
+  const bool monitor_knows_owned = monitor_registered();
+  for_each_held_connection([&left, monitor_knows_owned](Connection* connection) {
+    const ConnectionSide side = static_cast<ConnectionSide>(connection->side);
+    std::atomic<uint32_t>& holders = connection->header->holders[side];
+    std::atomic<uint32_t>& owner_left = connection->header->owner_left[side];
+    const bool as_owner = !connection->inherited && monitor_knows_owned;
+    // Without anchors or forks we are its only holder: the monitor ends it.
+    if (as_owner && owner_left.load(std::memory_order_acquire) != 0) return;
     uint32_t count = holders.load(std::memory_order_acquire);
     while (count > 1 &&
            !holders.compare_exchange_weak(count, count - 1, std::memory_order_acq_rel)) {
     }
-    if (count > 1) left.push_back(connection);
+    if (count <= 1) return;
+    if (as_owner) owner_left.store(1, std::memory_order_release);
+    left.push_back({connection, as_owner});
   });
   return left;
 }
 
-void rejoin_connections_after_failed_exec(const std::vector<Connection*>& left) {
-  for (Connection* connection : left) {
+void rejoin_connections_after_failed_exec(const std::vector<LeftForExec>& left) {
+  for (const LeftForExec& entry : left) {
+    Connection* connection = entry.connection;
     connection->header->holders[connection->side].fetch_add(1, std::memory_order_acq_rel);
+    if (entry.as_owner) {
+      connection->header->owner_left[connection->side].store(0, std::memory_order_release);
+    }
   }
 }
 

@@ -231,10 +231,16 @@ bool channel_accept(struct Socket* listener, PendingConnection& out,
 void share_connections_with_child(bool shared);
 // exec: this process's share of every end it shares with others goes
 // (returned, to rejoin if the exec fails); an end only we hold stays as it
-// is. The share of an end the monitor knows us to own goes when the monitor
-// sees our link close at exec. Adopted ends are the kernel's to count.
-std::vector<Connection*> leave_shared_connections_for_exec();
-void rejoin_connections_after_failed_exec(const std::vector<Connection*>& left);
+// is. An end the monitor knows us to own is marked `owner_left` too, so
+// that the monitor, seeing our link close at exec, leaves it to its other
+// holders (an anchor the new image may close first: that close is then the
+// last, a clean one). Adopted ends are the kernel's to count.
+struct LeftForExec {
+  Connection* connection;
+  bool as_owner;  // we set owner_left
+};
+std::vector<LeftForExec> leave_shared_connections_for_exec();
+void rejoin_connections_after_failed_exec(const std::vector<LeftForExec>& left);
 // exit: every share goes, and an end whose last share this was closes.
 void leave_connections_at_exit();
 

@@ -1375,7 +1375,7 @@ template <typename Exec>
 int exec_handing_sockets_to_new_image(Exec exec) {
   anchor_sockets_for_new_image(/*include_close_on_exec=*/false);
   downgrade_pipes_for_new_image(/*include_close_on_exec=*/false);
-  const std::vector<Connection*> left = leave_shared_connections_for_exec();
+  const std::vector<LeftForExec> left = leave_shared_connections_for_exec();
   const std::vector<Pipe*> left_pipes = leave_pipes_for_exec();
   const int result = exec();
   const int error = errno;

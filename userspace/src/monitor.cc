@@ -1593,8 +1593,12 @@ void Monitor::Impl::queue_anchor(AcceptQueue& queue, const Event& incoming) {
   message.local.reserved = 0;
   message.peer = incoming.peer;
   const AcceptQueueEntry entry{kAcceptQueueMagic, incoming.request_id};
+  // Everything the keeper needs first: once A is on the queue, B must reach it.
+  UniqueFd memory = duplicate_fd(segment.memory.get());
+  UniqueFd client_wake = duplicate_fd(segment.wake[kClientSide].get());
   int pair[2];
-  bool queued = socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0;
+  bool queued =
+      memory && client_wake && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0;
   const UniqueFd anchor(queued ? pair[0] : -1);
   UniqueFd keeper_end(queued ? pair[1] : -1);
   const int carried[3] = {segment.memory.get(), segment.wake[kServerSide].get(),
@@ -1602,9 +1606,7 @@ void Monitor::Impl::queue_anchor(AcceptQueue& queue, const Event& incoming) {
   queued = queued && send_with_fds(keeper_end.get(), &message, sizeof message, carried, 3) == 0;
   const int entry_fds[1] = {anchor.get()};
   queued = queued && send_with_fds(queue.queue.get(), &entry, sizeof entry, entry_fds, 1) == 0;
-  UniqueFd memory = duplicate_fd(segment.memory.get());
-  UniqueFd client_wake = duplicate_fd(segment.wake[kClientSide].get());
-  if (queued && memory && client_wake) {
+  if (queued) {
     int watched[kAnchorWatchFds] = {keeper_end.release(), memory.release(), client_wake.release()};
     anchor_keeper_.watch(message, sizeof message, watched, kAnchorWatchFds);
   } else {

@@ -302,12 +302,13 @@ std::vector<LeftForExec> leave_shared_connections_for_exec() {
     std::atomic<uint32_t>& holders = connection->header->holders[side];
     std::atomic<uint32_t>& owner_left = connection->header->owner_left[side];
     const bool as_owner = !connection->inherited && monitor_knows_owned;
-    // Without anchors or forks we are its only holder: the monitor ends it.
+    // Left as owner already: we hold no share of it to give up.
     if (as_owner && owner_left.load(std::memory_order_acquire) != 0) return;
     uint32_t count = holders.load(std::memory_order_acquire);
     while (count > 1 &&
            !holders.compare_exchange_weak(count, count - 1, std::memory_order_acq_rel)) {
     }
+    // Without anchors or forks we are its only holder: the monitor ends it.
     if (count <= 1) return;
     if (as_owner) owner_left.store(1, std::memory_order_release);
     left.push_back({connection, as_owner});

@@ -343,9 +343,10 @@ CONFORMANCE_CASE(kArea, listener_closed_after_poll_leaves_connection_to_sibling,
   close(client);
 }
 
-CONFORMANCE_CASE(kArea, listener_closed_after_poll_wakes_sibling_in_epoll, 1,
-                 "a worker sees the queued connection in poll and closes its listener while the "
-                 "other worker sleeps in epoll: that one wakes and accepts it") {
+namespace {
+// A worker sees the queued connection in poll and closes its listener while
+// the other one sleeps in `wait_readable`: that one wakes and accepts it.
+void sibling_wakes_for_given_back_connection(const std::function<void(int)>& wait_readable) {
   const int listener = tcp_listener();
   const uint16_t port = local_port(listener);
   Baton first_turn, second_turn, first_closes;
@@ -361,7 +362,7 @@ CONFORMANCE_CASE(kArea, listener_closed_after_poll_wakes_sibling_in_epoll, 1,
     second_turn.wait();
     set_nonblocking(listener, true);
     for (;;) {
-      wait_in_epoll(listener);
+      wait_readable(listener);
       const int connection = accept(listener, nullptr, nullptr);
       if (connection < 0) continue;  // the first worker still held it
       set_nonblocking(connection, false);
@@ -374,12 +375,26 @@ CONFORMANCE_CASE(kArea, listener_closed_after_poll_wakes_sibling_in_epoll, 1,
   const int client = tcp_connect(port);
   send_text(client, "hello");
   first_turn.pass();
-  sleep_ms(100);  // the second worker is asleep in epoll_wait by then
+  sleep_ms(100);  // the second worker is asleep by then
   first_closes.pass();
   wait_child("first worker", first);
   show_exact("client read", client, 13);
   wait_child("second worker", second);
   close(client);
+}
+
+}  // namespace
+
+CONFORMANCE_CASE(kArea, listener_closed_after_poll_wakes_sibling_in_epoll, 1,
+                 "a worker sees the queued connection in poll and closes its listener while the "
+                 "other worker sleeps in epoll: that one wakes and accepts it") {
+  sibling_wakes_for_given_back_connection(wait_in_epoll);
+}
+
+CONFORMANCE_CASE(kArea, listener_closed_after_poll_wakes_sibling_in_poll, 1,
+                 "a worker sees the queued connection in poll and closes its listener while the "
+                 "other worker sleeps in poll: that one wakes and accepts it") {
+  sibling_wakes_for_given_back_connection(wait_in_poll);
 }
 
 CONFORMANCE_CASE(kArea, fork_nonblocking_flag_is_shared, 1,

@@ -345,9 +345,8 @@ class Monitor::Impl {
   std::unordered_map<uint32_t, AcceptQueue> accept_queues_;  // by engine process
   std::unordered_map<uint64_t, uint32_t> accept_queue_of_cookie_;
   // Announced listeners that are copies of a socket with a cookie:
-  // (process, socket id) -> cookie, and how many each cookie has.
+  // (process, socket id) -> cookie.
   std::map<std::pair<uint32_t, uint64_t>, uint64_t> announced_cookies_;
-  std::unordered_map<uint64_t, uint32_t> announced_per_cookie_;
 };
 
 Monitor::Impl::Impl(MonitorOptions options)
@@ -1529,14 +1528,12 @@ void Monitor::Impl::note_announcement(uint32_t process_id, const Request& reques
   const std::pair<uint32_t, uint64_t> listener{process_id, request.socket_id};
   if (request.op == RequestOp::kListen && request.connection_id != 0 &&
       announced_cookies_.emplace(listener, request.connection_id).second) {
-    ++announced_per_cookie_[request.connection_id];
     update_accept_queue(request.connection_id);
   } else if (request.op == RequestOp::kUnlisten) {
     const auto found = announced_cookies_.find(listener);
     if (found == announced_cookies_.end()) return;
     const uint64_t cookie = found->second;
     announced_cookies_.erase(found);
-    if (--announced_per_cookie_[cookie] == 0) announced_per_cookie_.erase(cookie);
     update_accept_queue(cookie);
   }
 }
@@ -1559,7 +1556,8 @@ void Monitor::Impl::update_accept_queue(uint64_t cookie) {
   const auto engine_process = accept_queue_of_cookie_.find(cookie);
   if (engine_process == accept_queue_of_cookie_.end()) return;
   AcceptQueue& queue = accept_queues_.at(engine_process->second);
-  const bool listen = !announced_per_cookie_.contains(cookie);
+  const bool listen = std::none_of(announced_cookies_.begin(), announced_cookies_.end(),
+                                   [cookie](const auto& entry) { return entry.second == cookie; });
   if (listen == queue.listening) return;
   queue.listening = listen;
   queue.listening_until = Clock::now() + kAcceptQueueWindow;

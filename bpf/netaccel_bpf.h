@@ -26,7 +26,7 @@
 // What the steering map tells the classifier to do with a flow's packets.
 enum netaccel_steer_verdict {
   NETACCEL_STEER_PASS = 0,  // to the kernel stack of the container
-  NETACCEL_STEER_XSK = 1,   // to the AF_XDP socket at `queue` in xsk_sockets
+  NETACCEL_STEER_XSK = 1,   // to the AF_XDP socket of the receiving queue in xsk_sockets
   NETACCEL_STEER_DROP = 2,  // dropped by policy
 };
 
@@ -38,9 +38,13 @@ struct netaccel_steer_key {
   __u8 zero;      // padding, must be 0
 };
 
+// An AF_XDP socket takes frames only from the device queue it is bound to,
+// so the redirect goes to xsk_sockets[rx queue]: a stack binds one socket
+// per queue of the interface.
 struct netaccel_steer_action {
   __u32 verdict;  // enum netaccel_steer_verdict
-  __u32 queue;    // index into xsk_sockets for NETACCEL_STEER_XSK
+  __u32 owner;    // pid of the user-space stack that steered the port: a
+                  // restarted stack removes the entries of a dead one
 };
 
 struct netaccel_flow_key {

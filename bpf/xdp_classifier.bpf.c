@@ -178,7 +178,7 @@ static __always_inline void count_flow(const struct netaccel_flow_key* key, __u6
 }
 
 // The verdict of the steering map for this flow, counted.
-static __always_inline int steer(const struct netaccel_flow_key* key,
+static __always_inline int steer(const struct netaccel_flow_key* key, __u32 rx_queue,
                                  struct netaccel_container_counters* counters) {
   if (key->protocol != IPPROTO_TCP && key->protocol != IPPROTO_UDP) goto pass;
   const struct netaccel_steer_key steer_key = {.port = key->destination_port,
@@ -190,7 +190,7 @@ static __always_inline int steer(const struct netaccel_flow_key* key,
     return XDP_DROP;
   }
   if (action->verdict == NETACCEL_STEER_XSK) {
-    const long verdict = bpf_redirect_map(&xsk_sockets, action->queue, XDP_PASS);
+    const long verdict = bpf_redirect_map(&xsk_sockets, rx_queue, XDP_PASS);
     if (verdict == XDP_REDIRECT) {
       counters->to_xsk++;
       return XDP_REDIRECT;
@@ -226,5 +226,5 @@ int xdp_classify(struct xdp_md* ctx) {
     return XDP_PASS;
   }
   count_flow(&key, bytes);
-  return steer(&key, counters);
+  return steer(&key, ctx->rx_queue_index, counters);
 }

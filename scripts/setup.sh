@@ -35,16 +35,24 @@ packages=(
   # libraries
   libcli11-dev googletest libgtest-dev libgmock-dev
   libbpf-dev libxdp-dev libelf-dev zlib1g-dev linux-libc-dev
+  # the user-space stack: DPDK (its af_xdp PMD), and dpkg-source for lwIP's sources
+  libdpdk-dev dpkg-dev
   # eBPF / XDP tools and the container plugins
   xdp-tools bpftool containernetworking-plugins
   # FPGA engine: RTL simulation and synthesis
   verilator iverilog yosys
   # real applications the tests and the demo run
-  redis-server redis-tools iperf3 sockperf curl python3 nginx wrk
+  redis-server redis-tools iperf3 sockperf curl python3 nginx wrk socat netcat-openbsd
   libpython3.11-testsuite
   # what the scripts themselves use
-  iproute2 util-linux psmisc procps jq coreutils shellcheck
+  iproute2 util-linux psmisc procps jq coreutils shellcheck ethtool
 )
+
+# lwIP comes from Debian's source package (the binary liblwip-dev is a
+# threaded build; the stack needs NO_SYS=1 with its own lwipopts.h). Its
+# sources are unpacked here, outside git, and compiled by CMake.
+lwip_dir=$repo/third_party/lwip
+lwip_sources_list=/etc/apt/sources.list.d/netaccel-deb-src.sources
 
 policy_rc=/usr/sbin/policy-rc.d
 made_policy=0
@@ -93,6 +101,43 @@ install_packages() {
   fi
 }
 
+# `apt-get source` needs a deb-src entry: one for bookworm's main, added once.
+add_source_entry() {
+  if grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ ||
+     grep -qs '^deb-src ' /etc/apt/sources.list; then
+    return 1
+  fi
+  log "adding a deb-src entry for Debian's source packages ($lwip_sources_list)"
+  as_root sh -c "printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $lwip_sources_list"
+  return 0
+}
+
+fetch_lwip() {
+  if [[ -f $lwip_dir/src/Filelists.cmake ]]; then
+    log "lwIP sources already in $lwip_dir"
+    return
+  fi
+  if add_source_entry; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  fi
+  log "fetching Debian's lwip source package into $lwip_dir"
+  local work
+  work=$(mktemp -d)
+  # apt's sandbox user cannot write a directory made by another user.
+  chmod 755 "$work"
+  (cd "$work" && apt-get source -q lwip >/dev/null)
+  local unpacked
+  unpacked=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'lwip-*' | head -n1)
+  if [[ -z $unpacked || ! -f $unpacked/src/Filelists.cmake ]]; then
+    echo "setup.sh: apt-get source lwip gave no lwIP tree in $work" >&2
+    exit 1
+  fi
+  mkdir -p "$(dirname "$lwip_dir")"
+  rm -rf "$lwip_dir"
+  mv "$unpacked" "$lwip_dir"
+  rm -rf "$work"
+}
+
 configure_and_build() {
   # A tree configured with another generator cannot be reconfigured with
   # Ninja; start it afresh rather than fail.
@@ -105,7 +150,8 @@ configure_and_build() {
   cmake -S "$repo" -B "$build_dir" -G Ninja \
     -DCMAKE_BUILD_TYPE="$build_type" \
     -DCMAKE_INSTALL_PREFIX=/usr/local \
-    -DCMAKE_INSTALL_LIBDIR=lib
+    -DCMAKE_INSTALL_LIBDIR=lib \
+    -DNETACCEL_LWIP_DIR="$lwip_dir"
   log "building"
   cmake --build "$build_dir" --parallel "$(nproc)"
 }
@@ -123,5 +169,6 @@ install_build() {
 if [[ ${NETACCEL_SKIP_APT:-0} != 1 ]]; then
   install_packages
 fi
+fetch_lwip
 configure_and_build
 install_build

@@ -76,10 +76,9 @@ class XdpClassifierTest : public BpfTest {
     return key;
   }
 
-  void steer(std::uint8_t protocol, std::uint16_t port, netaccel_steer_verdict verdict,
-             std::uint32_t queue = 0) {
+  void steer(std::uint8_t protocol, std::uint16_t port, netaccel_steer_verdict verdict) {
     const netaccel_steer_key key{port, protocol, 0};
-    const netaccel_steer_action action{static_cast<__u32>(verdict), queue};
+    const netaccel_steer_action action{static_cast<__u32>(verdict), 0};
     ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skeleton_->maps.steering), &key, &action, BPF_ANY),
               0);
   }
@@ -278,7 +277,7 @@ TEST_F(XdpClassifierTest, SteeringDropsByPolicy) {
 }
 
 TEST_F(XdpClassifierTest, SteeringToAQueueWithoutSocketPasses) {
-  steer(IPPROTO_UDP, 4789, NETACCEL_STEER_XSK, 3);
+  steer(IPPROTO_UDP, 4789, NETACCEL_STEER_XSK);
   EXPECT_EQ(run(PacketBuilder().ipv6("fd00::1", "fd00::2").udp(1, 4789).build()), XDP_PASS);
   const netaccel_container_counters container = counters();
   EXPECT_EQ(container.xsk_missing, 1u);

@@ -213,6 +213,21 @@ class ByteRing {
     return read(&iov, 1, peek);
   }
 
+  // For a consumer that sends bytes before it consumes them (the user-space
+  // stack: TCP keeps them until they are acknowledged): the ready bytes that
+  // start `offset` past the tail, as far as they run without wrapping. Their
+  // length is 0 when no byte is ready there.
+  const unsigned char* contiguous_at(uint32_t offset, uint32_t* length) {
+    const uint32_t ready = readable(offset + 1);
+    if (ready <= offset) {
+      *length = 0;
+      return nullptr;
+    }
+    const uint32_t start = (control_->tail.load(std::memory_order_relaxed) + offset) & mask_;
+    *length = std::min(ready - offset, capacity() - start);
+    return data_ + start;
+  }
+
   // Drops up to `len` ready bytes without copying them.
   std::size_t discard(std::size_t len) {
     const uint32_t n = static_cast<uint32_t>(std::min<std::size_t>(len, readable()));

@@ -16,6 +16,7 @@ struct PortCounters {
   uint64_t tx_packets = 0;
   uint64_t tx_bytes = 0;
   uint64_t rx_fill_empty = 0;  // frames the device dropped: no buffer to receive into
+  uint64_t rx_ring_full = 0;   // frames the device dropped: the receive ring was full
   uint64_t rx_invalid = 0;     // descriptors the device gave that point outside the buffers
   uint64_t tx_ring_full = 0;   // frames not sent: the transmit ring was full
   uint64_t tx_kicks = 0;       // system calls made to start transmission

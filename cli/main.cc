@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "attach.h"
+#include "netaccel/stack.h"
 #include "bench.h"
 #include "netaccel/monitor.h"
 #include "netaccel/protocol.h"
@@ -305,6 +306,23 @@ int main(int argc, char** argv) {
   cli::BpfCommands bpf_commands;
   cli::add_bpf_commands(app, bpf_commands);
 
+  stack::StackOptions stack_options;
+  auto* stack_command = app.add_subcommand(
+      "stack", "run the user-space TCP/IP stack (lwIP) of an attached container (root)");
+  stack_command->add_option("CONTAINER", stack_options.container,
+                            "as for attach: netns name or path, PID, cgroup, or attached name")
+      ->required();
+  stack_command->add_option("--io", stack_options.io, "packet I/O: af_xdp (libxdp) or dpdk")
+      ->check(CLI::IsMember({"af_xdp", "dpdk"}))
+      ->capture_default_str();
+  stack_command->add_option("--workers", stack_options.workers, "worker threads")
+      ->check(CLI::Range(1u, 64u))
+      ->capture_default_str();
+  stack_command->add_option("--interface", stack_options.interface,
+                            "the container's interface to carry (default: its first)");
+  stack_command->add_flag("--force-copy", stack_options.force_copy,
+                          "AF_XDP copy mode even where the driver has zero-copy");
+
   // `run [--socket PATH] -- CMD ARGS`: what follows "--" is the command's,
   // untouched (CLI11 would take it as extra arguments of ours).
   int our_argc = argc;
@@ -323,7 +341,7 @@ int main(int argc, char** argv) {
     // A mistyped subcommand lands here as "a subcommand is required".
     if (argc > 1 && argv[1][0] != '-') {
       std::cerr << "netaccel: unknown command '" << argv[1]
-                << "' (commands: daemon, run, status, bench, attach, detach, stats; see --help)\n";
+                << "' (commands: daemon, run, status, bench, attach, detach, stats, stack; see --help)\n";
       return 2;
     }
     return app.exit(error);
@@ -346,6 +364,7 @@ int main(int argc, char** argv) {
   }
   if (*status) return cli::show_status(socket_path, status_json);
   if (*bench) return cli::run_bench(bench_options);
+  if (*stack_command) return stack::run_stack(stack_options);
   if (const auto exit_code = cli::run_bpf_command(bpf_commands)) return *exit_code;
   return 0;
 }

@@ -1,0 +1,25 @@
+// `netaccel stack CONTAINER`: the user-space TCP/IP stack of one attached
+// container, in the foreground until SIGINT or SIGTERM.
+#pragma once
+
+#include <string>
+
+namespace netaccel::stack {
+
+struct StackOptions {
+  std::string container;  // as `netaccel attach` takes it, or its name
+  std::string io = "af_xdp";  // or "dpdk"
+  unsigned workers = 1;
+  std::string interface;  // default: the container's first
+  bool force_copy = false;  // AF_XDP copy mode even where zero-copy exists
+};
+
+// Returns the process's exit status; failures print one line to stderr and
+// leave nothing behind (no steering entry, socket or pin).
+int run_stack(const StackOptions& options);
+
+// Where the running stack of `container_name` publishes its counters (JSON,
+// rewritten every 100 ms), for `netaccel stats`.
+std::string stack_counters_path(const std::string& container_name);
+
+}  // namespace netaccel::stack

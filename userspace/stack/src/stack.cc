@@ -1,0 +1,455 @@
+// The stack's master thread: finds the container and its pins, enters its
+// network namespace, opens the packet port, starts the worker, and then
+// serves the control socket (programs' requests), relays ARP frames the
+// kernel sees to lwIP, watches the programs' lifetime ends, and publishes
+// counters, until SIGINT or SIGTERM.
+#include "netaccel/stack.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "af_xdp_port.h"
+#include "netaccel/bpf_loader.h"
+#include "netaccel/shm.h"
+#include "netaccel/stack_protocol.h"
+#include "worker.h"
+#ifdef NETACCEL_HAVE_DPDK
+#include "dpdk_port.h"
+#endif
+
+namespace netaccel::stack {
+namespace {
+
+// epoll data: what an event is about (the low bits carry an id).
+constexpr uint64_t kControlListener = 1;
+constexpr uint64_t kArpSocket = 2;
+constexpr uint64_t kSignals = 3;
+constexpr uint64_t kRequestTag = uint64_t{1} << 62;   // a control connection, request not read
+constexpr uint64_t kLifetimeTag = uint64_t{1} << 63;  // a connection's or listener's lifetime end
+
+class StackError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+std::string text(int error) {
+  return std::strerror(error);
+}
+
+struct ResolvedContainer {
+  std::string name;
+  std::string netns_path;
+  netaccel_container_record record{};
+};
+
+// A path to the network namespace with `inode`: one of its processes'.
+std::string find_netns_path(uint64_t inode) {
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return {};
+  std::string found;
+  while (dirent* entry = readdir(proc)) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+    const std::string path = std::string("/proc/") + entry->d_name + "/ns/net";
+    struct stat status {};
+    if (stat(path.c_str(), &status) == 0 && status.st_ino == inode) {
+      found = path;
+      break;
+    }
+  }
+  closedir(proc);
+  return found;
+}
+
+ResolvedContainer resolve(const std::string& spec) {
+  const std::vector<bpf::AttachedContainer> attached = bpf::list_attached();
+  for (const bpf::AttachedContainer& container : attached) {
+    if (spec == container.record.name) {
+      ResolvedContainer resolved{container.record.name, {}, container.record};
+      const std::string netns = "/run/netns/" + spec;
+      struct stat status {};
+      resolved.netns_path = stat(netns.c_str(), &status) == 0 &&
+                                    status.st_ino == container.record.netns_inode
+                                ? netns
+                                : find_netns_path(container.record.netns_inode);
+      if (resolved.netns_path.empty()) {
+        throw StackError("container '" + spec + "' has no process left to find its network "
+                         "namespace by; give its netns path instead");
+      }
+      return resolved;
+    }
+  }
+  bpf::Container container;
+  try {
+    container = bpf::resolve_container(spec);
+  } catch (const bpf::BpfError& error) {
+    throw StackError(error.what());
+  }
+  for (const bpf::AttachedContainer& candidate : attached) {
+    if (candidate.record.netns_inode == container.netns_inode) {
+      return ResolvedContainer{candidate.record.name, container.netns_path, candidate.record};
+    }
+  }
+  throw StackError("container '" + spec + "' is not attached: run `netaccel attach " + spec +
+                   "` first (the stack needs its XDP classifier and steering map)");
+}
+
+UniqueFd open_pinned_map(const std::string& container, const char* map) {
+  const std::string path = std::string(bpf::kPinRoot) + "/" + container + "/" + map;
+  const int fd = bpf_obj_get(path.c_str());
+  if (fd < 0) throw StackError("cannot open " + path + ": " + text(errno));
+  return UniqueFd(fd);
+}
+
+void enter_netns(const std::string& path) {
+  const UniqueFd netns(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!netns || setns(netns.get(), CLONE_NEWNET) != 0) {
+    throw StackError("cannot enter the container's network namespace " + path + ": " +
+                     text(errno));
+  }
+}
+
+// The IPv4 default gateway of the current network namespace, 0 when none.
+uint32_t default_gateway(const std::string& interface) {
+  std::ifstream routes("/proc/net/route");
+  std::string line;
+  std::getline(routes, line);  // header
+  while (std::getline(routes, line)) {
+    std::istringstream fields(line);
+    std::string name;
+    std::string destination;
+    std::string gateway;
+    fields >> name >> destination >> gateway;
+    if (name == interface && destination == "00000000") {
+      return static_cast<uint32_t>(std::stoul(gateway, nullptr, 16));  // already network order
+    }
+  }
+  return 0;
+}
+
+InterfaceConfig read_interface(const std::string& name) {
+  InterfaceConfig config;
+  config.name = name;
+  const UniqueFd probe(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq request{};
+  std::strncpy(request.ifr_name, name.c_str(), IFNAMSIZ - 1);
+  const auto query = [&](unsigned long what, const char* describe) {
+    if (ioctl(probe.get(), what, &request) != 0) {
+      throw StackError("cannot read the " + std::string(describe) + " of " + name + ": " +
+                       text(errno));
+    }
+  };
+  query(SIOCGIFINDEX, "index");
+  config.ifindex = static_cast<unsigned>(request.ifr_ifindex);
+  query(SIOCGIFHWADDR, "hardware address");
+  std::memcpy(config.mac.data(), request.ifr_hwaddr.sa_data, 6);
+  query(SIOCGIFMTU, "MTU");
+  config.mtu = static_cast<unsigned>(request.ifr_mtu);
+  if (ioctl(probe.get(), SIOCGIFADDR, &request) != 0) {
+    throw StackError("interface " + name + " has no IPv4 address: the stack carries IPv4 TCP");
+  }
+  config.address = reinterpret_cast<sockaddr_in*>(&request.ifr_addr)->sin_addr.s_addr;
+  query(SIOCGIFNETMASK, "netmask");
+  config.netmask = reinterpret_cast<sockaddr_in*>(&request.ifr_netmask)->sin_addr.s_addr;
+  config.gateway = default_gateway(name);
+  return config;
+}
+
+// Steering entries whose owner is no longer running: a stack that was
+// killed cannot remove its own.
+void remove_stale_steering(int steering_map_fd) {
+  netaccel_steer_key key{};
+  netaccel_steer_key next{};
+  std::vector<netaccel_steer_key> stale;
+  const void* previous = nullptr;
+  while (bpf_map_get_next_key(steering_map_fd, previous, &next) == 0) {
+    netaccel_steer_action action{};
+    if (bpf_map_lookup_elem(steering_map_fd, &next, &action) == 0 &&
+        action.verdict == NETACCEL_STEER_XSK && action.owner != 0 &&
+        kill(static_cast<pid_t>(action.owner), 0) != 0 && errno == ESRCH) {
+      stale.push_back(next);
+    }
+    key = next;
+    previous = &key;
+  }
+  for (const netaccel_steer_key& entry : stale) bpf_map_delete_elem(steering_map_fd, &entry);
+}
+
+UniqueFd bind_control_socket(const std::string& path) {
+  mkdir("/run/netaccel", 0755);
+  mkdir(kStackSocketDirectory, 0755);
+  UniqueFd listener(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+  // A socket file nobody answers on is a dead stack's: take its place.
+  UniqueFd probe(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (connect(probe.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
+    throw StackError("a stack already serves this container (" + path + ")");
+  }
+  unlink(path.c_str());
+  if (bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      ::listen(listener.get(), 1024) != 0) {
+    throw StackError("cannot listen on " + path + ": " + text(errno));
+  }
+  // Programs of any user in the container may use their stack, as they may
+  // open kernel sockets.
+  chmod(path.c_str(), 0666);
+  return listener;
+}
+
+UniqueFd open_arp_socket(unsigned ifindex) {
+  UniqueFd arp(socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ARP)));
+  sockaddr_ll address{};
+  address.sll_family = AF_PACKET;
+  address.sll_protocol = htons(ETH_P_ARP);
+  address.sll_ifindex = static_cast<int>(ifindex);
+  if (!arp || bind(arp.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    throw StackError("cannot open a packet socket for ARP: " + text(errno));
+  }
+  return arp;
+}
+
+std::unique_ptr<PacketPort> open_port(const StackOptions& options, const InterfaceConfig& interface,
+                                      int xsk_map_fd) {
+  if (options.io == "af_xdp") {
+    return open_af_xdp_port(AfXdpPortConfig{interface.name, 0, xsk_map_fd, options.force_copy});
+  }
+#ifdef NETACCEL_HAVE_DPDK
+  if (options.io == "dpdk") return open_dpdk_port(interface.name, interface.ifindex, xsk_map_fd);
+#else
+  if (options.io == "dpdk") throw StackError("this build of netaccel has no DPDK (libdpdk-dev)");
+#endif
+  throw StackError("unknown --io '" + options.io + "': af_xdp or dpdk");
+}
+
+void write_counters(const std::string& path, const std::string& container, const Worker& worker) {
+  const StackCounters c = worker.counters();
+  std::ostringstream json;
+  json << "{\"container\":\"" << container << "\",\"port\":\"" << worker.describe()
+       << "\",\"pid\":" << getpid() << ",\"rx_packets\":" << c.port.rx_packets
+       << ",\"rx_bytes\":" << c.port.rx_bytes << ",\"tx_packets\":" << c.port.tx_packets
+       << ",\"tx_bytes\":" << c.port.tx_bytes << ",\"drops\":{\"fill_ring_empty\":"
+       << c.port.rx_fill_empty << ",\"rx_ring_full\":" << c.port.rx_ring_full
+       << ",\"tx_ring_full\":" << c.port.tx_ring_full << ",\"invalid_descriptor\":"
+       << c.port.rx_invalid << ",\"checksum\":" << c.checksum_errors
+       << ",\"refused_frames\":" << c.rx_frames_dropped << ",\"tcp_segments\":" << c.tcp_dropped
+       << "},\"tcp_retransmissions\":" << c.tcp_retransmissions
+       << ",\"lwip_memory_errors\":" << c.lwip_memory_errors
+       << ",\"connections_opened\":" << c.connections_opened
+       << ",\"connections_active\":" << c.connections_active << ",\"listeners\":" << c.listeners
+       << ",\"tx_kicks\":" << c.port.tx_kicks << ",\"rx_wakeups\":" << c.port.rx_wakeups
+       << ",\"worker_sleeps\":" << c.wakeups << "}\n";
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    out << json.str();
+  }
+  rename(temporary.c_str(), path.c_str());
+}
+
+class Master {
+ public:
+  Master(std::string container, UniqueFd listener, UniqueFd arp, Worker& worker, int epoll_fd)
+      : container_(std::move(container)),
+        listener_(std::move(listener)),
+        arp_(std::move(arp)),
+        worker_(worker),
+        epoll_(epoll_fd) {}
+
+  void run(std::atomic<bool>& stop, int signal_fd, const std::string& counters_path) {
+    add(listener_.get(), kControlListener, EPOLLIN);
+    add(arp_.get(), kArpSocket, EPOLLIN);
+    add(signal_fd, kSignals, EPOLLIN);
+    epoll_event events[64];
+    while (!stop.load()) {
+      const int ready = epoll_wait(epoll_, events, 64, 100);
+      for (int i = 0; i < ready; ++i) handle(events[i], stop, signal_fd);
+      write_counters(counters_path, container_, worker_);
+    }
+  }
+
+ private:
+  void add(int fd, uint64_t data, uint32_t events) {
+    epoll_event event{};
+    event.events = events;
+    event.data.u64 = data;
+    epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &event);
+  }
+
+  void handle(const epoll_event& event, std::atomic<bool>& stop, int signal_fd) {
+    const uint64_t data = event.data.u64;
+    if (data == kSignals) {
+      signalfd_siginfo info{};
+      if (read(signal_fd, &info, sizeof info) > 0) stop = true;
+    } else if (data == kControlListener) {
+      for (;;) {
+        const int client = accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (client < 0) break;
+        const uint64_t id = next_request_++;
+        pending_.emplace(id, UniqueFd(client));
+        add(client, kRequestTag | id, EPOLLIN | EPOLLRDHUP);
+      }
+    } else if (data == kArpSocket) {
+      relay_arp();
+    } else if (data & kLifetimeTag) {
+      Command command;
+      command.kind = Command::kHangup;
+      command.id = data & ~kLifetimeTag;
+      worker_.post(std::move(command));
+    } else if (data & kRequestTag) {
+      read_request(data & ~kRequestTag);
+    }
+  }
+
+  void read_request(uint64_t id) {
+    auto found = pending_.find(id);
+    if (found == pending_.end()) return;
+    UniqueFd control = std::move(found->second);
+    pending_.erase(found);
+    epoll_ctl(epoll_, EPOLL_CTL_DEL, control.get(), nullptr);
+    StackRequest request;
+    const ssize_t got = recv(control.get(), &request, sizeof request, MSG_DONTWAIT);
+    const bool valid = got == static_cast<ssize_t>(sizeof request) &&
+                       request.magic == kStackMagic && request.version == kStackVersion &&
+                       (request.op == kStackConnect || request.op == kStackListen);
+    if (!valid) {
+      // Garbage or another version: one clear answer, then the door closes.
+      if (got > 0) {
+        StackReply reply;
+        reply.kind = kStackFailed;
+        reply.error = EPROTO;
+        send(control.get(), &reply, sizeof reply, MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
+      return;
+    }
+    Command command;
+    command.kind = Command::kRequest;
+    command.control = std::move(control);
+    command.request = request;
+    worker_.post(std::move(command));
+  }
+
+  void relay_arp() {
+    unsigned char frame[ETH_FRAME_LEN];
+    for (;;) {
+      sockaddr_ll from{};
+      socklen_t length = sizeof from;
+      const ssize_t got = recvfrom(arp_.get(), frame, sizeof frame, MSG_DONTWAIT,
+                                   reinterpret_cast<sockaddr*>(&from), &length);
+      if (got <= 0) return;
+      // Our own requests come back as outgoing copies: lwIP sent them.
+      if (from.sll_pkttype == PACKET_OUTGOING) continue;
+      Command command;
+      command.kind = Command::kArpFrame;
+      command.frame.assign(frame, frame + got);
+      worker_.post(std::move(command));
+    }
+  }
+
+  std::string container_;
+  UniqueFd listener_;
+  UniqueFd arp_;
+  Worker& worker_;
+  int epoll_;
+  uint64_t next_request_ = 1;
+  std::map<uint64_t, UniqueFd> pending_;
+};
+
+}  // namespace
+
+std::string stack_counters_path(const std::string& container_name) {
+  return std::string(kStackSocketDirectory) + "/" + container_name + ".json";
+}
+
+int run_stack(const StackOptions& options) {
+  try {
+    if (options.workers != 1) {
+      throw StackError("--workers: this build runs one worker per stack (lwIP keeps "
+                       "process-wide state); start one stack per container");
+    }
+    bpf::require_privileges();
+    ResolvedContainer container = resolve(options.container);
+    UniqueFd steering = open_pinned_map(container.name, "steering");
+    UniqueFd xsk_map = open_pinned_map(container.name, "xsk_sockets");
+    std::string interface_name = options.interface;
+    if (interface_name.empty()) {
+      if (container.record.interface_count == 0) {
+        throw StackError("container '" + container.name + "' has no interface to carry");
+      }
+      interface_name = container.record.ifname[0];
+    }
+    const std::string socket_path = stack_socket_path(container.name);
+    const std::string counters_path = stack_counters_path(container.name);
+    // Blocked before any thread starts, so that only signalfd sees them.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+    const UniqueFd signal_fd(signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
+
+    enter_netns(container.netns_path);
+    const InterfaceConfig interface = read_interface(interface_name);
+    remove_stale_steering(steering.get());
+    UniqueFd listener = bind_control_socket(socket_path);
+    UniqueFd arp = open_arp_socket(interface.ifindex);
+    std::unique_ptr<PacketPort> port;
+    try {
+      port = open_port(options, interface, xsk_map.get());
+    } catch (...) {
+      unlink(socket_path.c_str());
+      throw;
+    }
+    const UniqueFd epoll(epoll_create1(EPOLL_CLOEXEC));
+    const int epoll_fd = epoll.get();
+    Worker worker(interface, std::move(port), steering.get(), static_cast<uint32_t>(getpid()),
+                  [epoll_fd](int fd, uint64_t id) {
+                    epoll_event event{};
+                    event.events = EPOLLRDHUP | EPOLLHUP;
+                    event.data.u64 = kLifetimeTag | id;
+                    epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &event);
+                  });
+    char address[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &interface.address, address, sizeof address);
+    std::cerr << "netaccel stack: container " << container.name << ", " << address << " on "
+              << worker.describe() << "; programs connect at " << socket_path << std::endl;
+
+    std::atomic<bool> stop{false};
+    std::thread data_plane([&] { worker.run(stop); });
+    Master master(container.name, std::move(listener), std::move(arp), worker, epoll_fd);
+    master.run(stop, signal_fd.get(), counters_path);
+    data_plane.join();
+    unlink(socket_path.c_str());
+    unlink(counters_path.c_str());
+    return 0;
+  } catch (const std::exception& error) {
+    std::cerr << "netaccel stack: " << error.what() << std::endl;
+    return 1;
+  }
+}
+
+}  // namespace netaccel::stack

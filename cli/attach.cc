@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
@@ -21,6 +22,8 @@ using bpf::AttachedContainer;
 using bpf::BpfError;
 using bpf::ContainerStats;
 using bpf::PinnedObject;
+using bpf::XdpChainEntry;
+using bpf::XdpInterface;
 
 std::string json_string(const std::string& text) {
   std::string quoted = "\"";
@@ -75,6 +78,52 @@ const char* xdp_mode(const netaccel_container_record& record) {
   return record.xdp_generic != 0 ? "generic" : "native";
 }
 
+std::vector<std::string> chain_actions_of(const XdpChainEntry& entry) {
+  static constexpr const char* kVerdicts[] = {"XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX",
+                                              "XDP_REDIRECT"};
+  std::vector<std::string> actions;
+  for (std::size_t verdict = 0; verdict < std::size(kVerdicts); ++verdict) {
+    if ((entry.chain_actions >> verdict & 1) != 0) actions.emplace_back(kVerdicts[verdict]);
+  }
+  return actions;
+}
+
+// How the classifier sits on an interface: in libxdp's dispatcher (with the
+// programs it runs, in order), alone, or not at all.
+std::string xdp_attachment(const XdpInterface& interface) {
+  if (interface.chain.empty()) {
+    return interface.reachable ? "classifier not attached" : "network namespace gone";
+  }
+  if (interface.dispatcher_id == 0) return "classifier attached alone (no libxdp dispatcher)";
+  return "libxdp dispatcher id " + std::to_string(interface.dispatcher_id) +
+         (interface.frags ? " (frags)" : " (no frags)") + ", pins " + interface.dispatcher_pins;
+}
+
+std::string xdp_json(const std::vector<XdpInterface>& interfaces) {
+  std::string json = "[";
+  for (const XdpInterface& interface : interfaces) {
+    if (json.size() > 1) json += ",";
+    json += "{\"interface\":" + json_string(interface.name) +
+            ",\"ifindex\":" + std::to_string(interface.ifindex) +
+            ",\"attached_program\":" + std::to_string(interface.attached_program) +
+            ",\"mode\":" + json_string(interface.mode) +
+            ",\"dispatcher_id\":" + std::to_string(interface.dispatcher_id) +
+            ",\"dispatcher_pins\":" + json_string(interface.dispatcher_pins) +
+            ",\"frags\":" + (interface.frags ? "true" : "false") + ",\"chain\":[";
+    bool first = true;
+    for (const XdpChainEntry& entry : interface.chain) {
+      json += first ? "" : ",";
+      first = false;
+      json += "{\"program\":" + json_string(entry.program) + ",\"id\":" + std::to_string(entry.id) +
+              ",\"priority\":" + std::to_string(entry.priority) +
+              ",\"chain_actions\":" + strings_json(chain_actions_of(entry)) +
+              ",\"netaccel\":" + (entry.netaccel ? "true" : "false") + "}";
+    }
+    json += "]}";
+  }
+  return json + "]";
+}
+
 // The "bpf" member of `netaccel status --json`.
 std::string attached_containers_json() {
   std::string json = "{\"containers\":[";
@@ -91,7 +140,7 @@ std::string attached_containers_json() {
             ",\"interfaces\":" + strings_json(interfaces_of(record)) +
             ",\"addresses\":" + strings_json(addresses_of(record)) +
             ",\"xdp_mode\":" + json_string(xdp_mode(record)) +
-            ",\"pins\":" + pins_json(container.pins) + "}";
+            ",\"xdp\":" + xdp_json(container.xdp) + ",\"pins\":" + pins_json(container.pins) + "}";
   }
   return json + "],\"shared_pins\":" + pins_json(bpf::list_shared_pins()) + "}";
 }
@@ -259,14 +308,23 @@ void print_attached_containers() {
                 << record.cgroup_path << ", interfaces " << join(interfaces_of(record)) << " (XDP "
                 << xdp_mode(record) << "), addresses " << join(addresses_of(record)) << "\n";
       for (const PinnedObject& pin : container.pins) {
-        std::printf("    %-22s %-5s id %-6u %s\n", pin.pin.c_str(), pin.kind.c_str(), pin.id,
+        std::printf("    %-22s %-7s id %-6u %s\n", pin.pin.c_str(), pin.kind.c_str(), pin.id,
                     pin.detail.c_str());
+      }
+      for (const XdpInterface& interface : container.xdp) {
+        std::cout << "    XDP on " << interface.name << ": " << xdp_attachment(interface) << "\n";
+        for (std::size_t i = 0; i < interface.chain.size() && interface.dispatcher_id != 0; ++i) {
+          const XdpChainEntry& entry = interface.chain[i];
+          std::printf("      %zu. %-16s id %-6u priority %-3u chain on %s%s\n", i + 1,
+                      entry.program.c_str(), entry.id, entry.priority,
+                      join(chain_actions_of(entry)).c_str(), entry.netaccel ? "  (netaccel)" : "");
+        }
       }
     }
     if (!containers.empty()) {
       std::cout << "  shared by all containers:\n";
       for (const PinnedObject& pin : bpf::list_shared_pins()) {
-        std::printf("    %-22s %-5s id %-6u %s\n", pin.pin.c_str(), pin.kind.c_str(), pin.id,
+        std::printf("    %-22s %-7s id %-6u %s\n", pin.pin.c_str(), pin.kind.c_str(), pin.id,
                     pin.detail.c_str());
       }
     }

@@ -30,15 +30,15 @@ constexpr long kBpfFsMagic = 0xcafe4a11;  // BPF_FS_MAGIC
 constexpr std::chrono::milliseconds kDrainBeforeFree{200};
 
 // libbpf's warnings (verifier logs among them) go to our stderr; its
-// informational chatter does not.
+// informational chatter does not. libbpf starts its lines with "libbpf: ".
 int print_libbpf_log(libbpf_print_level level, const char* format, va_list arguments) {
   if (level != LIBBPF_WARN) return 0;
-  std::fputs("libbpf: ", stderr);
   return std::vfprintf(stderr, format, arguments);
 }
 
 void route_libbpf_log() {
   libbpf_set_print(print_libbpf_log);
+  route_libxdp_log();
 }
 
 // Serialises attach and detach across processes.
@@ -188,8 +188,13 @@ void attach_sockmap(const Container& container, const netaccel_container_record&
 }
 
 // The classifier: one instance per container, its maps pinned in the
-// container's directory, one XDP link per interface. Returns whether the
-// kernel runs it in generic (skb) mode.
+// container's directory, attached to each interface through libxdp's
+// dispatcher (xdp_dispatcher.cc says where it runs there). libxdp loads the
+// object itself, as an extension of its dispatcher, and libbpf pins the maps
+// as it loads. The program is pinned beside them and the record written as
+// soon as it is attached somewhere: detach finds the program by its id in the
+// dispatchers, and the container's namespace by the record, even when a later
+// interface fails. Returns whether the kernel runs it in generic (skb) mode.
 bool attach_xdp(const Container& container, netaccel_container_record& record) {
   XdpSkeleton skeleton(xdp_classifier::open());
   if (!skeleton) throw BpfError("cannot open the XDP BPF object: " + error_text(errno));
@@ -198,16 +203,30 @@ bool attach_xdp(const Container& container, netaccel_container_record& record) {
     check(bpf_map__set_pin_path(map, container_pin(container.name, bpf_map__name(map)).c_str()),
           std::string("pin path of ") + bpf_map__name(map));
   }
-  check(xdp_classifier::load(skeleton.get()), "cannot load the XDP classifier");
+  const XdpProgram classifier =
+      classifier_program(skeleton->obj, bpf_program__name(skeleton->progs.xdp_classify));
+  const std::string program_pin = container_pin(container.name, kXdpProgramPin);
+  const auto write_record = [&] {
+    const __u32 zero = 0;
+    if (bpf_map_update_elem(bpf_map__fd(skeleton->maps.container_record), &zero, &record,
+                            BPF_ANY) != 0) {
+      throw BpfError("cannot write the container record: " + error_text(errno));
+    }
+  };
 
   bool generic = false;
+  std::string alone;  // interfaces where libxdp attached the classifier without a dispatcher
   {
     NetnsScope inside(container.netns_path);
     for (const ContainerInterface& interface : container.interfaces) {
-      pin_link(bpf_program__attach_xdp(skeleton->progs.xdp_classify,
-                                       static_cast<int>(interface.ifindex)),
-               container_pin(container.name, kXdpLinkPinPrefix + interface.name),
-               "XDP to " + interface.name);
+      if (!attach_classifier(classifier.get(), interface)) {
+        alone += (alone.empty() ? "" : ", ") + interface.name;
+      }
+      if (!exists(program_pin)) {
+        check(bpf_program__pin(skeleton->progs.xdp_classify, program_pin.c_str()),
+              "cannot pin the XDP classifier at " + program_pin);
+        write_record();
+      }
       LIBBPF_OPTS(bpf_xdp_query_opts, query);
       if (bpf_xdp_query(static_cast<int>(interface.ifindex), 0, &query) == 0 &&
           query.attach_mode == XDP_ATTACHED_SKB) {
@@ -215,12 +234,14 @@ bool attach_xdp(const Container& container, netaccel_container_record& record) {
       }
     }
   }
-  record.xdp_generic = generic ? 1 : 0;
-  const __u32 zero = 0;
-  if (bpf_map_update_elem(bpf_map__fd(skeleton->maps.container_record), &zero, &record, BPF_ANY) !=
-      0) {
-    throw BpfError("cannot write the container record: " + error_text(errno));
+  if (!alone.empty()) {
+    std::cerr << "netaccel: note: libxdp attached the XDP classifier to " << alone
+              << " without its dispatcher (this kernel refuses the freplace programs the "
+                 "dispatcher is made of): no other XDP program can run there while the "
+                 "container is attached\n";
   }
+  record.xdp_generic = generic ? 1 : 0;
+  write_record();
   return generic;
 }
 
@@ -230,11 +251,14 @@ void remove_pin(const std::string& path) {
   }
 }
 
+void remove_shared_maps_if_last();
+
 // Removes whatever of the container is pinned, from a complete attach or a
 // failed one, then the shared maps once no container is left.
 void remove_container(const std::string& name) {
   netaccel_container_record record{};
-  if (read_record(name, record)) {
+  const bool have_record = read_record(name, record);
+  if (have_record) {
     // Unregistering the addresses switches the short-circuit off for the
     // container's sockets. They stay in the sockhash until they close:
     // taking a socket out drops bytes already handed to it and not yet read.
@@ -251,6 +275,16 @@ void remove_container(const std::string& name) {
       bpf_map_delete_elem(counters.get(), &record.container_id);
     }
   }
+  // The classifier leaves the interfaces before its pins go; what it could
+  // not leave is reported once everything else is removed.
+  std::string xdp_failure;
+  if (have_record) {
+    try {
+      detach_classifier(name, record);
+    } catch (const BpfError& error) {
+      xdp_failure = error.what();
+    }
+  }
   const std::string directory = std::string(kPinRoot) + "/" + name;
   if (DIR* pins = opendir(directory.c_str())) {
     std::vector<std::string> files;
@@ -263,6 +297,12 @@ void remove_container(const std::string& name) {
   if (rmdir(directory.c_str()) != 0 && errno != ENOENT) {
     throw BpfError("cannot remove " + directory + ": " + error_text(errno));
   }
+  remove_shared_maps_if_last();
+  if (!xdp_failure.empty()) throw BpfError(xdp_failure);
+}
+
+// The maps shared by all containers, once no container is attached.
+void remove_shared_maps_if_last() {
   if (!attached_names().empty()) return;
   // Freeing the sockhash takes its sockets out, and the kernel discards what
   // was redirected to them and not yet read. Redirection stopped above; give

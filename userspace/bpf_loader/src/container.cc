@@ -280,6 +280,30 @@ void read_interfaces(Container& container) {
 
 }  // namespace
 
+std::string find_netns_path(std::uint64_t inode, std::uint64_t device) {
+  const auto is_it = [&](const std::string& path) {
+    const auto identity = netns_of(path);
+    return identity && identity->inode == inode && identity->device == device;
+  };
+  if (DIR* named = opendir(kNamedNetnsDirectory)) {
+    std::string found;
+    while (const dirent* entry = readdir(named)) {
+      const std::string path = std::string(kNamedNetnsDirectory) + "/" + entry->d_name;
+      if (entry->d_name[0] != '.' && is_it(path)) {
+        found = path;
+        break;
+      }
+    }
+    closedir(named);
+    if (!found.empty()) return found;
+  }
+  for (const std::string& pid : process_ids()) {
+    const std::string path = "/proc/" + pid + "/ns/net";
+    if (is_it(path)) return path;
+  }
+  return {};
+}
+
 std::string error_text(int error) {
   return std::strerror(error);
 }

@@ -4,10 +4,13 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "netaccel/bpf_loader.h"
 #include "netaccel/shm.h"
 #include "netaccel_bpf.h"
 
@@ -29,6 +32,10 @@ class NetnsScope {
 // errno as text, for messages.
 std::string error_text(int error);
 
+// A path that opens the network namespace (its /run/netns name, else a
+// process's /proc/PID/ns/net); empty when none is found: gone.
+std::string find_netns_path(std::uint64_t inode, std::uint64_t device);
+
 }  // namespace netaccel::bpf
 
 namespace netaccel::bpf {
@@ -41,7 +48,8 @@ inline constexpr const char* kContainerRecordPin = "container_record";
 inline constexpr const char* kContainerStatsPin = "container_stats";
 inline constexpr const char* kFlowStatsPin = "flow_stats";
 inline constexpr const char* kSockOpsLinkPin = "sock_ops_link";
-inline constexpr const char* kXdpLinkPinPrefix = "xdp_link_";
+// The classifier's program, as libxdp's dispatchers run it.
+inline constexpr const char* kXdpProgramPin = "xdp_program";
 
 std::string shared_pin(const char* name);
 std::string container_pin(const std::string& container, const std::string& name);
@@ -74,5 +82,41 @@ bool read_record(const std::string& container, netaccel_container_record& record
 
 // Names of the directories under kPinRoot: the attached containers.
 std::vector<std::string> attached_names();
+
+}  // namespace netaccel::bpf
+
+// libxdp (xdp_dispatcher.cc).
+struct bpf_object;
+struct xdp_program;
+
+namespace netaccel::bpf {
+
+struct XdpProgramDeleter {
+  void operator()(xdp_program* program) const;
+};
+using XdpProgram = std::unique_ptr<xdp_program, XdpProgramDeleter>;
+
+// libxdp's warnings go to our stderr; its informational chatter does not.
+void route_libxdp_log();
+
+// The classifier `name` of the opened (not loaded) object, with its run
+// priority, chain-call actions and frags support set for libxdp.
+XdpProgram classifier_program(bpf_object* classifier, const char* name);
+
+// Attaches the classifier to an interface of the current network namespace
+// (the first attach loads its object). Returns true when it runs in libxdp's
+// dispatcher, false when libxdp attached it alone (a kernel that refuses
+// freplace programs). Throws BpfError, saying why, when it cannot.
+bool attach_classifier(xdp_program* classifier, const ContainerInterface& interface);
+
+// Takes the container's classifier off every interface that runs it, leaving
+// the other programs of each dispatcher in place (a dispatcher goes with its
+// last program), and removes the dispatchers left behind by interfaces that
+// are gone. Throws BpfError listing what it could not detach.
+void detach_classifier(const std::string& container, const netaccel_container_record& record);
+
+// How the classifier sits on each of the container's interfaces.
+std::vector<XdpInterface> xdp_interfaces(const std::string& container,
+                                         const netaccel_container_record& record);
 
 }  // namespace netaccel::bpf

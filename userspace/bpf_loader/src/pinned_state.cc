@@ -2,6 +2,7 @@
 // and `netaccel stats` show, and what the monitor can read.
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -54,41 +55,70 @@ const char* map_type_name(__u32 type) {
   return name != nullptr ? name : "unknown";
 }
 
-// What a pin is: a map (type, name) or a link (type, program).
+enum class BpfObjectKind { map, program, link, unknown };
+
+// What kind of BPF object an fd refers to, as its anonymous inode says
+// (bpf_obj_get_info_by_fd would fill a map's info from a program).
+BpfObjectKind kind_of(int fd) {
+  char target[64] = {};
+  const std::string link = "/proc/self/fd/" + std::to_string(fd);
+  if (readlink(link.c_str(), target, sizeof target - 1) < 0) return BpfObjectKind::unknown;
+  const std::string name = target;
+  if (name == "anon_inode:bpf-map") return BpfObjectKind::map;
+  if (name == "anon_inode:bpf-prog") return BpfObjectKind::program;
+  if (name == "anon_inode:bpf-link") return BpfObjectKind::link;
+  return BpfObjectKind::unknown;
+}
+
+// What a pin is: a map (type, name), a link (type, program) or a program.
 PinnedObject describe_pin(const std::string& directory, const std::string& pin) {
-  PinnedObject object{pin, "", 0, ""};
+  PinnedObject object{pin, "unreadable", 0, ""};
   const UniqueFd fd = open_pin(directory + "/" + pin);
   if (!fd) {
-    object.kind = "unreadable";
     object.detail = error_text(errno);
     return object;
   }
-  bpf_map_info map{};
-  __u32 length = sizeof map;
-  if (pin.find("link") == std::string::npos &&
-      bpf_obj_get_info_by_fd(fd.get(), &map, &length) == 0) {
-    object.kind = "map";
-    object.id = map.id;
-    object.detail = std::string(map_type_name(map.type)) + " " + map.name;
-    return object;
+  switch (kind_of(fd.get())) {
+    case BpfObjectKind::map: {
+      bpf_map_info map{};
+      __u32 length = sizeof map;
+      if (bpf_obj_get_info_by_fd(fd.get(), &map, &length) != 0) break;
+      object.kind = "map";
+      object.id = map.id;
+      object.detail = std::string(map_type_name(map.type)) + " " + map.name;
+      return object;
+    }
+    case BpfObjectKind::program: {
+      bpf_prog_info info{};
+      __u32 length = sizeof info;
+      if (bpf_obj_get_info_by_fd(fd.get(), &info, &length) != 0) break;
+      object.kind = "program";
+      object.id = info.id;
+      const char* type = libbpf_bpf_prog_type_str(static_cast<bpf_prog_type>(info.type));
+      object.detail = std::string(type != nullptr ? type : "unknown") + " program " + info.name;
+      return object;
+    }
+    case BpfObjectKind::link: {
+      bpf_link_info link{};
+      __u32 length = sizeof link;
+      if (bpf_obj_get_info_by_fd(fd.get(), &link, &length) != 0) break;
+      object.kind = "link";
+      object.id = link.id;
+      const char* type = libbpf_bpf_link_type_str(static_cast<bpf_link_type>(link.type));
+      object.detail = type != nullptr ? type : "unknown";
+      const UniqueFd program(bpf_prog_get_fd_by_id(link.prog_id));
+      bpf_prog_info info{};
+      length = sizeof info;
+      if (program && bpf_obj_get_info_by_fd(program.get(), &info, &length) == 0) {
+        object.detail +=
+            " program " + std::string(info.name) + " (id " + std::to_string(info.id) + ")";
+      }
+      return object;
+    }
+    case BpfObjectKind::unknown:
+      break;
   }
-  bpf_link_info link{};
-  length = sizeof link;
-  if (bpf_obj_get_info_by_fd(fd.get(), &link, &length) != 0) {
-    object.kind = "unreadable";
-    object.detail = error_text(errno);
-    return object;
-  }
-  object.kind = "link";
-  object.id = link.id;
-  const char* type = libbpf_bpf_link_type_str(static_cast<bpf_link_type>(link.type));
-  object.detail = type != nullptr ? type : "unknown";
-  const UniqueFd program(bpf_prog_get_fd_by_id(link.prog_id));
-  bpf_prog_info info{};
-  length = sizeof info;
-  if (program && bpf_obj_get_info_by_fd(program.get(), &info, &length) == 0) {
-    object.detail += " program " + std::string(info.name) + " (id " + std::to_string(info.id) + ")";
-  }
+  object.detail = error_text(errno);
   return object;
 }
 
@@ -129,6 +159,7 @@ std::vector<AttachedContainer> list_attached() {
     for (const std::string& pin : directory_entries(directory, false)) {
       container.pins.push_back(describe_pin(directory, pin));
     }
+    container.xdp = xdp_interfaces(name, container.record);
     containers.push_back(std::move(container));
   }
   return containers;

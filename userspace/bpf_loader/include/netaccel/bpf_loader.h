@@ -1,8 +1,9 @@
 // Attaching netaccel's BPF programs to containers and reading them back.
 //
 // A container is a network namespace whose processes share one cgroup v2.
-// Attaching it loads the XDP classifier on each of its interfaces and the
-// sock_ops program on its cgroup, registers its addresses with the shared
+// Attaching it loads the XDP classifier on each of its interfaces (through
+// libxdp's dispatcher, beside other XDP programs) and the sock_ops program on
+// its cgroup, registers its addresses with the shared
 // sockmap short-circuit, and pins everything under
 // /sys/fs/bpf/netaccel/<name>/ so that it outlives the command. Detaching
 // removes exactly that. Real failures throw BpfError with a message meant for
@@ -64,14 +65,37 @@ std::string detach_container(const std::string& spec);
 
 struct PinnedObject {
   std::string pin;   // file name under the container's directory (or kPinRoot)
-  std::string kind;  // "map" or "link"
+  std::string kind;  // "map", "link" or "program"
   std::uint32_t id = 0;
-  std::string detail;  // map type and name, or link type and program
+  std::string detail;  // map type and name, link type and program, or program type and name
+};
+
+// One program of the XDP that an interface runs, in run order.
+struct XdpChainEntry {
+  std::string program;  // its BPF name
+  std::uint32_t id = 0;
+  unsigned priority = 0;            // libxdp's run priority, lower first (0: alone)
+  std::uint32_t chain_actions = 0;  // a bit per XDP verdict after which the next one runs
+  bool netaccel = false;            // the container's classifier
+};
+
+// The classifier on one of the container's interfaces.
+struct XdpInterface {
+  std::string name;
+  unsigned ifindex = 0;
+  bool reachable = false;              // its network namespace was found
+  std::uint32_t attached_program = 0;  // what the interface runs, 0 for nothing
+  std::string mode;                    // native or generic, when reachable
+  std::uint32_t dispatcher_id = 0;     // libxdp's dispatcher running the classifier, 0 if alone
+  std::string dispatcher_pins;         // that dispatcher's directory (libxdp's, in the BPF fs)
+  bool frags = false;                  // that dispatcher is loaded with frags (multi-buffer)
+  std::vector<XdpChainEntry> chain;    // empty when the classifier is not attached there
 };
 
 struct AttachedContainer {
   netaccel_container_record record{};
   std::vector<PinnedObject> pins;
+  std::vector<XdpInterface> xdp;
 };
 
 // Attached containers from the pins; empty when nothing is attached.

@@ -84,6 +84,7 @@ struct PmdCallScope {
   unsigned sockets_made = 0;
   uint32_t socket_queue = 0;
   char socket_interface[IF_NAMESIZE] = {};
+  int socket_error = 0;  // what libxdp returned, which the driver does not pass on
   unsigned detaches_refused = 0;
 };
 
@@ -135,6 +136,7 @@ extern "C" __attribute__((visibility("default"))) int xsk_socket__create(
   }
   inhibited.libxdp_flags |= XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD;
   const int result = libxdp_create(xsk, ifname, queue_id, umem, rx, tx, &inhibited);
+  scope->socket_error = result;
   if (result == 0) {
     ++scope->sockets_made;
     scope->socket = *xsk;
@@ -167,9 +169,13 @@ constexpr unsigned kMempoolCache = 256;
 // --no-huge gives DPDK one anonymous region of this size, reserved up front.
 constexpr unsigned kNoHugeMemoryMegabytes = 512;
 
-[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
+[[noreturn]] void fail(const std::string& what) {
+  throw std::runtime_error(what);
+}
 
-std::string dpdk_error(int error) { return rte_strerror(error < 0 ? -error : error); }
+std::string dpdk_error(int error) {
+  return rte_strerror(error < 0 ? -error : error);
+}
 
 // The hooks must be what the driver's calls resolve to, or the driver would
 // load libxdp's program: a definition later in the lookup order (a shared
@@ -245,7 +251,8 @@ bool interface_is_promiscuous(const std::string& interface) {
   if (fd < 0) return false;
   ifreq request{};
   std::snprintf(request.ifr_name, sizeof request.ifr_name, "%s", interface.c_str());
-  const bool promiscuous = ioctl(fd, SIOCGIFFLAGS, &request) == 0 && (request.ifr_flags & IFF_PROMISC);
+  const bool promiscuous =
+      ioctl(fd, SIOCGIFFLAGS, &request) == 0 && (request.ifr_flags & IFF_PROMISC);
   close(fd);
   return promiscuous;
 }
@@ -315,9 +322,9 @@ class DpdkPort final : public PacketPort {
       // followed before the segment is lent, since freeing it unlinks it.
       rte_mbuf* segment = rx_stash_[rx_next_];
       rte_mbuf* next = segment->next;
-      buffers[filled++] = RxBuffer{rte_pktmbuf_mtod(segment, unsigned char*),
-                                   rte_pktmbuf_data_len(segment), next != nullptr,
-                                   reinterpret_cast<uint64_t>(segment)};
+      buffers[filled++] =
+          RxBuffer{rte_pktmbuf_mtod(segment, unsigned char*), rte_pktmbuf_data_len(segment),
+                   next != nullptr, reinterpret_cast<uint64_t>(segment)};
       ++lent_;
       if (next != nullptr) {
         rx_stash_[rx_next_] = next;  // a frame may continue in the next call
@@ -388,6 +395,7 @@ class DpdkPort final : public PacketPort {
     socklen_t length = sizeof statistics;
     if (getsockopt(socket_fd_, SOL_XDP, XDP_STATISTICS, &statistics, &length) == 0) {
       counters_.rx_fill_empty = statistics.rx_fill_ring_empty_descs;
+      counters_.rx_ring_full = statistics.rx_ring_full;
       counters_.rx_invalid = statistics.rx_invalid_descs;
     }
     return counters_;
@@ -450,16 +458,18 @@ void initialise_dpdk_eal(bool hugepages) {
   int main_cpu = 0;
   while (main_cpu < CPU_SETSIZE && !CPU_ISSET(main_cpu, &affinity)) ++main_cpu;
 
-  state.arguments = {"netaccel-stack",
-                     "--in-memory",  // no files under /var/run/dpdk, no secondary processes
-                     "--no-pci",     // ports are vdevs made by open_dpdk_port
-                     "--no-telemetry",
-                     "-l",
-                     std::to_string(main_cpu),
-                     "--log-level=warning"};
-  if (!hugepages) {
-    state.arguments.insert(state.arguments.end(),
-                           {"--no-huge", "-m", std::to_string(kNoHugeMemoryMegabytes)});
+  state.arguments = {"netaccel-stack", "--no-pci",  // ports are vdevs made by open_dpdk_port
+                     "--no-telemetry", "-l",       std::to_string(main_cpu), "--log-level=warning"};
+  if (hugepages) {
+    // No hugepage or configuration files: nothing to share, nothing left
+    // behind.
+    state.arguments.push_back("--in-memory");
+  } else {
+    // 22.11 counts --no-huge as legacy memory, which --in-memory refuses;
+    // --no-shconf is the part of it that applies (no shared configuration
+    // files, no secondary processes).
+    state.arguments.insert(state.arguments.end(), {"--no-huge", "--no-shconf", "-m",
+                                                   std::to_string(kNoHugeMemoryMegabytes)});
   }
   state.argv.clear();
   for (std::string& argument : state.arguments) state.argv.push_back(argument.data());
@@ -555,7 +565,7 @@ std::unique_ptr<PacketPort> open_dpdk_port(const DpdkPortConfig& config) {
                                   nullptr, pool.get());
   if (result != 0) {
     fail("DPDK's af_xdp driver could not make its AF_XDP socket on " + where + ": " +
-         dpdk_error(result));
+         (scope.socket_error != 0 ? std::strerror(-scope.socket_error) : dpdk_error(result)));
   }
   if (scope.sockets_made != 1 || scope.socket_queue != config.queue ||
       config.interface != scope.socket_interface) {
@@ -575,8 +585,8 @@ std::unique_ptr<PacketPort> open_dpdk_port(const DpdkPortConfig& config) {
 
   const int socket_fd = xsk_socket__fd(scope.socket);
   if (bpf_map_update_elem(config.xsk_map_fd, &config.queue, &socket_fd, BPF_ANY) != 0) {
-    fail("DPDK port " + where + ": cannot put the AF_XDP socket into the XSK map: " +
-         std::strerror(errno));
+    fail("DPDK port " + where +
+         ": cannot put the AF_XDP socket into the XSK map: " + std::strerror(errno));
   }
   xdp_options options{};
   socklen_t options_length = sizeof options;

@@ -76,22 +76,30 @@ Object* libxdp_object(Object* returned, int& error) {
   return nullptr;
 }
 
+// libxdp starts its lines with "libxdp: ".
 int print_libxdp_log(libxdp_print_level level, const char* format, va_list arguments) {
   if (level != LIBXDP_WARN) return 0;
-  std::fputs("libxdp: ", stderr);
   return std::vfprintf(stderr, format, arguments);
 }
 
-// libbpf's warnings while libxdp attaches, held back: on a kernel that
-// refuses freplace programs, libxdp's probe of its dispatcher fails loudly
-// before libxdp falls back to attaching the classifier alone. They are shown
-// when the attach fails (a verifier log then says why).
-class HeldLibbpfWarnings {
+// libbpf's and libxdp's warnings while libxdp attaches, held back: on a
+// kernel that refuses freplace programs, libxdp's probe of its dispatcher
+// fails loudly before libxdp falls back to attaching the classifier alone.
+// They are shown when the attach fails for a reason we do not explain
+// ourselves (a verifier log then says why).
+class HeldWarnings {
  public:
-  HeldLibbpfWarnings() : previous_(libbpf_set_print(hold)) { held().clear(); }
-  ~HeldLibbpfWarnings() { libbpf_set_print(previous_); }
-  HeldLibbpfWarnings(const HeldLibbpfWarnings&) = delete;
-  HeldLibbpfWarnings& operator=(const HeldLibbpfWarnings&) = delete;
+  HeldWarnings()
+      : previous_libbpf_(libbpf_set_print(hold<libbpf_print_level, LIBBPF_WARN>)),
+        previous_libxdp_(libxdp_set_print(hold<libxdp_print_level, LIBXDP_WARN>)) {
+    held().clear();
+  }
+  ~HeldWarnings() {
+    libbpf_set_print(previous_libbpf_);
+    libxdp_set_print(previous_libxdp_);
+  }
+  HeldWarnings(const HeldWarnings&) = delete;
+  HeldWarnings& operator=(const HeldWarnings&) = delete;
 
   void show() const { std::fputs(held().c_str(), stderr); }
 
@@ -100,8 +108,9 @@ class HeldLibbpfWarnings {
     static std::string text;
     return text;
   }
-  static int hold(libbpf_print_level level, const char* format, va_list arguments) {
-    if (level != LIBBPF_WARN) return 0;
+  template <typename Level, Level kWarning>
+  static int hold(Level level, const char* format, va_list arguments) {
+    if (level != kWarning) return 0;
     va_list measuring;
     va_copy(measuring, arguments);
     const int length = std::vsnprintf(nullptr, 0, format, measuring);
@@ -113,7 +122,8 @@ class HeldLibbpfWarnings {
     return length;
   }
 
-  libbpf_print_fn_t previous_;
+  libbpf_print_fn_t previous_libbpf_;
+  libxdp_print_fn_t previous_libxdp_;
 };
 
 // Where libxdp pins its dispatchers: the "xdp" directory of the BPF
@@ -389,12 +399,13 @@ XdpProgram classifier_program(bpf_object* classifier, const char* name) {
 bool attach_classifier(xdp_program* classifier, const ContainerInterface& interface) {
   int error = 0;
   {
-    const HeldLibbpfWarnings warnings;
+    const HeldWarnings warnings;
     error = xdp_program__attach(classifier, static_cast<int>(interface.ifindex),
                                 current_mode(interface.ifindex), 0);
+    // EBUSY and EEXIST: another program holds the interface, which we say better.
+    if (error == -EBUSY || error == -EEXIST) throw BpfError(occupied_message(interface, error));
     if (error != 0) warnings.show();
   }
-  if (error == -EBUSY || error == -EEXIST) throw BpfError(occupied_message(interface, error));
   if (error != 0) {
     throw BpfError("cannot attach XDP to " + interface.name +
                    " through libxdp: " + error_text(-error));

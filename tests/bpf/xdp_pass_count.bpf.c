@@ -3,8 +3,11 @@
 // passes them all. Plain "xdp" (single buffer), as most programs are, and no
 // run configuration: libxdp gives it the default priority (50) and chains
 // on XDP_PASS.
+// <linux/bpf.h> first: the libbpf header uses its types.
 #include <linux/bpf.h>
+// clang-format off
 #include <bpf/bpf_helpers.h>
+// clang-format on
 
 struct {
   __uint(type, BPF_MAP_TYPE_ARRAY);

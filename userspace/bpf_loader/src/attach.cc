@@ -351,7 +351,13 @@ Container attach_container(const std::string& spec) {
     attach_xdp(container, record);
     attach_sockmap(container, record);
   } catch (...) {
-    remove_container(container.name);
+    // The reason attach failed is what the user needs; what the clean-up
+    // could not undo is said beside it.
+    try {
+      remove_container(container.name);
+    } catch (const BpfError& error) {
+      std::cerr << "netaccel: " << error.what() << "\n";
+    }
     throw;
   }
   return container;

@@ -317,15 +317,21 @@ std::string program_name(std::uint32_t id) {
 }
 
 // Why libxdp would not attach: the interface runs a program outside its
-// dispatcher (attached by ip-link, a BPF link, or libxdp's own fallback).
+// dispatcher (attached by ip-link, a BPF link, or libxdp's own fallback), or
+// a dispatcher of another libxdp version, which libxdp leaves alone.
 std::string occupied_message(const ContainerInterface& interface, int error) {
   const InterfaceXdp attached = query_xdp(interface.ifindex);
-  if (attached.program == 0) {
-    return "cannot attach XDP to " + interface.name + ": " + error_text(-error);
+  const std::string prefix = "cannot attach XDP to " + interface.name + ": ";
+  if (attached.program == 0) return prefix + error_text(-error);
+  const std::string name = program_name(attached.program);
+  const std::string which = "'" + name + "' (id " + std::to_string(attached.program) + ")";
+  if (name == "xdp_dispatcher") {
+    return prefix + "it runs libxdp dispatcher " + which +
+           " of another libxdp version, which this one does not change; unload its programs "
+           "first";
   }
-  return "cannot attach XDP to " + interface.name + ": it runs XDP program '" +
-         program_name(attached.program) + "' (id " + std::to_string(attached.program) +
-         ") outside libxdp's dispatcher, and only the dispatcher runs several programs on one "
+  return prefix + "it runs XDP program " + which +
+         " outside libxdp's dispatcher, and only the dispatcher runs several programs on one "
          "interface (the kernel must also allow freplace programs); detach that program first";
 }
 

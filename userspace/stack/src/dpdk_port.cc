@@ -1,47 +1,59 @@
 // The DPDK backend of PacketPort over DPDK 22.11's net_af_xdp driver.
 //
-// Why the driver needs to be held back
-// ------------------------------------
+// Why the driver is held back
+// ---------------------------
 // netaccel's classifier (bpf/xdp_classifier.bpf.c) is the interface's XDP
-// program: it redirects the stack's flows to xsk_sockets[rx queue] and passes
-// everything else to the kernel. Left to itself, the af_xdp driver of DPDK
-// 22.11 (drivers/net/af_xdp/rte_eth_af_xdp.c) would break that twice:
+// program: it redirects the stack's flows to xsk_sockets[rx queue] and
+// passes everything else to the kernel. Left to itself, the af_xdp driver
+// of 22.11 (drivers/net/af_xdp/rte_eth_af_xdp.c) breaks that three ways:
 //
 //  - Queue setup calls libxdp's xsk_socket__create() without
 //    XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD unless the `xdp_prog=` devarg names
 //    a program for the driver to load and attach itself. libxdp then looks
-//    for a program called "xsk_def_prog" on the interface and, finding none,
-//    loads its own redirect-everything program: through its dispatcher, at a
-//    priority that runs before ours and takes every packet of the queue from
-//    the kernel; or, with our classifier attached by a BPF link (as
-//    `netaccel attach` does), it fails and queue setup fails with it.
+//    on the interface for a program named "xsk_def_prog" with a map named
+//    "xsks_map" and, finding none, loads its own, which redirects every
+//    packet of the queue it sees to the socket: into libxdp's dispatcher
+//    where the kernel allows the dispatcher, at priority 20, chained on
+//    XDP_PASS, so it takes everything that ours (priority 15) passes on to
+//    the kernel. Where ours is attached alone (by a BPF link, or by
+//    libxdp's fallback through netlink when the kernel refuses the
+//    dispatcher's freplace programs, as here), libxdp cannot add it, says
+//    "Existing program is not using a dispatcher", and queue setup fails.
 //    `xdp_prog=` is no way out: the driver attaches that program with
-//    XDP_FLAGS_UPDATE_IF_NOEXIST, which fails while ours is attached, and
-//    wants a map named "xsks_map". 22.11 has no devarg that only inhibits the
-//    load (`use_cni`, which does, and `use_pinned_map` came in later
-//    releases).
-//  - Closing the device calls bpf_xdp_detach(ifindex) unconditionally: it
-//    detaches whatever program is attached through netlink, which is how
-//    libxdp 1.3 attaches its dispatcher (a BPF link, as `netaccel attach`
-//    uses today, refuses it with EBUSY).
+//    XDP_FLAGS_UPDATE_IF_NOEXIST, which fails while ours is attached.
+//    22.11 has no devarg that only inhibits the load; later releases have
+//    `use_cni` and `use_pinned_map`.
+//  - Closing the device calls bpf_xdp_detach() on the interface's ifindex,
+//    unconditionally: that detaches whatever was attached through netlink
+//    (libxdp's dispatcher, or our classifier alone), only a BPF link
+//    refuses. The ifindex is resolved in the closing thread's namespace, so
+//    it may even hit another namespace's interface.
+//  - Closing the device deletes the socket but not the UMEM the driver made
+//    for it (its test `__atomic_sub_fetch(&refcnt, 1) - 1 == 0` holds only
+//    for a shared UMEM). The first socket of a UMEM is the UMEM's own
+//    descriptor, so the socket stays open: bound to the queue (no socket can
+//    bind there again), still in the XSK map (steered frames vanish into
+//    it), and free to write into buffers of the freed pool.
 //
 // What this file does about it
 // ----------------------------
-// It defines xsk_socket__create and bpf_xdp_detach itself (exported from the
-// executable; dpdk.cmake adds the link options). The dynamic linker resolves
-// the driver's calls, which go through its PLT, to these definitions first;
-// they forward to libxdp and libbpf (dlsym RTLD_NEXT) and change nothing,
-// except while this thread is inside one of our own calls into the driver
-// (a PmdCallScope): then xsk_socket__create adds INHIBIT_PROG_LOAD and
-// records the socket it made, and bpf_xdp_detach detaches nothing. The port
-// then puts that socket into our xsk_sockets map itself, after the device
-// has started. Before calling into the driver, open checks that the
-// driver's calls really reach these definitions (dlsym RTLD_DEFAULT), and
-// after queue setup that the socket came through the hook; otherwise it
-// fails without having loaded anything. Closing the socket (device close)
-// takes it out of the map: the kernel does that when an AF_XDP socket is
-// released, so the port never deletes an entry that may meanwhile belong to
-// another socket.
+// It defines xsk_socket__create and bpf_xdp_detach itself, exported from
+// the executable (dpdk.cmake adds the link options). The driver is a
+// plugin whose calls go through its PLT, and the dynamic linker resolves
+// them to the executable's definitions first. Those forward to libxdp and
+// libbpf (dlsym RTLD_NEXT) unchanged, except while this thread is inside
+// one of the port's own calls into the driver (a PmdCallScope): then
+// xsk_socket__create adds INHIBIT_PROG_LOAD and records the socket and its
+// UMEM, and bpf_xdp_detach detaches nothing. The port puts the socket into
+// the container's xsk_sockets map itself once the device has started, and
+// after closing the device deletes the UMEM if the driver left it (checked:
+// its descriptor is still the same socket). Closing the socket takes it
+// out of the map (the kernel does that when an AF_XDP socket is released),
+// so the port never deletes an entry that may meanwhile be another
+// socket's. Before calling into the driver, open checks that the driver's
+// calls really reach these definitions (dlsym RTLD_DEFAULT), and after
+// queue setup that the socket came through the hook; otherwise it fails
+// and removes the device.
 #include "dpdk_port.h"
 
 #include <bpf/bpf.h>
@@ -60,16 +72,16 @@
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xdp/xsk.h>
 
-#include <algorithm>
 #include <array>
-#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -81,11 +93,11 @@ namespace {
 // into the driver are changed.
 struct PmdCallScope {
   xsk_socket* socket = nullptr;  // made by the driver, inhibited
+  xsk_umem* umem = nullptr;      // the socket's
   unsigned sockets_made = 0;
   uint32_t socket_queue = 0;
   char socket_interface[IF_NAMESIZE] = {};
   int socket_error = 0;  // what libxdp returned, which the driver does not pass on
-  unsigned detaches_refused = 0;
 };
 
 thread_local PmdCallScope* current_pmd_call = nullptr;
@@ -135,11 +147,20 @@ extern "C" __attribute__((visibility("default"))) int xsk_socket__create(
     inhibited.tx_size = XSK_RING_PROD__DEFAULT_NUM_DESCS;
   }
   inhibited.libxdp_flags |= XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD;
-  const int result = libxdp_create(xsk, ifname, queue_id, umem, rx, tx, &inhibited);
+  // The kernel frees a closed socket's hold on its queue in deferred work:
+  // a port reopened right after one closed finds the queue busy for a few
+  // milliseconds. Retried here, since each failed queue setup costs the
+  // driver the buffers it had put in the fill ring.
+  int result = libxdp_create(xsk, ifname, queue_id, umem, rx, tx, &inhibited);
+  for (int retry = 0; result == -EBUSY && retry < 200; ++retry) {
+    usleep(10'000);
+    result = libxdp_create(xsk, ifname, queue_id, umem, rx, tx, &inhibited);
+  }
   scope->socket_error = result;
   if (result == 0) {
     ++scope->sockets_made;
     scope->socket = *xsk;
+    scope->umem = umem;
     scope->socket_queue = queue_id;
     std::snprintf(scope->socket_interface, sizeof scope->socket_interface, "%s",
                   ifname != nullptr ? ifname : "");
@@ -152,11 +173,9 @@ extern "C" __attribute__((visibility("default"))) int bpf_xdp_detach(
   using Detach = int(int, __u32, const bpf_xdp_attach_opts*);
   static Detach* const libbpf_detach = netaccel::stack::next_definition<Detach>("bpf_xdp_detach");
   if (libbpf_detach == nullptr) return -ENOSYS;
-  netaccel::stack::PmdCallScope* scope = netaccel::stack::current_pmd_call;
-  if (scope == nullptr) return libbpf_detach(ifindex, flags, opts);
+  if (netaccel::stack::current_pmd_call == nullptr) return libbpf_detach(ifindex, flags, opts);
   // The driver closing its device: the program on the interface is not its
   // own. Success, so that it logs no error.
-  ++scope->detaches_refused;
   return 0;
 }
 
@@ -223,8 +242,23 @@ struct MempoolDeleter {
 };
 using Mempool = std::unique_ptr<rte_mempool, MempoolDeleter>;
 
-// The ethdev of one net_af_xdp vdev: stopped and removed (which closes the
-// AF_XDP socket and so takes it out of the XSK map) when destroyed.
+// Which socket a descriptor is: after the driver's close, the same number
+// may be another file.
+struct SocketIdentity {
+  dev_t device = 0;
+  ino_t inode = 0;
+  bool operator==(const SocketIdentity&) const = default;
+};
+
+std::optional<SocketIdentity> identify(int fd) {
+  struct stat status;
+  if (fd < 0 || fstat(fd, &status) != 0 || !S_ISSOCK(status.st_mode)) return std::nullopt;
+  return SocketIdentity{status.st_dev, status.st_ino};
+}
+
+// The ethdev of one net_af_xdp vdev: stopped and removed when destroyed,
+// which must close the AF_XDP socket (the kernel then takes it out of the
+// XSK map).
 class AfXdpDevice {
  public:
   AfXdpDevice(std::string name, uint16_t port_id) : name_(std::move(name)), port_id_(port_id) {}
@@ -234,16 +268,30 @@ class AfXdpDevice {
     PmdCallGuard guard(scope);
     rte_eth_dev_stop(port_id_);
     rte_vdev_uninit(name_.c_str());
+    // 22.11 leaves the UMEM, and with it the socket (see the top of this
+    // file): deleted here when the descriptor is still that socket, i.e.
+    // when the driver did not do it.
+    if (umem_ != nullptr && socket_ && identify(socket_fd_) == socket_) xsk_umem__delete(umem_);
   }
   AfXdpDevice(const AfXdpDevice&) = delete;
   AfXdpDevice& operator=(const AfXdpDevice&) = delete;
 
+  // The socket the driver made for the queue, as the hook saw it.
+  void adopt_socket(int fd, xsk_umem* umem) {
+    socket_fd_ = fd;
+    socket_ = identify(fd);
+    umem_ = umem;
+  }
+
   uint16_t port_id() const { return port_id_; }
-  const std::string& name() const { return name_; }
+  int socket_fd() const { return socket_fd_; }
 
  private:
   std::string name_;
   uint16_t port_id_;
+  int socket_fd_ = -1;
+  std::optional<SocketIdentity> socket_;
+  xsk_umem* umem_ = nullptr;
 };
 
 bool interface_is_promiscuous(const std::string& interface) {
@@ -458,8 +506,19 @@ void initialise_dpdk_eal(bool hugepages) {
   int main_cpu = 0;
   while (main_cpu < CPU_SETSIZE && !CPU_ISSET(main_cpu, &affinity)) ++main_cpu;
 
-  state.arguments = {"netaccel-stack", "--no-pci",  // ports are vdevs made by open_dpdk_port
-                     "--no-telemetry", "-l",       std::to_string(main_cpu), "--log-level=warning"};
+  state.arguments = {
+      "netaccel-stack",
+      "--no-pci",  // ports are vdevs made by open_dpdk_port
+      "--no-telemetry",
+      "-l",
+      std::to_string(main_cpu),
+      "--log-level=warning",
+      // Device addresses are virtual addresses (no PCI device needs physical
+      // ones), so that a buffer pool can be one chunk of memory, as the
+      // af_xdp driver needs, across hugepages that are not physically
+      // contiguous.
+      "--iova-mode=va",
+  };
   if (hugepages) {
     // No hugepage or configuration files: nothing to share, nothing left
     // behind.
@@ -533,9 +592,9 @@ std::unique_ptr<PacketPort> open_dpdk_port(const DpdkPortConfig& config) {
   }
 
   const std::string device_name = "net_af_xdp" + std::to_string(device_number);
-  std::string device_arguments = "iface=" + config.interface +
-                                 ",start_queue=" + std::to_string(config.queue) +
-                                 ",queue_count=1,busy_budget=0";
+  std::string device_arguments =
+      "iface=" + config.interface + ",start_queue=" + std::to_string(config.queue) +
+      ",queue_count=1,busy_budget=" + std::to_string(config.busy_poll_budget);
   if (config.force_copy) device_arguments += ",force_copy=1";
 
   PmdCallScope scope;
@@ -564,9 +623,13 @@ std::unique_ptr<PacketPort> open_dpdk_port(const DpdkPortConfig& config) {
                                   static_cast<unsigned>(socket_id < 0 ? SOCKET_ID_ANY : socket_id),
                                   nullptr, pool.get());
   if (result != 0) {
+    if (scope.socket_error == -EBUSY) {
+      fail("DPDK port " + where + ": the queue already has an AF_XDP socket (another stack?)");
+    }
     fail("DPDK's af_xdp driver could not make its AF_XDP socket on " + where + ": " +
          (scope.socket_error != 0 ? std::strerror(-scope.socket_error) : dpdk_error(result)));
   }
+  if (scope.socket != nullptr) device->adopt_socket(xsk_socket__fd(scope.socket), scope.umem);
   if (scope.sockets_made != 1 || scope.socket_queue != config.queue ||
       config.interface != scope.socket_interface) {
     fail("DPDK port " + where + ": the af_xdp driver's socket did not come through netaccel's " +
@@ -583,7 +646,7 @@ std::unique_ptr<PacketPort> open_dpdk_port(const DpdkPortConfig& config) {
   result = rte_eth_dev_start(port_id);
   if (result != 0) fail("DPDK port " + where + ": start failed: " + dpdk_error(result));
 
-  const int socket_fd = xsk_socket__fd(scope.socket);
+  const int socket_fd = device->socket_fd();
   if (bpf_map_update_elem(config.xsk_map_fd, &config.queue, &socket_fd, BPF_ANY) != 0) {
     fail("DPDK port " + where +
          ": cannot put the AF_XDP socket into the XSK map: " + std::strerror(errno));

@@ -39,6 +39,13 @@ struct DpdkPortConfig {
   unsigned ring_size = 2048;
   // Copy mode even where the driver could do zero-copy.
   bool force_copy = false;
+  // The driver's busy polling (SO_PREFER_BUSY_POLL and SO_BUSY_POLL_BUDGET
+  // on its socket). 0: a receive that finds nothing makes no system call in
+  // copy mode (veth), but in zero-copy mode 22.11 then waits in poll(), up
+  // to a second, whenever the fill ring asks for a wakeup. Above 0: every
+  // receive that finds nothing makes a non-blocking recvfrom() that
+  // busy-polls the queue (the driver's default is 64).
+  unsigned busy_poll_budget = 0;
 };
 
 // Opens and starts the port and puts its socket into the XSK map: steered

@@ -30,15 +30,16 @@
 #include <unistd.h>
 #include <xdp/libxdp.h>
 
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "dpdk_port.h"
@@ -54,7 +55,7 @@ using netaccel::stack::RxBuffer;
 using namespace std::chrono_literals;
 
 constexpr const char* kContainer = "na-dpdk-test";
-constexpr const char* kDispatcherContainer = "na-dpdk-libxdp";
+constexpr const char* kLibxdpNamespace = "na-dpdk-libxdp";
 constexpr const char* kInterface = "eth0";
 constexpr uint16_t kSteeredPort = 7101;
 constexpr uint16_t kKernelPort = 7102;
@@ -273,8 +274,8 @@ struct TestWorld {
   bool hugepages = false;
   std::string cgroup;
   pid_t container_process = -1;
-  Namespace attached;    // attached with netaccel::bpf::attach_container
-  Namespace dispatcher;  // the classifier through libxdp's dispatcher
+  Namespace attached;         // attached with netaccel::bpf::attach_container
+  Namespace libxdp_attached;  // the classifier attached by the test through libxdp
   UniqueFd steering;
   UniqueFd xsk_sockets;
 };
@@ -339,7 +340,7 @@ class DpdkPortEnvironment : public ::testing::Environment {
       }
       run("ip link set lo up");
       w.attached = make_namespace(kContainer, "na-dpdk-peer", 1);
-      w.dispatcher = make_namespace(kDispatcherContainer, "na-dpdk-peer2", 2);
+      w.libxdp_attached = make_namespace(kLibxdpNamespace, "na-dpdk-peer2", 2);
 
       // The container's process, in a cgroup of its own.
       w.cgroup = cgroup_root + "/netaccel-dpdk-test-" + std::to_string(getpid());
@@ -358,14 +359,19 @@ class DpdkPortEnvironment : public ::testing::Environment {
         }
         for (;;) pause();
       }
-      // The process must be in both before attach looks for it.
-      for (int i = 0; i < 200; ++i) {
-        std::ifstream members(procs);
-        pid_t member = 0;
-        if (members >> member && member == w.container_process) break;
+      // Attach finds the container by this process: wait until it is in
+      // the namespace (it joins the cgroup first).
+      struct stat container_netns, process_netns;
+      fstat(netns, &container_netns);
+      const std::string process_netns_path =
+          "/proc/" + std::to_string(w.container_process) + "/ns/net";
+      for (int i = 0; i < 400; ++i) {
+        if (stat(process_netns_path.c_str(), &process_netns) == 0 &&
+            process_netns.st_ino == container_netns.st_ino) {
+          break;
+        }
         std::this_thread::sleep_for(5ms);
       }
-      std::this_thread::sleep_for(20ms);
 
       netaccel::bpf::attach_container(std::string("/run/netns/") + kContainer);
       const std::string pins = std::string(netaccel::bpf::kPinRoot) + "/" + kContainer;
@@ -680,7 +686,7 @@ TEST_F(DpdkPortTest, RefusesTheWrongNamespaceAndABadMap) {
 TEST(DpdkPortLibxdpTest, ClassifierAttachedByLibxdpKeepsItsPlace) {
   alarm(60);
   NETACCEL_REQUIRE_WORLD();
-  const Namespace& ns = world().dispatcher;
+  const Namespace& ns = world().libxdp_attached;
   std::size_t elf_size = 0;
   const void* elf = xdp_classifier__elf_bytes(&elf_size);
   LIBBPF_OPTS(bpf_object_open_opts, open_options, .object_name = "xdp_classifier");
@@ -695,12 +701,12 @@ TEST(DpdkPortLibxdpTest, ClassifierAttachedByLibxdpKeepsItsPlace) {
     if (attached != 0) {
       xdp_program__close(classifier);
       bpf_object__close(object);
-      GTEST_SKIP() << "libxdp's dispatcher does not load here: " << std::strerror(-attached);
+      GTEST_SKIP() << "libxdp cannot attach the classifier here: " << std::strerror(-attached);
     }
   }
   const int steering_map = bpf_map__fd(bpf_object__find_map_by_name(object, "steering"));
   const int xsk_map = bpf_map__fd(bpf_object__find_map_by_name(object, "xsk_sockets"));
-  auto programs_in_dispatcher = [&] {
+  auto attached_programs = [&] {
     InNetns inside(ns.netns.get());
     std::vector<std::string> names;
     xdp_multiprog* multiprog = xdp_multiprog__get_from_ifindex(static_cast<int>(ns.ifindex));
@@ -717,7 +723,7 @@ TEST(DpdkPortLibxdpTest, ClassifierAttachedByLibxdpKeepsItsPlace) {
     xdp_multiprog__close(multiprog);
     return names;
   };
-  const std::vector<std::string> attached_before = programs_in_dispatcher();
+  const std::vector<std::string> attached_before = attached_programs();
   ASSERT_TRUE(attached_before == std::vector<std::string>{"xdp_classify"} ||
               attached_before == std::vector<std::string>{"legacy:xdp_classify"});
 
@@ -729,18 +735,45 @@ TEST(DpdkPortLibxdpTest, ClassifierAttachedByLibxdpKeepsItsPlace) {
       ADD_FAILURE() << error.what();
     }
     if (port) {
-      EXPECT_EQ(programs_in_dispatcher(), attached_before) << "the driver added a program";
+      EXPECT_EQ(attached_programs(), attached_before) << "the driver added a program";
       steer(steering_map, kSteeredPort, NETACCEL_STEER_XSK);
       UniqueFd peer = udp_socket(ns.peer_address.c_str(), 0);
       bool arrived = false;
       for (int attempt = 0; attempt < 20 && !arrived; ++attempt) {
-        send_udp(peer.get(), ns.container_address.c_str(), kSteeredPort, "via the dispatcher");
+        send_udp(peer.get(), ns.container_address.c_str(), kSteeredPort, "via libxdp");
         for (const auto& frame : receive_frames(*port, 200ms)) {
           auto udp = parse_udp(frame);
-          arrived = arrived || (udp && udp->payload == "via the dispatcher");
+          arrived = arrived || (udp && udp->payload == "via libxdp");
         }
       }
       EXPECT_TRUE(arrived) << port->describe();
+
+      // A second port in the process, on the other container, at the same time.
+      std::unique_ptr<PacketPort> other;
+      try {
+        other = open_port(world().attached, world().xsk_sockets.get());
+      } catch (const std::runtime_error& error) {
+        ADD_FAILURE() << error.what();
+      }
+      if (other) {
+        steer(world().steering.get(), kSteeredPort, NETACCEL_STEER_XSK);
+        UniqueFd other_peer = udp_socket(world().attached.peer_address.c_str(), 0);
+        bool other_arrived = false;
+        for (int attempt = 0; attempt < 20 && !other_arrived; ++attempt) {
+          send_udp(other_peer.get(), world().attached.container_address.c_str(), kSteeredPort,
+                   "to the other port");
+          for (const auto& frame : receive_frames(*other, 200ms)) {
+            auto udp = parse_udp(frame);
+            other_arrived = other_arrived || (udp && udp->payload == "to the other port");
+          }
+        }
+        EXPECT_TRUE(other_arrived) << other->describe();
+        EXPECT_TRUE(receive_frames(*port, 100ms).empty()) << "a frame went to the wrong port";
+        unsteer(world().steering.get(), kSteeredPort);
+        InNetns inside(world().attached.netns.get());
+        other.reset();
+      }
+
       // And the kernel still gets what is not steered.
       UniqueFd kernel_side;
       {
@@ -753,7 +786,7 @@ TEST(DpdkPortLibxdpTest, ClassifierAttachedByLibxdpKeepsItsPlace) {
       port.reset();
     }
   }
-  EXPECT_EQ(programs_in_dispatcher(), attached_before) << "closing the port changed the dispatcher";
+  EXPECT_EQ(attached_programs(), attached_before) << "closing the port changed what is attached";
   {
     InNetns inside(ns.netns.get());
     xdp_program__detach(classifier, static_cast<int>(ns.ifindex), XDP_MODE_NATIVE, 0);

@@ -458,8 +458,10 @@ AttachedXdp attached_xdp(const Namespace& ns) {
   return attached;
 }
 
-std::unique_ptr<PacketPort> open_port(const Namespace& ns, int xsk_map) {
+std::unique_ptr<PacketPort> open_port(const Namespace& ns, int xsk_map,
+                                      unsigned buffers = DpdkPortConfig{}.buffers) {
   DpdkPortConfig config;
+  config.buffers = buffers;
   config.interface = kInterface;
   config.ifindex = ns.ifindex;
   config.queue = 0;
@@ -658,6 +660,53 @@ TEST_F(DpdkPortTest, SecondPortOnTheSameQueueIsRefusedAndTheFirstKeepsWorking) {
   }
   EXPECT_TRUE(arrived) << "the first port stopped receiving";
   EXPECT_EQ(attached_xdp(world().attached).program_name, "xdp_classify");
+}
+
+// Received buffers the stack holds come from the port's pool: with enough
+// of them held the driver cannot refill the device's fill ring and frames
+// are dropped (and counted); released, reception resumes.
+TEST_F(DpdkPortTest, HeldBuffersStallReceptionAndReleasingThemRecovers) {
+  port_.reset();
+  constexpr unsigned kSmallPool = 2048 + 2048 + 256;  // the fewest the port accepts
+  port_ = open_port(world().attached, world().xsk_sockets.get(), kSmallPool);
+  steer(world().steering.get(), kSteeredPort, NETACCEL_STEER_XSK);
+  UniqueFd peer = udp_socket(world().attached.peer_address.c_str(), 0);
+
+  std::vector<RxBuffer> held;
+  for (int round = 0, idle_rounds = 0; round < 200 && idle_rounds < 5; ++round) {
+    for (int i = 0; i < 100; ++i) {
+      send_udp(peer.get(), world().attached.container_address.c_str(), kSteeredPort, "hold");
+    }
+    std::this_thread::sleep_for(2ms);
+    const std::size_t before = held.size();
+    RxBuffer buffers[64];
+    for (unsigned count; (count = port_->receive(buffers, 64)) > 0;) {
+      held.insert(held.end(), buffers, buffers + count);
+    }
+    idle_rounds = held.size() == before ? idle_rounds + 1 : 0;
+  }
+  EXPECT_GE(held.size(), kSmallPool - 2048 - 256 - 64) << "reception stopped early";
+  // Enough more to use up the fill ring and the receive ring behind it.
+  for (int i = 0; i < 5000; ++i) {
+    send_udp(peer.get(), world().attached.container_address.c_str(), kSteeredPort, "dropped");
+    if (i % 100 == 99) std::this_thread::sleep_for(2ms);
+  }
+  const PortCounters stalled = port_->counters();
+  EXPECT_GT(stalled.rx_fill_empty + stalled.rx_ring_full, 0u) << "no drop counted";
+
+  for (const RxBuffer& buffer : held) port_->release(buffer.handle);
+  receive_frames(*port_, 200ms, 100000);  // what was left in the rings
+  bool arrived = false;
+  for (int attempt = 0; attempt < 20 && !arrived; ++attempt) {
+    send_udp(peer.get(), world().attached.container_address.c_str(), kSteeredPort, "again");
+    for (const auto& frame : receive_frames(*port_, 200ms, 100)) {
+      auto udp = parse_udp(frame);
+      arrived = arrived || (udp && udp->payload == "again");
+    }
+  }
+  EXPECT_TRUE(arrived) << "reception did not resume";
+  EXPECT_NE(port_->claim_tx(), nullptr);
+  port_->commit_tx(0);
 }
 
 TEST_F(DpdkPortTest, RefusesTheWrongNamespaceAndABadMap) {

@@ -185,6 +185,9 @@ namespace {
 constexpr uint16_t kRxBurst = 32;
 constexpr unsigned kTxBatch = 64;
 constexpr unsigned kMempoolCache = 256;
+// The driver puts this many buffers into the fill ring when it sets the
+// queue up, whatever the ring size (ETH_AF_XDP_DFLT_NUM_DESCS in 22.11).
+constexpr unsigned kDriverFillBuffers = 2048;
 // --no-huge gives DPDK one anonymous region of this size, reserved up front.
 constexpr unsigned kNoHugeMemoryMegabytes = 512;
 
@@ -395,6 +398,14 @@ class DpdkPort final : public PacketPort {
       if (tx_count_ == kTxBatch) flush();
       claimed_ = rte_pktmbuf_alloc(pool_.get());
       if (claimed_ == nullptr) {
+        // Sent frames return to the pool when the driver reaps its
+        // completion ring, which it does in every transmit burst, even an
+        // empty one.
+        flush();
+        rte_eth_tx_burst(port_id_, 0, tx_pending_.data(), 0);
+        claimed_ = rte_pktmbuf_alloc(pool_.get());
+      }
+      if (claimed_ == nullptr) {
         // Every buffer is in a ring or held by the stack.
         ++counters_.tx_ring_full;
         return nullptr;
@@ -564,9 +575,11 @@ std::unique_ptr<PacketPort> open_dpdk_port(const DpdkPortConfig& config) {
     fail("DPDK port " + where + ": ring size " + std::to_string(config.ring_size) +
          " is not a power of two");
   }
-  if (config.buffers < 2 * config.ring_size + kMempoolCache) {
+  const unsigned fewest_buffers = kDriverFillBuffers + config.ring_size + kMempoolCache;
+  if (config.buffers < fewest_buffers) {
     fail("DPDK port " + where + ": " + std::to_string(config.buffers) +
-         " buffers cannot fill rings of " + std::to_string(config.ring_size));
+         " buffers, fewer than the " + std::to_string(fewest_buffers) + " that rings of " +
+         std::to_string(config.ring_size) + " need");
   }
   check_xsk_map(config.xsk_map_fd, config.queue);
 

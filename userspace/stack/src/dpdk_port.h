@@ -32,8 +32,9 @@ struct DpdkPortConfig {
   // Hugepages for DPDK's memory, else --no-huge. Only the first port of a
   // process decides (see initialise_dpdk_eal).
   bool hugepages = false;
-  // Packet buffers of the port (receive, transmit, and those the stack
-  // holds); at least twice the ring size.
+  // Packet buffers of the port: 2048 in the fill ring (the driver's fixed
+  // reservation), those in the receive and transmit rings, and those the
+  // stack holds. At least 2048 + ring_size + 256.
   unsigned buffers = 8191;
   // Entries of the socket's receive and transmit rings (a power of two).
   unsigned ring_size = 2048;
@@ -51,17 +52,21 @@ struct DpdkPortConfig {
 // Opens and starts the port and puts its socket into the XSK map: steered
 // frames arrive from then on. Throws std::runtime_error with one line saying
 // what failed. Every buffer receive() lent must be released before the port
-// is destroyed. Needs CAP_NET_ADMIN, CAP_SYS_ADMIN (AF_XDP, BPF) and
-// CAP_IPC_LOCK (the socket's buffers are locked in memory).
+// is destroyed (from any thread); destroying it closes the socket, which
+// takes it out of the map. Run as root: AF_XDP needs CAP_NET_RAW, and the
+// socket's buffers are pinned (CAP_IPC_LOCK or RLIMIT_MEMLOCK).
 std::unique_ptr<PacketPort> open_dpdk_port(const DpdkPortConfig& config);
 
 // DPDK's environment (rte_eal_init) exists once per process and cannot be
-// made again, even after rte_eal_cleanup. The first call initialises it
-// in memory (no files under /var/run/dpdk, no PCI scan, no telemetry
-// socket), with hugepages or --no-huge; later calls only check that the
-// choice matches, and throw if it does not. open_dpdk_port calls it with the
-// port's choice, so a program only calls it to decide early. It leaves the
-// calling thread's CPU affinity as it found it.
+// made again, even after rte_eal_cleanup. The first call initialises it,
+// with hugepages (--in-memory) or without (--no-huge --no-shconf: 22.11
+// refuses --in-memory with --no-huge): no shared configuration files, no
+// PCI scan, no telemetry socket, IOVA as virtual addresses, the calling
+// thread as its main lcore (its CPU affinity left as it was). Later calls
+// only check that the choice matches, and throw if it does not; so does a
+// call after something else in the process initialised DPDK.
+// open_dpdk_port calls it with the port's choice, so a program only calls
+// it to decide early.
 void initialise_dpdk_eal(bool hugepages);
 
 }  // namespace netaccel::stack

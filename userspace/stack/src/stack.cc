@@ -256,7 +256,8 @@ void write_counters(const std::string& path, const std::string& container, const
        << ",\"tx_ring_full\":" << c.port.tx_ring_full << ",\"invalid_descriptor\":"
        << c.port.rx_invalid << ",\"checksum\":" << c.checksum_errors
        << ",\"refused_frames\":" << c.rx_frames_dropped << ",\"tcp_segments\":" << c.tcp_dropped
-       << "},\"tcp_retransmissions\":" << c.tcp_retransmissions
+       << "},\"partial_checksums\":" << c.partial_checksums
+       << ",\"tcp_retransmissions\":" << c.tcp_retransmissions
        << ",\"lwip_memory_errors\":" << c.lwip_memory_errors
        << ",\"connections_opened\":" << c.connections_opened
        << ",\"connections_active\":" << c.connections_active << ",\"listeners\":" << c.listeners

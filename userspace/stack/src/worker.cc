@@ -12,6 +12,7 @@
 #include "lwip/sys.h"
 #include "lwip/timeouts.h"
 #include "lwip_port.h"
+#include "receive_checksum.h"
 
 namespace netaccel::stack {
 namespace {
@@ -113,6 +114,13 @@ bool Worker::receive_frames() {
       partial_frame_ = piece;
       continue;
     }
+    const ReceiveChecksum checksum = check_tcp_checksum(piece);
+    if (checksum == ReceiveChecksum::kInvalid) {
+      pbuf_free(piece);
+      ++checksum_errors_;
+      continue;
+    }
+    if (checksum == ReceiveChecksum::kPartial) ++partial_checksums_;
     if (netif_->input(piece, netif_.get()) != ERR_OK) {
       pbuf_free(piece);
       ++published_dropped_;
@@ -217,7 +225,8 @@ void Worker::publish_counters() {
   counters.connections_active = host_.active();
   counters.listeners = host_.listeners();
   counters.rx_frames_dropped = published_dropped_ + lwip_stats.link.drop;
-  counters.checksum_errors = lwip_stats.ip.chkerr + lwip_stats.tcp.chkerr;
+  counters.checksum_errors = checksum_errors_ + lwip_stats.ip.chkerr + lwip_stats.tcp.chkerr;
+  counters.partial_checksums = partial_checksums_;
   counters.tcp_retransmissions = lwip_stats.mib2.tcpretranssegs;
   counters.lwip_memory_errors = lwip_stats.tcp.memerr + lwip_stats.ip.memerr +
                                 lwip_stats.link.memerr + lwip_stats.etharp.memerr;

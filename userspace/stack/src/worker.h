@@ -42,7 +42,8 @@ struct StackCounters {
   uint64_t connections_active = 0;
   uint64_t listeners = 0;
   uint64_t rx_frames_dropped = 0;    // lwIP refused them (malformed, no netif)
-  uint64_t checksum_errors = 0;      // IP and TCP checksum failures
+  uint64_t checksum_errors = 0;      // IP and TCP checksum failures (dropped)
+  uint64_t partial_checksums = 0;    // local senders' unfinished TCP checksums (accepted)
   uint64_t tcp_retransmissions = 0;  // segments sent again
   uint64_t lwip_memory_errors = 0;   // allocations lwIP could not make (a SYN flood shows here)
   uint64_t tcp_dropped = 0;          // segments lwIP's TCP dropped
@@ -102,7 +103,9 @@ class Worker {
   mutable std::mutex counters_mutex_;
   StackCounters published_;
   uint64_t wakeups_ = 0;
-  uint64_t published_dropped_ = 0;  // frames dropped before lwIP saw them, or refused by it
+  uint64_t published_dropped_ = 0;
+  uint64_t checksum_errors_ = 0;
+  uint64_t partial_checksums_ = 0;  // frames dropped before lwIP saw them, or refused by it
   uint32_t last_publish_ms_ = 0;
 };
 

@@ -259,7 +259,8 @@ int http_get(const Options& options) {
     body += head.size() - end - 4;
   });
   fflush(stdout);
-  if (!clean || !in_body || head.compare(0, 12, "HTTP/1.1 200") != 0) fail("GET failed");
+  if (!clean || !in_body) fail("GET failed: the connection ended before the response did");
+  if (head.compare(0, 12, "HTTP/1.1 200") != 0) fail("GET failed: " + head.substr(0, head.find('\r')));
   if (expected != UINT64_MAX && body != expected) {
     fail("short body: " + std::to_string(body) + " of " + std::to_string(expected) + " bytes");
   }

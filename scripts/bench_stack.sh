@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# The user-space stack against the kernel's TCP, side by side in one run,
+# between two containers on Debian's CNI bridge: 64-byte request/response
+# (rate, RTT p50/p99) and one bulk stream, for kernel<->kernel,
+# stack<->kernel and stack<->stack. The same program (netaccel-stack-app)
+# runs every pair, on kernel sockets or on the stack. Writes its section of
+# docs/benchmarks.md between <!-- stack:begin --> and <!-- stack:end -->.
+#
+#   scripts/bench_stack.sh BUILD_BIN_DIR      # as root
+# Environment: NA_BENCH_EXCHANGES (per ping-pong, 20000), NA_BENCH_BULK_MIB
+# (per stream, 512), NA_BENCH_ROUNDS (3), NA_STACK_IO (af_xdp or dpdk),
+# NA_BENCH_OUTPUT (docs/benchmarks.md; empty: print only).
+repo=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=../tests/integration/lib.sh
+source "$repo/tests/integration/lib.sh"
+na_init "$@"
+# shellcheck source-path=SCRIPTDIR source=../tests/bpf/containers.sh
+source "$repo/tests/bpf/containers.sh"
+na_require_tools jq python3 perf
+na_containers_init
+
+EXCHANGES=${NA_BENCH_EXCHANGES:-20000}
+BULK_MIB=${NA_BENCH_BULK_MIB:-512}
+ROUNDS=${NA_BENCH_ROUNDS:-3}
+IO=${NA_STACK_IO:-af_xdp}
+OUTPUT=${NA_BENCH_OUTPUT-$repo/docs/benchmarks.md}
+APP=$NA_BIN_DIR/netaccel-stack-app
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+na_container_add na-a
+na_container_add na-b
+B=${NA_IP[na-b]}
+for name in na-a na-b; do
+  na_container_bg "$name" "resident-$name" sleep "$NA_PROC_TIMEOUT"
+  until [[ -n $(na_container_pid "$name") ]]; do sleep 0.05; done
+  "$NETACCEL" attach "$name" >/dev/null 2>&1 || na_fail "attach $name failed"
+  na_bg "stack-$name" "$NETACCEL" stack "$name" --io "$IO"
+done
+for name in na-a na-b; do
+  deadline=$((SECONDS + 20))
+  until [[ -S /run/netaccel/stack/$name.sock ]]; do
+    ((SECONDS < deadline)) || na_fail "stack of $name did not start: $(cat "$NA_TMP/stack-$name.log")"
+    sleep 0.1
+  done
+done
+# Echo servers in B: the kernel's on 7000, the stack's on 7001.
+na_container_bg na-b kernel-echo "$APP" --kernel echo --port 7000
+na_bg stack-echo "$APP" --stack na-b echo --port 7001
+na_container_wait_listen na-b 7000
+sleep 0.3
+
+# client flags for a pair: "kk" kernel<->kernel, "sk" stack client to the
+# kernel, "ss" stack to stack.
+client_path() { case $1 in kk) echo --kernel ;; *) echo --stack na-a ;; esac; }
+echo_port() { case $1 in ss) echo 7001 ;; *) echo 7000 ;; esac; }
+
+pingpong() {  # PAIR
+  local path
+  path=$(client_path "$1")
+  # shellcheck disable=SC2086  # two words on purpose
+  na_container_run na-a "$APP" $path pingpong --to "$B" --port "$(echo_port "$1")" \
+    --count "$EXCHANGES" | jq -r '"rr_rate \(.rate)\nrr_p50_us \(.p50_us)\nrr_p99_us \(.p99_us)"'
+}
+
+bulk() {  # PAIR PORT
+  local pair=$1 port=$2 server_path client
+  case $pair in ss) server_path="--stack na-b" ;; *) server_path=--kernel ;; esac
+  if [[ $pair == ss ]]; then
+    na_bg "sink-$port" "$APP" $server_path sink --port "$port"
+  else
+    na_container_bg na-b "sink-$port" "$APP" $server_path sink --port "$port"
+  fi
+  local sink=$NA_LAST_PID
+  sleep 0.3
+  client=$(client_path "$pair")
+  # shellcheck disable=SC2086
+  na_container_run na-a "$APP" $client blast --to "$B" --port "$port" \
+    --bytes $((BULK_MIB * 1024 * 1024)) >/dev/null || na_fail "$pair: bulk send failed"
+  na_wait_exit "$sink" 60 "$pair sink"
+  jq -r '"bulk_gbits \(.gbit_per_s)"' <"$NA_TMP/sink-$port.log"
+}
+
+stack_counter() { jq -r "$2" "/run/netaccel/stack/$1.json"; }
+
+declare -A RESULTS
+port=7100
+for round in $(seq "$ROUNDS"); do
+  for pair in kk sk ss; do
+    na_step "round $round/$ROUNDS: $pair"
+    while read -r name value; do RESULTS[$pair.$name]+="$value "; done < <(pingpong "$pair")
+    port=$((port + 1))
+    while read -r name value; do RESULTS[$pair.$name]+="$value "; done < <(bulk "$pair" "$port")
+  done
+done
+opened=$(stack_counter na-a .connections_opened)
+((opened >= 4 * ROUNDS)) || na_fail "the stack of na-a carried $opened connections: its figures would be the kernel's"
+
+# What a packet costs in system calls: the stack's transmit kicks per frame
+# sent (sendto on the AF_XDP socket) and its sleeps.
+kicks=$(stack_counter na-a .tx_kicks)
+sent=$(stack_counter na-a .tx_packets)
+na_log "stack of na-a: $sent frames sent with $kicks transmit kicks, $(stack_counter na-a .worker_sleeps) sleeps"
+
+na_step "results (median of $ROUNDS rounds)"
+results_file=$NA_TMP/results.txt
+for key in "${!RESULTS[@]}"; do echo "$key ${RESULTS[$key]}"; done | sort >"$results_file"
+cat "$results_file"
+section=$(python3 - "$results_file" "$EXCHANGES" "$BULK_MIB" "$ROUNDS" "$load_before" "$(uname -r)" \
+  "$(nproc)" "$IO" "$kicks" "$sent" "$(tail -n 1 "$NA_TMP/stack-na-a.log")" <<'PYTHON'
+import datetime, statistics, sys
+
+(results_file, exchanges, bulk_mib, rounds, load, kernel, cpus, io, kicks, sent,
+ port_line) = sys.argv[1:]
+values = {}
+for line in open(results_file):
+    key, *numbers = line.split()
+    values[key] = statistics.median(float(n) for n in numbers)
+rows = [  # (label, key, unit, higher is better)
+    ("64 B request/response (exchanges/s)", "rr_rate", "ex/s", True),
+    ("64 B request/response, RTT p50", "rr_p50_us", "us", False),
+    ("64 B request/response, RTT p99", "rr_p99_us", "us", False),
+    ("bulk, one stream", "bulk_gbits", "Gbit/s", True),
+]
+def show(value, unit):
+    return f"{value / 1000:.1f} k {unit}" if unit == "ex/s" else f"{value:.2f} {unit}"
+lines = [
+    "## Containers: kernel TCP vs the user-space stack (lwIP)",
+    "",
+    f"Measured by `scripts/bench_stack.sh` on {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC: "
+    f"kernel {kernel}, {cpus} CPUs, load average {load} at the start.",
+    "",
+    "Two containers on Debian's CNI bridge, both attached, each with its stack "
+    f"(`netaccel stack --io {io}`: {port_line.split(' on ', 1)[-1].split(';')[0]}). The same "
+    "program, `netaccel-stack-app`, runs every pair: **kernel↔kernel** on kernel sockets at "
+    "both ends; **stack↔kernel** its client on the stack of one container, the server on the "
+    "other's kernel; **stack↔stack** both on their stacks. Ping-pong: "
+    f"{int(exchanges):,} exchanges of 64 bytes on one connection; bulk: {bulk_mib} MiB on one "
+    f"connection. Median of {rounds} rounds, the three pairs measured in turn in each round.",
+    "",
+    "| test | kernel↔kernel | stack↔kernel | stack↔stack | stack↔stack ratio |",
+    "| --- | ---: | ---: | ---: | ---: |",
+]
+for label, key, unit, higher in rows:
+    kk, sk, ss = (values.get(f"{pair}.{key}") for pair in ("kk", "sk", "ss"))
+    if None in (kk, sk, ss):
+        continue
+    ratio = ss / kk if higher else kk / ss
+    lines.append(f"| {label} | {show(kk, unit)} | {show(sk, unit)} | {show(ss, unit)} | "
+                 f"**{ratio:.2f}×** |")
+lines += [
+    "",
+    "Ratios are stack↔stack against kernel↔kernel, greater is better for the stack (for "
+    "latencies, kernel ÷ stack). System calls per frame the stack sent, counted by the stack "
+    f"itself over the whole run: {int(kicks):,} transmit kicks (`sendto` on the AF_XDP socket) "
+    f"for {int(sent):,} frames ({int(kicks) / max(1, int(sent)):.2f} per frame).",
+]
+print("\n".join(lines))
+PYTHON
+)
+echo "$section"
+if [[ -n $OUTPUT ]]; then
+  python3 - "$OUTPUT" "$section" <<'PYTHON'
+import sys
+path, section = sys.argv[1:]
+begin, end = "<!-- stack:begin -->", "<!-- stack:end -->"
+text = open(path).read()
+block = f"{begin}\n{section}\n{end}"
+if begin in text and end in text:
+    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+open(path, "w").write(text)
+PYTHON
+  na_log "wrote the stack section of $OUTPUT"
+fi
+na_pass

@@ -138,6 +138,17 @@ fetch_lwip() {
   rm -rf "$work"
 }
 
+# DPDK (the stack's --io dpdk) wants huge pages; 256 of 2 MiB are set aside
+# unless there are already as many. Without them it runs with --no-huge.
+reserve_hugepages() {
+  local wanted=256 now
+  now=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)
+  if ((now >= wanted)); then return; fi
+  log "setting aside $wanted huge pages for DPDK (vm.nr_hugepages was $now)"
+  as_root sh -c "echo $wanted > /proc/sys/vm/nr_hugepages" ||
+    echo "setup.sh: could not reserve huge pages; DPDK will run with --no-huge" >&2
+}
+
 configure_and_build() {
   # A tree configured with another generator cannot be reconfigured with
   # Ninja; start it afresh rather than fail.
@@ -170,5 +181,6 @@ if [[ ${NETACCEL_SKIP_APT:-0} != 1 ]]; then
   install_packages
 fi
 fetch_lwip
+reserve_hugepages
 configure_and_build
 install_build

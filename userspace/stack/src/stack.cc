@@ -232,13 +232,37 @@ UniqueFd open_arp_socket(unsigned ifindex) {
   return arp;
 }
 
+#ifdef NETACCEL_HAVE_DPDK
+// DPDK's memory on huge pages when there are enough (scripts/setup.sh sets
+// some aside); else it runs with --no-huge.
+constexpr long kDpdkHugepages = 128;
+long hugepages_free() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  long value = 0;
+  while (meminfo >> key >> value) {
+    if (key == "HugePages_Free:") return value;
+    meminfo.ignore(256, '\n');
+  }
+  return 0;
+}
+#endif
+
 std::unique_ptr<PacketPort> open_port(const StackOptions& options, const InterfaceConfig& interface,
                                       int xsk_map_fd) {
   if (options.io == "af_xdp") {
     return open_af_xdp_port(AfXdpPortConfig{interface.name, 0, xsk_map_fd, options.force_copy});
   }
 #ifdef NETACCEL_HAVE_DPDK
-  if (options.io == "dpdk") return open_dpdk_port(interface.name, interface.ifindex, xsk_map_fd);
+  if (options.io == "dpdk") {
+    DpdkPortConfig config;
+    config.interface = interface.name;
+    config.ifindex = interface.ifindex;
+    config.xsk_map_fd = xsk_map_fd;
+    config.force_copy = options.force_copy;
+    config.hugepages = hugepages_free() >= kDpdkHugepages;
+    return open_dpdk_port(config);
+  }
 #else
   if (options.io == "dpdk") throw StackError("this build of netaccel has no DPDK (libdpdk-dev)");
 #endif

@@ -16,7 +16,7 @@ source "$repo/tests/integration/lib.sh"
 na_init "$@"
 # shellcheck source-path=SCRIPTDIR source=../tests/bpf/containers.sh
 source "$repo/tests/bpf/containers.sh"
-na_require_tools jq python3 perf
+na_require_tools jq python3
 na_containers_init
 
 EXCHANGES=${NA_BENCH_EXCHANGES:-20000}

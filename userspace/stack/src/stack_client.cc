@@ -1,6 +1,7 @@
 #include "netaccel/stack_client.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -12,7 +13,8 @@
 namespace netaccel::stack_client {
 namespace {
 
-// A blocking call polls this long before it sleeps on its eventfd.
+// A blocking call polls this long before it sleeps on its eventfd, yielding
+// the core between polls (see the worker's idle spin for why).
 constexpr int64_t kSpinNs = 20'000;
 
 int64_t monotonic_ns() {
@@ -112,6 +114,7 @@ bool Connection::wait(Want want) {
   const int64_t spin_until = monotonic_ns() + kSpinNs;
   while (monotonic_ns() < spin_until) {
     if (satisfied()) return true;
+    sched_yield();
   }
   std::atomic<uint32_t>& flag =
       want == Want::kData ? rx_.control().reader_waiting : tx_.control().writer_waiting;

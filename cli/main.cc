@@ -308,9 +308,10 @@ int main(int argc, char** argv) {
 
   stack::StackOptions stack_options;
   auto* stack_command = app.add_subcommand(
-      "stack", "run the user-space TCP/IP stack (lwIP) of an attached container (root)");
-  stack_command->add_option("CONTAINER", stack_options.container,
-                            "as for attach: netns name or path, PID, cgroup, or attached name")
+      "stack", "run the user-space TCP/IP stack (lwIP) of attached containers (root)");
+  stack_command
+      ->add_option("CONTAINER", stack_options.containers,
+                   "one or more, as for attach: netns name or path, PID, cgroup, or attached name")
       ->required();
   stack_command->add_option("--io", stack_options.io, "packet I/O: af_xdp (libxdp) or dpdk")
       ->check(CLI::IsMember({"af_xdp", "dpdk"}))

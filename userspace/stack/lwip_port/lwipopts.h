@@ -117,7 +117,8 @@
 
 #define LWIP_NETIF_STATUS_CALLBACK 0
 #define LWIP_NETIF_LINK_CALLBACK 0
-#define LWIP_SINGLE_NETIF 1
+/* One netif per container the stack serves. */
+#define LWIP_SINGLE_NETIF 0
 
 #if !defined(__ASSEMBLER__)
 struct ip4_addr;

@@ -76,8 +76,7 @@ void free_received(pbuf* buffer) {
 }
 
 err_t link_output(netif* interface, pbuf* frame) {
-  auto* worker = static_cast<Worker*>(interface->state);
-  PacketPort& port = worker->port();
+  PacketPort& port = *static_cast<Lane*>(interface->state)->port;
   if (frame->tot_len > port.frame_capacity()) return ERR_BUF;
   unsigned char* buffer = port.claim_tx();
   if (buffer == nullptr) return ERR_MEM;  // lwIP keeps the segment and sends it later
@@ -116,22 +115,23 @@ void initialise_lwip() {
   initialised = true;
 }
 
-void add_interface(netif* interface, const InterfaceConfig& config, Worker* worker) {
+void add_interface(netif* interface, const InterfaceConfig& config, Lane* lane) {
   ip4_addr_t address{config.address};
   ip4_addr_t netmask{config.netmask};
   ip4_addr_t gateway{config.gateway};
   // netif_add calls the init function with `state` set: the config first,
-  // then the worker for link_output.
+  // then the lane for link_output.
   netif_add(interface, &address, &netmask, &gateway, const_cast<InterfaceConfig*>(&config),
             initialise_interface, ethernet_input);
-  interface->state = worker;
-  netif_set_default(interface);
+  interface->state = lane;
+  if (netif_default == nullptr) netif_set_default(interface);
   netif_set_up(interface);
 }
 
-pbuf* wrap_received(Worker* worker, const RxBuffer& buffer, RxPbuf* holder) {
+pbuf* wrap_received(Worker* worker, PacketPort* port, const RxBuffer& buffer, RxPbuf* holder) {
   holder->custom.custom_free_function = free_received;
   holder->worker = worker;
+  holder->port = port;
   holder->handle = buffer.handle;
   return pbuf_alloced_custom(PBUF_RAW, static_cast<u16_t>(buffer.length), PBUF_REF,
                              &holder->custom, buffer.data, static_cast<u16_t>(buffer.length));

@@ -43,12 +43,22 @@
 namespace netaccel::stack {
 namespace {
 
-// epoll data: what an event is about (the low bits carry an id).
-constexpr uint64_t kControlListener = 1;
-constexpr uint64_t kArpSocket = 2;
-constexpr uint64_t kSignals = 3;
-constexpr uint64_t kRequestTag = uint64_t{1} << 62;   // a control connection, request not read
-constexpr uint64_t kLifetimeTag = uint64_t{1} << 63;  // a connection's or listener's lifetime end
+// epoll data: what an event is about (4 bits), for which lane (12 bits),
+// and an id (48 bits: a request, or a connection's or listener's).
+enum EventKind : uint64_t {
+  kSignals = 1,
+  kControlListener = 2,  // a lane's control socket
+  kArpSocket = 3,        // a lane's ARP packet socket
+  kRequest = 4,          // a control connection whose request is not read yet
+  kLifetime = 5,         // a connection's or listener's lifetime end
+};
+constexpr uint64_t event_data(EventKind kind, unsigned lane, uint64_t id = 0) {
+  return (uint64_t{kind} << 60) | (uint64_t{lane} << 48) | (id & ((uint64_t{1} << 48) - 1));
+}
+constexpr EventKind event_kind(uint64_t data) { return static_cast<EventKind>(data >> 60); }
+constexpr unsigned event_lane(uint64_t data) { return static_cast<unsigned>((data >> 48) & 0xfff); }
+constexpr uint64_t event_id(uint64_t data) { return data & ((uint64_t{1} << 48) - 1); }
+constexpr std::size_t kMaxContainers = 4096;
 
 class StackError : public std::runtime_error {
  public:
@@ -123,9 +133,8 @@ UniqueFd open_pinned_map(const std::string& container, const char* map) {
   return UniqueFd(fd);
 }
 
-void enter_netns(const std::string& path) {
-  const UniqueFd netns(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!netns || setns(netns.get(), CLONE_NEWNET) != 0) {
+void enter_netns(int netns, const std::string& path) {
+  if (setns(netns, CLONE_NEWNET) != 0) {
     throw StackError("cannot enter the container's network namespace " + path + ": " +
                      text(errno));
   }
@@ -269,11 +278,12 @@ std::unique_ptr<PacketPort> open_port(const StackOptions& options, const Interfa
   throw StackError("unknown --io '" + options.io + "': af_xdp or dpdk");
 }
 
-void write_counters(const std::string& path, const std::string& container, const Worker& worker) {
-  const StackCounters c = worker.counters();
+void write_counters(const std::string& path, const Worker& worker, unsigned lane) {
+  const StackCounters c = worker.counters(lane);
   std::ostringstream json;
-  json << "{\"container\":\"" << container << "\",\"port\":\"" << worker.describe()
-       << "\",\"pid\":" << getpid() << ",\"rx_packets\":" << c.port.rx_packets
+  json << "{\"container\":\"" << worker.lane(lane).container << "\",\"port\":\""
+       << worker.lane(lane).port->describe() << "\",\"containers_served\":" << worker.lanes() << ","
+       << "\"pid\":" << getpid() << ",\"rx_packets\":" << c.port.rx_packets
        << ",\"rx_bytes\":" << c.port.rx_bytes << ",\"tx_packets\":" << c.port.tx_packets
        << ",\"tx_bytes\":" << c.port.tx_bytes << ",\"drops\":{\"fill_ring_empty\":"
        << c.port.rx_fill_empty << ",\"rx_ring_full\":" << c.port.rx_ring_full
@@ -286,7 +296,7 @@ void write_counters(const std::string& path, const std::string& container, const
        << ",\"connections_opened\":" << c.connections_opened
        << ",\"connections_active\":" << c.connections_active << ",\"listeners\":" << c.listeners
        << ",\"tx_kicks\":" << c.port.tx_kicks << ",\"rx_wakeups\":" << c.port.rx_wakeups
-       << ",\"worker_sleeps\":" << c.wakeups << "}\n";
+       << ",\"worker_sleeps\":" << c.worker_sleeps << "}\n";
   const std::string temporary = path + ".tmp";
   {
     std::ofstream out(temporary, std::ios::trunc);
@@ -295,24 +305,33 @@ void write_counters(const std::string& path, const std::string& container, const
   rename(temporary.c_str(), path.c_str());
 }
 
+// What the master serves for one container.
+struct ContainerEndpoint {
+  std::string name;
+  std::string socket_path;
+  std::string counters_path;
+  UniqueFd listener;
+  UniqueFd arp;
+};
+
 class Master {
  public:
-  Master(std::string container, UniqueFd listener, UniqueFd arp, Worker& worker, int epoll_fd)
-      : container_(std::move(container)),
-        listener_(std::move(listener)),
-        arp_(std::move(arp)),
-        worker_(worker),
-        epoll_(epoll_fd) {}
+  Master(std::vector<ContainerEndpoint>& endpoints, Worker& worker, int epoll_fd)
+      : endpoints_(endpoints), worker_(worker), epoll_(epoll_fd) {}
 
-  void run(std::atomic<bool>& stop, int signal_fd, const std::string& counters_path) {
-    add(listener_.get(), kControlListener, EPOLLIN);
-    add(arp_.get(), kArpSocket, EPOLLIN);
-    add(signal_fd, kSignals, EPOLLIN);
+  void run(std::atomic<bool>& stop, int signal_fd) {
+    add(signal_fd, event_data(kSignals, 0), EPOLLIN);
+    for (unsigned lane = 0; lane < endpoints_.size(); ++lane) {
+      add(endpoints_[lane].listener.get(), event_data(kControlListener, lane), EPOLLIN);
+      add(endpoints_[lane].arp.get(), event_data(kArpSocket, lane), EPOLLIN);
+    }
     epoll_event events[64];
     while (!stop.load()) {
       const int ready = epoll_wait(epoll_, events, 64, 100);
-      for (int i = 0; i < ready; ++i) handle(events[i], stop, signal_fd);
-      write_counters(counters_path, container_, worker_);
+      for (int i = 0; i < ready; ++i) handle(events[i].data.u64, stop, signal_fd);
+      for (unsigned lane = 0; lane < endpoints_.size(); ++lane) {
+        write_counters(endpoints_[lane].counters_path, worker_, lane);
+      }
     }
   }
 
@@ -324,32 +343,42 @@ class Master {
     epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &event);
   }
 
-  void handle(const epoll_event& event, std::atomic<bool>& stop, int signal_fd) {
-    const uint64_t data = event.data.u64;
-    if (data == kSignals) {
-      signalfd_siginfo info{};
-      if (read(signal_fd, &info, sizeof info) > 0) stop = true;
-    } else if (data == kControlListener) {
-      for (;;) {
-        const int client = accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (client < 0) break;
-        const uint64_t id = next_request_++;
-        pending_.emplace(id, UniqueFd(client));
-        add(client, kRequestTag | id, EPOLLIN | EPOLLRDHUP);
+  void handle(uint64_t data, std::atomic<bool>& stop, int signal_fd) {
+    const unsigned lane = event_lane(data);
+    switch (event_kind(data)) {
+      case kSignals: {
+        signalfd_siginfo info{};
+        if (read(signal_fd, &info, sizeof info) > 0) stop = true;
+        break;
       }
-    } else if (data == kArpSocket) {
-      relay_arp();
-    } else if (data & kLifetimeTag) {
-      Command command;
-      command.kind = Command::kHangup;
-      command.id = data & ~kLifetimeTag;
-      worker_.post(std::move(command));
-    } else if (data & kRequestTag) {
-      read_request(data & ~kRequestTag);
+      case kControlListener:
+        for (;;) {
+          const int client = accept4(endpoints_[lane].listener.get(), nullptr, nullptr,
+                                     SOCK_CLOEXEC | SOCK_NONBLOCK);
+          if (client < 0) break;
+          const uint64_t id = next_request_++;
+          pending_.emplace(id, UniqueFd(client));
+          add(client, event_data(kRequest, lane, id), EPOLLIN | EPOLLRDHUP);
+        }
+        break;
+      case kArpSocket:
+        relay_arp(lane);
+        break;
+      case kLifetime: {
+        Command command;
+        command.kind = Command::kHangup;
+        command.lane = lane;
+        command.id = event_id(data);
+        worker_.post(std::move(command));
+        break;
+      }
+      case kRequest:
+        read_request(lane, event_id(data));
+        break;
     }
   }
 
-  void read_request(uint64_t id) {
+  void read_request(unsigned lane, uint64_t id) {
     auto found = pending_.find(id);
     if (found == pending_.end()) return;
     UniqueFd control = std::move(found->second);
@@ -372,35 +401,51 @@ class Master {
     }
     Command command;
     command.kind = Command::kRequest;
+    command.lane = lane;
     command.control = std::move(control);
     command.request = request;
     worker_.post(std::move(command));
   }
 
-  void relay_arp() {
+  void relay_arp(unsigned lane) {
     unsigned char frame[ETH_FRAME_LEN];
     for (;;) {
       sockaddr_ll from{};
       socklen_t length = sizeof from;
-      const ssize_t got = recvfrom(arp_.get(), frame, sizeof frame, MSG_DONTWAIT,
+      const ssize_t got = recvfrom(endpoints_[lane].arp.get(), frame, sizeof frame, MSG_DONTWAIT,
                                    reinterpret_cast<sockaddr*>(&from), &length);
       if (got <= 0) return;
       // Our own requests come back as outgoing copies: lwIP sent them.
       if (from.sll_pkttype == PACKET_OUTGOING) continue;
       Command command;
       command.kind = Command::kArpFrame;
+      command.lane = lane;
       command.frame.assign(frame, frame + got);
       worker_.post(std::move(command));
     }
   }
 
-  std::string container_;
-  UniqueFd listener_;
-  UniqueFd arp_;
+  std::vector<ContainerEndpoint>& endpoints_;
   Worker& worker_;
   int epoll_;
   uint64_t next_request_ = 1;
   std::map<uint64_t, UniqueFd> pending_;
+};
+
+// Removes the control sockets and counters files made so far, however
+// run_stack ends.
+class EndpointFiles {
+ public:
+  explicit EndpointFiles(const std::vector<ContainerEndpoint>& endpoints) : endpoints_(endpoints) {}
+  ~EndpointFiles() {
+    for (const ContainerEndpoint& endpoint : endpoints_) {
+      if (endpoint.listener) unlink(endpoint.socket_path.c_str());
+      unlink(endpoint.counters_path.c_str());
+    }
+  }
+
+ private:
+  const std::vector<ContainerEndpoint>& endpoints_;
 };
 
 }  // namespace
@@ -412,22 +457,12 @@ std::string stack_counters_path(const std::string& container_name) {
 int run_stack(const StackOptions& options) {
   try {
     if (options.workers != 1) {
-      throw StackError("--workers: this build runs one worker per stack (lwIP keeps "
-                       "process-wide state); start one stack per container");
+      throw StackError("--workers: one worker serves all the containers of a stack (lwIP keeps "
+                       "process-wide state); run one stack per group of containers");
     }
+    if (options.containers.empty()) throw StackError("name at least one container");
+    if (options.containers.size() > kMaxContainers) throw StackError("too many containers");
     bpf::require_privileges();
-    ResolvedContainer container = resolve(options.container);
-    UniqueFd steering = open_pinned_map(container.name, "steering");
-    UniqueFd xsk_map = open_pinned_map(container.name, "xsk_sockets");
-    std::string interface_name = options.interface;
-    if (interface_name.empty()) {
-      if (container.record.interface_count == 0) {
-        throw StackError("container '" + container.name + "' has no interface to carry");
-      }
-      interface_name = container.record.ifname[0];
-    }
-    const std::string socket_path = stack_socket_path(container.name);
-    const std::string counters_path = stack_counters_path(container.name);
     // Blocked before any thread starts, so that only signalfd sees them.
     sigset_t signals;
     sigemptyset(&signals);
@@ -436,40 +471,67 @@ int run_stack(const StackOptions& options) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     signal(SIGPIPE, SIG_IGN);
     const UniqueFd signal_fd(signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
-
-    enter_netns(container.netns_path);
-    const InterfaceConfig interface = read_interface(interface_name);
-    remove_stale_steering(steering.get());
-    UniqueFd listener = bind_control_socket(socket_path);
-    UniqueFd arp = open_arp_socket(interface.ifindex);
-    std::unique_ptr<PacketPort> port;
-    try {
-      port = open_port(options, interface, xsk_map.get());
-    } catch (...) {
-      unlink(socket_path.c_str());
-      throw;
-    }
+    const UniqueFd home(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
     const UniqueFd epoll(epoll_create1(EPOLL_CLOEXEC));
     const int epoll_fd = epoll.get();
-    Worker worker(interface, std::move(port), steering.get(), static_cast<uint32_t>(getpid()),
-                  [epoll_fd](int fd, uint64_t id) {
-                    epoll_event event{};
-                    event.events = EPOLLRDHUP | EPOLLHUP;
-                    event.data.u64 = kLifetimeTag | id;
-                    epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &event);
-                  });
-    char address[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &interface.address, address, sizeof address);
-    std::cerr << "netaccel stack: container " << container.name << ", " << address << " on "
-              << worker.describe() << "; programs connect at " << socket_path << std::endl;
+    Worker worker([epoll_fd](unsigned lane, int fd, uint64_t id) {
+      epoll_event event{};
+      event.events = EPOLLRDHUP | EPOLLHUP;
+      event.data.u64 = event_data(kLifetime, lane, id);
+      epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &event);
+    });
+
+    std::vector<ContainerEndpoint> endpoints;
+    endpoints.reserve(options.containers.size());
+    const EndpointFiles files(endpoints);
+    for (const std::string& spec : options.containers) {
+      ResolvedContainer container = resolve(spec);
+      for (const ContainerEndpoint& other : endpoints) {
+        if (other.name == container.name) throw StackError("container '" + spec + "' named twice");
+      }
+      UniqueFd steering = open_pinned_map(container.name, "steering");
+      UniqueFd xsk_map = open_pinned_map(container.name, "xsk_sockets");
+      std::string interface_name = options.interface;
+      if (interface_name.empty()) {
+        if (container.record.interface_count == 0) {
+          throw StackError("container '" + container.name + "' has no interface to carry");
+        }
+        interface_name = container.record.ifname[0];
+      }
+      UniqueFd netns(open(container.netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!netns) {
+        throw StackError("cannot open the network namespace " + container.netns_path + ": " +
+                         text(errno));
+      }
+      // The container's interface, its sockets and its packet port are made
+      // from inside its namespace; then back home for the next one.
+      enter_netns(netns.get(), container.netns_path);
+      ContainerEndpoint& endpoint = endpoints.emplace_back();
+      endpoint.name = container.name;
+      endpoint.socket_path = stack_socket_path(container.name);
+      endpoint.counters_path = stack_counters_path(container.name);
+      const InterfaceConfig interface = read_interface(interface_name);
+      remove_stale_steering(steering.get());
+      endpoint.listener = bind_control_socket(endpoint.socket_path);
+      endpoint.arp = open_arp_socket(interface.ifindex);
+      std::unique_ptr<PacketPort> port = open_port(options, interface, xsk_map.get());
+      if (setns(home.get(), CLONE_NEWNET) != 0) throw StackError("cannot return to our namespace");
+      PortTable ports(std::move(steering), std::move(netns), static_cast<uint32_t>(getpid()),
+                      interface.address);
+      const unsigned lane =
+          worker.add_lane(container.name, interface, std::move(port), std::move(ports));
+      char address[INET_ADDRSTRLEN];
+      inet_ntop(AF_INET, &interface.address, address, sizeof address);
+      std::cerr << "netaccel stack: container " << container.name << ", " << address << " on "
+                << worker.lane(lane).port->describe() << "; programs connect at "
+                << endpoint.socket_path << std::endl;
+    }
 
     std::atomic<bool> stop{false};
     std::thread data_plane([&] { worker.run(stop); });
-    Master master(container.name, std::move(listener), std::move(arp), worker, epoll_fd);
-    master.run(stop, signal_fd.get(), counters_path);
+    Master master(endpoints, worker, epoll_fd);
+    master.run(stop, signal_fd.get());
     data_plane.join();
-    unlink(socket_path.c_str());
-    unlink(counters_path.c_str());
     return 0;
   } catch (const std::exception& error) {
     std::cerr << "netaccel stack: " << error.what() << std::endl;

@@ -16,6 +16,7 @@ namespace {
 // A blocking call polls this long before it sleeps on its eventfd, yielding
 // the core between polls (see the worker's idle spin for why).
 constexpr int64_t kSpinNs = 20'000;
+constexpr int64_t kPureSpinNs = 5'000;
 
 int64_t monotonic_ns() {
   timespec now{};
@@ -111,10 +112,15 @@ bool Connection::wait(Want want) {
     }
     return tx_.writable() > 0 || tx_.control().reader_closed.load(std::memory_order_acquire);
   };
-  const int64_t spin_until = monotonic_ns() + kSpinNs;
-  while (monotonic_ns() < spin_until) {
+  const int64_t started = monotonic_ns();
+  for (int64_t now = started; now - started < kSpinNs; now = monotonic_ns()) {
     if (satisfied()) return true;
-    sched_yield();
+    // A few microseconds without a system call, then yield the core.
+    if (now - started < kPureSpinNs) {
+      __builtin_ia32_pause();
+    } else {
+      sched_yield();
+    }
   }
   std::atomic<uint32_t>& flag =
       want == Want::kData ? rx_.control().reader_waiting : tx_.control().writer_waiting;

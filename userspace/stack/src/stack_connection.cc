@@ -2,6 +2,8 @@
 #include "stack_connection.h"
 
 #include <bpf/bpf.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -133,12 +135,26 @@ int lwip_error_to_errno(int error) {
 PortTable::~PortTable() {
   for (auto& [port, entry] : ports_) {
     const netaccel_steer_key key{port, IPPROTO_TCP, 0};
-    bpf_map_delete_elem(steering_map_fd_, &key);
+    bpf_map_delete_elem(steering_map_.get(), &key);
   }
 }
 
+// A TCP socket in the container's namespace: the calling thread steps into
+// it for the socket() call only (a socket stays in the namespace it was
+// made in).
+int PortTable::placeholder_socket() const {
+  thread_local const UniqueFd home(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!netns_ || !home) return socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (setns(netns_.get(), CLONE_NEWNET) != 0) return -1;
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int error = errno;
+  setns(home.get(), CLONE_NEWNET);
+  errno = error;
+  return fd;
+}
+
 int PortTable::acquire(uint16_t port) {
-  UniqueFd placeholder(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  UniqueFd placeholder(placeholder_socket());
   if (!placeholder) return -errno;
   // A fixed port shares with nothing, as a kernel bind without
   // SO_REUSEADDR would not while a socket holds it.
@@ -157,7 +173,7 @@ int PortTable::acquire(uint16_t port) {
   if (ports_.count(bound) != 0) return -EADDRINUSE;  // lingering, still ours
   const netaccel_steer_key key{bound, IPPROTO_TCP, 0};
   const netaccel_steer_action action{NETACCEL_STEER_XSK, owner_};
-  if (bpf_map_update_elem(steering_map_fd_, &key, &action, BPF_ANY) != 0) return -errno;
+  if (bpf_map_update_elem(steering_map_.get(), &key, &action, BPF_ANY) != 0) return -errno;
   ports_[bound] = Entry{std::move(placeholder), 1};
   return bound;
 }
@@ -179,7 +195,7 @@ void PortTable::drop(uint16_t port) {
   auto entry = ports_.find(port);
   if (entry == ports_.end() || --entry->second.references > 0) return;
   const netaccel_steer_key key{port, IPPROTO_TCP, 0};
-  bpf_map_delete_elem(steering_map_fd_, &key);
+  bpf_map_delete_elem(steering_map_.get(), &key);
   ports_.erase(entry);  // closes the placeholder: the kernel may use the port again
 }
 
@@ -194,9 +210,10 @@ void PortTable::expire_lingering() {
 // ---------------------------------------------------------------------------
 // Connections
 
-ConnectionHost::ConnectionHost(int steering_map_fd, uint32_t owner, uint32_t address,
+ConnectionHost::ConnectionHost(PortTable ports, netif* interface, uint32_t address,
                                int stack_wake_fd, WatchLifetime watch)
-    : ports_(steering_map_fd, owner, address),
+    : ports_(std::move(ports)),
+      interface_(interface),
       address_(address),
       stack_wake_fd_(stack_wake_fd),
       watch_(std::move(watch)) {}
@@ -282,6 +299,7 @@ void ConnectionHost::connect(UniqueFd control, const StackRequest& request) {
   ip_addr_t remote{};
   remote.addr = request.address;
   StackConnection* connection = nullptr;
+  tcp_bind_netif(pcb, interface_);
   if (tcp_bind(pcb, &local, static_cast<u16_t>(port)) != ERR_OK ||
       (connection = make_connection(pcb, kServerSide, static_cast<uint16_t>(port))) == nullptr) {
     tcp_abort(pcb);
@@ -323,9 +341,12 @@ void ConnectionHost::listen(UniqueFd control, const StackRequest& request) {
     return send_failure(control.get(), ENOBUFS);
   }
   ip_set_option(pcb, SOF_REUSEADDR);
+  tcp_bind_netif(pcb, interface_);  // this container's address only
+  ip_addr_t local{};
+  local.addr = address_;
   const u8_t backlog = static_cast<u8_t>(std::clamp<unsigned>(request.backlog, 1, 255));
   tcp_pcb* listening = nullptr;
-  if (tcp_bind(pcb, IP_ADDR_ANY, static_cast<u16_t>(port)) != ERR_OK ||
+  if (tcp_bind(pcb, &local, static_cast<u16_t>(port)) != ERR_OK ||
       (listening = tcp_listen_with_backlog(pcb, backlog)) == nullptr) {
     tcp_abort(pcb);
     ports_.release(static_cast<uint16_t>(port));

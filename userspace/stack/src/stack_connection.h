@@ -22,6 +22,7 @@
 
 struct tcp_pcb;
 struct pbuf;
+struct netif;
 
 namespace netaccel::stack {
 
@@ -30,9 +31,16 @@ namespace netaccel::stack {
 // steered to the stack by the classifier's map while anything uses it.
 class PortTable {
  public:
-  PortTable(int steering_map_fd, uint32_t owner, uint32_t address)
-      : steering_map_fd_(steering_map_fd), owner_(owner), address_(address) {}
+  // `netns`: the container's network namespace, where the placeholders are
+  // made (the worker thread may serve several containers).
+  PortTable(UniqueFd steering_map, UniqueFd netns, uint32_t owner, uint32_t address)
+      : steering_map_(std::move(steering_map)),
+        netns_(std::move(netns)),
+        owner_(owner),
+        address_(address) {}
+  PortTable(PortTable&&) = default;
   ~PortTable();
+  int steering_map_fd() const { return steering_map_.get(); }
   // A port of the stack's own: `port` 0 picks one from the kernel's
   // ephemeral range. The port in host order, or -errno (EADDRINUSE).
   int acquire(uint16_t port);
@@ -48,8 +56,10 @@ class PortTable {
     unsigned references = 0;
   };
   void drop(uint16_t port);
+  int placeholder_socket() const;
 
-  int steering_map_fd_;
+  UniqueFd steering_map_;
+  UniqueFd netns_;
   uint32_t owner_;
   uint32_t address_;
   std::map<uint16_t, Entry> ports_;
@@ -64,7 +74,8 @@ class ConnectionHost {
  public:
   using WatchLifetime = std::function<void(int fd, uint64_t id)>;
 
-  ConnectionHost(int steering_map_fd, uint32_t owner, uint32_t address, int stack_wake_fd,
+  // The sockets of one container: its ports, its lwIP interface.
+  ConnectionHost(PortTable ports, netif* interface, uint32_t address, int stack_wake_fd,
                  WatchLifetime watch);
   ~ConnectionHost();
 
@@ -99,6 +110,7 @@ class ConnectionHost {
   void fail_connect(StackConnection& connection, int error);
 
   PortTable ports_;
+  netif* interface_;
   uint32_t address_;
   int stack_wake_fd_;
   WatchLifetime watch_;

@@ -1,16 +1,18 @@
-// `netaccel stack CONTAINER`: the user-space TCP/IP stack of one attached
-// container, in the foreground until SIGINT or SIGTERM.
+// `netaccel stack CONTAINER...`: the user-space TCP/IP stack of one or more
+// attached containers (one worker polls for all of them), in the foreground
+// until SIGINT or SIGTERM.
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace netaccel::stack {
 
 struct StackOptions {
-  std::string container;  // as `netaccel attach` takes it, or its name
+  std::vector<std::string> containers;  // as `netaccel attach` takes them, or their names
   std::string io = "af_xdp";  // or "dpdk"
   unsigned workers = 1;
-  std::string interface;  // default: the container's first
+  std::string interface;  // default: each container's first
   bool force_copy = false;  // AF_XDP copy mode even where zero-copy exists
 };
 

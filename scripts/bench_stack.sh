@@ -34,12 +34,13 @@ for name in na-a na-b; do
   na_container_bg "$name" "resident-$name" sleep "$NA_PROC_TIMEOUT"
   until [[ -n $(na_container_pid "$name") ]]; do sleep 0.05; done
   "$NETACCEL" attach "$name" >/dev/null 2>&1 || na_fail "attach $name failed"
-  na_bg "stack-$name" "$NETACCEL" stack "$name" --io "$IO"
 done
+# One stack for both containers: one worker polls both, as on a host.
+na_bg stack "$NETACCEL" stack na-a na-b --io "$IO"
 for name in na-a na-b; do
   deadline=$((SECONDS + 20))
   until [[ -S /run/netaccel/stack/$name.sock ]]; do
-    ((SECONDS < deadline)) || na_fail "stack of $name did not start: $(cat "$NA_TMP/stack-$name.log")"
+    ((SECONDS < deadline)) || na_fail "the stack did not start: $(cat "$NA_TMP/stack.log")"
     sleep 0.1
   done
 done
@@ -106,7 +107,7 @@ results_file=$NA_TMP/results.txt
 for key in "${!RESULTS[@]}"; do echo "$key ${RESULTS[$key]}"; done | sort >"$results_file"
 cat "$results_file"
 section=$(python3 - "$results_file" "$EXCHANGES" "$BULK_MIB" "$ROUNDS" "$load_before" "$(uname -r)" \
-  "$(nproc)" "$IO" "$kicks" "$sent" "$(tail -n 1 "$NA_TMP/stack-na-a.log")" <<'PYTHON'
+  "$(nproc)" "$IO" "$kicks" "$sent" "$(head -n 1 "$NA_TMP/stack.log")" <<'PYTHON'
 import datetime, statistics, sys
 
 (results_file, exchanges, bulk_mib, rounds, load, kernel, cpus, io, kicks, sent,
@@ -129,8 +130,9 @@ lines = [
     f"Measured by `scripts/bench_stack.sh` on {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC: "
     f"kernel {kernel}, {cpus} CPUs, load average {load} at the start.",
     "",
-    "Two containers on Debian's CNI bridge, both attached, each with its stack "
-    f"(`netaccel stack --io {io}`: {port_line.split(' on ', 1)[-1].split(';')[0]}). The same "
+    "Two containers on Debian's CNI bridge, both attached, served by one stack "
+    f"(`netaccel stack A B --io {io}`, one worker thread; each container's port: "
+    f"{port_line.split(' on ', 1)[-1].split(';')[0]}). The same "
     "program, `netaccel-stack-app`, runs every pair: **kernel↔kernel** on kernel sockets at "
     "both ends; **stack↔kernel** its client on the stack of one container, the server on the "
     "other's kernel; **stack↔stack** both on their stacks. Ping-pong: "

@@ -6,14 +6,18 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <iterator>
 #include <sstream>
 #include <thread>
 
 #include "netaccel/bpf_loader.h"
+#include "netaccel/stack.h"
 
 namespace netaccel::cli {
 namespace {
@@ -154,6 +158,26 @@ std::string join(const std::vector<std::string>& parts) {
 // ---------------------------------------------------------------------------
 // netaccel stats
 
+// The counters the user-space stack of `container` publishes (stack.h),
+// while that stack runs; empty otherwise.
+std::string running_stack_counters(const std::string& container) {
+  std::ifstream file(stack::stack_counters_path(container));
+  std::string json((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  while (!json.empty() && (json.back() == '\n' || json.back() == ' ')) json.pop_back();
+  const std::size_t pid_at = json.find("\"pid\":");
+  if (json.empty() || json.front() != '{' || pid_at == std::string::npos) return {};
+  const long pid = std::strtol(json.c_str() + pid_at + 6, nullptr, 10);
+  // A stack killed with SIGKILL leaves its last counters behind.
+  if (pid <= 0 || (kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) return {};
+  return json;
+}
+
+// A number from the stack's flat counters, 0 when absent.
+unsigned long long stack_counter(const std::string& json, const std::string& name) {
+  const std::size_t at = json.find("\"" + name + "\":");
+  return at == std::string::npos ? 0 : std::strtoull(json.c_str() + at + name.size() + 3, nullptr, 10);
+}
+
 std::string stats_json(const std::vector<ContainerStats>& all) {
   std::ostringstream json;
   json << "{\"containers\":[";
@@ -169,7 +193,9 @@ std::string stats_json(const std::vector<ContainerStats>& all) {
          << ",\"flows\":" << stats.flows << "},\"sockmap\":{\"sockets\":" << stats.sockets
          << ",\"sockets_added\":" << s.sockets_added << ",\"redirected_msgs\":" << s.redirected_msgs
          << ",\"redirected_bytes\":" << s.redirected_bytes << ",\"passed_msgs\":" << s.passed_msgs
-         << ",\"passed_bytes\":" << s.passed_bytes << "}}";
+         << ",\"passed_bytes\":" << s.passed_bytes << "}";
+    const std::string stack_counters = running_stack_counters(stats.name);
+    json << ",\"stack\":" << (stack_counters.empty() ? "null" : stack_counters) << "}";
     first = false;
   }
   json << "]}";
@@ -190,6 +216,23 @@ void print_stats_table(const std::vector<ContainerStats>& all) {
     std::printf("%-20s %12llu %14llu %8llu %8llu %8llu %8llu %6zu | %8zu %10llu %14llu %10llu\n",
                 stats.name.c_str(), x.packets, x.bytes, x.passed, x.to_xsk, x.dropped, x.malformed,
                 stats.flows, stats.sockets, s.redirected_msgs, s.redirected_bytes, s.passed_msgs);
+  }
+  bool header = false;
+  for (const ContainerStats& stats : all) {
+    const std::string counters = running_stack_counters(stats.name);
+    if (counters.empty()) continue;
+    if (!header) {
+      std::printf("\nuser-space stack (netaccel stack; `--json` has every counter)\n");
+      std::printf("%-20s %12s %12s %10s %8s %10s %10s %10s\n", "container", "frames in",
+                  "frames out", "conns", "active", "retransmit", "checksum", "lwip nomem");
+      header = true;
+    }
+    std::printf("%-20s %12llu %12llu %10llu %8llu %10llu %10llu %10llu\n", stats.name.c_str(),
+                stack_counter(counters, "rx_packets"), stack_counter(counters, "tx_packets"),
+                stack_counter(counters, "connections_opened"),
+                stack_counter(counters, "connections_active"),
+                stack_counter(counters, "tcp_retransmissions"), stack_counter(counters, "checksum"),
+                stack_counter(counters, "lwip_memory_errors"));
   }
 }
 

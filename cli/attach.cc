@@ -175,7 +175,8 @@ std::string running_stack_counters(const std::string& container) {
 // A number from the stack's flat counters, 0 when absent.
 unsigned long long stack_counter(const std::string& json, const std::string& name) {
   const std::size_t at = json.find("\"" + name + "\":");
-  return at == std::string::npos ? 0 : std::strtoull(json.c_str() + at + name.size() + 3, nullptr, 10);
+  return at == std::string::npos ? 0
+                                 : std::strtoull(json.c_str() + at + name.size() + 3, nullptr, 10);
 }
 
 std::string stats_json(const std::vector<ContainerStats>& all) {

@@ -22,11 +22,11 @@
 #include <vector>
 
 #include "attach.h"
-#include "netaccel/stack.h"
 #include "bench.h"
 #include "netaccel/monitor.h"
 #include "netaccel/protocol.h"
 #include "netaccel/shm.h"
+#include "netaccel/stack.h"
 
 // Where the installed preload library sits relative to the installed binary
 // (CMake passes the real one when the libdir is not "lib").
@@ -341,8 +341,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::RequiredError& error) {
     // A mistyped subcommand lands here as "a subcommand is required".
     if (argc > 1 && argv[1][0] != '-') {
-      std::cerr << "netaccel: unknown command '" << argv[1]
-                << "' (commands: daemon, run, status, bench, attach, detach, stats, stack; see --help)\n";
+      std::cerr
+          << "netaccel: unknown command '" << argv[1]
+          << "' (commands: daemon, run, status, bench, attach, detach, stats, stack; see --help)\n";
       return 2;
     }
     return app.exit(error);

@@ -27,7 +27,7 @@ namespace {
 #endif
 
 constexpr uint32_t kFrameSize = XSK_UMEM__DEFAULT_FRAME_SIZE;  // 4096: one page per frame
-constexpr uint32_t kFrameCount = 16384;                         // 64 MiB of UMEM
+constexpr uint32_t kFrameCount = 16384;                        // 64 MiB of UMEM
 constexpr uint32_t kRingSize = 4096;
 // Frames kept back from the fill ring for transmission.
 constexpr uint32_t kTxReserve = 4096;
@@ -47,8 +47,8 @@ class AfXdpPort final : public PacketPort {
     if (area_ == MAP_FAILED) {
       area_ = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     }
-    if (area_ == MAP_FAILED) throw std::runtime_error("cannot map the AF_XDP packet buffers: " +
-                                                      errno_text(errno));
+    if (area_ == MAP_FAILED)
+      throw std::runtime_error("cannot map the AF_XDP packet buffers: " + errno_text(errno));
     area_bytes_ = bytes;
     const xsk_umem_config umem_config{kRingSize, kRingSize, kFrameSize, 0, 0};
     int error = xsk_umem__create(&umem_, area_, bytes, &fill_, &completion_, &umem_config);
@@ -85,15 +85,15 @@ class AfXdpPort final : public PacketPort {
     }
     if (!socket_) {
       release_all();
-      throw std::runtime_error("cannot create an AF_XDP socket on " + config.interface +
-                               " queue " + std::to_string(config.queue) + ": " +
-                               errno_text(-error));
+      throw std::runtime_error("cannot create an AF_XDP socket on " + config.interface + " queue " +
+                               std::to_string(config.queue) + ": " + errno_text(-error));
     }
     error = xsk_socket__update_xskmap(socket_, config.xsk_map_fd);
     if (error != 0) {
       release_all();
-      throw std::runtime_error("cannot enter the AF_XDP socket in the container's xsk_sockets map: " +
-                               errno_text(-error));
+      throw std::runtime_error(
+          "cannot enter the AF_XDP socket in the container's xsk_sockets map: " +
+          errno_text(-error));
     }
     refill(kRingSize);
   }
@@ -117,7 +117,8 @@ class AfXdpPort final : public PacketPort {
       const xdp_desc* descriptor = xsk_ring_cons__rx_desc(&rx_, index + i);
       const uint64_t address = descriptor->addr;
       const uint64_t frame = address - address % kFrameSize;
-      if (address + descriptor->len > area_bytes_ || address % kFrameSize + descriptor->len > kFrameSize) {
+      if (address + descriptor->len > area_bytes_ ||
+          address % kFrameSize + descriptor->len > kFrameSize) {
         ++counters_.rx_invalid;
         continue;  // not ours to give back: it points at no frame
       }
@@ -208,15 +209,15 @@ class AfXdpPort final : public PacketPort {
 
   std::string describe() const override {
     return "af_xdp " + config_.interface + " queue " + std::to_string(config_.queue) +
-           (zero_copy_ ? " zero-copy" : " copy mode") +
-           (scatter_gather_ ? ", multi-buffer" : "");
+           (zero_copy_ ? " zero-copy" : " copy mode") + (scatter_gather_ ? ", multi-buffer" : "");
   }
 
  private:
   // Gives free frames to the kernel for receiving, keeping kTxReserve back.
   void refill(uint32_t wanted) {
     if (free_frames_.size() <= kTxReserve) return;
-    uint32_t count = std::min<uint32_t>(wanted, static_cast<uint32_t>(free_frames_.size() - kTxReserve));
+    uint32_t count =
+        std::min<uint32_t>(wanted, static_cast<uint32_t>(free_frames_.size() - kTxReserve));
     count = xsk_prod_nb_free(&fill_, count) >= count ? count : xsk_prod_nb_free(&fill_, count);
     if (count == 0) return;
     uint32_t index = 0;

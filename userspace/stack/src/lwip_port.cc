@@ -58,7 +58,8 @@ unsigned int netaccel_tcp_isn(const struct ip4_addr* local_ip, unsigned short lo
   timespec now{};
   clock_gettime(CLOCK_MONOTONIC, &now);
   const uint64_t ticks =
-      (static_cast<uint64_t>(now.tv_sec) * 1000000000ULL + static_cast<uint64_t>(now.tv_nsec)) / 4000;
+      (static_cast<uint64_t>(now.tv_sec) * 1000000000ULL + static_cast<uint64_t>(now.tv_nsec)) /
+      4000;
   const uint64_t addresses = (uint64_t{local_ip->addr} << 32) | remote_ip->addr;
   const uint64_t ports = (uint64_t{local_port} << 16) | remote_port;
   return static_cast<unsigned int>(ticks + mix(isn_secret ^ mix(addresses ^ mix(ports))));
@@ -99,8 +100,8 @@ err_t initialise_interface(netif* interface) {
   interface->mtu = static_cast<u16_t>(config->mtu);
   interface->hwaddr_len = ETH_HWADDR_LEN;
   std::memcpy(interface->hwaddr, config->mac.data(), ETH_HWADDR_LEN);
-  interface->flags = NETIF_FLAG_BROADCAST | NETIF_FLAG_ETHARP | NETIF_FLAG_ETHERNET |
-                     NETIF_FLAG_LINK_UP;
+  interface->flags =
+      NETIF_FLAG_BROADCAST | NETIF_FLAG_ETHARP | NETIF_FLAG_ETHERNET | NETIF_FLAG_LINK_UP;
   // The worker checks received TCP checksums itself (receive_checksum.h).
   NETIF_SET_CHECKSUM_CTRL(interface, NETIF_CHECKSUM_ENABLE_ALL & ~NETIF_CHECKSUM_CHECK_TCP);
   return ERR_OK;
@@ -133,8 +134,8 @@ pbuf* wrap_received(Worker* worker, PacketPort* port, const RxBuffer& buffer, Rx
   holder->worker = worker;
   holder->port = port;
   holder->handle = buffer.handle;
-  return pbuf_alloced_custom(PBUF_RAW, static_cast<u16_t>(buffer.length), PBUF_REF,
-                             &holder->custom, buffer.data, static_cast<u16_t>(buffer.length));
+  return pbuf_alloced_custom(PBUF_RAW, static_cast<u16_t>(buffer.length), PBUF_REF, &holder->custom,
+                             buffer.data, static_cast<u16_t>(buffer.length));
 }
 
 }  // namespace netaccel::stack

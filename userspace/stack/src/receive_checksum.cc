@@ -62,8 +62,8 @@ ReceiveChecksum check_tcp_checksum(const pbuf* frame) {
   // A local sender's unfinished checksum is recognised without reading the
   // payload (the same 2^-16 odds as below); only other frames are summed.
   const unsigned char* tcp = ip + ip_header;
-  const uint16_t field = static_cast<uint16_t>((tcp[kTcpChecksumOffset] << 8) |
-                                               tcp[kTcpChecksumOffset + 1]);
+  const uint16_t field =
+      static_cast<uint16_t>((tcp[kTcpChecksumOffset] << 8) | tcp[kTcpChecksumOffset + 1]);
   if (field == fold(pseudo)) return ReceiveChecksum::kPartial;
 
   uint64_t sum = pseudo;

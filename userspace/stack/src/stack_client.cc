@@ -46,7 +46,8 @@ UniqueFd open_control(const std::string& socket_path, int* error) {
 
 // One reply and its fds; false with *error on a failure reply or a broken stack.
 bool receive_reply(int control, StackReply* reply, int* fds, std::size_t* count, int* error) {
-  const ssize_t got = receive_with_fds(control, reply, sizeof *reply, fds, kStackAcceptedFds, count);
+  const ssize_t got =
+      receive_with_fds(control, reply, sizeof *reply, fds, kStackAcceptedFds, count);
   if (got != static_cast<ssize_t>(sizeof *reply) || reply->magic != kStackMagic) {
     for (std::size_t i = 0; i < *count; ++i) close(fds[i]);
     *error = got < 0 ? static_cast<int>(-got) : ECONNABORTED;
@@ -198,8 +199,8 @@ Connection::~Connection() {
   signal_wake_fd(stack_wake_.get());
 }
 
-std::unique_ptr<Connection> connect(const std::string& socket_path, uint32_t address,
-                                    uint16_t port, int* error) {
+std::unique_ptr<Connection> connect(const std::string& socket_path, uint32_t address, uint16_t port,
+                                    int* error) {
   UniqueFd control = open_control(socket_path, error);
   if (!control) return nullptr;
   StackRequest request;

@@ -222,8 +222,8 @@ bool Worker::sleep_until_work() {
       poll_only = true;
     }
   }
-  const int wait_ms =
-      poll_only ? std::min<int>(kPollOnlyIntervalMs, static_cast<int>(timeout)) : static_cast<int>(timeout);
+  const int wait_ms = poll_only ? std::min<int>(kPollOnlyIntervalMs, static_cast<int>(timeout))
+                                : static_cast<int>(timeout);
   ++sleeps_;
   poll(fds.data(), fds.size(), wait_ms);
   drain_wake_fd(wake_.get());

@@ -63,7 +63,7 @@ struct Lane {
   std::unique_ptr<PacketPort> port;
   std::unique_ptr<netif> lwip_netif;
   std::unique_ptr<ConnectionHost> host;  // made once the netif is in lwIP
-  pbuf* partial_frame = nullptr;  // a multi-buffer frame still arriving
+  pbuf* partial_frame = nullptr;         // a multi-buffer frame still arriving
   uint64_t dropped_frames = 0;
   uint64_t checksum_errors = 0;
   uint64_t partial_checksums = 0;

@@ -135,8 +135,8 @@ class Acceptor {
   explicit Acceptor(const Options& options) {
     if (!options.stack.empty()) {
       int error = 0;
-      stack_ = netaccel::stack_client::Listener::listen(
-          netaccel::stack_socket_path(options.stack), options.port, 128, &error);
+      stack_ = netaccel::stack_client::Listener::listen(netaccel::stack_socket_path(options.stack),
+                                                        options.port, 128, &error);
       if (!stack_) fail("listen through the stack: " + std::string(std::strerror(error)));
       return;
     }
@@ -146,7 +146,8 @@ class Acceptor {
     sockaddr_in local{};
     local.sin_family = AF_INET;
     local.sin_port = htons(options.port);
-    if (bind(fd_, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 || listen(fd_, 128) != 0) {
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 ||
+        listen(fd_, 128) != 0) {
       fail("listen: " + std::string(std::strerror(errno)));
     }
   }
@@ -236,8 +237,8 @@ void serve_http_connection(std::unique_ptr<Stream> stream, std::string root) {
 
 int http_get(const Options& options) {
   auto stream = open_stream(options);
-  const std::string request = "GET " + options.path + " HTTP/1.1\r\nHost: " + options.to +
-                              "\r\nConnection: close\r\n\r\n";
+  const std::string request =
+      "GET " + options.path + " HTTP/1.1\r\nHost: " + options.to + "\r\nConnection: close\r\n\r\n";
   if (!send_all(*stream, request.data(), request.size())) fail("send failed");
   std::string head;
   bool in_body = false;
@@ -260,7 +261,8 @@ int http_get(const Options& options) {
   });
   fflush(stdout);
   if (!clean || !in_body) fail("GET failed: the connection ended before the response did");
-  if (head.compare(0, 12, "HTTP/1.1 200") != 0) fail("GET failed: " + head.substr(0, head.find('\r')));
+  if (head.compare(0, 12, "HTTP/1.1 200") != 0)
+    fail("GET failed: " + head.substr(0, head.find('\r')));
   if (expected != UINT64_MAX && body != expected) {
     fail("short body: " + std::to_string(body) + " of " + std::to_string(expected) + " bytes");
   }
@@ -283,9 +285,8 @@ int send_stdin(const Options& options) {
 int receive_one(const Options& options) {
   Acceptor acceptor(options);
   auto stream = acceptor.accept();
-  const bool clean = drain(*stream, [](const char* data, std::size_t length) {
-    fwrite(data, 1, length, stdout);
-  });
+  const bool clean =
+      drain(*stream, [](const char* data, std::size_t length) { fwrite(data, 1, length, stdout); });
   fflush(stdout);
   return clean ? 0 : 1;
 }
@@ -312,7 +313,8 @@ int serve_http(const Options& options) {
 double percentile(std::vector<double>& values, double fraction) {
   if (values.empty()) return 0;
   const auto index = static_cast<std::size_t>(fraction * static_cast<double>(values.size() - 1));
-  std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(index), values.end());
+  std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(index),
+                   values.end());
   return values[index];
 }
 
@@ -329,7 +331,8 @@ int pingpong(const Options& options) {
         !receive_exactly(*stream, response.data(), response.size())) {
       fail("exchange " + std::to_string(i) + " failed");
     }
-    rtt_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - sent).count());
+    rtt_us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - sent).count());
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -410,7 +413,8 @@ Options parse(int argc, char** argv) {
     }
   }
   if (!path_chosen) fail("say --stack CONTAINER or --kernel");
-  if (options.mode.empty()) fail("say what to do: serve-http, get, send, receive, echo, pingpong, sink, blast");
+  if (options.mode.empty())
+    fail("say what to do: serve-http, get, send, receive, echo, pingpong, sink, blast");
   return options;
 }
 
@@ -419,10 +423,14 @@ Options parse(int argc, char** argv) {
 int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   const Options options = parse(argc, argv);
-  const std::map<std::string, int (*)(const Options&)> modes = {
-      {"serve-http", serve_http}, {"get", http_get},         {"send", send_stdin},
-      {"receive", receive_one},   {"echo", echo},            {"pingpong", pingpong},
-      {"sink", sink},             {"blast", blast}};
+  const std::map<std::string, int (*)(const Options&)> modes = {{"serve-http", serve_http},
+                                                                {"get", http_get},
+                                                                {"send", send_stdin},
+                                                                {"receive", receive_one},
+                                                                {"echo", echo},
+                                                                {"pingpong", pingpong},
+                                                                {"sink", sink},
+                                                                {"blast", blast}};
   const auto mode = modes.find(options.mode);
   if (mode == modes.end()) fail("unknown mode " + options.mode);
   if (options.mode != "receive" && options.mode != "echo" && options.mode != "serve-http" &&

@@ -10,9 +10,9 @@ namespace netaccel::stack {
 
 struct StackOptions {
   std::vector<std::string> containers;  // as `netaccel attach` takes them, or their names
-  std::string io = "af_xdp";  // or "dpdk"
+  std::string io = "af_xdp";            // or "dpdk"
   unsigned workers = 1;
-  std::string interface;  // default: each container's first
+  std::string interface;    // default: each container's first
   bool force_copy = false;  // AF_XDP copy mode even where zero-copy exists
 };
 

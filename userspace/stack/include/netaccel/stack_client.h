@@ -51,8 +51,8 @@ class Connection {
 // Connects to `address` (IPv4, network order):`port` through the stack at
 // `socket_path`; nullptr with *error set (ECONNREFUSED, ETIMEDOUT, ENOENT
 // when no stack runs...).
-std::unique_ptr<Connection> connect(const std::string& socket_path, uint32_t address,
-                                    uint16_t port, int* error);
+std::unique_ptr<Connection> connect(const std::string& socket_path, uint32_t address, uint16_t port,
+                                    int* error);
 
 class Listener {
  public:

@@ -53,7 +53,7 @@ struct StackReply {
   uint32_t magic = kStackMagic;
   uint32_t version = kStackVersion;
   uint32_t kind = 0;
-  int32_t error = 0;  // errno for kStackFailed
+  int32_t error = 0;           // errno for kStackFailed
   uint32_t local_address = 0;  // IPv4, network order
   uint32_t peer_address = 0;
   uint16_t local_port = 0;  // host order

@@ -274,7 +274,11 @@ void Worker::publish_counters() {
     counters.connections_opened = lane.host->opened();
     counters.connections_active = lane.host->active();
     counters.listeners = lane.host->listeners();
-    counters.rx_frames_dropped = lane.dropped_frames;
+    // lwIP's IP input drops what it refuses (a total length past the frame,
+    // a fragment, another destination) with ERR_OK: only ip.drop tells, and
+    // it counts the IP checksum drops too, which are checksum_errors.
+    counters.rx_frames_dropped =
+        lane.dropped_frames + lwip_stats.ip.drop - lwip_stats.ip.chkerr + lwip_stats.link.drop;
     counters.checksum_errors = lane.checksum_errors + lwip_stats.ip.chkerr;
     counters.partial_checksums = lane.partial_checksums;
     counters.tcp_retransmissions = lwip_stats.mib2.tcpretranssegs;

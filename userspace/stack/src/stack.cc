@@ -186,6 +186,23 @@ InterfaceConfig read_interface(const std::string& name) {
   return config;
 }
 
+// The stack receives only what the container's classifier steers to it: on
+// an interface `netaccel attach` did not put it on, the stack would carry
+// nothing (and its AF_XDP socket would take the container's xsk_sockets slot).
+// The index too must match: a veth made again under the same name has none.
+void require_classifier(const ResolvedContainer& container, const InterfaceConfig& interface) {
+  const netaccel_container_record& record = container.record;
+  std::string attached;
+  for (uint32_t i = 0; i < record.interface_count && i < NETACCEL_MAX_INTERFACES; ++i) {
+    const std::string name(record.ifname[i], strnlen(record.ifname[i], NETACCEL_IFNAME_BYTES));
+    if (name == interface.name && record.ifindex[i] == interface.ifindex) return;
+    attached += (attached.empty() ? "" : ", ") + name;
+  }
+  throw StackError("interface " + interface.name + " of container '" + container.name +
+                   "' has no netaccel XDP classifier (attach put it on: " + attached +
+                   "), so nothing would reach the stack there");
+}
+
 // Steering entries whose owner is no longer running: a stack that was
 // killed cannot remove its own.
 void remove_stale_steering(int steering_map_fd) {
@@ -438,8 +455,11 @@ class EndpointFiles {
  public:
   explicit EndpointFiles(const std::vector<ContainerEndpoint>& endpoints) : endpoints_(endpoints) {}
   ~EndpointFiles() {
+    // Only a container's own stack made them: a stack refused because
+    // another serves the container (no listener) must leave the other's be.
     for (const ContainerEndpoint& endpoint : endpoints_) {
-      if (endpoint.listener) unlink(endpoint.socket_path.c_str());
+      if (!endpoint.listener) continue;
+      unlink(endpoint.socket_path.c_str());
       unlink(endpoint.counters_path.c_str());
     }
   }
@@ -511,6 +531,7 @@ int run_stack(const StackOptions& options) {
       endpoint.socket_path = stack_socket_path(container.name);
       endpoint.counters_path = stack_counters_path(container.name);
       const InterfaceConfig interface = read_interface(interface_name);
+      require_classifier(container, interface);
       remove_stale_steering(steering.get());
       endpoint.listener = bind_control_socket(endpoint.socket_path);
       endpoint.arp = open_arp_socket(interface.ifindex);

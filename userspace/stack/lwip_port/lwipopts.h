@@ -93,6 +93,14 @@
  * default is a predictable counter). */
 #define LWIP_HOOK_TCP_ISN(local_ip, local_port, remote_ip, remote_port) \
   netaccel_tcp_isn(local_ip, local_port, remote_ip, remote_port)
+/* A SYN that finds its listener's backlog full is dropped by lwIP without a
+ * word (tcp_listen_input), where the kernel counts it (ListenOverflows): this
+ * hook counts it among the TCP segments dropped, so that a SYN flood shows in
+ * drops.tcp_segments. It looks at nothing but listeners' segments. */
+#define LWIP_HOOK_TCP_INPACKET_PCB(pcb, hdr, optlen, opt1len, opt2, p)           \
+  ((pcb)->state == LISTEN                                                        \
+       ? netaccel_tcp_listen_segment((const struct tcp_pcb_listen*)(pcb), (hdr)) \
+       : 0)
 
 /* Checksums: generated in software (AF_XDP has no offload), checked on
  * input; per netif so that a port with verified receive checksums may skip
@@ -106,6 +114,9 @@
 /* Counters for `netaccel stats`: memory errors, checksum drops and, from the
  * MIB-II set, retransmitted segments. */
 #define LWIP_STATS 1
+/* 32-bit counters: lwIP's default 16-bit ones wrap after 65 536 events (a
+ * SYN flood's dropped segments), and the published totals went backwards. */
+#define LWIP_STATS_LARGE 1
 #define LWIP_STATS_DISPLAY 0
 #define MIB2_STATS 1
 #define TCP_STATS 1
@@ -122,11 +133,16 @@
 
 #if !defined(__ASSEMBLER__)
 struct ip4_addr;
+struct tcp_pcb_listen;
+struct tcp_hdr;
 #ifdef __cplusplus
 extern "C" {
 #endif
 unsigned int netaccel_tcp_isn(const struct ip4_addr* local_ip, unsigned short local_port,
                               const struct ip4_addr* remote_ip, unsigned short remote_port);
+/* Always 0 (ERR_OK): lwIP goes on with the segment. */
+int netaccel_tcp_listen_segment(const struct tcp_pcb_listen* listener,
+                                const struct tcp_hdr* header);
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,9 @@
 #include "lwip/etharp.h"
 #include "lwip/init.h"
 #include "lwip/ip4_addr.h"
+#include "lwip/priv/tcp_priv.h"
+#include "lwip/stats.h"
+#include "lwip/tcp.h"
 #include "netif/ethernet.h"
 #include "worker.h"
 
@@ -63,6 +66,19 @@ unsigned int netaccel_tcp_isn(const struct ip4_addr* local_ip, unsigned short lo
   const uint64_t addresses = (uint64_t{local_ip->addr} << 32) | remote_ip->addr;
   const uint64_t ports = (uint64_t{local_port} << 16) | remote_port;
   return static_cast<unsigned int>(ticks + mix(isn_secret ^ mix(addresses ^ mix(ports))));
+}
+
+// tcp_listen_input's own tests, in its order: a RST is ignored, an ACK
+// answered with a RST, and a SYN dropped when the backlog is full.
+int netaccel_tcp_listen_segment(const struct tcp_pcb_listen* listener,
+                                const struct tcp_hdr* header) {
+  const u8_t flags = TCPH_FLAGS(header);
+  if ((flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN &&
+      listener->accepts_pending >= listener->backlog) {
+    TCP_STATS_INC(tcp.drop);
+    MIB2_STATS_INC(mib2.tcpinerrs);
+  }
+  return 0;
 }
 }
 

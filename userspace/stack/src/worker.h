@@ -50,8 +50,8 @@ struct StackCounters {
   uint64_t partial_checksums = 0;  // local senders' unfinished TCP checksums (accepted)
   // lwIP's own, for the whole stack (all lanes share one lwIP).
   uint64_t tcp_retransmissions = 0;  // segments sent again
-  uint64_t lwip_memory_errors = 0;   // allocations lwIP could not make (a SYN flood shows here)
-  uint64_t tcp_dropped = 0;          // segments lwIP's TCP dropped
+  uint64_t lwip_memory_errors = 0;   // allocations lwIP could not make
+  uint64_t tcp_dropped = 0;          // segments lwIP's TCP dropped, SYNs past a full backlog too
   uint64_t worker_sleeps = 0;        // times the worker slept and woke
 };
 

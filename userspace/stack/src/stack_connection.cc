@@ -287,6 +287,16 @@ void send_failure(int control, int error) {
 }  // namespace
 
 void ConnectionHost::connect(UniqueFd control, const StackRequest& request) {
+  ip_addr_t remote{};
+  remote.addr = request.address;
+  // No SYN where the kernel sends none (tcp_v4_connect refuses a broadcast
+  // or multicast route: ENETUNREACH) or where the stack cannot reach (the
+  // container's loopback, "any"): lwIP would send SYNs there until its
+  // retries ran out and answer ETIMEDOUT 18 s later.
+  if (ip4_addr_isbroadcast(&remote, interface_) || ip4_addr_ismulticast(&remote) ||
+      ip4_addr_isloopback(&remote)) {
+    return send_failure(control.get(), ENETUNREACH);
+  }
   const int port = ports_.acquire(0);
   if (port < 0) return send_failure(control.get(), -port);
   tcp_pcb* pcb = tcp_new();
@@ -296,8 +306,6 @@ void ConnectionHost::connect(UniqueFd control, const StackRequest& request) {
   }
   ip_addr_t local{};
   local.addr = address_;
-  ip_addr_t remote{};
-  remote.addr = request.address;
   StackConnection* connection = nullptr;
   tcp_bind_netif(pcb, interface_);
   if (tcp_bind(pcb, &local, static_cast<u16_t>(port)) != ERR_OK ||

@@ -161,18 +161,7 @@ PYTHON
 )
 echo "$section"
 if [[ -n $OUTPUT ]]; then
-  python3 - "$OUTPUT" "$section" <<'PYTHON'
-import sys
-path, section = sys.argv[1:]
-begin, end = "<!-- stack:begin -->", "<!-- stack:end -->"
-text = open(path).read()
-block = f"{begin}\n{section}\n{end}"
-if begin in text and end in text:
-    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-open(path, "w").write(text)
-PYTHON
+  python3 "$repo/scripts/replace_section.py" "$OUTPUT" stack <<<"$section"
   na_log "wrote the stack section of $OUTPUT"
 fi
 na_pass

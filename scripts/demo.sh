@@ -5,7 +5,9 @@
 #   2. nginx (Debian's default settings) + wrk, with and without keep-alive;
 #   3. `netaccel bench`, which measures message rate, round-trip latency,
 #      throughput and connection setup on both paths and writes
-#      docs/benchmarks.md.
+#      docs/benchmarks.md;
+#   4. between two containers on Debian's CNI bridge, kernel TCP against the
+#      user-space stack (lwIP over AF_XDP), scripts/bench_stack.sh.
 # Everything runs inside a fresh network namespace with only loopback up.
 #
 #   bash scripts/demo.sh [--quick]      # after scripts/setup.sh, as root
@@ -16,7 +18,7 @@ quick=0
 for arg in "$@"; do
   case $arg in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -276,4 +278,17 @@ if [[ $repo/docs/benchmarks.md -nt $stamp ]]; then
   echo "(netaccel carried $((nginx_after - nginx_before)) connections during the netaccel nginx runs.)" >>"$nginx_markdown"
   python3 "$repo/scripts/replace_section.py" "$repo/docs/benchmarks.md" nginx <"$nginx_markdown"
   printf '\nfigures written to docs/benchmarks.md\n'
+fi
+
+# ---------------------------------------------------------------------------
+section "containers: kernel TCP vs the user-space stack (lwIP over AF_XDP)"
+stack_env=()
+if [[ $quick == 1 ]]; then stack_env=(NA_BENCH_ROUNDS=1 NA_BENCH_EXCHANGES=5000 NA_BENCH_BULK_MIB=64); fi
+stack_status=0
+env "${stack_env[@]}" NA_BENCH_OUTPUT="$repo/docs/benchmarks.md" \
+  bash "$repo/scripts/bench_stack.sh" "$(dirname "$NETACCEL")" || stack_status=$?
+if [[ $stack_status == 77 ]]; then
+  echo "(the user-space stack comparison was skipped: see its reason above)"
+elif [[ $stack_status != 0 ]]; then
+  exit "$stack_status"
 fi

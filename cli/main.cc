@@ -321,6 +321,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   stack_command->add_option("--interface", stack_options.interface,
                             "the container's interface to carry (default: its first)");
+  stack_command->add_option("--cpu", stack_options.worker_cpu, "pin the worker thread to this CPU")
+      ->check(CLI::Range(0, 4095));
   stack_command->add_flag("--force-copy", stack_options.force_copy,
                           "AF_XDP copy mode even where the driver has zero-copy");
 

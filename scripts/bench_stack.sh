@@ -35,8 +35,10 @@ for name in na-a na-b; do
   until [[ -n $(na_container_pid "$name") ]]; do sleep 0.05; done
   "$NETACCEL" attach "$name" >/dev/null 2>&1 || na_fail "attach $name failed"
 done
-# One stack for both containers: one worker polls both, as on a host.
-na_bg stack "$NETACCEL" stack na-a na-b --io "$IO"
+# One stack for both containers: one worker polls both, as on a host, on a
+# CPU of its own (the programs of every pair float over all of them).
+WORKER_CPU=$(($(nproc) - 1))
+na_bg stack "$NETACCEL" stack na-a na-b --io "$IO" --cpu "$WORKER_CPU"
 for name in na-a na-b; do
   deadline=$((SECONDS + 20))
   until [[ -S /run/netaccel/stack/$name.sock ]]; do
@@ -107,11 +109,11 @@ results_file=$NA_TMP/results.txt
 for key in "${!RESULTS[@]}"; do echo "$key ${RESULTS[$key]}"; done | sort >"$results_file"
 cat "$results_file"
 section=$(python3 - "$results_file" "$EXCHANGES" "$BULK_MIB" "$ROUNDS" "$load_before" "$(uname -r)" \
-  "$(nproc)" "$IO" "$kicks" "$sent" "$(head -n 1 "$NA_TMP/stack.log")" <<'PYTHON'
+  "$(nproc)" "$IO" "$kicks" "$sent" "$(head -n 1 "$NA_TMP/stack.log")" "$WORKER_CPU" <<'PYTHON'
 import datetime, statistics, sys
 
 (results_file, exchanges, bulk_mib, rounds, load, kernel, cpus, io, kicks, sent,
- port_line) = sys.argv[1:]
+ port_line, worker_cpu) = sys.argv[1:]
 values = {}
 for line in open(results_file):
     key, *numbers = line.split()
@@ -131,7 +133,8 @@ lines = [
     f"kernel {kernel}, {cpus} CPUs, load average {load} at the start.",
     "",
     "Two containers on Debian's CNI bridge, both attached, served by one stack "
-    f"(`netaccel stack A B --io {io}`, one worker thread; each container's port: "
+    f"(`netaccel stack A B --io {io} --cpu {worker_cpu}`, one worker thread on CPU {worker_cpu}; "
+    "each container's port: "
     f"{port_line.split(' on ', 1)[-1].split(';')[0]}). The same "
     "program, `netaccel-stack-app`, runs every pair: **kernel↔kernel** on kernel sockets at "
     "both ends; **stack↔kernel** its client on the stack of one container, the server on the "

@@ -550,6 +550,19 @@ int run_stack(const StackOptions& options) {
 
     std::atomic<bool> stop{false};
     std::thread data_plane([&] { worker.run(stop); });
+    if (options.worker_cpu >= 0) {
+      // A polling worker on a core of its own does not wait for the
+      // scheduler to bring back the programs it serves, nor they for it.
+      cpu_set_t cpus;
+      CPU_ZERO(&cpus);
+      CPU_SET(options.worker_cpu, &cpus);
+      const int error = pthread_setaffinity_np(data_plane.native_handle(), sizeof cpus, &cpus);
+      if (error != 0) {
+        stop = true;
+        data_plane.join();
+        throw StackError("--cpu " + std::to_string(options.worker_cpu) + ": " + text(error));
+      }
+    }
     Master master(endpoints, worker, epoll_fd);
     master.run(stop, signal_fd.get());
     data_plane.join();

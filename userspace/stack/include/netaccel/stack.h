@@ -14,6 +14,7 @@ struct StackOptions {
   unsigned workers = 1;
   std::string interface;    // default: each container's first
   bool force_copy = false;  // AF_XDP copy mode even where zero-copy exists
+  int worker_cpu = -1;      // the CPU the worker runs on; -1: wherever the scheduler puts it
 };
 
 // Returns the process's exit status; failures print one line to stderr and

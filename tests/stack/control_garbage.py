@@ -3,6 +3,8 @@
 says what came back, for tests/stack/bad_input.sh.
 
   control_garbage.py SOCKET CASE      (control_garbage.py --cases lists them)
+  control_garbage.py SOCKET connect ADDRESS PORT
+                                      a well-formed connect request
 
 The socket is SOCK_SEQPACKET; a request is stack_protocol.h's StackRequest
 (magic, version, op, address, port, backlog: native byte order, 20 bytes),
@@ -51,16 +53,16 @@ CASES = {
 }
 
 
-def run(path, case):
+def run(path, case, message):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.settimeout(5)
     sock.connect(path)
     result = {"case": case}
-    if CASES[case] is None:
+    if message is None:
         sock.close()
         result["reply"] = "closed"
         return result
-    sock.send(CASES[case]())
+    sock.send(message)
     try:
         reply = sock.recv(4096)
     except socket.timeout:
@@ -96,9 +98,15 @@ def main():
     if len(sys.argv) == 2 and sys.argv[1] == "--cases":
         print("\n".join(CASES))
         return 0
+    if len(sys.argv) == 5 and sys.argv[2] == "connect":
+        address = struct.unpack("=I", socket.inet_aton(sys.argv[3]))[0]
+        message = request(op=CONNECT, address=address, port=int(sys.argv[4]))
+        print(json.dumps(run(sys.argv[1], "connect %s:%s" % (sys.argv[3], sys.argv[4]), message)))
+        return 0
     if len(sys.argv) != 3 or sys.argv[2] not in CASES:
         sys.exit("usage: control_garbage.py SOCKET CASE (--cases lists them)")
-    print(json.dumps(run(sys.argv[1], sys.argv[2])))
+    make = CASES[sys.argv[2]]
+    print(json.dumps(run(sys.argv[1], sys.argv[2], make() if make else None)))
     return 0
 
 

@@ -6,6 +6,7 @@
 #include "netaccel/stack.h"
 
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/if_ether.h>
@@ -19,9 +20,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
-
-#include <bpf/bpf.h>
 
 #include <cerrno>
 #include <cstring>
@@ -55,9 +55,15 @@ enum EventKind : uint64_t {
 constexpr uint64_t event_data(EventKind kind, unsigned lane, uint64_t id = 0) {
   return (uint64_t{kind} << 60) | (uint64_t{lane} << 48) | (id & ((uint64_t{1} << 48) - 1));
 }
-constexpr EventKind event_kind(uint64_t data) { return static_cast<EventKind>(data >> 60); }
-constexpr unsigned event_lane(uint64_t data) { return static_cast<unsigned>((data >> 48) & 0xfff); }
-constexpr uint64_t event_id(uint64_t data) { return data & ((uint64_t{1} << 48) - 1); }
+constexpr EventKind event_kind(uint64_t data) {
+  return static_cast<EventKind>(data >> 60);
+}
+constexpr unsigned event_lane(uint64_t data) {
+  return static_cast<unsigned>((data >> 48) & 0xfff);
+}
+constexpr uint64_t event_id(uint64_t data) {
+  return data & ((uint64_t{1} << 48) - 1);
+}
 constexpr std::size_t kMaxContainers = 4096;
 
 class StackError : public std::runtime_error {
@@ -100,12 +106,13 @@ ResolvedContainer resolve(const std::string& spec) {
       ResolvedContainer resolved{container.record.name, {}, container.record};
       const std::string netns = "/run/netns/" + spec;
       struct stat status {};
-      resolved.netns_path = stat(netns.c_str(), &status) == 0 &&
-                                    status.st_ino == container.record.netns_inode
-                                ? netns
-                                : find_netns_path(container.record.netns_inode);
+      resolved.netns_path =
+          stat(netns.c_str(), &status) == 0 && status.st_ino == container.record.netns_inode
+              ? netns
+              : find_netns_path(container.record.netns_inode);
       if (resolved.netns_path.empty()) {
-        throw StackError("container '" + spec + "' has no process left to find its network "
+        throw StackError("container '" + spec +
+                         "' has no process left to find its network "
                          "namespace by; give its netns path instead");
       }
       return resolved;
@@ -135,8 +142,7 @@ UniqueFd open_pinned_map(const std::string& container, const char* map) {
 
 void enter_netns(int netns, const std::string& path) {
   if (setns(netns, CLONE_NEWNET) != 0) {
-    throw StackError("cannot enter the container's network namespace " + path + ": " +
-                     text(errno));
+    throw StackError("cannot enter the container's network namespace " + path + ": " + text(errno));
   }
 }
 
@@ -302,10 +308,10 @@ void write_counters(const std::string& path, const Worker& worker, unsigned lane
        << worker.lane(lane).port->describe() << "\",\"containers_served\":" << worker.lanes() << ","
        << "\"pid\":" << getpid() << ",\"rx_packets\":" << c.port.rx_packets
        << ",\"rx_bytes\":" << c.port.rx_bytes << ",\"tx_packets\":" << c.port.tx_packets
-       << ",\"tx_bytes\":" << c.port.tx_bytes << ",\"drops\":{\"fill_ring_empty\":"
-       << c.port.rx_fill_empty << ",\"rx_ring_full\":" << c.port.rx_ring_full
-       << ",\"tx_ring_full\":" << c.port.tx_ring_full << ",\"invalid_descriptor\":"
-       << c.port.rx_invalid << ",\"checksum\":" << c.checksum_errors
+       << ",\"tx_bytes\":" << c.port.tx_bytes
+       << ",\"drops\":{\"fill_ring_empty\":" << c.port.rx_fill_empty
+       << ",\"rx_ring_full\":" << c.port.rx_ring_full << ",\"tx_ring_full\":" << c.port.tx_ring_full
+       << ",\"invalid_descriptor\":" << c.port.rx_invalid << ",\"checksum\":" << c.checksum_errors
        << ",\"refused_frames\":" << c.rx_frames_dropped << ",\"tcp_segments\":" << c.tcp_dropped
        << "},\"partial_checksums\":" << c.partial_checksums
        << ",\"tcp_retransmissions\":" << c.tcp_retransmissions
@@ -474,12 +480,11 @@ std::string stack_counters_path(const std::string& container_name) {
   return std::string(kStackSocketDirectory) + "/" + container_name + ".json";
 }
 
-int run_stack(const StackOptions& options) {
+namespace {
+
+// One stack process: a master and a worker thread for `options.containers`.
+int run_one_stack(const StackOptions& options) {
   try {
-    if (options.workers != 1) {
-      throw StackError("--workers: one worker serves all the containers of a stack (lwIP keeps "
-                       "process-wide state); run one stack per group of containers");
-    }
     if (options.containers.empty()) throw StackError("name at least one container");
     if (options.containers.size() > kMaxContainers) throw StackError("too many containers");
     bpf::require_privileges();
@@ -571,6 +576,77 @@ int run_stack(const StackOptions& options) {
     std::cerr << "netaccel stack: " << error.what() << std::endl;
     return 1;
   }
+}
+
+// --workers N: lwIP keeps its state per process, so each worker is a stack
+// process of its own (a master and a worker thread), and the containers are
+// dealt to them in turn: each worker runs TCP for the flows of its
+// containers. A container's interface has one queue on a veth, so a
+// container is the unit a worker takes. This process waits for them,
+// passes SIGINT and SIGTERM on, and stops them all when one fails.
+int run_worker_processes(const StackOptions& options) {
+  if (options.workers > options.containers.size()) {
+    std::cerr << "netaccel stack: --workers " << options.workers << " needs at least as many "
+              << "containers (each worker serves whole containers; " << options.containers.size()
+              << " given)" << std::endl;
+    return 1;
+  }
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const UniqueFd signal_fd(signalfd(-1, &signals, SFD_CLOEXEC));
+  std::vector<pid_t> children;
+  for (unsigned worker = 0; worker < options.workers; ++worker) {
+    StackOptions share = options;
+    share.workers = 1;
+    share.containers.clear();
+    for (std::size_t i = worker; i < options.containers.size(); i += options.workers) {
+      share.containers.push_back(options.containers[i]);
+    }
+    if (options.worker_cpu >= 0) share.worker_cpu = options.worker_cpu + static_cast<int>(worker);
+    const pid_t child = fork();
+    if (child == 0) _exit(run_one_stack(share));
+    if (child < 0) {
+      std::cerr << "netaccel stack: cannot start worker " << worker << ": " << text(errno)
+                << std::endl;
+      break;
+    }
+    children.push_back(child);
+  }
+  int status = children.size() == options.workers ? 0 : 1;
+  bool stopping = status != 0;
+  const auto stop_all = [&] {
+    for (const pid_t child : children) kill(child, SIGTERM);
+    stopping = true;
+  };
+  if (stopping) stop_all();
+  std::size_t running = children.size();
+  while (running > 0) {
+    signalfd_siginfo info{};
+    if (read(signal_fd.get(), &info, sizeof info) != sizeof info) continue;
+    if (info.ssi_signo != SIGCHLD) {
+      stop_all();
+      continue;
+    }
+    int child_status = 0;
+    while (waitpid(-1, &child_status, WNOHANG) > 0) {
+      --running;
+      const int code = WIFEXITED(child_status) ? WEXITSTATUS(child_status) : 1;
+      if (code != 0 && status == 0) status = code;
+      // A worker that ends on its own (it failed) ends the others.
+      if (!stopping) stop_all();
+    }
+  }
+  return status;
+}
+
+}  // namespace
+
+int run_stack(const StackOptions& options) {
+  return options.workers > 1 ? run_worker_processes(options) : run_one_stack(options);
 }
 
 }  // namespace netaccel::stack

@@ -3,8 +3,8 @@
 
 #include <bpf/bpf.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,24 +28,24 @@ struct StackConnection {
   ConnectionHost* host = nullptr;
   uint64_t id = 0;
   tcp_pcb* pcb = nullptr;
-  uint16_t port = 0;     // the local port, held in the PortTable
-  bool active = false;   // we connected (the port is ours alone)
+  uint16_t port = 0;    // the local port, held in the PortTable
+  bool active = false;  // we connected (the port is ours alone)
   UniqueFd memory;
   SharedMapping mapping;
   ConnectionSegmentHeader* header = nullptr;
-  uint32_t side = 0;  // the stack's side in the segment
-  ByteRing to_app;    // ring[side]: what the peer sent, for the program
-  ByteRing from_app;  // ring[side ^ 1]: what the program sends
-  UniqueFd app_wake;  // the program sleeps on it
-  UniqueFd lifetime;  // the program's end closing means it let go
-  uint32_t in_flight = 0;  // from_app bytes handed to lwIP, not yet acknowledged
-  pbuf* pending = nullptr; // received, not yet in to_app
+  uint32_t side = 0;        // the stack's side in the segment
+  ByteRing to_app;          // ring[side]: what the peer sent, for the program
+  ByteRing from_app;        // ring[side ^ 1]: what the program sends
+  UniqueFd app_wake;        // the program sleeps on it
+  UniqueFd lifetime;        // the program's end closing means it let go
+  uint32_t in_flight = 0;   // from_app bytes handed to lwIP, not yet acknowledged
+  pbuf* pending = nullptr;  // received, not yet in to_app
   bool connecting = false;
-  bool peer_finished = false;   // the peer's FIN arrived
-  bool eof_published = false;   // to_app is closed for writing
-  bool fin_queued = false;      // our FIN is queued behind the data
-  bool program_gone = false;    // the lifetime end closed
-  bool pcb_gone = false;        // lwIP freed the pcb (error) or we let it go
+  bool peer_finished = false;  // the peer's FIN arrived
+  bool eof_published = false;  // to_app is closed for writing
+  bool fin_queued = false;     // our FIN is queued behind the data
+  bool program_gone = false;   // the lifetime end closed
+  bool pcb_gone = false;       // lwIP freed the pcb (error) or we let it go
 
   uint32_t program_side() const { return side ^ 1; }
 };
@@ -460,8 +460,8 @@ bool ConnectionHost::deliver(StackConnection& connection) {
   bool moved = false;
   uint32_t delivered = 0;
   while (connection.pending != nullptr) {
-    const std::size_t written = connection.to_app.write(connection.pending->payload,
-                                                        connection.pending->len);
+    const std::size_t written =
+        connection.to_app.write(connection.pending->payload, connection.pending->len);
     if (written == 0) break;
     delivered += static_cast<uint32_t>(written);
     connection.pending = pbuf_free_header(connection.pending, static_cast<u16_t>(written));
@@ -598,17 +598,16 @@ bool ConnectionHost::announce_sleep() {
   for (auto& [id, connection] : connections_) {
     // Bytes lwIP cannot take yet (window or send buffer full) are not work:
     // the acknowledgement that makes room arrives as a frame and wakes us.
-    const bool data_waits = connection->pcb != nullptr && !connection->connecting &&
-                            tcp_sndbuf(connection->pcb) > 0 &&
-                            connection->from_app.readable(connection->in_flight + 1) >
-                                connection->in_flight;
+    const bool data_waits =
+        connection->pcb != nullptr && !connection->connecting && tcp_sndbuf(connection->pcb) > 0 &&
+        connection->from_app.readable(connection->in_flight + 1) > connection->in_flight;
     const bool room_waits = connection->pending != nullptr && connection->to_app.writable() > 0;
     const bool closing =
         connection->from_app.control().writer_closed.load(std::memory_order_acquire) != 0 &&
         !connection->fin_queued && connection->pcb != nullptr;
-    const bool aborted =
-        connection->header->aborted[connection->program_side()].load(std::memory_order_relaxed) !=
-        0 && connection->pcb != nullptr;
+    const bool aborted = connection->header->aborted[connection->program_side()].load(
+                             std::memory_order_relaxed) != 0 &&
+                         connection->pcb != nullptr;
     if (data_waits || room_waits || closing || aborted) {
       withdraw_sleep();
       return false;

@@ -167,5 +167,29 @@ while [[ -S $SOCKET ]] && ((SECONDS < deadline)); do sleep 0.1; done
 [[ ! -S $SOCKET ]] || na_fail "the stack's socket is still there after SIGTERM"
 entries=$(bpftool map dump pinned /sys/fs/bpf/netaccel/na-stack/steering -j | jq length)
 [[ $entries == 0 ]] || na_fail "$entries steering entries left after the stack stopped"
+
+na_step "two workers: each container on a stack process of its own, stack to stack"
+if [[ -n ${LOSSY_PID:-} ]]; then  # the bridge again, without the impairments
+  for port in "${ports[@]}"; do ip link set "$port" master na-br0 || na_fail "cannot put $port back"; done
+fi
+"$NETACCEL" attach na-peer >/dev/null 2>&1 || na_fail "attach na-peer failed"
+na_bg workers "$NETACCEL" stack na-stack na-peer --workers 2 --io "$IO"
+WORKERS_PID=$NA_LAST_PID
+deadline=$((SECONDS + 20))
+until [[ -S $SOCKET && -S /run/netaccel/stack/na-peer.sock ]]; do
+  ((SECONDS < deadline)) || na_fail "the two workers did not start: $(cat "$NA_TMP/workers.log")"
+  sleep 0.1
+done
+[[ $(jq .pid "$COUNTERS") != $(jq .pid /run/netaccel/stack/na-peer.json) ]] ||
+  na_fail "--workers 2 served both containers from one process"
+na_bg stack-echo "$APP" --stack na-peer echo --port 7300
+sleep 0.3
+na_timeout 60 "$APP" --stack na-stack pingpong --to "$PEER_IP" --port 7300 --count 1000 \
+  >"$NA_TMP/pingpong-workers" || na_fail "stack-to-stack ping-pong across two workers failed"
+na_log "two workers, stack to stack: $(cat "$NA_TMP/pingpong-workers")"
+kill -TERM "$WORKERS_PID"
+na_wait_exit "$WORKERS_PID" 10 "the workers' parent"
+[[ ! -S $SOCKET && ! -S /run/netaccel/stack/na-peer.sock ]] || na_fail "a worker's socket outlived SIGTERM"
 "$NETACCEL" detach na-stack >/dev/null || na_fail "detach failed"
+"$NETACCEL" detach na-peer >/dev/null || na_fail "detach na-peer failed"
 na_pass

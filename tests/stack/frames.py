@@ -162,6 +162,7 @@ def send(args):
     dst = socket.inet_aton(args.dst_ip)
     sent = refused = 0
     errors = set()
+    frame = b""
     for _ in range(args.count):
         frame = build(args.kind, dst_mac, src_mac, src, dst, random.randint(20000, 60000), args.port)
         try:

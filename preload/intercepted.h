@@ -9,8 +9,10 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -24,6 +26,8 @@ struct Socket;
 #undef NETACCEL_CALL
 int netaccel_fcntl(int fd, int command, unsigned long argument);
 int netaccel_ioctl(int fd, unsigned long request, void* argument);
+void* netaccel_mremap(void* address, size_t old_length, size_t new_length, int flags,
+                      void* new_address);
 
 // `fd` left netaccel: when it was the socket's last descriptor, drop the
 // socket from every emulated epoll set; if the number now holds a kernel

@@ -10,6 +10,7 @@
 #include "pipes.h"
 #include "real_calls.h"
 #include "runtime.h"
+#include "user_memory.h"
 
 #define NETACCEL_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -35,6 +36,9 @@ NETACCEL_EXPORT int fcntl64(int fd, int command, ...) __attribute__((alias("fcnt
 // The large-file name of the same call (off_t is 64 bits on our targets).
 NETACCEL_EXPORT FILE* freopen64(const char* path, const char* mode, FILE* stream)
     __attribute__((alias("freopen")));
+// The large-file name of the same call (off_t is 64 bits on our targets).
+NETACCEL_EXPORT void* mmap64(void* address, size_t length, int protection, int flags, int fd,
+                             off_t offset) __attribute__((alias("mmap")));
 // The large-file name of the same call (off_t is 64 bits on our targets).
 NETACCEL_EXPORT ssize_t sendfile64(int out_fd, int in_fd, off_t* offset, size_t count)
     __attribute__((alias("sendfile")));
@@ -103,6 +107,18 @@ NETACCEL_EXPORT int ioctl(int fd, unsigned long request, ...) {
   return netaccel::preload::netaccel_ioctl(fd, request, argument);
 }
 
+// The new address follows only with MREMAP_FIXED, as glibc reads it.
+NETACCEL_EXPORT void* mremap(void* address, size_t old_length, size_t new_length, int flags, ...) {
+  void* new_address = nullptr;
+  if (flags & MREMAP_FIXED) {
+    va_list arguments;
+    va_start(arguments, flags);
+    new_address = va_arg(arguments, void*);
+    va_end(arguments);
+  }
+  return netaccel::preload::netaccel_mremap(address, old_length, new_length, flags, new_address);
+}
+
 // _exit() skips the destructors: a forked child that ends with it (after a
 // failed exec, Python's os._exit) still leaves the pipe read ends it held,
 // or a writer would not see EPIPE once the other readers are gone.
@@ -128,6 +144,8 @@ __attribute__((constructor)) void initialise_preload() {
   netaccel::preload::config();
   netaccel::preload::register_for_asymmetric_fence();
   pthread_atfork(nullptr, nullptr, netaccel::preload::register_for_asymmetric_fence);
+  // A child lacks what its parent mapped MADV_DONTFORK.
+  pthread_atfork(nullptr, nullptr, netaccel::preload::forget_proven_memory);
   pthread_atfork(nullptr, nullptr, netaccel::preload::start_pipe_statistics_in_child);
   pthread_atfork(netaccel::preload::lock_link_for_fork,
                  netaccel::preload::withdraw_listeners_after_fork,

@@ -20,6 +20,7 @@
 #include "real_calls.h"
 #include "runtime.h"
 #include "signals.h"
+#include "user_memory.h"
 
 namespace netaccel::preload {
 namespace {
@@ -204,6 +205,10 @@ struct RingAttempt {
   std::size_t bytes = 0;
   bool downgraded = false;
   bool no_reader = false;
+  // The program's buffer cannot take (or give) the bytes this copy would
+  // move: the kernel's pipe copies a page whole or not at all, and moves
+  // nothing then (user_memory.h).
+  bool fault = false;
 };
 
 RingAttempt read_ring(Pipe* pipe, const struct iovec* iov, int iovcnt) {
@@ -212,7 +217,14 @@ RingAttempt read_ring(Pipe* pipe, const struct iovec* iov, int iovcnt) {
     RobustLock lock(&pipe->header->read_lock);
     // Under the lock: a downgrade moves the ring's bytes while it holds it.
     attempt.downgraded = pipe->header->downgraded.load(std::memory_order_relaxed) != 0;
-    attempt.bytes = pipe->ring.read(iov, iovcnt);
+    struct iovec piece[64];
+    const int count = accessible_piece(
+        iov, iovcnt, 0, readable_for(pipe->ring, iov_total(iov, iovcnt)), Access::kWrite, piece);
+    if (count < 0) {
+      attempt.fault = true;
+      return attempt;
+    }
+    attempt.bytes = pipe->ring.read(piece, count);
   }
   if (attempt.bytes == 0) return attempt;
   PipeHeader* header = pipe->header;
@@ -248,7 +260,12 @@ RingAttempt write_ring(int fd, Pipe* pipe, const struct iovec* iov, int iovcnt, 
     const uint32_t room = pipe->ring.writable(static_cast<uint32_t>(needed));
     if (room < needed) return attempt;
     struct iovec rest[64];
-    attempt.bytes = pipe->ring.write(rest, iov_advance(iov, iovcnt, skip, room, rest));
+    const int count = accessible_piece(iov, iovcnt, skip, room, Access::kRead, rest);
+    if (count < 0) {
+      attempt.fault = true;
+      return attempt;
+    }
+    attempt.bytes = pipe->ring.write(rest, count);
   }
   // Statistics only when they are printed: no shared add on every write.
   if (config().debug) g_ring_bytes_written.fetch_add(attempt.bytes, std::memory_order_relaxed);
@@ -328,14 +345,16 @@ int intercepted_pipe(int fds[2]) {
 ssize_t pipe_read(int fd, Socket* end, const struct iovec* iov, int iovcnt) {
   Pipe* pipe = end->pipe;
   // The kernel answers what needs no data: the wrong end (EBADF), a bad
-  // vector (EINVAL), an empty read.
-  if (end->pipe_write_end || iovcnt <= 0 || iovcnt > IOV_MAX || iov_total(iov, iovcnt) == 0) {
+  // vector (EINVAL, EFAULT), an empty read.
+  if (end->pipe_write_end || iovcnt <= 0 || iovcnt > IOV_MAX ||
+      vector_error(iov, static_cast<std::size_t>(iovcnt)) != 0 || iov_total(iov, iovcnt) == 0) {
     return real().readv(fd, iov, iovcnt);
   }
   bool hung_up = false;
   for (;;) {
     const RingAttempt attempt = read_ring(pipe, iov, iovcnt);
     if (attempt.bytes > 0) return static_cast<ssize_t>(attempt.bytes);
+    if (attempt.fault) return fail(EFAULT);
     if (attempt.downgraded) return real().readv(fd, iov, iovcnt);
     // No writer left, and what they published before closing is read.
     if (hung_up) return 0;
@@ -359,7 +378,8 @@ ssize_t pipe_read(int fd, Socket* end, const struct iovec* iov, int iovcnt) {
 
 ssize_t pipe_write(int fd, Socket* end, const struct iovec* iov, int iovcnt) {
   Pipe* pipe = end->pipe;
-  if (!end->pipe_write_end || iovcnt <= 0 || iovcnt > IOV_MAX) {
+  if (!end->pipe_write_end || iovcnt <= 0 || iovcnt > IOV_MAX ||
+      vector_error(iov, static_cast<std::size_t>(iovcnt)) != 0) {
     return real().writev(fd, iov, iovcnt);
   }
   const std::size_t total = iov_total(iov, iovcnt);
@@ -379,6 +399,7 @@ ssize_t pipe_write(int fd, Socket* end, const struct iovec* iov, int iovcnt) {
       continue;
     }
     if (attempt.no_reader) return sent > 0 ? static_cast<ssize_t>(sent) : fail_with_sigpipe();
+    if (attempt.fault) return sent > 0 ? static_cast<ssize_t>(sent) : fail(EFAULT);
     sent += attempt.bytes;
     if (sent == total) return static_cast<ssize_t>(sent);
     if (attempt.bytes > 0) continue;

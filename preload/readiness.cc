@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "pipes.h"
 #include "real_calls.h"
 #include "runtime.h"
+#include "user_memory.h"
 
 namespace netaccel::preload {
 
@@ -467,6 +469,43 @@ int nested_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
   }
 }
 
+// The kernel's largest max_events (EP_MAX_EVENTS).
+constexpr int kMaxEpollEvents = INT_MAX / sizeof(struct epoll_event);
+
+// The events array has no room for one event: the kernel then fails with
+// EFAULT as soon as it has an event to report, keeping it for a later wait,
+// and returns 0 when none came before the timeout (ep_send_events).
+int wait_without_room(int epfd, EpollSet* set, struct epoll_event* events, int max_events,
+                      int timeout, const sigset_t* mask) {
+  const int64_t deadline = timeout < 0 ? -1 : monotonic_ns() + int64_t{timeout} * 1000000;
+  for (;;) {
+    if (set->event_wake_registered) {
+      // The monitor's signal would count as news of the kernel's below.
+      drain_event_wake();
+      pump_events();
+    }
+    // Looks that take nothing: ours, then the kernel's.
+    if (set_has_events(epfd, set, 0)) return fail(EFAULT);
+    int sleep_ms = timeout_left_ms(deadline);
+    if (sleep_ms == 0) return 0;
+    const bool space_wait = arm_members(set, true);
+    const bool wake_may_be_missed = !fence_before_sleeping_for_data();
+    if (set_has_events(epfd, set, 0)) {
+      arm_members(set, false);
+      return fail(EFAULT);
+    }
+    if ((space_wait || wake_may_be_missed) && (sleep_ms < 0 || sleep_ms > kSpaceRecheckMs)) {
+      sleep_ms = kSpaceRecheckMs;
+    }
+    // Whatever becomes ready, a wake descriptor of ours included, ends this
+    // sleep with EFAULT and is looked at again above.
+    const int got = real().epoll_pwait(epfd, events, max_events, sleep_ms, mask);
+    const int error = errno;
+    arm_members(set, false);
+    if (got < 0 && error != EFAULT) return fail(error);
+  }
+}
+
 }  // namespace
 
 int intercepted_epoll_create(int size) {
@@ -550,7 +589,7 @@ int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
 int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events, int timeout,
                             const sigset_t* mask) {
   EpollSet* set = find_set(epfd);
-  if (set == nullptr || max_events <= 0) {
+  if (set == nullptr || max_events <= 0 || max_events > kMaxEpollEvents) {
     // Only kernel descriptors, but the results must still hide our tags.
     for (;;) {
       const int got = real().epoll_pwait(epfd, events, max_events, timeout, mask);
@@ -560,6 +599,14 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
     }
   }
   announce_unannounced_listeners(epfd, set);
+  // The kernel writes the events one by one and stops at the first it
+  // cannot write: as many are reported as fit before that.
+  const int room = static_cast<int>(
+      accessible_prefix(events, static_cast<std::size_t>(max_events) * sizeof *events,
+                        Access::kWrite) /
+      sizeof *events);
+  if (room == 0) return wait_without_room(epfd, set, events, max_events, timeout, mask);
+  max_events = room;
   const int64_t start = monotonic_ns();
   const int64_t deadline = timeout < 0 ? -1 : start + static_cast<int64_t>(timeout) * 1000000;
   SpinBudget spin(timeout < 0 ? config().spin_ns
@@ -866,8 +913,32 @@ int64_t timespec_to_ns(const struct timespec* timeout) {
 
 }  // namespace
 
+namespace {
+
+// The kernel copies the array in (EINVAL beyond RLIMIT_NOFILE entries,
+// EFAULT when it cannot read them all) before it polls, and writes every
+// revents back at the end: into an array it cannot write, as far as it can,
+// and then it fails with EFAULT, however the poll went (do_sys_poll).
+int poll_user_array(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigset_t* mask) {
+  const bool too_many = count > SIZE_MAX / sizeof *fds;
+  const std::size_t bytes = count * sizeof *fds;
+  const std::size_t writable = too_many ? 0 : accessible_prefix(fds, bytes, Access::kWrite);
+  if (writable == bytes) return poll_mixed(fds, count, timeout_ns, mask);
+  if (too_many || !accessible(fds, bytes, Access::kRead)) {
+    // Refused before anything is polled: the kernel says why.
+    const struct timespec zero {};
+    return real().ppoll(fds, count, &zero, mask);
+  }
+  std::vector<struct pollfd> copy(fds, fds + count);
+  poll_mixed(copy.data(), count, timeout_ns, mask);
+  for (nfds_t i = 0; (i + 1) * sizeof *fds <= writable; ++i) fds[i].revents = copy[i].revents;
+  return fail(EFAULT);
+}
+
+}  // namespace
+
 int intercepted_poll(struct pollfd* fds, nfds_t count, int timeout) {
-  return poll_mixed(fds, count, timeout < 0 ? -1 : int64_t{timeout} * 1000000, nullptr);
+  return poll_user_array(fds, count, timeout < 0 ? -1 : int64_t{timeout} * 1000000, nullptr);
 }
 
 int intercepted___poll_chk(struct pollfd* fds, nfds_t count, int timeout, size_t fds_size) {
@@ -881,10 +952,29 @@ int intercepted_ppoll(struct pollfd* fds, nfds_t count, const struct timespec* t
       (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000)) {
     return fail(EINVAL);
   }
-  return poll_mixed(fds, count, timespec_to_ns(timeout), mask);
+  return poll_user_array(fds, count, timespec_to_ns(timeout), mask);
 }
 
 namespace {
+
+// The bytes of each fd_set that select reads and writes for `nfds`
+// descriptors (the kernel's FDS_BYTES), within the FD_SETSIZE we handle.
+std::size_t fd_set_bytes(int nfds) {
+  const std::size_t bits = static_cast<std::size_t>(std::clamp(nfds, 0, FD_SETSIZE));
+  constexpr std::size_t kWordBits = 8 * sizeof(long);
+  return (bits + kWordBits - 1) / kWordBits * sizeof(long);
+}
+
+// Whether the kernel could read every set given: otherwise it fails the
+// call with EFAULT before it looks at a descriptor.
+bool fd_sets_readable(int nfds, const fd_set* readable, const fd_set* writable,
+                      const fd_set* exceptional) {
+  const std::size_t bytes = fd_set_bytes(nfds);
+  const fd_set* const sets[3] = {readable, writable, exceptional};
+  return std::all_of(std::begin(sets), std::end(sets), [bytes](const fd_set* set) {
+    return set == nullptr || accessible(set, bytes, Access::kRead);
+  });
+}
 
 int select_mixed(int nfds, fd_set* readable, fd_set* writable, fd_set* exceptional,
                  int64_t timeout_ns, const sigset_t* mask) {
@@ -901,23 +991,31 @@ int select_mixed(int nfds, fd_set* readable, fd_set* writable, fd_set* exception
   for (const struct pollfd& entry : entries) {
     if (entry.revents & POLLNVAL) return fail(EBADF);
   }
-  if (readable != nullptr) FD_ZERO(readable);
-  if (writable != nullptr) FD_ZERO(writable);
-  if (exceptional != nullptr) FD_ZERO(exceptional);
+  fd_set results[3];
+  for (fd_set& result : results) FD_ZERO(&result);
   int bits = 0;
   for (const struct pollfd& entry : entries) {
     if ((entry.events & POLLIN) && (entry.revents & (POLLIN | POLLHUP | POLLERR))) {
-      FD_SET(entry.fd, readable);
+      FD_SET(entry.fd, &results[0]);
       ++bits;
     }
     if ((entry.events & POLLOUT) && (entry.revents & (POLLOUT | POLLERR))) {
-      FD_SET(entry.fd, writable);
+      FD_SET(entry.fd, &results[1]);
       ++bits;
     }
     if ((entry.events & POLLPRI) && (entry.revents & POLLPRI)) {
-      FD_SET(entry.fd, exceptional);
+      FD_SET(entry.fd, &results[2]);
       ++bits;
     }
+  }
+  // As the kernel: only the bytes `nfds` covers are written back, set by
+  // set, and a set it cannot write fails the call with EFAULT.
+  const std::size_t bytes = fd_set_bytes(nfds);
+  fd_set* const sets[3] = {readable, writable, exceptional};
+  for (int i = 0; i < 3; ++i) {
+    if (sets[i] == nullptr) continue;
+    if (!accessible(sets[i], bytes, Access::kWrite)) return fail(EFAULT);
+    memcpy(sets[i], &results[i], bytes);
   }
   return bits;
 }
@@ -939,7 +1037,8 @@ bool any_netaccel(int nfds, const fd_set* readable, const fd_set* writable,
 
 int intercepted_select(int nfds, fd_set* readable, fd_set* writable, fd_set* exceptional,
                        struct timeval* timeout) {
-  if (!any_netaccel(nfds, readable, writable, exceptional)) {
+  if (!fd_sets_readable(nfds, readable, writable, exceptional) ||
+      !any_netaccel(nfds, readable, writable, exceptional)) {
     return real().select(nfds, readable, writable, exceptional, timeout);
   }
   if (timeout != nullptr && (timeout->tv_sec < 0 || timeout->tv_usec < 0)) return fail(EINVAL);
@@ -960,7 +1059,8 @@ int intercepted_select(int nfds, fd_set* readable, fd_set* writable, fd_set* exc
 
 int intercepted_pselect(int nfds, fd_set* readable, fd_set* writable, fd_set* exceptional,
                         const struct timespec* timeout, const sigset_t* mask) {
-  if (!any_netaccel(nfds, readable, writable, exceptional)) {
+  if (!fd_sets_readable(nfds, readable, writable, exceptional) ||
+      !any_netaccel(nfds, readable, writable, exceptional)) {
     return real().pselect(nfds, readable, writable, exceptional, timeout, mask);
   }
   return select_mixed(nfds, readable, writable, exceptional, timespec_to_ns(timeout), mask);

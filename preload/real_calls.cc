@@ -17,6 +17,8 @@ RealCalls resolve() {
 #undef NETACCEL_CALL
   calls.fcntl = reinterpret_cast<int (*)(int, int, ...)>(dlsym(RTLD_NEXT, "fcntl"));
   calls.ioctl = reinterpret_cast<int (*)(int, unsigned long, ...)>(dlsym(RTLD_NEXT, "ioctl"));
+  calls.mremap =
+      reinterpret_cast<void* (*)(void*, size_t, size_t, int, ...)>(dlsym(RTLD_NEXT, "mremap"));
   return calls;
 }
 

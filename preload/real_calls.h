@@ -9,8 +9,10 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -23,6 +25,7 @@ struct RealCalls {
 #undef NETACCEL_CALL
   int (*fcntl)(int, int, ...);
   int (*ioctl)(int, unsigned long, ...);
+  void* (*mremap)(void*, size_t, size_t, int, ...);
 };
 
 // Resolved on first use; safe to call before the library is initialised.

@@ -494,6 +494,12 @@ std::size_t iov_total(const struct iovec* iov, int iovcnt);
 int iov_advance(const struct iovec* iov, int iovcnt, std::size_t skip, std::size_t most,
                 struct iovec* out);
 
+// How many of `wanted` bytes a read of `ring` would take now.
+inline std::size_t readable_for(ByteRing& ring, std::size_t wanted) {
+  const auto asked = static_cast<uint32_t>(std::min<std::size_t>(wanted, ring.capacity()));
+  return std::min<std::size_t>(wanted, ring.readable(asked));
+}
+
 // Calls `visit(fd)` for every descriptor that SCM_RIGHTS parts of
 // `message` carry.
 template <typename Visit>

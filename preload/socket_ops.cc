@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 
 #include "intercepted.h"
@@ -20,6 +21,7 @@
 #include "real_calls.h"
 #include "runtime.h"
 #include "signals.h"
+#include "user_memory.h"
 
 namespace netaccel::preload {
 namespace {
@@ -287,8 +289,9 @@ ssize_t send_urgent(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
   flags &= ~MSG_OOB;
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
-  if (total == 0 || socket->write_shut || c->peer_aborted() ||
-      c->tx.control().reader_closed.load(std::memory_order_acquire)) {
+  // A buffer it cannot read fails as an ordinary send's does, nothing marked.
+  if (total == 0 || !iov_accessible(iov, iovcnt, Access::kRead) || socket->write_shut ||
+      c->peer_aborted() || c->tx.control().reader_closed.load(std::memory_order_acquire)) {
     return stream_send(fd, socket, iov, iovcnt, flags);  // nothing to mark, or its error
   }
   struct iovec normal[64];
@@ -317,9 +320,11 @@ ssize_t receive_urgent(Socket* socket, const struct iovec* iov, int iovcnt, int 
     return fail(EINVAL);
   }
   if (iov_total(iov, iovcnt) == 0) return 0;
+  if (flags & MSG_TRUNC) return 1;
+  // The kernel takes the byte before it copies it: EFAULT loses it.
   struct iovec first[1];
-  iov_advance(iov, iovcnt, 0, 1, first);
-  if (!(flags & MSG_TRUNC)) *static_cast<unsigned char*>(first[0].iov_base) = word & 0xff;
+  if (accessible_piece(iov, iovcnt, 0, 1, Access::kWrite, first) < 0) return fail(EFAULT);
+  *static_cast<unsigned char*>(first[0].iov_base) = word & 0xff;
   return 1;
 }
 
@@ -342,6 +347,11 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
   std::lock_guard guard(socket->send_lock);
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
+  // Buffers not proven readable are checked copy by copy, over exactly the
+  // bytes each takes (user_memory.h). Like the kernel's, whose copy of a
+  // chunk is all or nothing: a copy that would fault sends none of its
+  // bytes, and the call returns what earlier copies sent, or EFAULT.
+  const bool buffers_proven = iov_proven(iov, iovcnt, Access::kRead);
   const bool nonblocking = c->nonblocking() || (flags & MSG_DONTWAIT);
   const int64_t deadline = deadline_after(socket->send_timeout_ns);
   std::size_t sent = 0;
@@ -374,13 +384,18 @@ ssize_t stream_send(int fd, Socket* socket, const struct iovec* iov, int iovcnt,
     std::size_t written;
     const uint32_t limit = ring_queue_limit(
         c->header->ring_buffers[c->side].load(std::memory_order_relaxed), c->tx.capacity());
-    if (sent == 0 && limit == 0) {
+    if (sent == 0 && limit == 0 && buffers_proven) {
       written = c->tx.write(iov, iovcnt);
     } else {
-      // Small socket buffers (SO_SNDBUF, the peer's SO_RCVBUF) leave less room.
-      const std::size_t room = limit == 0 ? total : c->send_room();
+      // Small socket buffers (SO_SNDBUF, the peer's SO_RCVBUF) leave less
+      // room; an unproven copy takes exactly the room there is now.
+      const std::size_t room = limit == 0 && buffers_proven ? total : c->send_room();
       struct iovec rest[64];
-      written = room == 0 ? 0 : c->tx.write(rest, iov_advance(iov, iovcnt, sent, room, rest));
+      const int count = buffers_proven
+                            ? iov_advance(iov, iovcnt, sent, room, rest)
+                            : accessible_piece(iov, iovcnt, sent, room, Access::kRead, rest);
+      if (count < 0) return sent > 0 ? static_cast<ssize_t>(sent) : fail(EFAULT);
+      written = room == 0 ? 0 : c->tx.write(rest, count);
     }
     if (written > 0) {
       sent += written;
@@ -411,6 +426,11 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
   std::lock_guard guard(socket->receive_lock);
   Connection* c = socket->connection;
   const std::size_t total = iov_total(iov, iovcnt);
+  // As in stream_send: unproven buffers are checked over exactly what each
+  // copy takes. The kernel copies a queued segment whole or not at all (the
+  // ring is one segment): a copy that would fault takes nothing, and the
+  // call returns what earlier copies took, or EFAULT.
+  const bool buffers_proven = iov_proven(iov, iovcnt, Access::kWrite);
   const bool peek = flags & MSG_PEEK;
   // TCP's MSG_TRUNC drops the bytes without copying them (the buffer may be null).
   const bool drop = (flags & MSG_TRUNC) && !peek;
@@ -429,11 +449,16 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
     std::size_t taken;
     if (drop) {
       taken = c->rx.discard(total - got);
-    } else if (got == 0) {
+    } else if (got == 0 && buffers_proven) {
       taken = c->rx.read(iov, iovcnt, peek);
     } else {
       struct iovec rest[64];
-      taken = c->rx.read(rest, iov_advance(iov, iovcnt, got, total, rest), peek);
+      const int count = buffers_proven
+                            ? iov_advance(iov, iovcnt, got, total, rest)
+                            : accessible_piece(iov, iovcnt, got, readable_for(c->rx, total - got),
+                                               Access::kWrite, rest);
+      if (count < 0) return got > 0 ? static_cast<ssize_t>(got) : fail(EFAULT);
+      taken = c->rx.read(rest, count, peek);
     }
     if (taken > 0) {
       got += taken;
@@ -471,6 +496,31 @@ ssize_t stream_receive(int fd, Socket* socket, const struct iovec* iov, int iovc
   }
 }
 
+namespace {
+
+// The kernel's copy of a msghdr and its vector (copy_msghdr_from_user,
+// import_iovec, then sendmsg's copy of the control data): 0 or the errno
+// it fails with. Only a send reads the name and the control data.
+int message_error(const struct msghdr* message, bool sending) {
+  if (!accessible(message, sizeof *message, Access::kRead)) return EFAULT;
+  if (message->msg_name != nullptr) {
+    const int name_length = static_cast<int>(message->msg_namelen);
+    if (name_length < 0) return EINVAL;
+    const std::size_t read_length =
+        std::min<std::size_t>(static_cast<std::size_t>(name_length), sizeof(sockaddr_storage));
+    if (sending && !accessible(message->msg_name, read_length, Access::kRead)) return EFAULT;
+  }
+  if (message->msg_iovlen > IOV_MAX) return EMSGSIZE;
+  if (const int error = vector_error(message->msg_iov, message->msg_iovlen)) return error;
+  if (sending && message->msg_controllen != 0) {
+    if (message->msg_controllen > INT_MAX) return ENOBUFS;
+    if (!accessible(message->msg_control, message->msg_controllen, Access::kRead)) return EFAULT;
+  }
+  return 0;
+}
+
+}  // namespace
+
 ssize_t intercepted_send(int fd, const void* buffer, size_t length, int flags) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) return real().send(fd, buffer, length, flags);
@@ -494,12 +544,14 @@ ssize_t intercepted_sendto(int fd, const void* buffer, size_t length, int flags,
 ssize_t intercepted_sendmsg(int fd, const struct msghdr* message, int flags) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) {
-    if (message == nullptr || message->msg_controllen == 0) {
+    // A message the kernel cannot read is its to refuse.
+    if (!accessible(message, sizeof *message, Access::kRead) || message->msg_controllen == 0) {
       return real().sendmsg(fd, message, flags);
     }
     downgrade_passed_pipes(message);
     return send_with_anchors(fd, message, flags);
   }
+  if (const int error = message_error(message, /*sending=*/true)) return fail(error);
   return stream_send(fd, socket.get(), message->msg_iov, static_cast<int>(message->msg_iovlen),
                      flags);
 }
@@ -519,6 +571,7 @@ ssize_t intercepted_writev(int fd, const struct iovec* iov, int iovcnt) {
   if (!socket) return real().writev(fd, iov, iovcnt);
   if (socket->state == SocketState::kPipe) return pipe_write(fd, socket.get(), iov, iovcnt);
   if (iovcnt < 0 || iovcnt > IOV_MAX) return fail(EINVAL);
+  if (const int error = vector_error(iov, static_cast<std::size_t>(iovcnt))) return fail(error);
   return stream_send(fd, socket.get(), iov, iovcnt, 0);
 }
 
@@ -644,8 +697,13 @@ ssize_t intercepted_recvfrom(int fd, void* buffer, size_t length, int flags,
     buffer, length
   };
   const ssize_t got = stream_receive(fd, socket.get(), &iov, 1, flags);
-  // TCP reports no source address.
-  if (got >= 0 && address != nullptr && address_length != nullptr) *address_length = 0;
+  if (got < 0 || address == nullptr) return got;
+  // TCP reports no source address: as the kernel (move_addr_to_user), after
+  // the data is taken, the length is read, checked and set to 0.
+  if (!accessible(address_length, sizeof *address_length, Access::kRead)) return fail(EFAULT);
+  if (static_cast<int>(*address_length) < 0) return fail(EINVAL);
+  if (!accessible(address_length, sizeof *address_length, Access::kWrite)) return fail(EFAULT);
+  *address_length = 0;
   return got;
 }
 
@@ -658,13 +716,17 @@ ssize_t intercepted_recvmsg(int fd, struct msghdr* message, int flags) {
     }
     return got;
   }
+  if (const int error = message_error(message, /*sending=*/false)) return fail(error);
   const ssize_t got = stream_receive(fd, socket.get(), message->msg_iov,
                                      static_cast<int>(message->msg_iovlen), flags);
-  if (got >= 0) {
-    message->msg_namelen = 0;
-    message->msg_controllen = 0;
-    message->msg_flags = flags & MSG_OOB;
-  }
+  if (got < 0) return got;
+  // The kernel writes these back once the data is taken (____sys_recvmsg):
+  // a msghdr it cannot write fails the call then, the data gone. TCP has no
+  // source address to report.
+  if (!accessible(message, sizeof *message, Access::kWrite)) return fail(EFAULT);
+  if (message->msg_name != nullptr) message->msg_namelen = 0;
+  message->msg_controllen = 0;
+  message->msg_flags = flags & MSG_OOB;
   return got;
 }
 
@@ -683,6 +745,7 @@ ssize_t intercepted_readv(int fd, const struct iovec* iov, int iovcnt) {
   if (!socket) return real().readv(fd, iov, iovcnt);
   if (socket->state == SocketState::kPipe) return pipe_read(fd, socket.get(), iov, iovcnt);
   if (iovcnt < 0 || iovcnt > IOV_MAX) return fail(EINVAL);
+  if (const int error = vector_error(iov, static_cast<std::size_t>(iovcnt))) return fail(error);
   return stream_receive(fd, socket.get(), iov, iovcnt, 0);
 }
 

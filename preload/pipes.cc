@@ -211,20 +211,25 @@ struct RingAttempt {
   bool fault = false;
 };
 
-RingAttempt read_ring(Pipe* pipe, const struct iovec* iov, int iovcnt) {
+// `buffers_proven`: the program may write all of `iov` (user_memory.h);
+// otherwise what this copy takes is checked first.
+RingAttempt read_ring(Pipe* pipe, const struct iovec* iov, int iovcnt, bool buffers_proven) {
   RingAttempt attempt;
   {
     RobustLock lock(&pipe->header->read_lock);
     // Under the lock: a downgrade moves the ring's bytes while it holds it.
     attempt.downgraded = pipe->header->downgraded.load(std::memory_order_relaxed) != 0;
     struct iovec piece[64];
-    const int count = accessible_piece(
-        iov, iovcnt, 0, readable_for(pipe->ring, iov_total(iov, iovcnt)), Access::kWrite, piece);
-    if (count < 0) {
-      attempt.fault = true;
-      return attempt;
+    if (!buffers_proven) {
+      iovcnt = accessible_piece(iov, iovcnt, 0, readable_for(pipe->ring, iov_total(iov, iovcnt)),
+                                Access::kWrite, piece);
+      if (iovcnt < 0) {
+        attempt.fault = true;
+        return attempt;
+      }
+      iov = piece;
     }
-    attempt.bytes = pipe->ring.read(piece, count);
+    attempt.bytes = pipe->ring.read(iov, iovcnt);
   }
   if (attempt.bytes == 0) return attempt;
   PipeHeader* header = pipe->header;
@@ -240,8 +245,9 @@ RingAttempt read_ring(Pipe* pipe, const struct iovec* iov, int iovcnt) {
 }
 
 // Writes of at most PIPE_BUF bytes go in whole (`needed` is their size).
+// `buffers_proven`: the program may read all of `iov` (user_memory.h).
 RingAttempt write_ring(int fd, Pipe* pipe, const struct iovec* iov, int iovcnt, std::size_t skip,
-                       std::size_t needed) {
+                       std::size_t needed, bool buffers_proven) {
   RingAttempt attempt;
   PipeHeader* header = pipe->header;
   {
@@ -260,7 +266,9 @@ RingAttempt write_ring(int fd, Pipe* pipe, const struct iovec* iov, int iovcnt, 
     const uint32_t room = pipe->ring.writable(static_cast<uint32_t>(needed));
     if (room < needed) return attempt;
     struct iovec rest[64];
-    const int count = accessible_piece(iov, iovcnt, skip, room, Access::kRead, rest);
+    const int count = buffers_proven
+                          ? iov_advance(iov, iovcnt, skip, room, rest)
+                          : accessible_piece(iov, iovcnt, skip, room, Access::kRead, rest);
     if (count < 0) {
       attempt.fault = true;
       return attempt;
@@ -345,14 +353,14 @@ int intercepted_pipe(int fds[2]) {
 ssize_t pipe_read(int fd, Socket* end, const struct iovec* iov, int iovcnt) {
   Pipe* pipe = end->pipe;
   // The kernel answers what needs no data: the wrong end (EBADF), a bad
-  // vector (EINVAL, EFAULT), an empty read.
-  if (end->pipe_write_end || iovcnt <= 0 || iovcnt > IOV_MAX ||
-      vector_error(iov, static_cast<std::size_t>(iovcnt)) != 0 || iov_total(iov, iovcnt) == 0) {
+  // vector (EINVAL), an empty read.
+  if (end->pipe_write_end || iovcnt <= 0 || iovcnt > IOV_MAX || iov_total(iov, iovcnt) == 0) {
     return real().readv(fd, iov, iovcnt);
   }
+  const bool buffers_proven = iov_proven(iov, iovcnt, Access::kWrite);
   bool hung_up = false;
   for (;;) {
-    const RingAttempt attempt = read_ring(pipe, iov, iovcnt);
+    const RingAttempt attempt = read_ring(pipe, iov, iovcnt, buffers_proven);
     if (attempt.bytes > 0) return static_cast<ssize_t>(attempt.bytes);
     if (attempt.fault) return fail(EFAULT);
     if (attempt.downgraded) return real().readv(fd, iov, iovcnt);
@@ -378,17 +386,17 @@ ssize_t pipe_read(int fd, Socket* end, const struct iovec* iov, int iovcnt) {
 
 ssize_t pipe_write(int fd, Socket* end, const struct iovec* iov, int iovcnt) {
   Pipe* pipe = end->pipe;
-  if (!end->pipe_write_end || iovcnt <= 0 || iovcnt > IOV_MAX ||
-      vector_error(iov, static_cast<std::size_t>(iovcnt)) != 0) {
+  if (!end->pipe_write_end || iovcnt <= 0 || iovcnt > IOV_MAX) {
     return real().writev(fd, iov, iovcnt);
   }
   const std::size_t total = iov_total(iov, iovcnt);
   if (total == 0) return real().writev(fd, iov, iovcnt);
   // Up to PIPE_BUF bytes never interleave with other writers' bytes.
   const std::size_t needed = total <= PIPE_BUF ? total : 1;
+  const bool buffers_proven = iov_proven(iov, iovcnt, Access::kRead);
   std::size_t sent = 0;
   for (;;) {
-    const RingAttempt attempt = write_ring(fd, pipe, iov, iovcnt, sent, needed);
+    const RingAttempt attempt = write_ring(fd, pipe, iov, iovcnt, sent, needed, buffers_proven);
     if (attempt.downgraded) {
       struct iovec rest[64];
       const ssize_t written =

@@ -24,7 +24,8 @@ namespace netaccel::preload {
 struct Socket;
 struct Pipe;
 
-// Data path on the table entry `end` (state kPipe) of descriptor `fd`.
+// Data path on the table entry `end` (state kPipe) of descriptor `fd`. The
+// vector is ours or was checked (vector_error).
 ssize_t pipe_read(int fd, Socket* end, const struct iovec* iov, int iovcnt);
 ssize_t pipe_write(int fd, Socket* end, const struct iovec* iov, int iovcnt);
 

@@ -437,7 +437,9 @@ int timeout_left_ms(int64_t deadline_ns) {
 // keeps nesting it (and refuses loops); our tag there wakes the outer wait,
 // which works out the inner set's readiness itself.
 int nested_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
-  if (op != EPOLL_CTL_DEL && event == nullptr) return fail(EFAULT);
+  if (op != EPOLL_CTL_DEL && !accessible(event, sizeof *event, Access::kRead)) {
+    return fail(EFAULT);
+  }
   EpollSet* set = op == EPOLL_CTL_ADD ? find_or_create_set(epfd) : find_set(epfd);
   if (set == nullptr) return real().epoll_ctl(epfd, op, fd, event);
   if (op == EPOLL_CTL_ADD) find_or_create_set(fd);  // its readiness is worked out from it
@@ -528,7 +530,9 @@ int intercepted_epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
     }
     return real().epoll_ctl(epfd, op, fd, event);
   }
-  if (op != EPOLL_CTL_DEL && event == nullptr) return fail(EFAULT);
+  if (op != EPOLL_CTL_DEL && !accessible(event, sizeof *event, Access::kRead)) {
+    return fail(EFAULT);
+  }
   if (epfd == fd) return fail(EINVAL);
   EpollSet* set = op == EPOLL_CTL_ADD ? find_or_create_set(epfd) : find_set(epfd);
   if (set == nullptr) return op == EPOLL_CTL_ADD ? fail(EBADF) : fail(ENOENT);

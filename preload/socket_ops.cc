@@ -519,6 +519,16 @@ int message_error(const struct msghdr* message, bool sending) {
   return 0;
 }
 
+// readv and writev: the kernel refuses a bad count (EINVAL) or vector
+// (vector_error) before it touches the file. 0 when both are fine; -1 when
+// the kernel is to answer (a pipe's end, whose EBADF for the wrong end
+// comes first), else the errno.
+int vector_call_error(const Socket* socket, const struct iovec* iov, int iovcnt) {
+  const int error =
+      iovcnt < 0 || iovcnt > IOV_MAX ? EINVAL : vector_error(iov, static_cast<std::size_t>(iovcnt));
+  return error != 0 && socket->state == SocketState::kPipe ? -1 : error;
+}
+
 }  // namespace
 
 ssize_t intercepted_send(int fd, const void* buffer, size_t length, int flags) {
@@ -569,9 +579,10 @@ ssize_t intercepted_write(int fd, const void* buffer, size_t length) {
 ssize_t intercepted_writev(int fd, const struct iovec* iov, int iovcnt) {
   SocketRef socket = lookup_descriptor(fd);
   if (!socket) return real().writev(fd, iov, iovcnt);
+  if (const int error = vector_call_error(socket.get(), iov, iovcnt)) {
+    return error < 0 ? real().writev(fd, iov, iovcnt) : fail(error);
+  }
   if (socket->state == SocketState::kPipe) return pipe_write(fd, socket.get(), iov, iovcnt);
-  if (iovcnt < 0 || iovcnt > IOV_MAX) return fail(EINVAL);
-  if (const int error = vector_error(iov, static_cast<std::size_t>(iovcnt))) return fail(error);
   return stream_send(fd, socket.get(), iov, iovcnt, 0);
 }
 
@@ -585,6 +596,8 @@ ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count)
   if (!socket || socket->state != SocketState::kConnected) {
     return real().sendfile(out_fd, in_fd, offset, count);
   }
+  // As the kernel: the offset is read first and written back at the end.
+  if (offset != nullptr && !accessible(offset, sizeof *offset, Access::kRead)) return fail(EFAULT);
   char buffer[16384];
   off_t position = offset != nullptr ? *offset : 0;
   size_t done = 0;
@@ -610,7 +623,10 @@ ssize_t intercepted_sendfile(int out_fd, int in_fd, off_t* offset, size_t count)
     position += sent;
     if (unsent > 0) break;
   }
-  if (offset != nullptr) *offset = position;
+  if (offset != nullptr) {
+    if (!accessible(offset, sizeof *offset, Access::kWrite)) return fail(EFAULT);
+    *offset = position;
+  }
   return static_cast<ssize_t>(done);
 }
 
@@ -743,9 +759,10 @@ ssize_t intercepted_read(int fd, void* buffer, size_t length) {
 ssize_t intercepted_readv(int fd, const struct iovec* iov, int iovcnt) {
   SocketRef socket = lookup_descriptor(fd);
   if (!socket) return real().readv(fd, iov, iovcnt);
+  if (const int error = vector_call_error(socket.get(), iov, iovcnt)) {
+    return error < 0 ? real().readv(fd, iov, iovcnt) : fail(error);
+  }
   if (socket->state == SocketState::kPipe) return pipe_read(fd, socket.get(), iov, iovcnt);
-  if (iovcnt < 0 || iovcnt > IOV_MAX) return fail(EINVAL);
-  if (const int error = vector_error(iov, static_cast<std::size_t>(iovcnt))) return fail(error);
   return stream_receive(fd, socket.get(), iov, iovcnt, 0);
 }
 

@@ -22,7 +22,7 @@
 namespace netaccel::preload {
 
 __thread ProvenRanges t_proven __attribute__((tls_model("initial-exec")));
-std::atomic<uint32_t> g_mapping_generation{0};
+std::atomic<uint64_t> g_mapping_generation{0};
 
 namespace {
 
@@ -43,11 +43,13 @@ std::size_t probe_pages(struct iovec* pages, std::size_t count, Access access) {
   struct iovec local {
     bytes, count
   };
-  const pid_t self = getpid();
+  // Our own thread: the process's leader may have exited before us.
+  const pid_t self = gettid();
   ssize_t readable = process_vm_readv(self, &local, 1, pages, count, 0);
   if (readable < 0 && errno != EFAULT) {
-    // ENOSYS, EPERM: a filter forbids the call. Unchecked, as before.
-    g_probe_refused.store(true, std::memory_order_relaxed);
+    // ENOSYS, EPERM: a filter forbids the call; unchecked from now on, as
+    // before this check existed. Anything else: unchecked this once.
+    if (errno == ENOSYS || errno == EPERM) g_probe_refused.store(true, std::memory_order_relaxed);
     return count;
   }
   if (readable <= 0 || access == Access::kRead) return readable < 0 ? 0 : readable;
@@ -59,39 +61,56 @@ std::size_t probe_pages(struct iovec* pages, std::size_t count, Access access) {
   return writable < 0 ? 0 : static_cast<std::size_t>(writable);
 }
 
-// Slots are rewritten so that a signal handler running a send on this
+// Ranges are rewritten so that a signal handler running a send on this
 // thread in the middle never sees more proven than was.
-void write_range(ProvenRange& range, uintptr_t begin, uintptr_t end, uint8_t access) {
-  range.end = 0;
+void write_range(ProvenRange& range, uintptr_t begin, uintptr_t size) {
+  range.size = 0;
   std::atomic_signal_fence(std::memory_order_seq_cst);
   range.begin = begin;
-  range.access = access;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  range.end = end;
+  range.size = size;
 }
 
 // Remembers [begin, end) (whole pages) as accessible, proven while the
 // mapping generation was `generation`.
-void remember(uintptr_t begin, uintptr_t end, Access access, uint32_t generation) {
+void remember(uintptr_t begin, uintptr_t end, Access access, uint64_t generation) {
   // A mapping changed during the probe: the proof may be stale already.
   if (g_mapping_generation.load(std::memory_order_relaxed) != generation) return;
   ProvenRanges& proven_ranges = t_proven;
   if (proven_ranges.generation != generation) {
-    for (ProvenRange& range : proven_ranges.ranges) write_range(range, 0, 0, 0);
+    for (ProvenRange& range : proven_ranges.last_held) write_range(range, 0, 0);
+    for (auto& kind : proven_ranges.ranges) {
+      for (ProvenRange& range : kind) write_range(range, 0, 0);
+    }
     proven_ranges.generation = generation;
   }
-  const auto kind = static_cast<uint8_t>(access);
-  for (ProvenRange& range : proven_ranges.ranges) {
-    // Ranges of one kind that touch become one (a buffer grown or moved along).
-    if (range.end != 0 && range.access == kind && begin <= range.end && range.begin <= end) {
-      write_range(range, std::min(begin, range.begin), std::max(end, range.end), kind);
+  const int kind = static_cast<int>(access);
+  for (ProvenRange& range : proven_ranges.ranges[kind]) {
+    // Ranges that touch become one (a buffer grown or moved along).
+    if (range.size != 0 && begin <= range.begin + range.size && range.begin <= end) {
+      const uintptr_t merged_begin = std::min(begin, range.begin);
+      write_range(range, merged_begin, std::max(end, range.begin + range.size) - merged_begin);
       return;
     }
   }
-  write_range(proven_ranges.ranges[proven_ranges.next++ % kProvenRanges], begin, end, kind);
+  write_range(proven_ranges.ranges[kind][proven_ranges.next[kind]++ % kProvenRanges], begin,
+              end - begin);
 }
 
 }  // namespace
+
+bool proven_in_slots(uintptr_t begin, std::size_t length, Access access) {
+  // Writable ranges are readable too.
+  for (int kind = static_cast<int>(access); kind <= static_cast<int>(Access::kWrite); ++kind) {
+    for (const ProvenRange& range : t_proven.ranges[kind]) {
+      if (range_holds(range, begin, length)) {
+        write_range(t_proven.last_held[static_cast<int>(access)], range.begin, range.size);
+        return true;
+      }
+    }
+  }
+  return false;
+}
 
 std::size_t accessible_prefix(const void* address, std::size_t length, Access access) {
   if (length == 0 || proven(address, length, access)) return length;
@@ -101,7 +120,7 @@ std::size_t accessible_prefix(const void* address, std::size_t length, Access ac
   // kernel's access_ok refuses it.
   if (length - 1 > UINTPTR_MAX - begin) return 0;
   const int saved_errno = errno;
-  const uint32_t generation = g_mapping_generation.load(std::memory_order_relaxed);
+  const uint64_t generation = g_mapping_generation.load(std::memory_order_relaxed);
   const uintptr_t page_bytes = page_size();
   const uintptr_t last_page = (begin + (length - 1)) & ~(page_bytes - 1);
   std::size_t accessible = length;
@@ -135,13 +154,11 @@ int accessible_piece(const struct iovec* iov, int iovcnt, std::size_t skip, std:
   return iov_accessible(out, count, access) ? count : -1;
 }
 
-int vector_error(const struct iovec* iov, std::size_t count) {
-  const std::size_t bytes = count * sizeof(struct iovec);
-  const std::size_t readable =
-      count > SIZE_MAX / sizeof(struct iovec) ? 0 : accessible_prefix(iov, bytes, Access::kRead);
+int vector_error_probing(const struct iovec* iov, std::size_t count) {
+  const std::size_t readable = accessible_prefix(iov, count * sizeof *iov, Access::kRead);
   for (std::size_t i = 0; i < count; ++i) {
-    if ((i + 1) * sizeof(struct iovec) > readable) return EFAULT;
-    if (iov[i].iov_len > static_cast<std::size_t>(SSIZE_MAX)) return EINVAL;
+    if ((i + 1) * sizeof *iov > readable) return EFAULT;
+    if (static_cast<ssize_t>(iov[i].iov_len) < 0) return EINVAL;
   }
   return 0;
 }

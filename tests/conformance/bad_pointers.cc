@@ -10,6 +10,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/select.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -408,6 +409,25 @@ CONFORMANCE_CASE(kArea, buffers_taken_away_after_use, 1,
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, sendfile_bad_offset_pointer, 1,
+                 "sendfile to a netaccel socket with an unmapped offset pointer (EFAULT, nothing "
+                 "sent) and a read-only one (the data sent, then EFAULT)") {
+  const TcpPair pair = tcp_pair();
+  const int file = static_cast<int>(require("memfd_create", memfd_create("data", MFD_CLOEXEC)));
+  require("write", write(file, "0123456789", 10));
+  const BadPages pages = bad_pages();
+  report("sendfile unmapped offset",
+         sendfile(pair.client, file, reinterpret_cast<off_t*>(pages.hole), 4));
+  memset(pages.writable, 0, sizeof(off_t));
+  require("mprotect", mprotect(pages.writable, pages.page, PROT_READ));
+  report("sendfile read-only offset",
+         sendfile(pair.client, file, reinterpret_cast<off_t*>(pages.writable), 4));
+  show_exact("peer reads", pair.server, 4);
+  show_nothing_sent(pair);
+  close(file);
+  close_pair(pair);
+}
+
 // ---------------------------------------------------------------------------
 // Readiness calls with arrays that cannot be read or written.
 
@@ -459,6 +479,23 @@ CONFORMANCE_CASE(kArea, epoll_wait_unwritable_events, 1,
   show_exact("then read", pair.server, 4);
   close(epfd);
   close(kernel_fd);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, epoll_ctl_bad_event_pointer, 1,
+                 "epoll_ctl ADD and MOD of a netaccel socket with a null, unmapped or PROT_NONE "
+                 "event: EFAULT, nothing registered") {
+  const TcpPair pair = pair_with_queued("x");
+  const BadPages pages = bad_pages();
+  const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(EPOLL_CLOEXEC)));
+  report("epoll_ctl ADD null", epoll_ctl(epfd, EPOLL_CTL_ADD, pair.server, null<epoll_event>()));
+  report("epoll_ctl ADD unmapped",
+         epoll_ctl(epfd, EPOLL_CTL_ADD, pair.server, reinterpret_cast<epoll_event*>(pages.hole)));
+  report("epoll_ctl MOD PROT_NONE", epoll_ctl(epfd, EPOLL_CTL_MOD, pair.server,
+                                              reinterpret_cast<epoll_event*>(pages.no_access)));
+  epoll_event events[2];
+  report("epoll_wait", epoll_wait(epfd, events, 2, 0));
+  close(epfd);
   close_pair(pair);
 }
 

@@ -95,8 +95,11 @@ void show_nothing_sent(const TcpPair& pair) {
 
 // A kernel descriptor that is readable: mixed into the readiness sets.
 int readable_eventfd() {
-  const int fd = static_cast<int>(require("eventfd", eventfd(1, EFD_CLOEXEC)));
-  return fd;
+  return static_cast<int>(require("eventfd", eventfd(1, EFD_CLOEXEC)));
+}
+
+int new_epoll() {
+  return static_cast<int>(require("epoll_create1", epoll_create1(EPOLL_CLOEXEC)));
 }
 
 }  // namespace
@@ -438,7 +441,7 @@ CONFORMANCE_CASE(kArea, epoll_wait_unwritable_events, 1,
   const TcpPair pair = tcp_pair();
   const int kernel_fd = static_cast<int>(require("eventfd", eventfd(0, EFD_CLOEXEC)));
   const BadPages pages = bad_pages();
-  const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(EPOLL_CLOEXEC)));
+  const int epfd = new_epoll();
   epoll_event event{};
   event.events = EPOLLIN | EPOLLET;
   event.data.u32 = 7;
@@ -487,7 +490,7 @@ CONFORMANCE_CASE(kArea, epoll_ctl_bad_event_pointer, 1,
                  "event: EFAULT, nothing registered") {
   const TcpPair pair = pair_with_queued("x");
   const BadPages pages = bad_pages();
-  const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(EPOLL_CLOEXEC)));
+  const int epfd = new_epoll();
   report("epoll_ctl ADD null", epoll_ctl(epfd, EPOLL_CTL_ADD, pair.server, null<epoll_event>()));
   report("epoll_ctl ADD unmapped",
          epoll_ctl(epfd, EPOLL_CTL_ADD, pair.server, reinterpret_cast<epoll_event*>(pages.hole)));
@@ -506,7 +509,7 @@ CONFORMANCE_CASE(kArea, epoll_wait_events_running_past_mapping, 2,
   const TcpPair second = pair_with_queued("2");
   const int kernel_fd = readable_eventfd();
   const BadPages pages = bad_pages();
-  const int epfd = static_cast<int>(require("epoll_create1", epoll_create1(EPOLL_CLOEXEC)));
+  const int epfd = new_epoll();
   const int members[3] = {first.server, second.server, kernel_fd};
   for (uint32_t i = 0; i < 3; ++i) {
     epoll_event event{};

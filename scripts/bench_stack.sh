@@ -95,6 +95,41 @@ for round in $(seq "$ROUNDS"); do
     while read -r name value; do RESULTS[$pair.$name]+="$value "; done < <(bulk "$pair" "$port")
   done
 done
+# What an exchange and a MiB cost, counted rather than timed (machine-wide,
+# so every process of a pair and the stack are in): system calls, context
+# switches and busy CPU time. One more pass of each pair, apart from the
+# timed rounds so that the counting does not slow them.
+busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+count_costs() {  # PAIR KIND UNITS CMD...: prints "KIND_syscalls X", ... per unit
+  local pair=$1 kind=$2 units=$3 before after out=$NA_TMP/perf-$1-$2.csv perf_pid
+  shift 3
+  before=$(busy_jiffies)
+  perf stat -a -x, -e raw_syscalls:sys_enter,context-switches -o "$out" -- sleep 3600 &
+  perf_pid=$!
+  sleep 0.2
+  "$@" >/dev/null
+  # perf ends, and writes its counts, when its workload does (a background
+  # perf ignores SIGINT).
+  pkill -TERM -P "$perf_pid" sleep
+  wait "$perf_pid" 2>/dev/null || true
+  after=$(busy_jiffies)
+  awk -F, -v kind="$kind" -v units="$units" -v cpu_us=$(((after - before) * 10000)) '
+    $3 == "raw_syscalls:sys_enter" { printf "%s_syscalls %.2f\n", kind, $1 / units }
+    $3 == "context-switches" { printf "%s_switches %.2f\n", kind, $1 / units }
+    END { printf "%s_cpu_us %.2f\n", kind, cpu_us / units }' "$out"
+}
+if command -v perf >/dev/null && perf stat -a -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
+  for pair in kk sk ss; do
+    na_step "counting what $pair costs"
+    while read -r name value; do RESULTS[$pair.$name]+="$value "; done < <(
+      count_costs "$pair" rr "$EXCHANGES" pingpong "$pair"
+      port=$((port + 10))
+      count_costs "$pair" bulk "$BULK_MIB" bulk "$pair" "$port")
+  done
+else
+  na_log "perf cannot count system calls here (linux-perf, tracepoints): no cost rows"
+fi
+
 opened=$(stack_counter na-a .connections_opened)
 ((opened >= 4 * ROUNDS)) || na_fail "the stack of na-a carried $opened connections: its figures would be the kernel's"
 
@@ -123,9 +158,16 @@ rows = [  # (label, key, unit, higher is better)
     ("64 B request/response, RTT p50", "rr_p50_us", "us", False),
     ("64 B request/response, RTT p99", "rr_p99_us", "us", False),
     ("bulk, one stream", "bulk_gbits", "Gbit/s", True),
+    ("system calls per exchange (all processes)", "rr_syscalls", "", False),
+    ("context switches per exchange", "rr_switches", "", False),
+    ("busy CPU per exchange", "rr_cpu_us", "us", False),
+    ("system calls per MiB of bulk", "bulk_syscalls", "", False),
+    ("busy CPU per MiB of bulk", "bulk_cpu_us", "us", False),
 ]
 def show(value, unit):
-    return f"{value / 1000:.1f} k {unit}" if unit == "ex/s" else f"{value:.2f} {unit}"
+    if unit == "ex/s":
+        return f"{value / 1000:.1f} k {unit}"
+    return f"{value:.2f} {unit}".rstrip()
 lines = [
     "## Containers: kernel TCP vs the user-space stack (lwIP)",
     "",
@@ -155,7 +197,10 @@ for label, key, unit, higher in rows:
 lines += [
     "",
     "Ratios are stack↔stack against kernel↔kernel, greater is better for the stack (for "
-    "latencies, kernel ÷ stack). System calls per frame the stack sent, counted by the stack "
+    "latencies and costs, kernel ÷ stack). The cost rows come from one more pass of each pair "
+    "under `perf stat -a` (system calls, context switches) and /proc/stat (busy CPU), counted "
+    "machine-wide so that both programs and the stack are in; they do not depend on how fast "
+    "this machine is. System calls per frame the stack sent, counted by the stack "
     f"itself over the whole run: {int(kicks):,} transmit kicks (`sendto` on the AF_XDP socket) "
     f"for {int(sent):,} frames ({int(kicks) / max(1, int(sent)):.2f} per frame).",
 ]

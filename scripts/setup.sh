@@ -45,7 +45,7 @@ packages=(
   redis-server redis-tools iperf3 sockperf curl python3 nginx wrk socat netcat-openbsd
   libpython3.11-testsuite
   # what the scripts themselves use
-  iproute2 iputils-ping util-linux psmisc procps jq coreutils shellcheck ethtool
+  iproute2 iputils-ping util-linux psmisc procps jq coreutils shellcheck ethtool linux-perf
 )
 
 # lwIP comes from Debian's source package (the binary liblwip-dev is a

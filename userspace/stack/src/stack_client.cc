@@ -199,22 +199,36 @@ Connection::~Connection() {
   signal_wake_fd(stack_wake_.get());
 }
 
+namespace {
+
+// Opens a control connection, sends `request` and receives the first reply
+// and its fds; the connection on success, empty with *error set otherwise.
+UniqueFd request_stack(const std::string& socket_path, const StackRequest& request,
+                       StackReply* reply, int (&fds)[kStackAcceptedFds], std::size_t* count,
+                       int* error) {
+  UniqueFd control = open_control(socket_path, error);
+  if (!control) return control;
+  if (::send(control.get(), &request, sizeof request, MSG_NOSIGNAL) != sizeof request) {
+    *error = errno;
+    return UniqueFd();
+  }
+  if (!receive_reply(control.get(), reply, fds, count, error)) return UniqueFd();
+  return control;
+}
+
+}  // namespace
+
 std::unique_ptr<Connection> connect(const std::string& socket_path, uint32_t address, uint16_t port,
                                     int* error) {
-  UniqueFd control = open_control(socket_path, error);
-  if (!control) return nullptr;
   StackRequest request;
   request.op = kStackConnect;
   request.address = address;
   request.port = port;
-  if (::send(control.get(), &request, sizeof request, MSG_NOSIGNAL) != sizeof request) {
-    *error = errno;
-    return nullptr;
-  }
   StackReply reply;
   int fds[kStackAcceptedFds];
   std::size_t count = 0;
-  if (!receive_reply(control.get(), &reply, fds, &count, error)) return nullptr;
+  UniqueFd control = request_stack(socket_path, request, &reply, fds, &count, error);
+  if (!control) return nullptr;
   if (reply.kind != kStackConnected || count != kStackConnectionFds) {
     for (std::size_t i = 0; i < count; ++i) close(fds[i]);
     *error = EPROTO;
@@ -225,20 +239,15 @@ std::unique_ptr<Connection> connect(const std::string& socket_path, uint32_t add
 
 std::unique_ptr<Listener> Listener::listen(const std::string& socket_path, uint16_t port,
                                            unsigned backlog, int* error) {
-  UniqueFd control = open_control(socket_path, error);
-  if (!control) return nullptr;
   StackRequest request;
   request.op = kStackListen;
   request.port = port;
   request.backlog = static_cast<uint16_t>(backlog);
-  if (::send(control.get(), &request, sizeof request, MSG_NOSIGNAL) != sizeof request) {
-    *error = errno;
-    return nullptr;
-  }
   StackReply reply;
   int fds[kStackAcceptedFds];
   std::size_t count = 0;
-  if (!receive_reply(control.get(), &reply, fds, &count, error)) return nullptr;
+  UniqueFd control = request_stack(socket_path, request, &reply, fds, &count, error);
+  if (!control) return nullptr;
   for (std::size_t i = 0; i < count; ++i) close(fds[i]);
   if (reply.kind != kStackListening) {
     *error = EPROTO;

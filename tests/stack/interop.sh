@@ -176,7 +176,8 @@ fi
 na_bg workers "$NETACCEL" stack na-stack na-peer --workers 2 --io "$IO"
 WORKERS_PID=$NA_LAST_PID
 deadline=$((SECONDS + 20))
-until [[ -S $SOCKET && -S /run/netaccel/stack/na-peer.sock ]]; do
+until [[ -S $SOCKET && -S /run/netaccel/stack/na-peer.sock && -s $COUNTERS &&
+  -s /run/netaccel/stack/na-peer.json ]]; do
   ((SECONDS < deadline)) || na_fail "the two workers did not start: $(cat "$NA_TMP/workers.log")"
   sleep 0.1
 done

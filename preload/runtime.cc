@@ -23,6 +23,7 @@
 
 #include "pipes.h"
 #include "real_calls.h"
+#include "user_memory.h"
 
 namespace netaccel::preload {
 
@@ -1614,13 +1615,24 @@ socklen_t from_inet_address(const InetAddress& address, int domain, struct socka
   return sizeof *v6;
 }
 
-void copy_out_address(const InetAddress& address, int domain, struct sockaddr* out,
-                      socklen_t* length) {
-  if (out == nullptr || length == nullptr) return;
+int copy_out_address(const InetAddress& address, int domain, struct sockaddr* out,
+                     socklen_t* length) {
+  // The kernel's move_addr_to_user: read the length, refuse a negative one,
+  // copy what fits (nothing for a length of 0, whatever `out` is), then
+  // write the full length back; each unreachable step is EFAULT.
+  if (!accessible(length, sizeof *length, Access::kRead)) return EFAULT;
+  const int wanted = static_cast<int>(*length);
+  if (wanted < 0) return EINVAL;
   struct sockaddr_storage storage;
   const socklen_t full = from_inet_address(address, domain, storage);
-  memcpy(out, &storage, std::min<socklen_t>(*length, full));
+  const socklen_t copied = std::min<socklen_t>(static_cast<socklen_t>(wanted), full);
+  if (copied > 0) {
+    if (!accessible(out, copied, Access::kWrite)) return EFAULT;
+    memcpy(out, &storage, copied);
+  }
+  if (!accessible(length, sizeof *length, Access::kWrite)) return EFAULT;
   *length = full;
+  return 0;
 }
 
 bool is_loopback(const InetAddress& address) {

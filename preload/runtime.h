@@ -476,8 +476,10 @@ void announce_event_wait(bool waiting);
 // Address helpers.
 bool to_inet_address(const struct sockaddr* address, socklen_t length, InetAddress& out);
 socklen_t from_inet_address(const InetAddress& address, int domain, struct sockaddr_storage& out);
-void copy_out_address(const InetAddress& address, int domain, struct sockaddr* out,
-                      socklen_t* length);
+// Writes `address` to a program's (out, length) as the kernel does; 0, or
+// EFAULT or EINVAL for what the kernel refuses.
+int copy_out_address(const InetAddress& address, int domain, struct sockaddr* out,
+                     socklen_t* length);
 bool is_loopback(const InetAddress& address);
 bool is_local_address(const InetAddress& address);
 

@@ -949,7 +949,14 @@ int accept_pending(Socket* listener, PendingConnection& pending, struct sockaddr
   apply_buffer_sizes(socket);
   install_socket(fd, socket);
   release_socket(socket);
-  copy_out_address(pending.peer, listener->domain, address, length);
+  // The kernel accepts, then copies the peer's address; when that fails
+  // the new connection is closed and the error returned.
+  if (address != nullptr) {
+    if (const int error = copy_out_address(pending.peer, listener->domain, address, length)) {
+      intercepted_close(fd);
+      return fail(error);
+    }
+  }
   return fd;
 }
 
@@ -1189,10 +1196,11 @@ int intercepted_close(int fd) {
 int intercepted_getsockname(int fd, struct sockaddr* address, socklen_t* length) {
   SocketRef socket = lookup_socket(fd);
   if (!socket || kernel_backed(socket.get())) return real().getsockname(fd, address, length);
-  if (address == nullptr || length == nullptr) return fail(EFAULT);
   InetAddress local = socket->local;
   if (!socket->local_known) local = InetAddress{};
-  copy_out_address(local, socket->domain, address, length);
+  if (const int error = copy_out_address(local, socket->domain, address, length)) {
+    return fail(error);
+  }
   return 0;
 }
 
@@ -1202,8 +1210,9 @@ int intercepted_getpeername(int fd, struct sockaddr* address, socklen_t* length)
   if (socket->state != SocketState::kConnected || tcp_state_of(socket.get()) == TCP_CLOSE) {
     return fail(ENOTCONN);
   }
-  if (address == nullptr || length == nullptr) return fail(EFAULT);
-  copy_out_address(socket->peer, socket->domain, address, length);
+  if (const int error = copy_out_address(socket->peer, socket->domain, address, length)) {
+    return fail(error);
+  }
   return 0;
 }
 

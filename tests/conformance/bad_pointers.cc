@@ -615,4 +615,50 @@ CONFORMANCE_CASE(kArea, select_bad_sets, 1,
   close_pair(pair);
 }
 
+CONFORMANCE_CASE(kArea, socket_addresses_bad_pointers, 1,
+                 "getsockname, getpeername and accept with unmapped, read-only, null or negative "
+                 "address lengths and addresses: the kernel's EFAULT and EINVAL, no crash; a "
+                 "zero length copies nothing; accept loses the connection it could not report") {
+  const TcpPair pair = tcp_pair();
+  const BadPages pages = bad_pages();
+  sockaddr_storage address{};
+  socklen_t length = sizeof address;
+  report("getsockname unmapped length",
+         getsockname(pair.client, reinterpret_cast<sockaddr*>(&address),
+                     reinterpret_cast<socklen_t*>(pages.hole)));
+  report("getpeername null length",
+         getpeername(pair.client, reinterpret_cast<sockaddr*>(&address), null<socklen_t>()));
+  report("getsockname unmapped address",
+         getsockname(pair.client, reinterpret_cast<sockaddr*>(pages.hole), &length));
+  report("getpeername read-only address",
+         getpeername(pair.server, reinterpret_cast<sockaddr*>(pages.read_only), &length));
+  report("getpeername read-only length",
+         getpeername(pair.client, reinterpret_cast<sockaddr*>(&address),
+                     reinterpret_cast<socklen_t*>(pages.read_only)));
+  socklen_t nothing = 0;
+  report("getsockname null address, length 0",
+         getsockname(pair.client, null<sockaddr>(), &nothing));
+  say("length after: %u", static_cast<unsigned>(nothing));
+  socklen_t negative = static_cast<socklen_t>(-1);
+  report("getpeername negative length",
+         getpeername(pair.client, reinterpret_cast<sockaddr*>(&address), &negative));
+
+  const int listener = tcp_listener();
+  const int first = tcp_connect(local_port(listener));
+  const int second = tcp_connect(local_port(listener));
+  sleep_ms(50);
+  report("accept unmapped address",
+         accept(listener, reinterpret_cast<sockaddr*>(pages.hole), &length));
+  const int accepted = static_cast<int>(report(
+      "accept good address", accept(listener, reinterpret_cast<sockaddr*>(&address), &length)));
+  if (accepted >= 0) close(accepted);
+  // The first connection was accepted and closed by the failed accept.
+  char byte = 0;
+  report("first client reads", recv(first, &byte, 1, 0));
+  close(first);
+  close(second);
+  close(listener);
+  close_pair(pair);
+}
+
 }  // namespace conformance

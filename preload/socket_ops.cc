@@ -1062,6 +1062,9 @@ int intercepted_accept(int fd, struct sockaddr* address, socklen_t* length) {
 int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length) {
   SocketRef socket = lookup_socket(fd);
   if (!socket) return real().connect(fd, address, length);
+  // The kernel copies the address in before anything else.
+  if (static_cast<int>(length) < 0 || length > sizeof(struct sockaddr_storage)) return fail(EINVAL);
+  if (length > 0 && !accessible(address, length, Access::kRead)) return fail(EFAULT);
   if (socket->state == SocketState::kConnected) {
     // As in the kernel: the first call after a completed non-blocking connect
     // reports success, later ones EISCONN.
@@ -1295,7 +1298,20 @@ int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* 
   SocketRef socket = lookup_socket(fd);
   if (!socket || kernel_backed(socket.get()))
     return real().getsockopt(fd, level, name, value, length);
-  if (value == nullptr || length == nullptr) return fail(EFAULT);
+  // As the kernel: the length is read first (EFAULT), a negative one is
+  // EINVAL; the value is written only as far as it is long.
+  if (!accessible(length, sizeof *length, Access::kRead)) return fail(EFAULT);
+  if (static_cast<int>(*length) < 0) return fail(EINVAL);
+  const auto reply = [&](const void* option, socklen_t size) {
+    const socklen_t copied = std::min<socklen_t>(*length, size);
+    if ((copied > 0 && !accessible(value, copied, Access::kWrite)) ||
+        !accessible(length, sizeof *length, Access::kWrite)) {
+      return fail(EFAULT);
+    }
+    memcpy(value, option, copied);
+    *length = copied;
+    return 0;
+  };
   if (level == SOL_SOCKET && name == SO_ERROR) {
     int error = socket->pending_error;
     socket->pending_error = 0;
@@ -1303,19 +1319,14 @@ int intercepted_getsockopt(int fd, int level, int name, void* value, socklen_t* 
         socket->connection->peer_aborted() && take_reset(socket.get())) {
       error = ECONNRESET;
     }
-    memcpy(value, &error, std::min<socklen_t>(*length, sizeof error));
-    *length = std::min<socklen_t>(*length, sizeof error);
-    return 0;
+    return reply(&error, sizeof error);
   }
   if (level == IPPROTO_TCP && name == TCP_INFO && socket->state == SocketState::kConnected) {
     struct tcp_info info {};
     info.tcpi_state = static_cast<uint8_t>(tcp_state_of(socket.get()));
     info.tcpi_snd_mss = info.tcpi_rcv_mss = 65483;  // loopback's
     info.tcpi_snd_cwnd = 10;
-    const socklen_t copied = std::min<socklen_t>(*length, sizeof info);
-    memcpy(value, &info, copied);
-    *length = copied;
-    return 0;
+    return reply(&info, sizeof info);
   }
   OptionOracle& oracle = option_oracle(socket->domain);
   // The kernel's answer for a socket of this family gives the format and the default...
@@ -1427,7 +1438,14 @@ int netaccel_ioctl(int fd, unsigned long request, void* argument) {
   // FIOCLEX and FIONCLEX take no argument and act on the descriptor itself,
   // which is a real kernel descriptor.
   if (request == FIOCLEX || request == FIONCLEX) return real().ioctl(fd, request, argument);
-  if (argument == nullptr) return fail(EFAULT);
+  // The requests answered here take an int: read for FIONBIO, written for
+  // the others; the kernel answers EFAULT when it cannot reach it.
+  const bool handled_here =
+      request == FIONBIO || request == FIONREAD || request == SIOCOUTQ || request == SIOCATMARK;
+  if (handled_here &&
+      !accessible(argument, sizeof(int), request == FIONBIO ? Access::kRead : Access::kWrite)) {
+    return fail(EFAULT);
+  }
   switch (request) {
     case FIONBIO:
       set_socket_nonblocking(socket.get(), *static_cast<int*>(argument) != 0);

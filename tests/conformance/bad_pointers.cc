@@ -3,11 +3,14 @@
 // read-only page to receive into, a length that runs past the end of a
 // mapping. The kernel answers EFAULT (or EINVAL, EMSGSIZE, POLLNVAL) and
 // leaves the data where it was; a library in between must not crash.
+#include <linux/sockios.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
@@ -658,6 +661,41 @@ CONFORMANCE_CASE(kArea, socket_addresses_bad_pointers, 1,
   close(first);
   close(second);
   close(listener);
+  close_pair(pair);
+}
+
+CONFORMANCE_CASE(kArea, options_connect_ioctl_bad_pointers, 1,
+                 "getsockopt with an unreachable or negative length or an unreachable value, "
+                 "connect with an unmapped or oversized address, FIONREAD/SIOCOUTQ/FIONBIO with "
+                 "a bad argument: the kernel's EFAULT and EINVAL, no crash") {
+  const TcpPair pair = pair_with_queued("abc");
+  const BadPages pages = bad_pages();
+  int value = 0;
+  socklen_t length = sizeof value;
+  report("getsockopt SO_ERROR unmapped length",
+         getsockopt(pair.server, SOL_SOCKET, SO_ERROR, &value,
+                    reinterpret_cast<socklen_t*>(pages.hole)));
+  report("getsockopt SO_ERROR unmapped value",
+         getsockopt(pair.server, SOL_SOCKET, SO_ERROR, pages.hole, &length));
+  report("getsockopt SO_ERROR read-only value",
+         getsockopt(pair.server, SOL_SOCKET, SO_ERROR, pages.read_only, &length));
+  socklen_t negative = static_cast<socklen_t>(-1);
+  report("getsockopt SO_RCVBUF negative length",
+         getsockopt(pair.server, SOL_SOCKET, SO_RCVBUF, &value, &negative));
+  report("getsockopt SO_RCVBUF null length",
+         getsockopt(pair.server, SOL_SOCKET, SO_RCVBUF, &value, null<socklen_t>()));
+  report("getsockopt TCP_INFO unmapped value",
+         getsockopt(pair.server, IPPROTO_TCP, TCP_INFO, pages.hole, &length));
+  report("connect unmapped address",
+         connect(pair.client, reinterpret_cast<sockaddr*>(pages.hole), sizeof(sockaddr_in)));
+  sockaddr_in address{};
+  report("connect oversized length",
+         connect(pair.client, reinterpret_cast<sockaddr*>(&address), 4096));
+  report("ioctl FIONREAD unmapped", ioctl(pair.server, FIONREAD, pages.hole));
+  report("ioctl FIONREAD read-only", ioctl(pair.server, FIONREAD, pages.read_only));
+  report("ioctl SIOCOUTQ null", ioctl(pair.server, SIOCOUTQ, null<int>()));
+  report("ioctl FIONBIO unmapped", ioctl(pair.server, FIONBIO, pages.hole));
+  recv_once("data still there", pair.server, 8, MSG_DONTWAIT);
   close_pair(pair);
 }
 

@@ -127,7 +127,6 @@ class AfXdpPort final : public PacketPort {
       buffer.length = descriptor->len;
       buffer.continues = (descriptor->options & XDP_PKT_CONTD) != 0;
       buffer.handle = frame;
-      ++lent_;
       if (!buffer.continues) ++counters_.rx_packets;
       counters_.rx_bytes += descriptor->len;
     }
@@ -136,10 +135,7 @@ class AfXdpPort final : public PacketPort {
     return given;
   }
 
-  void release(uint64_t handle) override {
-    --lent_;
-    free_frames_.push_back(handle);
-  }
+  void release(uint64_t handle) override { free_frames_.push_back(handle); }
 
   unsigned char* claim_tx() override {
     if (claimed_) return claimed_data_;
@@ -259,7 +255,6 @@ class AfXdpPort final : public PacketPort {
   xsk_ring_cons rx_{};
   xsk_ring_prod tx_{};
   std::vector<uint64_t> free_frames_;
-  uint64_t lent_ = 0;
   bool claimed_ = false;
   uint64_t claimed_frame_ = 0;
   unsigned char* claimed_data_ = nullptr;

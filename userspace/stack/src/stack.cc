@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -349,9 +350,15 @@ class Master {
       add(endpoints_[lane].arp.get(), event_data(kArpSocket, lane), EPOLLIN);
     }
     epoll_event events[64];
+    // The worker publishes its counters every 100 ms; writing them more
+    // often (after every request or hang-up) would only cost system calls.
+    auto written_at = std::chrono::steady_clock::time_point{};
     while (!stop.load()) {
       const int ready = epoll_wait(epoll_, events, 64, 100);
       for (int i = 0; i < ready; ++i) handle(events[i].data.u64, stop, signal_fd);
+      const auto now = std::chrono::steady_clock::now();
+      if (now - written_at < std::chrono::milliseconds(100)) continue;
+      written_at = now;
       for (unsigned lane = 0; lane < endpoints_.size(); ++lane) {
         write_counters(endpoints_[lane].counters_path, worker_, lane);
       }

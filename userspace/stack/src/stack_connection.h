@@ -40,7 +40,6 @@ class PortTable {
         address_(address) {}
   PortTable(PortTable&&) = default;
   ~PortTable();
-  int steering_map_fd() const { return steering_map_.get(); }
   // A port of the stack's own: `port` 0 picks one from the kernel's
   // ephemeral range. The port in host order, or -errno (EADDRINUSE).
   int acquire(uint16_t port);
@@ -48,7 +47,6 @@ class PortTable {
   // Drops a reference; `linger` keeps the port (TIME_WAIT) that long.
   void release(uint16_t port, std::chrono::seconds linger = std::chrono::seconds(0));
   void expire_lingering();
-  std::size_t size() const { return ports_.size(); }
 
  private:
   struct Entry {

@@ -96,7 +96,6 @@ class Worker {
   void run(const std::atomic<bool>& stop);
   void post(Command command);  // from any thread
   StackCounters counters(unsigned lane) const;
-  int wake_fd() const { return wake_.get(); }
 
   // lwIP's receive path gives buffers back through this (lwip_port.cc).
   void release_rx(struct RxPbuf* buffer);

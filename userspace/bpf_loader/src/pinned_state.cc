@@ -165,6 +165,15 @@ std::vector<AttachedContainer> list_attached() {
   return containers;
 }
 
+std::vector<netaccel_container_record> read_container_records() {
+  std::vector<netaccel_container_record> records;
+  for (const std::string& name : attached_names()) {
+    netaccel_container_record record{};
+    if (read_record(name, record)) records.push_back(record);
+  }
+  return records;
+}
+
 std::vector<PinnedObject> list_shared_pins() {
   std::vector<PinnedObject> pins;
   for (const std::string& pin : directory_entries(kPinRoot, false)) {

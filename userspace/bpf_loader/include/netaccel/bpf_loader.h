@@ -100,6 +100,9 @@ struct AttachedContainer {
 
 // Attached containers from the pins; empty when nothing is attached.
 std::vector<AttachedContainer> list_attached();
+// Only their records, without entering namespaces: cheap enough for the
+// monitor to poll. Containers still being attached are left out.
+std::vector<netaccel_container_record> read_container_records();
 // The maps shared by all containers, when any container is attached.
 std::vector<PinnedObject> list_shared_pins();
 

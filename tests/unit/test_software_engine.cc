@@ -306,6 +306,101 @@ TEST_F(SoftwareEngineTest, ListenersInAnotherNetnsAreInvisible) {
   EXPECT_EQ(connect_to(1, ipv4_loopback(8080)), 1u);
 }
 
+// Two attached containers on one bridge: 10.0.0.2 (kNetns) and 10.0.0.3 (kOtherNetns).
+class CrossContainerTest : public SoftwareEngineTest {
+ protected:
+  void SetUp() override {
+    engine->add_process(1, kNetns);
+    engine->add_process(2, kOtherNetns);
+    ASSERT_TRUE(engine->add_container_address(kNetns, ipv4(10, 0, 0, 2, 0)));
+    ASSERT_TRUE(engine->add_container_address(kNetns, ipv6({0xfd, 0, 0, 0, 0, 0, 0, 2}, 0)));
+    ASSERT_TRUE(engine->add_container_address(kOtherNetns, ipv4(10, 0, 0, 3, 0)));
+    listen_ok(2, 5, ipv6_any(6379));
+  }
+};
+
+TEST_F(CrossContainerTest, ConnectToAnotherContainersAddressReachesItsListener) {
+  const auto out = submit(1, connect_request(77, ipv4(10, 0, 0, 3, 6379)));
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].peer_process, 2u);
+  // Each side sees the container addresses, as over the bridge.
+  const Event& reply = out[1].event;
+  EXPECT_EQ(reply.status, 0);
+  EXPECT_TRUE(same(reply.peer, ipv4(10, 0, 0, 3, 6379)));
+  EXPECT_TRUE(same(reply.local, ipv4(10, 0, 0, 2, reply.local.port)));
+  EXPECT_GE(reply.local.port, kEphemeralPortFirst);
+  const Event& incoming = out[2].event;
+  EXPECT_EQ(incoming.local.family, AF_INET6);
+  EXPECT_EQ(std::memcmp(incoming.local.bytes, reply.peer.bytes, 16), 0);
+  EXPECT_EQ(std::memcmp(incoming.peer.bytes, reply.local.bytes, 16), 0);
+  EXPECT_EQ(incoming.peer.port, reply.local.port);
+}
+
+TEST_F(CrossContainerTest, LoopbackAndUnknownAddressesStayInTheNamespace) {
+  EXPECT_EQ(connect_to(1, ipv4_loopback(6379)), 0u);
+  EXPECT_EQ(connect_to(1, ipv4(10, 0, 0, 4, 6379)), 0u);
+  EXPECT_EQ(connect_to(2, ipv4(10, 0, 0, 3, 6379), kRequestDestinationLocal), 2u);
+}
+
+TEST_F(CrossContainerTest, AClientWithoutAnAddressOfTheFamilyGoesToTheKernel) {
+  engine->remove_container(kNetns);
+  EXPECT_EQ(connect_to(1, ipv4(10, 0, 0, 3, 6379)), 0u);
+  ASSERT_TRUE(engine->add_container_address(kNetns, ipv6({0xfd, 0, 0, 0, 0, 0, 0, 2}, 0)));
+  EXPECT_EQ(connect_to(1, ipv4(10, 0, 0, 3, 6379)), 0u);
+  ASSERT_TRUE(engine->add_container_address(kNetns, ipv4(10, 0, 0, 2, 0)));
+  EXPECT_EQ(connect_to(1, ipv4(10, 0, 0, 3, 6379)), 2u);
+}
+
+TEST_F(CrossContainerTest, DetachedContainerIsNoLongerReached) {
+  engine->remove_container(kOtherNetns);
+  EXPECT_EQ(connect_to(1, ipv4(10, 0, 0, 3, 6379)), 0u);
+  EXPECT_EQ(engine->counters().container_addresses, 2u);
+}
+
+TEST_F(CrossContainerTest, DenyRuleRefusesWithThePolicyFlagUntilAllowed) {
+  ASSERT_TRUE(engine->deny_connections(kNetns, kOtherNetns, 6379));
+  ASSERT_TRUE(engine->deny_connections(kNetns, kOtherNetns, 6379));  // once is enough
+  EXPECT_EQ(engine->counters().policy_rules, 1u);
+  auto out = submit(1, connect_request(77, ipv4(10, 0, 0, 3, 6379)));
+  ASSERT_EQ(reply_status(out, 1), -ECONNREFUSED);
+  EXPECT_EQ(out[0].event.local.reserved, kEventPolicyDenied);
+  EXPECT_EQ(engine->counters().policy_denials, 1u);
+  // A rule has a direction and a port.
+  listen_ok(1, 6, ipv4_any(6379));
+  EXPECT_EQ(connect_to(2, ipv4(10, 0, 0, 2, 6379)), 1u);
+  listen_ok(2, 7, ipv4_any(80));
+  EXPECT_EQ(connect_to(1, ipv4(10, 0, 0, 3, 80)), 2u);
+  // Port 0 denies every port.
+  ASSERT_TRUE(engine->deny_connections(kNetns, kOtherNetns, 0));
+  out = submit(1, connect_request(77, ipv4(10, 0, 0, 3, 80)));
+  ASSERT_EQ(reply_status(out, 1), -ECONNREFUSED);
+  EXPECT_EQ(out[0].event.local.reserved, kEventPolicyDenied);
+  engine->allow_connections(kNetns, kOtherNetns, 0);
+  engine->allow_connections(kNetns, kOtherNetns, 6379);
+  EXPECT_EQ(engine->counters().policy_rules, 0u);
+  EXPECT_EQ(connect_to(1, ipv4(10, 0, 0, 3, 6379)), 2u);
+}
+
+TEST_F(CrossContainerTest, AnAddressAddedAgainMovesToItsNewNamespace) {
+  constexpr uint64_t kThirdNetns = 4026532100;
+  engine->add_process(3, kThirdNetns);
+  ASSERT_TRUE(engine->add_container_address(kThirdNetns, ipv4(10, 0, 0, 3, 0)));
+  listen_ok(3, 9, ipv4_any(6379));
+  EXPECT_EQ(connect_to(1, ipv4(10, 0, 0, 3, 6379)), 3u);
+  EXPECT_EQ(engine->counters().container_addresses, 3u);
+}
+
+TEST_F(CrossContainerTest, TablesHaveLimits) {
+  SoftwareEngineLimits limits;
+  limits.max_container_addresses = 1;
+  limits.max_policy_rules = 1;
+  engine = make_software_engine(limits);
+  EXPECT_TRUE(engine->add_container_address(kNetns, ipv4(10, 0, 0, 2, 0)));
+  EXPECT_FALSE(engine->add_container_address(kOtherNetns, ipv4(10, 0, 0, 3, 0)));
+  EXPECT_TRUE(engine->deny_connections(kNetns, kOtherNetns, 1));
+  EXPECT_FALSE(engine->deny_connections(kNetns, kOtherNetns, 2));
+}
+
 TEST_F(SoftwareEngineTest, WrongPortIsRefused) {
   engine->add_process(1, kNetns);
   listen_ok(1, 5, ipv4_any(8080));

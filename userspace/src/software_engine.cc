@@ -107,6 +107,20 @@ struct Connection {
   bool open[2];
 };
 
+// An address of an attached container, in the order added: the first of a
+// family is the namespace's own address for connects it makes to others.
+struct ContainerAddress {
+  uint64_t netns_id;
+  InetAddress address;
+};
+
+struct DenyRule {
+  uint64_t client_netns;
+  uint64_t server_netns;
+  uint16_t port;  // 0: every port
+  bool operator==(const DenyRule&) const = default;
+};
+
 struct ProcessState {
   uint64_t netns_id;
   std::unordered_set<uint64_t> listening_sockets;
@@ -164,6 +178,35 @@ class SoftwareEngine final : public ControlPlaneEngine {
     processes_.erase(found);
   }
 
+  bool add_container_address(uint64_t netns_id, const InetAddress& address) override {
+    for (ContainerAddress& known : container_addresses_) {
+      if (same_host_address(known.address, address)) {
+        known.netns_id = netns_id;  // the address moved to another namespace
+        return true;
+      }
+    }
+    if (container_addresses_.size() >= limits_.max_container_addresses) return false;
+    container_addresses_.push_back(ContainerAddress{netns_id, address});
+    return true;
+  }
+
+  void remove_container(uint64_t netns_id) override {
+    std::erase_if(container_addresses_,
+                  [netns_id](const ContainerAddress& known) { return known.netns_id == netns_id; });
+  }
+
+  bool deny_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) override {
+    const DenyRule rule{client_netns, server_netns, port};
+    if (std::find(deny_rules_.begin(), deny_rules_.end(), rule) != deny_rules_.end()) return true;
+    if (deny_rules_.size() >= limits_.max_policy_rules) return false;
+    deny_rules_.push_back(rule);
+    return true;
+  }
+
+  void allow_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) override {
+    std::erase(deny_rules_, DenyRule{client_netns, server_netns, port});
+  }
+
   void submit(uint32_t process_id, const Request& request,
               std::vector<EngineOutput>& out) override {
     ++requests_;
@@ -197,6 +240,9 @@ class SoftwareEngine final : public ControlPlaneEngine {
     counters.connections_total = connections_total_;
     counters.requests = requests_;
     counters.rejected_requests = rejected_requests_;
+    counters.container_addresses = container_addresses_.size();
+    counters.policy_rules = deny_rules_.size();
+    counters.policy_denials = policy_denials_;
     return counters;
   }
 
@@ -289,6 +335,33 @@ class SoftwareEngine final : public ControlPlaneEngine {
     return nullptr;
   }
 
+  // The namespace of the attached container that has `address`, or 0.
+  uint64_t container_of(const InetAddress& address) const {
+    for (const ContainerAddress& known : container_addresses_) {
+      if (same_host_address(known.address, address)) return known.netns_id;
+    }
+    return 0;
+  }
+
+  // The namespace's own address for a connect to `destination`: its first
+  // container address of the same family.
+  const InetAddress* own_address_for(uint64_t netns_id, const InetAddress& destination) const {
+    for (const ContainerAddress& known : container_addresses_) {
+      if (known.netns_id == netns_id &&
+          is_ipv4_mapped(known.address) == is_ipv4_mapped(destination)) {
+        return &known.address;
+      }
+    }
+    return nullptr;
+  }
+
+  bool denied(uint64_t client_netns, uint64_t server_netns, uint16_t port) const {
+    return std::any_of(deny_rules_.begin(), deny_rules_.end(), [&](const DenyRule& rule) {
+      return rule.client_netns == client_netns && rule.server_netns == server_netns &&
+             (rule.port == 0 || rule.port == port);
+    });
+  }
+
   // Rotates through the kernel's ephemeral range, skipping ports we know are
   // listened on in the namespace.
   uint16_t next_ephemeral_port(uint64_t netns_id) {
@@ -316,7 +389,30 @@ class SoftwareEngine final : public ControlPlaneEngine {
     }
     InetAddress destination = unspecified_to_loopback(request.address);
     destination.reserved = 0;  // carries EventFlags in events: nothing of the requester's
-    const auto* listener = pick_listener(process.netns_id, destination, request.flags);
+    // A destination the requester's namespace does not have may be another
+    // attached container's: the connect crosses to that namespace.
+    uint64_t server_netns = process.netns_id;
+    uint8_t flags = request.flags;
+    const InetAddress* crossing_from = nullptr;
+    if (!is_loopback(destination) && (flags & kRequestDestinationLocal) == 0) {
+      const uint64_t owner = container_of(destination);
+      if (owner != 0 && owner != process.netns_id) {
+        if (denied(process.netns_id, owner, destination.port)) {
+          ++policy_denials_;
+          Event refused = reply_to(request, -ECONNREFUSED);
+          refused.local.reserved = kEventPolicyDenied;
+          ++rejected_requests_;
+          return out.push_back(deliver(process_id, refused));
+        }
+        crossing_from = own_address_for(process.netns_id, destination);
+        // Not attached itself: the engine cannot say what address the
+        // kernel would give the client, so the kernel carries it.
+        if (crossing_from == nullptr) return reply(process_id, request, -ECONNREFUSED, out);
+        server_netns = owner;
+        flags |= kRequestDestinationLocal;
+      }
+    }
+    const auto* listener = pick_listener(server_netns, destination, flags);
     if (listener == nullptr) return reply(process_id, request, -ECONNREFUSED, out);
 
     // The client's view uses its socket's family, the server's view its
@@ -325,7 +421,11 @@ class SoftwareEngine final : public ControlPlaneEngine {
     if (source.port != 0) {
       client_address = source;
     } else {
-      client_address = (source_given && !is_wildcard(source)) ? source : destination;
+      if (source_given && !is_wildcard(source)) {
+        client_address = source;
+      } else {
+        client_address = crossing_from != nullptr ? *crossing_from : destination;
+      }
       client_address.port = next_ephemeral_port(process.netns_id);
     }
     client_address.family = destination.family;
@@ -397,6 +497,9 @@ class SoftwareEngine final : public ControlPlaneEngine {
   std::unordered_map<PortKey, PortListeners, KeyHash> ports_;
   std::unordered_map<uint64_t, Connection> connections_;
   std::unordered_map<uint64_t, uint16_t> next_ephemeral_;  // per netns
+  std::vector<ContainerAddress> container_addresses_;
+  std::vector<DenyRule> deny_rules_;
+  uint64_t policy_denials_ = 0;
   uint64_t next_connection_id_ = 1;
   uint64_t connections_total_ = 0;
   uint64_t requests_ = 0;

@@ -41,10 +41,13 @@ struct EngineOutput {
 struct EngineCounters {
   uint64_t processes = 0;
   uint64_t listeners = 0;
-  uint64_t connections_open = 0;   // at least one end still open
-  uint64_t connections_total = 0;  // ever created
-  uint64_t requests = 0;           // ever submitted
-  uint64_t rejected_requests = 0;  // answered with an error
+  uint64_t connections_open = 0;     // at least one end still open
+  uint64_t connections_total = 0;    // ever created
+  uint64_t requests = 0;             // ever submitted
+  uint64_t rejected_requests = 0;    // answered with an error
+  uint64_t container_addresses = 0;  // addresses of attached containers known
+  uint64_t policy_rules = 0;         // deny rules in force
+  uint64_t policy_denials = 0;       // connects refused by a deny rule
 };
 
 class ControlPlaneEngine {
@@ -56,6 +59,23 @@ class ControlPlaneEngine {
   virtual void add_process(uint32_t process_id, uint64_t netns_id) = 0;
   // The process is gone: its listeners close and its connection ends abort.
   virtual void remove_process(uint32_t process_id, std::vector<EngineOutput>& out) = 0;
+  // Attached containers. A connect to an address of another network
+  // namespace that was added here reaches that namespace's listeners (the
+  // host's bridge would carry it there); the client's address is then its
+  // own namespace's address of the same family. Returns false when the
+  // engine has no room left (the FPGA's table is fixed in size): connects
+  // to that address go to the kernel.
+  virtual bool add_container_address(uint64_t netns_id, const InetAddress& address) = 0;
+  // Forgets every address of the namespace (detached, or its addresses changed).
+  virtual void remove_container(uint64_t netns_id) = 0;
+  // Isolation policy: connects from a process of client_netns to a listener
+  // of server_netns on `port` (0: any port) are answered -ECONNREFUSED with
+  // kEventPolicyDenied, as a REJECT --reject-with tcp-reset rule would.
+  // Returns false when the engine has no room left for the rule.
+  virtual bool deny_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) = 0;
+  // Removes exactly that rule, if present.
+  virtual void allow_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) = 0;
+
   // One request from a registered process; appends what follows from it.
   virtual void submit(uint32_t process_id, const Request& request,
                       std::vector<EngineOutput>& out) = 0;
@@ -70,6 +90,8 @@ class ControlPlaneEngine {
 struct SoftwareEngineLimits {
   std::size_t max_listeners = 4096;
   std::size_t max_connections = 65536;  // connections with at least one end open
+  std::size_t max_container_addresses = 1024;
+  std::size_t max_policy_rules = 1024;
 };
 
 std::unique_ptr<ControlPlaneEngine> make_software_engine();

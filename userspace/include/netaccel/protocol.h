@@ -103,6 +103,9 @@ enum EventFlags : uint8_t {
   // already holds from a closed connection with the same peer process. The
   // monitor re-initialised it and wrote the new connection_id into its header.
   kEventSegmentReused = 1 << 0,
+  // A connect reply (-ECONNREFUSED): the isolation policy forbids it. The
+  // kernel path is not tried either: the application gets the refusal.
+  kEventPolicyDenied = 1 << 1,
 };
 
 struct Event {

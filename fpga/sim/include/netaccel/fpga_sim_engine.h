@@ -46,6 +46,12 @@ class FpgaSimEngine : public ControlPlaneEngine {
   std::string_view name() const override { return "fpga-sim"; }
   void add_process(uint32_t process_id, uint64_t netns_id) override;
   void remove_process(uint32_t process_id, std::vector<EngineOutput>& out) override;
+  // The RTL has no container address or policy table yet: every address and
+  // rule is refused, so the monitor leaves those connects to the kernel.
+  bool add_container_address(uint64_t, const InetAddress&) override { return false; }
+  void remove_container(uint64_t) override {}
+  bool deny_connections(uint64_t, uint64_t, uint16_t) override { return false; }
+  void allow_connections(uint64_t, uint64_t, uint16_t) override {}
   void submit(uint32_t process_id, const Request& request, std::vector<EngineOutput>& out) override;
   void flush(std::vector<EngineOutput>& out) override;
   EngineCounters counters() const override;

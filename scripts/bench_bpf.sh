@@ -23,6 +23,10 @@ OUTPUT=${NA_BENCH_OUTPUT-$repo/docs/benchmarks.md}
 readonly REDIS_PORT=6392 SOCKPERF_PORT=11112 IPERF_PORT=5212
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# A round runs 14 bounded commands: 5 measurements on each path, 2 attaches
+# and 2 detaches. The servers and the resident process outlive them all.
+na_bound_run $((14 * ROUNDS))
+
 na_container_add na-client
 na_container_add na-server
 SERVER=${NA_IP[na-server]}
@@ -77,14 +81,14 @@ for round in $(seq "$ROUNDS"); do
   while read -r name value; do RESULTS[kernel.$name]+="$value "; done < <(measure)
   na_step "round $round/$ROUNDS: sockmap"
   for name in na-client na-server; do
-    "$NETACCEL" attach "$name" >/dev/null || na_fail "attach $name failed"
+    na_timeout "$NA_COMMAND_TIMEOUT" "$NETACCEL" attach "$name" >/dev/null || na_fail "attach $name failed"
   done
   while read -r name value; do RESULTS[sockmap.$name]+="$value "; done < <(measure)
   redirected=$(redirected_bytes)
   ((redirected > 0)) || na_fail "round $round: the sockmap carried nothing: its figures would be the bridge's"
   na_log "round $round: the sockmap carried $redirected bytes"
   for name in na-client na-server; do
-    "$NETACCEL" detach "$name" >/dev/null || na_fail "detach $name failed"
+    na_timeout "$NA_COMMAND_TIMEOUT" "$NETACCEL" detach "$name" >/dev/null || na_fail "detach $name failed"
   done
 done
 

@@ -27,6 +27,11 @@ OUTPUT=${NA_BENCH_OUTPUT-$repo/docs/benchmarks.md}
 APP=$NA_BIN_DIR/netaccel-stack-app
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# Bounded commands: a ping-pong, a bulk send and its sink's wait per pair and
+# round; the same once more per pair for the costs; 2 attaches.
+# The stack, the servers and the resident processes outlive them all.
+na_bound_run $((9 * ROUNDS + 9 + 2))
+
 na_container_add na-a
 na_container_add na-b
 B=${NA_IP[na-b]}

@@ -75,12 +75,13 @@ na_container_bg() {
     _ "${NA_CGROUP[$name]}" "$name" "$@"
 }
 
-# na_container_run NAME CMD...: the same in the foreground, bounded.
+# na_container_run NAME CMD...: the same in the foreground, bounded by
+# NA_COMMAND_TIMEOUT.
 na_container_run() {
   local name=$1
   shift
   # shellcheck disable=SC2016  # expanded by the inner shell
-  na_timeout "$NA_PROC_TIMEOUT" bash -c \
+  na_timeout "$NA_COMMAND_TIMEOUT" bash -c \
     'echo $$ >"$1/cgroup.procs" && exec nsenter --net="/run/netns/$2" "${@:3}"' \
     _ "${NA_CGROUP[$name]}" "$name" "$@"
 }

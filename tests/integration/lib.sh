@@ -23,6 +23,7 @@ NA_NAME=$(basename "$0" .sh)
 NA_PIDS=()
 NA_LOGS=()
 NA_PROC_TIMEOUT=${NA_PROC_TIMEOUT:-180}  # upper bound on any background process
+NA_COMMAND_TIMEOUT=${NA_COMMAND_TIMEOUT:-180}  # upper bound on one foreground command
 NA_WITHOUT_PRELOAD=${NETACCEL_TEST_WITHOUT_PRELOAD:-0}
 NA_ENGINE=${NETACCEL_TEST_ENGINE:-}
 
@@ -46,6 +47,17 @@ na_require_tools() {
   for tool in "$@"; do
     command -v "$tool" >/dev/null 2>&1 || na_skip "$tool is not installed (scripts/setup.sh installs it)"
   done
+}
+
+# na_bound_run COMMANDS: for a script that may run longer than
+# NA_PROC_TIMEOUT (a benchmark on a busy machine): it runs at most COMMANDS
+# foreground commands, each bounded by NA_COMMAND_TIMEOUT, so background
+# processes started afterwards are bounded by their sum (plus set-up)
+# instead, and none of them (servers, a container's resident process) is
+# killed while the run still needs it. The PID namespace ends them all with
+# the script anyway.
+na_bound_run() {
+  NA_PROC_TIMEOUT=$(($1 * NA_COMMAND_TIMEOUT + 300))
 }
 
 # Bounds a foreground command: TERM after $1 seconds, KILL 5 s later.

@@ -1,10 +1,8 @@
 // The `netaccel` command: the monitor daemon, programs run under the preload
 // library, the monitor's status and the side-by-side benchmark.
-#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -23,10 +21,12 @@
 
 #include "attach.h"
 #include "bench.h"
+#include "monitor_client.h"
 #include "netaccel/monitor.h"
 #include "netaccel/protocol.h"
 #include "netaccel/shm.h"
 #include "netaccel/stack.h"
+#include "policy.h"
 
 // Where the installed preload library sits relative to the installed binary
 // (CMake passes the real one when the libdir is not "lib").
@@ -44,7 +44,6 @@ constexpr const char* kPreloadEnv = "NETACCEL_PRELOAD";
 constexpr const char* kBuildTreePreloadPath = "../lib/netaccel/libnetaccel_preload.so";
 constexpr int kCommandNotFound = 127;  // what a shell returns
 constexpr int kCommandNotExecutable = 126;
-constexpr int kStatusTimeoutMs = 5000;
 
 std::string default_socket_path() {
   const char* from_environment = std::getenv(kMonitorSocketEnv);
@@ -147,44 +146,6 @@ int run_under_preload(const std::optional<std::string>& socket_path,
 // ---------------------------------------------------------------------------
 // netaccel status
 
-// The monitor's JSON, or why there is none.
-struct StatusReply {
-  std::optional<std::string> json;
-  std::string error;
-};
-
-StatusReply query_status(const std::string& socket_path) {
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  if (socket_path.empty() || socket_path.size() >= sizeof address.sun_path) {
-    return {std::nullopt, "socket path '" + socket_path + "' is empty or too long"};
-  }
-  std::memcpy(address.sun_path, socket_path.c_str(), socket_path.size() + 1);
-  const UniqueFd connection(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!connection) return {std::nullopt, std::strerror(errno)};
-  if (connect(connection.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
-    if (errno == ENOENT || errno == ECONNREFUSED) {
-      return {std::nullopt, "monitor not running at " + socket_path};
-    }
-    return {std::nullopt,
-            "cannot reach the monitor at " + socket_path + ": " + std::strerror(errno)};
-  }
-  const StatusRequest request{kStatusMagic, kProtocolVersion};
-  if (send(connection.get(), &request, sizeof request, MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(sizeof request)) {
-    return {std::nullopt, "cannot ask the monitor at " + socket_path + ": " + std::strerror(errno)};
-  }
-  pollfd ready{connection.get(), POLLIN, 0};
-  std::string reply(64 * 1024, '\0');
-  ssize_t received = -1;
-  if (poll(&ready, 1, kStatusTimeoutMs) == 1) {
-    received = recv(connection.get(), reply.data(), reply.size(), 0);
-  }
-  if (received <= 0) return {std::nullopt, "the monitor at " + socket_path + " did not answer"};
-  reply.resize(static_cast<std::size_t>(received));
-  return {reply, ""};
-}
-
 // The monitor's status is one flat JSON object of strings and numbers.
 std::vector<std::pair<std::string, std::string>> parse_flat_json(const std::string& json) {
   std::vector<std::pair<std::string, std::string>> fields;
@@ -217,18 +178,19 @@ std::vector<std::pair<std::string, std::string>> parse_flat_json(const std::stri
 }
 
 int show_status(const std::string& socket_path, bool as_json) {
-  const StatusReply reply = query_status(socket_path);
-  if (!reply.json) {
+  const StatusRequest request{kStatusMagic, kProtocolVersion};
+  const MonitorAnswer reply = ask_monitor(socket_path, &request, sizeof request);
+  if (!reply.text) {
     std::cerr << "netaccel status: " << reply.error << "\n";
     if (!as_json) print_attached_containers();
     return 1;
   }
   if (as_json) {
-    std::cout << add_attached_containers(*reply.json) << "\n";
+    std::cout << add_attached_containers(*reply.text) << "\n";
     return 0;
   }
   std::cout << "netaccel monitor at " << socket_path << "\n";
-  for (auto [key, value] : parse_flat_json(*reply.json)) {
+  for (auto [key, value] : parse_flat_json(*reply.text)) {
     std::replace(key.begin(), key.end(), '_', ' ');
     std::printf("  %-20s %s\n", key.c_str(), value.c_str());
   }
@@ -303,6 +265,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench->add_flag("--quick", bench_options.quick, "short runs, for a smoke test");
 
+  std::string state_directory = monitor_options.state_directory;
+  daemon
+      ->add_option("--state-dir", state_directory,
+                   "where the isolation policy persists (empty: in memory only)")
+      ->capture_default_str();
+
+  cli::PolicyCommands policy_commands;
+  cli::add_policy_commands(app, policy_commands, socket_path, socket_help);
+
   cli::BpfCommands bpf_commands;
   cli::add_bpf_commands(app, bpf_commands);
 
@@ -343,9 +314,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::RequiredError& error) {
     // A mistyped subcommand lands here as "a subcommand is required".
     if (argc > 1 && argv[1][0] != '-') {
-      std::cerr
-          << "netaccel: unknown command '" << argv[1]
-          << "' (commands: daemon, run, status, bench, attach, detach, stats, stack; see --help)\n";
+      std::cerr << "netaccel: unknown command '" << argv[1]
+                << "' (commands: daemon, run, status, bench, attach, detach, stats, stack, policy; "
+                   "see --help)\n";
       return 2;
     }
     return app.exit(error);
@@ -355,6 +326,7 @@ int main(int argc, char** argv) {
 
   if (*daemon) {
     monitor_options.socket_path = socket_path;
+    monitor_options.state_directory = state_directory;
     monitor_options.idle_spin = std::chrono::microseconds(idle_spin_us);
     monitor_options.fpga_sim.doorbell_latency = std::chrono::nanoseconds(doorbell_latency_ns);
     return cli::run_daemon(monitor_options);
@@ -369,6 +341,9 @@ int main(int argc, char** argv) {
   if (*status) return cli::show_status(socket_path, status_json);
   if (*bench) return cli::run_bench(bench_options);
   if (*stack_command) return stack::run_stack(stack_options);
+  if (const auto exit_code = cli::run_policy_command(policy_commands, socket_path)) {
+    return *exit_code;
+  }
   if (const auto exit_code = cli::run_bpf_command(bpf_commands)) return *exit_code;
   return 0;
 }

@@ -1099,6 +1099,12 @@ int intercepted_connect(int fd, const struct sockaddr* address, socklen_t length
       if (!monitor_call(request, reply, &connection) || reply.status != 0) connection = nullptr;
     }
   }
+  if (connection == nullptr && reply.status == -ECONNREFUSED &&
+      (reply.local.reserved & kEventPolicyDenied) != 0) {
+    // The isolation policy refuses it; the kernel path must not carry it either.
+    socket->connecting_thread.store(0, std::memory_order_release);
+    return fail(ECONNREFUSED);
+  }
   if (connection == nullptr) {
     socket->connecting_thread.store(0, std::memory_order_release);
     // Not a netaccel peer: exactly what the kernel would do.

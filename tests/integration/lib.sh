@@ -194,7 +194,8 @@ na_start_monitor() {
   if [[ $NA_WITHOUT_PRELOAD == 1 ]]; then return 0; fi
   local -a engine_args=()
   if [[ -n $NA_ENGINE ]]; then engine_args=(--engine "$NA_ENGINE"); fi
-  na_bg monitor "$NETACCEL" daemon --socket "$NA_SOCK" "${engine_args[@]}"
+  # The isolation policy persists in the test's own state directory.
+  na_bg monitor "$NETACCEL" daemon --socket "$NA_SOCK" --state-dir "$NA_TMP/state" "${engine_args[@]}"
   NA_MONITOR_PID=$NA_LAST_PID
   local deadline=$((SECONDS + 10))
   while ((SECONDS < deadline)); do

@@ -20,6 +20,12 @@ namespace netaccel {
 inline constexpr uint16_t kEphemeralPortFirst = 32768;
 inline constexpr uint16_t kEphemeralPortLast = 60999;
 
+// How the engine names a network namespace: from the device and inode of
+// its nsfs file (/proc/PID/ns/net), unique on the host while it lives.
+inline uint64_t network_namespace_id(uint64_t device, uint64_t inode) {
+  return device << 32 ^ inode;
+}
+
 // Destination of an engine output that is meant for the monitor itself.
 inline constexpr uint32_t kMonitorDestination = 0;
 

@@ -16,12 +16,16 @@
 
 namespace netaccel {
 
+inline constexpr const char* kDefaultStateDirectory = "/var/lib/netaccel";
+
 struct MonitorOptions {
   std::string socket_path = kDefaultMonitorSocket;
   std::string engine = "software";
   uint32_t ring_bytes = kDefaultRingBytes;   // per direction of a connection, power of two
   std::chrono::microseconds idle_spin{500};  // keep polling this long after the last work
   FpgaSimOptions fpga_sim;                   // for engine "fpga-sim"
+  // What outlives the monitor (the isolation policy); "" keeps it in memory.
+  std::string state_directory = kDefaultStateDirectory;
 };
 
 // The engines `--engine` accepts, by name; throws std::invalid_argument for others.

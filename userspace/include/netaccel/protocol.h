@@ -193,6 +193,23 @@ struct ChannelDelivery {
   uint64_t channel_bytes;
 };
 
+// `netaccel policy` asks a running monitor to change or show the isolation
+// policy between attached containers: a PolicyRequest on a fresh connection,
+// answered by one message of text: "ok", "error: WHY", or for kList the
+// JSON {"containers":[names],"rules":[{"action","from","to","port","enforced"}]}.
+// Only root (or the monitor's own user) may change the policy.
+inline constexpr uint32_t kPolicyMagic = 0x4e41504c;  // "NAPL"
+enum class PolicyOp : uint32_t { kList = 0, kDeny = 1, kAllow = 2 };
+inline constexpr std::size_t kContainerNameBytes = 64;
+struct PolicyRequest {
+  uint32_t magic;  // kPolicyMagic
+  uint32_t version;
+  PolicyOp op;
+  uint32_t port;                     // 0: every port
+  char client[kContainerNameBytes];  // NUL-terminated container names
+  char server[kContainerNameBytes];
+};
+
 inline constexpr uint32_t kRequestSlots = 256;
 inline constexpr uint32_t kEventSlots = 1024;
 

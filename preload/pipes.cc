@@ -425,27 +425,37 @@ ssize_t pipe_write(int fd, Socket* end, const struct iovec* iov, int iovcnt) {
   }
 }
 
-uint32_t pipe_readiness(int fd, Socket* end) {
+bool pipe_downgraded(Socket* end) {
+  return downgraded(end->pipe);
+}
+
+uint32_t pipe_kernel_half(int fd, Socket* end) {
   Pipe* pipe = end->pipe;
-  const bool is_downgraded = downgraded(pipe);
-  uint32_t ready = 0;
+  // The read end: POLLHUP, and once downgraded the kernel's bytes.
+  if (!end->pipe_write_end) return static_cast<uint16_t>(kernel_revents(fd, POLLIN | POLLRDNORM));
+  if (downgraded(pipe)) return static_cast<uint16_t>(kernel_revents(fd, POLLOUT | POLLWRNORM));
+  // The kernel pipe stays empty, so its POLLOUT means nothing; its POLLERR
+  // (no reader) does, asked only when no reader is counted.
+  if (pipe->header->read_holders.load(std::memory_order_acquire) != 0) return 0;
+  return static_cast<uint16_t>(kernel_revents(fd, 0)) & POLLERR;
+}
+
+uint32_t pipe_readiness_with(uint32_t kernel_half, Socket* end) {
+  Pipe* pipe = end->pipe;
   if (!end->pipe_write_end) {
-    // POLLHUP, and once downgraded the kernel's bytes.
-    if (fd >= 0) ready = static_cast<uint16_t>(kernel_revents(fd, POLLIN | POLLRDNORM));
+    uint32_t ready = kernel_half;
     if (pipe->ring.unread() != 0) ready |= POLLIN | POLLRDNORM;
     return ready;
   }
-  if (is_downgraded) {
-    return fd >= 0 ? static_cast<uint16_t>(kernel_revents(fd, POLLOUT | POLLWRNORM)) : 0;
-  }
-  // The kernel pipe stays empty, so its POLLOUT means nothing; its POLLERR
-  // (no reader) does, asked only when no reader is counted.
-  if (fd >= 0 && pipe->header->read_holders.load(std::memory_order_acquire) == 0) {
-    ready = static_cast<uint16_t>(kernel_revents(fd, 0)) & POLLERR;
-  }
+  if (downgraded(pipe)) return kernel_half;
+  uint32_t ready = kernel_half & POLLERR;
   // As the kernel, writable while a page's worth is free.
   if (ring_room(pipe) >= PIPE_BUF) ready |= POLLOUT | POLLWRNORM;
   return ready;
+}
+
+uint32_t pipe_readiness(int fd, Socket* end) {
+  return pipe_readiness_with(fd >= 0 ? pipe_kernel_half(fd, end) : 0, end);
 }
 
 short pipe_kernel_events(Socket* end) {

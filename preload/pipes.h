@@ -33,6 +33,13 @@ ssize_t pipe_write(int fd, Socket* end, const struct iovec* iov, int iovcnt);
 // kernel's half (POLLHUP, POLLERR, all of it once downgraded) is read through
 // `fd`, or left out when `fd` is -1 (no descriptor of the end is known).
 uint32_t pipe_readiness(int fd, Socket* end);
+// The two halves of it. The kernel's half, asked through `fd`, is only
+// POLLHUP or POLLERR (the other end gone) until the pipe is downgraded, so a
+// set watching `fd` edge-triggered in a kernel epoll may keep it and ask
+// again when that reports a change.
+uint32_t pipe_kernel_half(int fd, Socket* end);
+uint32_t pipe_readiness_with(uint32_t kernel_half, Socket* end);
+bool pipe_downgraded(Socket* end);
 // What to watch on the kernel pipe end while sleeping for `end`.
 short pipe_kernel_events(Socket* end);
 // The eventfd that wakes sleepers of this end.

@@ -1,5 +1,6 @@
 #include "container_registry.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <sys/epoll.h>
 #include <sys/inotify.h>
@@ -19,9 +20,11 @@
 namespace netaccel {
 namespace {
 
-// An attach writes its record just after its first pins appear: read the
-// pins again this long after the last change seen.
-constexpr long kSettleNs = 100'000'000;
+// An attach writes its record after its first pins appear: read the pins
+// again this long after the last change seen, and while a directory still
+// has no record, again after twice as long each time, up to a second.
+constexpr long kSettleNs = 50'000'000;
+constexpr long kSettleMaxNs = 1'000'000'000;
 constexpr uint32_t kDirectoryChanges =
     IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR;
 
@@ -36,6 +39,19 @@ InetAddress container_address(const uint8_t (&bytes)[NETACCEL_ADDRESS_BYTES]) {
   address.family =
       std::memcmp(bytes, kMappedPrefix, sizeof kMappedPrefix) == 0 ? AF_INET : AF_INET6;
   return address;
+}
+
+// The directories under the pin root: one per attached container, complete or not.
+std::vector<std::string> container_directories() {
+  std::vector<std::string> names;
+  DIR* directory = opendir(bpf::kPinRoot);
+  if (directory == nullptr) return names;
+  while (const dirent* entry = readdir(directory)) {
+    const std::string name = entry->d_name;
+    if (entry->d_type == DT_DIR && name != "." && name != "..") names.push_back(name);
+  }
+  closedir(directory);
+  return names;
 }
 
 bool valid_container_name(const std::string& name) {
@@ -74,24 +90,33 @@ ContainerRegistry::ContainerRegistry(ControlPlaneEngine& engine, std::string pol
     if (events_ && fd >= 0) epoll_ctl(events_.get(), EPOLL_CTL_ADD, fd, &event);
   }
   load_rules();
-  refresh();
+  if (refresh()) arm_settle_timer(kSettleNs);
 }
 
-void ContainerRegistry::watch_pins() {
-  if (!inotify_) return;
+// Returns how many container directories there are.
+std::size_t ContainerRegistry::watch_pins() {
   // Watching a directory again only updates its watch; the kernel drops the
   // watches of directories that go.
-  inotify_add_watch(inotify_.get(), bpf::kBpfFsRoot, kDirectoryChanges);
-  if (inotify_add_watch(inotify_.get(), bpf::kPinRoot, kDirectoryChanges) < 0) return;
-  for (const auto& [name, container] : containers_) {
-    inotify_add_watch(inotify_.get(), (std::string(bpf::kPinRoot) + "/" + name).c_str(),
-                      kDirectoryChanges);
+  if (inotify_) inotify_add_watch(inotify_.get(), bpf::kBpfFsRoot, kDirectoryChanges);
+  if (inotify_ && inotify_add_watch(inotify_.get(), bpf::kPinRoot, kDirectoryChanges) < 0) {
+    return 0;
   }
+  std::size_t directories = 0;
+  for (const std::string& name : container_directories()) {
+    ++directories;
+    if (inotify_) {
+      inotify_add_watch(inotify_.get(), (std::string(bpf::kPinRoot) + "/" + name).c_str(),
+                        kDirectoryChanges);
+    }
+  }
+  return directories;
 }
 
-void ContainerRegistry::arm_settle_timer() {
+void ContainerRegistry::arm_settle_timer(long delay_ns) {
+  settle_delay_ns_ = delay_ns;
   itimerspec once{};
-  once.it_value.tv_nsec = kSettleNs;
+  once.it_value.tv_sec = delay_ns / 1'000'000'000;
+  once.it_value.tv_nsec = delay_ns % 1'000'000'000;
   timerfd_settime(settle_.get(), 0, &once, nullptr);
 }
 
@@ -101,11 +126,17 @@ void ContainerRegistry::on_change() {
   while (read(inotify_.get(), buffer, sizeof buffer) > 0) pins_changed = true;
   uint64_t expirations;
   const bool settled = read(settle_.get(), &expirations, sizeof expirations) > 0;
-  if (pins_changed) arm_settle_timer();
-  if (pins_changed || settled) refresh();
+  if (!pins_changed && !settled) return;
+  const bool incomplete = refresh();
+  if (pins_changed) {
+    arm_settle_timer(kSettleNs);  // a record may follow its last pin
+  } else if (incomplete) {
+    arm_settle_timer(std::min(settle_delay_ns_ * 2, kSettleMaxNs));
+  }
 }
 
-void ContainerRegistry::refresh() {
+bool ContainerRegistry::refresh() {
+  const std::size_t directories = watch_pins();
   std::vector<netaccel_container_record> records;
   try {
     records = bpf::read_container_records();
@@ -114,7 +145,7 @@ void ContainerRegistry::refresh() {
     if (!read_error_logged_)
       log_registry(std::string("cannot read attached containers: ") + error.what());
     read_error_logged_ = true;
-    return;
+    return false;
   }
   std::map<std::string, Container> now;
   for (const netaccel_container_record& record : records) {
@@ -146,8 +177,8 @@ void ContainerRegistry::refresh() {
     }
   }
   containers_ = std::move(now);
-  watch_pins();
   apply_rules();
+  return containers_.size() < directories;
 }
 
 void ContainerRegistry::apply_rules() {

@@ -36,8 +36,9 @@ class ContainerRegistry {
   // Readable when the pins may have changed; the monitor then calls on_change().
   int change_fd() const { return events_.get(); }
   void on_change();
-  // Reads the pins again and brings the engine up to date.
-  void refresh();
+  // Reads the pins again and brings the engine up to date. True when some
+  // container directory has no complete record yet (an attach under way).
+  bool refresh();
 
   // "" when done, else what to tell the user.
   std::string deny(const PolicyRule& rule);
@@ -58,8 +59,8 @@ class ContainerRegistry {
   };
   using EngineRule = std::tuple<uint64_t, uint64_t, uint16_t>;  // client netns, server netns, port
 
-  void watch_pins();
-  void arm_settle_timer();
+  std::size_t watch_pins();
+  void arm_settle_timer(long delay_ns);
   void apply_rules();
   void load_rules();
   std::string save_rules() const;
@@ -73,6 +74,7 @@ class ContainerRegistry {
   std::set<PolicyRule> rules_;
   std::set<EngineRule> enforced_;  // in the engine now
   std::vector<std::pair<uint64_t, uint64_t>> new_separations_;
+  long settle_delay_ns_ = 0;
   bool read_error_logged_ = false;
 };
 

@@ -110,6 +110,7 @@ int main(int argc, char** argv) {
   text += constant("EVT_REPLY", 8, value_of(EventType::kReply));
   text += constant("EVT_INCOMING", 8, value_of(EventType::kIncoming));
   text += constant("EVT_ERROR", 8, value_of(EventType::kError));
+  text += constant("EVT_FLAG_POLICY_DENIED", 8, netaccel::kEventPolicyDenied);
   text += constant("NOTICE_DELIVER", 8, value_of(EngineNotice::kDeliver));
   text += constant("NOTICE_CONNECTION_CREATED", 8, value_of(EngineNotice::kConnectionCreated));
   text += constant("NOTICE_CONNECTION_RELEASED", 8, value_of(EngineNotice::kConnectionReleased));
@@ -120,9 +121,19 @@ int main(int argc, char** argv) {
   text += constant("EPHEMERAL_FIRST", 16, netaccel::kEphemeralPortFirst);
   text += constant("EPHEMERAL_LAST", 16, netaccel::kEphemeralPortLast);
   using netaccel::fpga::HostDescriptorKind;
-  text += constant("KIND_REQUEST", 2, value_of(HostDescriptorKind::kRequest));
-  text += constant("KIND_ADD_PROCESS", 2, value_of(HostDescriptorKind::kAddProcess));
-  text += constant("KIND_REMOVE_PROCESS", 2, value_of(HostDescriptorKind::kRemoveProcess));
+  constexpr int kKindBits = netaccel::fpga::kHostDescriptorKindBits;
+  text += "  localparam int KIND_BITS = " + std::to_string(kKindBits) + ";\n";
+  text += constant("KIND_REQUEST", kKindBits, value_of(HostDescriptorKind::kRequest));
+  text += constant("KIND_ADD_PROCESS", kKindBits, value_of(HostDescriptorKind::kAddProcess));
+  text += constant("KIND_REMOVE_PROCESS", kKindBits, value_of(HostDescriptorKind::kRemoveProcess));
+  text += constant("KIND_ADD_CONTAINER_ADDRESS", kKindBits,
+                   value_of(HostDescriptorKind::kAddContainerAddress));
+  text +=
+      constant("KIND_REMOVE_CONTAINER", kKindBits, value_of(HostDescriptorKind::kRemoveContainer));
+  text +=
+      constant("KIND_DENY_CONNECTIONS", kKindBits, value_of(HostDescriptorKind::kDenyConnections));
+  text += constant("KIND_ALLOW_CONNECTIONS", kKindBits,
+                   value_of(HostDescriptorKind::kAllowConnections));
   text += "\n  // Event::status values.\n";
   text += constant("STATUS_OK", 16, 0);
   text += status("STATUS_ESRCH", ESRCH);

@@ -27,7 +27,10 @@ module na_descriptor_parser
     // The client's address before its port and family are settled: the bound
     // source, or the destination's host when the source is unspecified.
     output logic [na_protocol::ADDRESS_BITS-1:0] client_base,
-    output logic                    client_needs_port  // no bound port: take an ephemeral one
+    output logic                    client_needs_port,  // no bound port: take an ephemeral one
+    // client_base is the destination's host (an attached container's own
+    // address takes its place when the connect crosses namespaces)
+    output logic                    client_from_destination
 );
   logic [na_protocol::REQ_FLAGS_BITS-1:0] flags;
   logic [na_protocol::ADDRESS_BITS-1:0] address;
@@ -101,9 +104,9 @@ module na_descriptor_parser
                                 address_ipv6_wildcard;
 
   assign client_needs_port = source_port == 0;
-  assign client_base = !client_needs_port ||
-                       (source_given && !source_ipv4_wildcard && !source_ipv6_wildcard)
-                       ? source : destination;
+  assign client_from_destination = client_needs_port &&
+                                   !(source_given && !source_ipv4_wildcard && !source_ipv6_wildcard);
+  assign client_base = client_from_destination ? destination : source;
 
   // The monitor ignores the backlog (the kernel listener enforces it).
   logic unused;

@@ -8,13 +8,13 @@ module na_doorbell_frontend
     parameter int SLOTS = 64,
     localparam int IndexBits = $clog2(SLOTS),
     // {kind, process, descriptor}
-    localparam int WordBits = 2 + 32 + na_protocol::DESCRIPTOR_BITS
+    localparam int WordBits = na_protocol::KIND_BITS + 32 + na_protocol::DESCRIPTOR_BITS
 ) (
     input logic clk,
     input logic rst_n,
 
     input  logic                       host_write,
-    input  logic [                1:0] host_kind,
+    input  logic [na_protocol::KIND_BITS-1:0] host_kind,
     input  logic [               31:0] host_process,
     input  logic [na_protocol::DESCRIPTOR_BITS-1:0] host_descriptor,
     output logic [    IndexBits:0]     host_free_slots,
@@ -23,7 +23,7 @@ module na_doorbell_frontend
 
     output logic                       out_valid,
     input  logic                       out_take,
-    output logic [                1:0] out_kind,
+    output logic [na_protocol::KIND_BITS-1:0] out_kind,
     output logic [               31:0] out_process,
     output logic [na_protocol::DESCRIPTOR_BITS-1:0] out_descriptor,
     output logic                       empty  // nothing announced is left

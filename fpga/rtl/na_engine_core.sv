@@ -1,8 +1,10 @@
 // The control-plane state machine: one descriptor at a time, from the front
-// end to the output FIFO. It holds the process, listener and connection
-// tables, admits connects (a process reaches only listeners of its own
-// network namespace, wildcard listeners only for local destinations) and
-// generates the same outputs, in the same order, as the software engine
+// end to the output FIFO. It holds the process, listener, connection,
+// container address and deny-rule tables, admits connects (a process reaches
+// only listeners of its own network namespace, wildcard listeners only for
+// local destinations, or those of another attached container whose address
+// it connects to, unless a deny rule forbids it) and generates the same
+// outputs, in the same order, as the software engine
 // (userspace/src/software_engine.cc).
 module na_engine_core
 #(
@@ -10,6 +12,8 @@ module na_engine_core
     parameter int NAMESPACES = 16,
     parameter int LISTENERS = 32,
     parameter int CONNECTIONS = 1024,
+    parameter int CONTAINER_ADDRESSES = 16,
+    parameter int POLICY_RULES = 16,
     localparam int OutputBits = 8 + 32 + 32 + na_protocol::DESCRIPTOR_BITS,
     localparam int ListenerIndexBits = $clog2(LISTENERS),
     localparam int ListenerCountBits = ListenerIndexBits + 1,
@@ -24,7 +28,7 @@ module na_engine_core
 
     input  logic                       in_valid,
     output logic                       in_take,
-    input  logic [                1:0] in_kind,
+    input  logic [na_protocol::KIND_BITS-1:0] in_kind,
     input  logic [               31:0] in_process,
     input  logic [na_protocol::DESCRIPTOR_BITS-1:0] in_descriptor,
 
@@ -39,7 +43,10 @@ module na_engine_core
     output logic [31:0] connections_open,
     output logic [63:0] connections_total,
     output logic [63:0] requests,
-    output logic [63:0] rejected_requests
+    output logic [63:0] rejected_requests,
+    output logic [31:0] container_addresses,
+    output logic [31:0] policy_rules,
+    output logic [63:0] policy_denials
 );
   typedef enum logic [4:0] {
     S_IDLE,
@@ -47,6 +54,7 @@ module na_engine_core
     S_PORT_LOOKUP,
     S_LISTEN,
     S_UNLISTEN,
+    S_CROSS,
     S_CONNECT,
     S_CONNECT_START,
     S_CONNECT_SCAN,
@@ -64,6 +72,7 @@ module na_engine_core
     S_REMOVE_CHECK,
     S_REMOVE_NOTICES,
     S_REMOVE_FINISH,
+    S_REMOVE_CONTAINER,
     S_EMIT
   } state_e;
 
@@ -81,7 +90,7 @@ module na_engine_core
   emit_e emit_q;
 
   // ---- the descriptor being processed ----
-  logic [1:0] kind_q;
+  logic [na_protocol::KIND_BITS-1:0] kind_q;
   logic [31:0] process_q;
   logic [na_protocol::DESCRIPTOR_BITS-1:0] descriptor_q;
   logic [63:0] netns_q;
@@ -95,6 +104,7 @@ module na_engine_core
   logic [na_protocol::ADDR_PORT_BITS-1:0] port;
   logic v6only, destination_local, listen_malformed, address_ipv4_wildcard, address_ipv6_wildcard;
   logic connect_malformed, destination_ipv4_mapped, destination_loopback, client_needs_port;
+  logic client_from_destination;
   logic [na_protocol::ADDRESS_BITS-1:0] destination, client_base;
   na_descriptor_parser parser (
       .descriptor(descriptor_q),
@@ -115,7 +125,8 @@ module na_engine_core
       .destination_ipv4_mapped(destination_ipv4_mapped),
       .destination_loopback(destination_loopback),
       .client_base(client_base),
-      .client_needs_port(client_needs_port)
+      .client_needs_port(client_needs_port),
+      .client_from_destination(client_from_destination)
   );
 
   // ---- process table ----
@@ -165,11 +176,12 @@ module na_engine_core
       .owner_index(owner_index),
       .process_hit(process_listens),
       .process_index(process_listener_index),
-      .port_netns(netns_q),
+      .port_netns(port_netns_q),
       .port(port),
       .port_hit(port_hit),
       .port_count(port_count),
       .port_cursor(port_cursor),
+      .probe_netns(netns_q),
       .probe_port(probe_port_q),
       .probe_port_used(probe_port_used),
       .read_index(read_index),
@@ -195,6 +207,69 @@ module na_engine_core
       .cursor(new_port_cursor)
   );
   assign listeners = 32'(listener_count);
+
+  // ---- attached containers' addresses and deny rules ----
+  // A request looks up its destination's container and, once that is
+  // known, its own namespace's address and the rules from it to there; the
+  // host's descriptors name a namespace (and a rule) in their own fields.
+  localparam int ContainerCountBits = $clog2(CONTAINER_ADDRESSES) + 1;
+  localparam int RuleCountBits = $clog2(POLICY_RULES) + 1;
+  logic is_request;
+  assign is_request = kind_q == na_protocol::KIND_REQUEST;
+  logic container_hit, container_netns_hit, own_hit, container_insert, container_remove;
+  logic [63:0] container_netns;
+  logic [127:0] own_host;
+  logic [ContainerCountBits-1:0] container_count;
+  na_container_table #(
+      .ENTRIES(CONTAINER_ADDRESSES)
+  ) container_table (
+      .clk(clk),
+      .rst_n(rst_n),
+      .host(address_host),
+      .host_hit(container_hit),
+      .host_netns(container_netns),
+      .netns(is_request ? netns_q : socket_id),
+      .ipv4_mapped(destination_ipv4_mapped),
+      .netns_hit(container_netns_hit),
+      .own_hit(own_hit),
+      .own_host(own_host),
+      .count(container_count),
+      .insert(container_insert),
+      .insert_netns(socket_id),
+      .remove(container_remove)
+  );
+  assign container_addresses = 32'(container_count);
+
+  logic [63:0] owner_netns_q;  // the destination's container, if owner_found_q
+  logic owner_found_q;
+  logic rule_denies, rule_add, rule_remove;
+  logic [RuleCountBits-1:0] rule_count;
+  na_policy_table #(
+      .ENTRIES(POLICY_RULES)
+  ) policy_table (
+      .clk(clk),
+      .rst_n(rst_n),
+      .client(is_request ? netns_q : socket_id),
+      .server(is_request ? owner_netns_q : connection_id),
+      .port(port),
+      .denies(rule_denies),
+      .count(rule_count),
+      .add(rule_add),
+      .remove(rule_remove)
+  );
+  assign policy_rules = 32'(rule_count);
+
+  // A destination the requester's namespace does not have may be another
+  // attached container's: the connect crosses to that namespace (whose
+  // address the client then has, and whose listeners take it as local).
+  logic crossing;
+  assign crossing = owner_found_q && owner_netns_q != '0 && owner_netns_q != netns_q &&
+                    !destination_loopback && !destination_local;
+  logic crossing_q, denied_q, own_hit_q, policy_denied_q;
+  logic [127:0] own_host_q;
+  logic [63:0] port_netns_q;  // the listeners' namespace: the requester's, or the crossed-to
+  logic [63:0] policy_denials_q;
+  assign policy_denials = policy_denials_q;
 
   // ---- connection table ----
   localparam int ConnectionWordBits = 1 + 64 + 32 + 32 + 2;
@@ -231,9 +306,9 @@ module na_engine_core
       read_host == destination[na_protocol::ADDR_BYTES_LSB+:na_protocol::ADDR_BYTES_BITS];
   // A wildcard listener only proves the port; the destination must also be
   // an address of this netns, or the kernel would have routed it elsewhere.
-  assign listener_accepts = address_matches &&
-                            (!listener_is_wildcard || destination_loopback || destination_local);
-  assign scanned_is_member = read_netns == netns_q && read_port == port;
+  assign listener_accepts = address_matches && (!listener_is_wildcard || destination_loopback ||
+                                                destination_local || crossing_q);
+  assign scanned_is_member = read_netns == port_netns_q && read_port == port;
 
   // ---- connect state ----
   logic [ListenerCountBits-1:0] members_q, start_q, scan_q, rank_q, chosen_rank_q, fallback_rank_q;
@@ -282,6 +357,9 @@ module na_engine_core
   logic [na_protocol::ADDRESS_BITS-1:0] client_view, server_view_local, server_view_peer;
   always_comb begin
     client_view = client_base;
+    if (crossing_q && client_from_destination) begin
+      client_view[na_protocol::ADDR_BYTES_LSB+:na_protocol::ADDR_BYTES_BITS] = own_host_q;
+    end
     client_view[na_protocol::ADDR_FAMILY_LSB+:na_protocol::ADDR_FAMILY_BITS] = address_family;
     client_view[na_protocol::ADDR_RESERVED_LSB+:na_protocol::ADDR_RESERVED_BITS] = '0;
     server_view_local = destination;
@@ -323,6 +401,10 @@ module na_engine_core
           event_peer = destination;
         end else begin
           event_connection_id = connection_id;
+          if (policy_denied_q) begin
+            event_local[na_protocol::ADDR_RESERVED_LSB+:na_protocol::ADDR_RESERVED_BITS] =
+                na_protocol::EVT_FLAG_POLICY_DENIED;
+          end
         end
       end
       EMIT_INCOMING: begin
@@ -369,6 +451,11 @@ module na_engine_core
   assign in_take = state_q == S_IDLE && table_ready && in_valid;
   assign process_add = state_q == S_DISPATCH && kind_q == na_protocol::KIND_ADD_PROCESS;
   assign process_remove = state_q == S_REMOVE_FINISH;
+  assign container_insert = state_q == S_DISPATCH &&
+                            kind_q == na_protocol::KIND_ADD_CONTAINER_ADDRESS;
+  assign container_remove = state_q == S_REMOVE_CONTAINER;
+  assign rule_add = state_q == S_DISPATCH && kind_q == na_protocol::KIND_DENY_CONNECTIONS;
+  assign rule_remove = state_q == S_DISPATCH && kind_q == na_protocol::KIND_ALLOW_CONNECTIONS;
   assign listener_insert = state_q == S_LISTEN && listen_ok;
   assign listener_remove = (state_q == S_UNLISTEN && unlisten_ok) ||
                            state_q == S_REMOVE_LISTENER;
@@ -428,6 +515,7 @@ module na_engine_core
       connections_total_q <= '0;
       requests_q <= '0;
       rejected_q <= '0;
+      policy_denials_q <= '0;
     end else begin
       case (state_q)
         S_IDLE:
@@ -444,9 +532,13 @@ module na_engine_core
           owner_index_q <= owner_index;
           slot_q <= connection_id[SlotBits-1:0];
           displacement_q <= '0;
-          if (kind_q == na_protocol::KIND_ADD_PROCESS) state_q <= S_IDLE;
-          else if (kind_q == na_protocol::KIND_REMOVE_PROCESS)
+          port_netns_q <= process_netns;
+          owner_found_q <= container_hit;
+          owner_netns_q <= container_netns;
+          policy_denied_q <= 0;
+          if (kind_q == na_protocol::KIND_REMOVE_PROCESS)
             state_q <= process_hit ? S_REMOVE_LISTENERS : S_IDLE;
+          else if (kind_q == na_protocol::KIND_REMOVE_CONTAINER) state_q <= S_REMOVE_CONTAINER;
           else if (kind_q == na_protocol::KIND_REQUEST) begin
             requests_q <= requests_q + 1;
             if (!process_hit) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_ESRCH);
@@ -454,11 +546,23 @@ module na_engine_core
               case (op)
                 na_protocol::OP_LISTEN: state_q <= S_PORT_LOOKUP;
                 na_protocol::OP_UNLISTEN: state_q <= S_UNLISTEN;
-                na_protocol::OP_CONNECT: state_q <= S_PORT_LOOKUP;
+                na_protocol::OP_CONNECT: state_q <= S_CROSS;
                 na_protocol::OP_CLOSE: state_q <= S_CLOSE;
                 default: answer(na_protocol::EVT_ERROR, na_protocol::STATUS_EINVAL);
               endcase
-          end else state_q <= S_IDLE;  // no such kind: the host's bug, not a request
+          end else state_q <= S_IDLE;  // the table commands above are done now
+        end
+
+        // The destination's container is known (looked up in S_DISPATCH):
+        // the rules and the requester's own address are looked up, and the
+        // port in the listeners' namespace next.
+        S_CROSS: begin
+          crossing_q <= crossing;
+          denied_q <= rule_denies;
+          own_hit_q <= own_hit;
+          own_host_q <= own_host;
+          if (crossing) port_netns_q <= owner_netns_q;
+          state_q <= S_PORT_LOOKUP;
         end
 
         // The listener table looks the port up (netns_q is set now).
@@ -477,7 +581,15 @@ module na_engine_core
         S_CONNECT:
         if (connect_malformed) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_EINVAL);
         else if (!connection_room_q) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ENOBUFS);
-        else if (!port_hit) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ECONNREFUSED);
+        else if (crossing_q && denied_q) begin
+          policy_denied_q <= 1;
+          policy_denials_q <= policy_denials_q + 1;
+          answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ECONNREFUSED);
+        end else if (crossing_q && !own_hit_q) begin
+          // Not attached itself: the engine cannot say what address the
+          // kernel would give the client, so the kernel carries it.
+          answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ECONNREFUSED);
+        end else if (!port_hit) answer(na_protocol::EVT_REPLY, na_protocol::STATUS_ECONNREFUSED);
         else begin
           members_q <= port_count;
           start_q <= port_cursor;
@@ -627,6 +739,9 @@ module na_engine_core
         end
 
         S_REMOVE_FINISH: state_q <= S_IDLE;
+
+        // One address per cycle, the namespace's first each time.
+        S_REMOVE_CONTAINER: if (!container_netns_hit) state_q <= S_IDLE;
 
         S_EMIT:
         if (!out_full) begin

@@ -6,6 +6,8 @@ module na_engine_top
     parameter int NAMESPACES = 16,
     parameter int LISTENERS = 32,
     parameter int CONNECTIONS = 1024,
+    parameter int CONTAINER_ADDRESSES = 16,
+    parameter int POLICY_RULES = 16,
     parameter int REQUEST_SLOTS = 64,
     parameter int OUTPUT_SLOTS = 16,
     localparam int OutputBits = 8 + 32 + 32 + na_protocol::DESCRIPTOR_BITS,
@@ -18,7 +20,7 @@ module na_engine_top
     input logic [31:0] max_connections,
 
     input  logic                        host_write,
-    input  logic [                 1:0] host_kind,
+    input  logic [na_protocol::KIND_BITS-1:0] host_kind,
     input  logic [                31:0] host_process,
     input  logic [ na_protocol::DESCRIPTOR_BITS-1:0] host_descriptor,
     output logic [  RequestIndexBits:0] host_free_slots,
@@ -36,10 +38,13 @@ module na_engine_top
     output logic [31:0] connections_open,
     output logic [63:0] connections_total,
     output logic [63:0] requests,
-    output logic [63:0] rejected_requests
+    output logic [63:0] rejected_requests,
+    output logic [31:0] container_addresses,
+    output logic [31:0] policy_rules,
+    output logic [63:0] policy_denials
 );
   logic in_valid, in_take, frontend_empty, core_idle;
-  logic [1:0] in_kind;
+  logic [na_protocol::KIND_BITS-1:0] in_kind;
   logic [31:0] in_process;
   logic [na_protocol::DESCRIPTOR_BITS-1:0] in_descriptor;
   na_doorbell_frontend #(
@@ -68,7 +73,9 @@ module na_engine_top
       .PROCESSES(PROCESSES),
       .NAMESPACES(NAMESPACES),
       .LISTENERS(LISTENERS),
-      .CONNECTIONS(CONNECTIONS)
+      .CONNECTIONS(CONNECTIONS),
+      .CONTAINER_ADDRESSES(CONTAINER_ADDRESSES),
+      .POLICY_RULES(POLICY_RULES)
   ) core (
       .clk(clk),
       .rst_n(rst_n),
@@ -88,7 +95,10 @@ module na_engine_top
       .connections_open(connections_open),
       .connections_total(connections_total),
       .requests(requests),
-      .rejected_requests(rejected_requests)
+      .rejected_requests(rejected_requests),
+      .container_addresses(container_addresses),
+      .policy_rules(policy_rules),
+      .policy_denials(policy_denials)
   );
 
   na_output_fifo #(

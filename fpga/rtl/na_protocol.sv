@@ -60,6 +60,7 @@ package na_protocol;
   localparam logic [7:0] EVT_REPLY = 8'h1;
   localparam logic [7:0] EVT_INCOMING = 8'h2;
   localparam logic [7:0] EVT_ERROR = 8'h3;
+  localparam logic [7:0] EVT_FLAG_POLICY_DENIED = 8'h2;
   localparam logic [7:0] NOTICE_DELIVER = 8'h0;
   localparam logic [7:0] NOTICE_CONNECTION_CREATED = 8'h1;
   localparam logic [7:0] NOTICE_CONNECTION_RELEASED = 8'h2;
@@ -69,9 +70,14 @@ package na_protocol;
   localparam logic [7:0] FAMILY_INET6 = 8'ha;
   localparam logic [15:0] EPHEMERAL_FIRST = 16'h8000;
   localparam logic [15:0] EPHEMERAL_LAST = 16'hee47;
-  localparam logic [1:0] KIND_REQUEST = 2'h0;
-  localparam logic [1:0] KIND_ADD_PROCESS = 2'h1;
-  localparam logic [1:0] KIND_REMOVE_PROCESS = 2'h2;
+  localparam int KIND_BITS = 3;
+  localparam logic [2:0] KIND_REQUEST = 3'h0;
+  localparam logic [2:0] KIND_ADD_PROCESS = 3'h1;
+  localparam logic [2:0] KIND_REMOVE_PROCESS = 3'h2;
+  localparam logic [2:0] KIND_ADD_CONTAINER_ADDRESS = 3'h3;
+  localparam logic [2:0] KIND_REMOVE_CONTAINER = 3'h4;
+  localparam logic [2:0] KIND_DENY_CONNECTIONS = 3'h5;
+  localparam logic [2:0] KIND_ALLOW_CONNECTIONS = 3'h6;
 
   // Event::status values.
   localparam logic [15:0] STATUS_OK = 16'h0;

@@ -4,6 +4,7 @@
 #include "netaccel/fpga_sim_engine.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstring>
 #include <span>
@@ -23,6 +24,13 @@ struct HostDescriptor {
   HostDescriptorKind kind;
   uint32_t process_id;
   Request request;
+};
+
+struct DenyRule {
+  uint64_t client_netns;
+  uint64_t server_netns;
+  uint16_t port;  // 0: every port
+  bool operator==(const DenyRule&) const = default;
 };
 
 // Verilator keeps a wide signal as 32-bit words, least significant first;
@@ -65,6 +73,52 @@ class FpgaSimEngine::Model {
 
   bool batch_full() const { return pending_.size() >= options_.doorbell_batch; }
 
+  // The host's copy of the container address and deny-rule tables, kept as
+  // the RTL keeps them: an address known already moves to the new namespace
+  // in place, a rule present already is not added again.
+  bool add_container_address(uint64_t netns_id, const InetAddress& address) {
+    const auto known = std::find_if(
+        container_addresses_.begin(), container_addresses_.end(), [&](const ContainerAddress& c) {
+          return std::memcmp(c.bytes.data(), address.bytes, sizeof address.bytes) == 0;
+        });
+    if (known != container_addresses_.end()) {
+      known->netns_id = netns_id;
+    } else if (container_addresses_.size() < kFpgaContainerAddresses) {
+      ContainerAddress added{netns_id, {}};
+      std::memcpy(added.bytes.data(), address.bytes, sizeof address.bytes);
+      container_addresses_.push_back(added);
+    } else {
+      return false;
+    }
+    Request descriptor{};
+    descriptor.socket_id = netns_id;
+    descriptor.address = address;
+    queue(HostDescriptorKind::kAddContainerAddress, 0, descriptor);
+    return true;
+  }
+
+  void remove_container(uint64_t netns_id) {
+    std::erase_if(container_addresses_,
+                  [netns_id](const ContainerAddress& c) { return c.netns_id == netns_id; });
+    Request descriptor{};
+    descriptor.socket_id = netns_id;
+    queue(HostDescriptorKind::kRemoveContainer, 0, descriptor);
+  }
+
+  bool deny_connections(const DenyRule& rule) {
+    if (std::find(deny_rules_.begin(), deny_rules_.end(), rule) == deny_rules_.end()) {
+      if (deny_rules_.size() >= kFpgaPolicyRules) return false;
+      deny_rules_.push_back(rule);
+    }
+    queue(HostDescriptorKind::kDenyConnections, 0, rule_descriptor(rule));
+    return true;
+  }
+
+  void allow_connections(const DenyRule& rule) {
+    std::erase(deny_rules_, rule);
+    queue(HostDescriptorKind::kAllowConnections, 0, rule_descriptor(rule));
+  }
+
   // Hands everything queued to the engine, at most a ring's worth per doorbell.
   void ring_doorbell(std::vector<EngineOutput>& out) {
     for (std::size_t sent = 0; sent < pending_.size();) {
@@ -83,12 +137,23 @@ class FpgaSimEngine::Model {
     counters.connections_total = top_->connections_total;
     counters.requests = top_->requests;
     counters.rejected_requests = top_->rejected_requests;
+    counters.container_addresses = top_->container_addresses;
+    counters.policy_rules = top_->policy_rules;
+    counters.policy_denials = top_->policy_denials;
     return counters;
   }
 
   const FpgaSimStats& stats() const { return stats_; }
 
  private:
+  static Request rule_descriptor(const DenyRule& rule) {
+    Request descriptor{};
+    descriptor.socket_id = rule.client_netns;
+    descriptor.connection_id = rule.server_netns;
+    descriptor.address.port = rule.port;
+    return descriptor;
+  }
+
   void ring_doorbell(std::span<const HostDescriptor> batch, std::vector<EngineOutput>& out) {
     // Posted writes into the ring: invisible to the engine until the doorbell.
     for (const HostDescriptor& descriptor : batch) {
@@ -148,6 +213,12 @@ class FpgaSimEngine::Model {
   std::unique_ptr<Vna_engine_top> top_;
   std::vector<HostDescriptor> pending_;
   FpgaSimStats stats_;
+  struct ContainerAddress {
+    uint64_t netns_id;
+    std::array<uint8_t, sizeof InetAddress::bytes> bytes;
+  };
+  std::vector<ContainerAddress> container_addresses_;
+  std::vector<DenyRule> deny_rules_;
 };
 
 FpgaSimEngine::FpgaSimEngine(const FpgaSimOptions& options)
@@ -166,6 +237,22 @@ void FpgaSimEngine::add_process(uint32_t process_id, uint64_t netns_id) {
 void FpgaSimEngine::remove_process(uint32_t process_id, std::vector<EngineOutput>& out) {
   model_->queue(HostDescriptorKind::kRemoveProcess, process_id, Request{});
   model_->ring_doorbell(out);  // the caller acts on the process's outputs now
+}
+
+bool FpgaSimEngine::add_container_address(uint64_t netns_id, const InetAddress& address) {
+  return model_->add_container_address(netns_id, address);
+}
+
+void FpgaSimEngine::remove_container(uint64_t netns_id) {
+  model_->remove_container(netns_id);
+}
+
+bool FpgaSimEngine::deny_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) {
+  return model_->deny_connections(DenyRule{client_netns, server_netns, port});
+}
+
+void FpgaSimEngine::allow_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) {
+  model_->allow_connections(DenyRule{client_netns, server_netns, port});
 }
 
 void FpgaSimEngine::submit(uint32_t process_id, const Request& request,

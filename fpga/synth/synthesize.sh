@@ -30,6 +30,7 @@ yosys -q -l "$log" -p "
   read_verilog -sv $rtl/na_protocol.sv
   read_verilog -sv $rtl/na_first_set.sv $rtl/na_address_classify.sv $rtl/na_descriptor_parser.sv
   read_verilog -sv $rtl/na_listener_table.sv $rtl/na_process_table.sv $rtl/na_connection_table.sv
+  read_verilog -sv $rtl/na_container_table.sv $rtl/na_policy_table.sv
   read_verilog -sv $rtl/na_doorbell_frontend.sv $rtl/na_output_fifo.sv
   read_verilog -sv $rtl/na_engine_core.sv $rtl/na_engine_top.sv
   $chparams

@@ -1,7 +1,8 @@
 // The FPGA engine's RTL against the software engine: long random sequences
 // of control-plane requests, valid and not (unknown processes and ids,
-// double closes, port conflicts, full tables, garbage), must give both the
-// same outputs in the same order and the same counters.
+// double closes, port conflicts, full tables, garbage), mixed with attached
+// containers' addresses and deny rules coming and going, must give both the
+// same outputs in the same order, the same answers and the same counters.
 #include <errno.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
@@ -50,6 +51,44 @@ void expect_same_counters(const EngineCounters& software, const EngineCounters& 
   EXPECT_EQ(software.connections_total, fpga.connections_total);
   EXPECT_EQ(software.requests, fpga.requests);
   EXPECT_EQ(software.rejected_requests, fpga.rejected_requests);
+  EXPECT_EQ(software.container_addresses, fpga.container_addresses);
+  EXPECT_EQ(software.policy_rules, fpga.policy_rules);
+  EXPECT_EQ(software.policy_denials, fpga.policy_denials);
+}
+
+// The software engine with the RTL's table sizes.
+SoftwareEngineLimits fpga_sized_limits(uint32_t max_listeners, uint32_t max_connections) {
+  SoftwareEngineLimits limits;
+  limits.max_listeners = max_listeners;
+  limits.max_connections = max_connections;
+  limits.max_container_addresses = kFpgaContainerAddresses;
+  limits.max_policy_rules = kFpgaPolicyRules;
+  return limits;
+}
+
+// fd00::n, an attached container's IPv6 address.
+InetAddress ipv6_unique_local(uint8_t n, uint16_t port) {
+  InetAddress address{};
+  address.family = AF_INET6;
+  address.bytes[0] = 0xfd;
+  address.bytes[15] = n;
+  address.port = port;
+  return address;
+}
+
+// `::`, every IPv6 destination.
+InetAddress ipv6_any() {
+  InetAddress address{};
+  address.family = AF_INET6;
+  return address;
+}
+
+// Addresses attached containers may have: more than the RTL's table holds,
+// so that it fills up. 10.0.0.1, 10.0.0.2 and fd00::7 are pick_address's too.
+constexpr std::size_t kContainerAddressPool = 22;
+InetAddress container_address(std::size_t index, uint16_t port) {
+  if (index < 14) return ipv4(10, 0, 0, static_cast<uint8_t>(1 + index), port);
+  return ipv6_unique_local(static_cast<uint8_t>(index - 13), port);
 }
 
 // The software engine walks a dead process's connections in hash order; the
@@ -110,19 +149,27 @@ class Differential {
   Differential(uint64_t seed, uint32_t max_listeners, uint32_t max_connections,
                uint32_t doorbell_batch)
       : random_(seed),
-        software_(make_software_engine(SoftwareEngineLimits{max_listeners, max_connections})),
+        software_(make_software_engine(fpga_sized_limits(max_listeners, max_connections))),
         fpga_(make_fpga_sim_engine(FpgaSimOptions{std::chrono::nanoseconds(0), doorbell_batch,
                                                   max_listeners, max_connections})) {}
 
   void run(int steps) {
     for (int step = 0; step < steps && !::testing::Test::HasFailure(); ++step) {
-      const std::size_t choice = random_.between(0, 99);
-      if (choice < 3) {
+      const std::size_t choice = random_.between(0, 199);
+      if (choice < 6) {
         remove_random_process();
-      } else if (choice < 8) {
+      } else if (choice < 16) {
         add_random_process();
-      } else if (choice < 12) {
+      } else if (choice < 24) {
         flush_and_compare();
+      } else if (choice < 30) {
+        add_random_container_address();
+      } else if (choice < 31) {
+        remove_random_container();
+      } else if (choice < 35) {
+        deny_random_connections();
+      } else if (choice < 39) {
+        allow_random_connections();
       } else {
         submit_random_request();
       }
@@ -135,9 +182,14 @@ class Differential {
   struct Coverage {
     std::size_t connected = 0, incoming = 0, released = 0, abandoned = 0, closed = 0;
     std::size_t in_use = 0, no_buffers = 0, bad_fd = 0, refused = 0, no_process = 0, invalid = 0;
+    // Attached containers: connects across namespaces, refusals by a deny
+    // rule, addresses moved to another namespace, additions a full table
+    // refused, namespaces detached while they had addresses.
+    std::size_t crossed = 0, policy_denied = 0, moved = 0, addresses_full = 0, rules_full = 0;
+    std::size_t detached = 0;
   };
   Coverage coverage() const {
-    Coverage c;
+    Coverage c = container_coverage_;
     for (const EngineOutput& output : software_stream_) {
       const Event& event = output.event;
       c.released += output.notice == EngineNotice::kConnectionReleased;
@@ -153,13 +205,86 @@ class Differential {
       c.refused += event.status == -ECONNREFUSED;
       c.no_process += event.status == -ESRCH;
       c.invalid += event.status == -EINVAL;
+      c.policy_denied += (event.local.reserved & kEventPolicyDenied) != 0;
     }
     return c;
   }
 
  private:
   static constexpr uint32_t kMaxProcessId = 12;  // below the RTL's process table size
-  static constexpr uint64_t kNamespaces[] = {4026531840, 4026532001, 4026532002};
+  static constexpr uint64_t kNamespaces[] = {4026531840, 4026532001, 4026532002, 4026532003};
+
+  // A namespace for the container tables: mostly one with processes,
+  // sometimes one without, or 0 (which the engines take for "no container").
+  uint64_t pick_container_netns() {
+    switch (random_.between(0, 19)) {
+      case 0:
+        return 0;
+      case 1:
+        return 4026532099;
+      default:
+        return kNamespaces[random_.between(0, std::size(kNamespaces) - 1)];
+    }
+  }
+
+  uint16_t pick_service_port() {
+    static const uint16_t kServicePorts[] = {80, 8080, 8081};
+    return kServicePorts[random_.between(0, std::size(kServicePorts) - 1)];
+  }
+
+  uint16_t pick_rule_port() {
+    static const uint16_t kRulePorts[] = {0, 0, 80, 8080, 8081, kEphemeralPortFirst};
+    return kRulePorts[random_.between(0, std::size(kRulePorts) - 1)];
+  }
+
+  void add_random_container_address() {
+    const uint64_t netns = pick_container_netns();
+    // Mostly the pool's, with any port; now and then loopback, wildcards, garbage.
+    const InetAddress address =
+        random_.between(0, 9) != 0
+            ? container_address(random_.between(0, kContainerAddressPool - 1),
+                                static_cast<uint16_t>(random_.next()))
+            : pick_address(random_);
+    const uint64_t before = software_->counters().container_addresses;
+    const bool software_added = software_->add_container_address(netns, address);
+    const bool fpga_added = fpga_->add_container_address(netns, address);
+    ASSERT_EQ(software_added, fpga_added) << "adding an address of netns " << netns;
+    container_coverage_.addresses_full += !software_added;
+    container_coverage_.moved +=
+        software_added && software_->counters().container_addresses == before;
+  }
+
+  void remove_random_container() {
+    const uint64_t netns = pick_container_netns();
+    const uint64_t before = software_->counters().container_addresses;
+    software_->remove_container(netns);
+    fpga_->remove_container(netns);
+    container_coverage_.detached += software_->counters().container_addresses < before;
+  }
+
+  void deny_random_connections() {
+    const Rule rule{pick_container_netns(), pick_container_netns(), pick_rule_port()};
+    const bool software_added =
+        software_->deny_connections(rule.client_netns, rule.server_netns, rule.port);
+    const bool fpga_added =
+        fpga_->deny_connections(rule.client_netns, rule.server_netns, rule.port);
+    ASSERT_EQ(software_added, fpga_added)
+        << "denying " << rule.client_netns << " -> " << rule.server_netns << " port " << rule.port;
+    container_coverage_.rules_full += !software_added;
+    if (software_added) rules_.push_back(rule);
+  }
+
+  void allow_random_connections() {
+    // Mostly a rule that was denied (perhaps already allowed), else any.
+    Rule rule{pick_container_netns(), pick_container_netns(), pick_rule_port()};
+    if (!rules_.empty() && random_.between(0, 9) < 8) {
+      const std::size_t index = random_.between(0, rules_.size() - 1);
+      rule = rules_[index];
+      rules_.erase(rules_.begin() + static_cast<std::ptrdiff_t>(index));
+    }
+    software_->allow_connections(rule.client_netns, rule.server_netns, rule.port);
+    fpga_->allow_connections(rule.client_netns, rule.server_netns, rule.port);
+  }
 
   void add_random_process() {
     const uint32_t process_id = static_cast<uint32_t>(random_.between(1, kMaxProcessId));
@@ -169,6 +294,7 @@ class Differential {
     software_->add_process(process_id, netns);
     fpga_->add_process(process_id, netns);
     live_.push_back(process_id);
+    netns_of_[process_id] = netns;
   }
 
   void remove_random_process() {
@@ -188,6 +314,7 @@ class Differential {
 
   void submit_random_request() {
     uint32_t process_override = 0;
+    bool to_container = false;
     Request request{};
     request.request_id = ++last_request_id_;
     request.socket_id = random_.between(0, 5);
@@ -198,6 +325,13 @@ class Differential {
       case 3:
         request.op = RequestOp::kListen;
         request.address = pick_address(random_);
+        if (random_.between(0, 2) != 0) {  // a server of an attached container
+          request.address = random_.between(0, 2) == 0
+                                ? container_address(random_.between(0, kContainerAddressPool - 1),
+                                                    pick_service_port())
+                                : (random_.between(0, 1) == 0 ? ipv4(0, 0, 0, 0, 0) : ipv6_any());
+          request.address.port = pick_service_port();
+        }
         request.backlog = static_cast<uint16_t>(random_.next());
         break;
       case 4:
@@ -212,7 +346,12 @@ class Differential {
       case 11:
       case 12:
         request.op = RequestOp::kConnect;
-        request.address = pick_address(random_);
+        // Often an attached container's address, maybe another namespace's.
+        to_container = random_.between(0, 1) == 0;
+        request.address = to_container
+                              ? container_address(random_.between(0, kContainerAddressPool - 1),
+                                                  pick_service_port())
+                              : pick_address(random_);
         if (random_.between(0, 2) == 0) request.source = pick_address(random_);
         if (random_.between(0, 4) == 0) request.source.port = 0;
         break;
@@ -243,6 +382,8 @@ class Differential {
         break;
     }
     request.flags = static_cast<uint8_t>(random_.between(0, 3));
+    // The preload marks a container's address local only in its own namespace.
+    if (to_container && random_.between(0, 3) != 0) request.flags &= ~kRequestDestinationLocal;
     // Mostly live processes, sometimes strangers.
     uint32_t process_id = !live_.empty() && random_.between(0, 9) != 0
                               ? live_[random_.between(0, live_.size() - 1)]
@@ -256,6 +397,8 @@ class Differential {
       if (output.notice == EngineNotice::kConnectionCreated) {
         created_.push_back(
             Created{output.event.connection_id, output.destination, output.peer_process});
+        container_coverage_.crossed +=
+            netns_of_[output.destination] != netns_of_[output.peer_process];
       }
     }
   }
@@ -290,10 +433,26 @@ class Differential {
   };
   std::vector<Created> created_;
   uint32_t last_request_id_ = 0;
+  uint64_t netns_of_[kMaxProcessId + 1] = {};
+  struct Rule {
+    uint64_t client_netns, server_netns;
+    uint16_t port;
+  };
+  std::vector<Rule> rules_;  // denied, perhaps allowed since
+  Coverage container_coverage_;
 };
 
 // Roomy tables: long-lived state, round robin, ephemeral ports.
-void expect_everything_covered(const Differential::Coverage& c) {
+// With full tables few connects succeed, and fewer still across namespaces.
+void expect_everything_covered(const Differential::Coverage& c, std::size_t crossed = 50) {
+  std::printf(
+      "coverage: %zu connected, %zu closed, %zu released, %zu abandoned; %zu EADDRINUSE, "
+      "%zu ENOBUFS, %zu EBADF, %zu ECONNREFUSED, %zu ESRCH, %zu EINVAL; %zu across namespaces, "
+      "%zu denied by policy, %zu addresses moved, %zu refused (table full), %zu rules refused "
+      "(table full), %zu detached\n",
+      c.connected, c.closed, c.released, c.abandoned, c.in_use, c.no_buffers, c.bad_fd, c.refused,
+      c.no_process, c.invalid, c.crossed, c.policy_denied, c.moved, c.addresses_full, c.rules_full,
+      c.detached);
   EXPECT_GT(c.connected, 100u);
   EXPECT_EQ(c.incoming, c.connected);
   EXPECT_GT(c.closed, 100u);
@@ -304,6 +463,12 @@ void expect_everything_covered(const Differential::Coverage& c) {
   EXPECT_GT(c.refused, 100u);
   EXPECT_GT(c.no_process, 100u);
   EXPECT_GT(c.invalid, 100u);
+  EXPECT_GT(c.crossed, crossed);
+  EXPECT_GT(c.policy_denied, 100u);
+  EXPECT_GT(c.moved, 10u);
+  EXPECT_GT(c.addresses_full, 10u);
+  EXPECT_GT(c.rules_full, 10u);
+  EXPECT_GT(c.detached, 10u);
 }
 
 TEST(FpgaEngineDifferential, RandomRequestsRoomyTables) {
@@ -319,7 +484,7 @@ TEST(FpgaEngineDifferential, RandomRequestsFullTables) {
   for (const uint64_t seed : {11, 12, 13}) {
     Differential differential(seed, 4, 6, seed % 3 == 0 ? 1 : kFpgaRequestSlots);
     differential.run(20000);
-    expect_everything_covered(differential.coverage());
+    expect_everything_covered(differential.coverage(), 10);
     EXPECT_GT(differential.coverage().no_buffers, 100u);
   }
 }

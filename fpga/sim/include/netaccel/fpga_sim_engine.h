@@ -30,6 +30,8 @@ inline constexpr uint32_t kFpgaProcesses = NETACCEL_FPGA_PROCESSES;
 inline constexpr uint32_t kFpgaNamespaces = NETACCEL_FPGA_NAMESPACES;
 inline constexpr uint32_t kFpgaListeners = NETACCEL_FPGA_LISTENERS;
 inline constexpr uint32_t kFpgaConnections = NETACCEL_FPGA_CONNECTIONS;
+inline constexpr uint32_t kFpgaContainerAddresses = NETACCEL_FPGA_CONTAINER_ADDRESSES;
+inline constexpr uint32_t kFpgaPolicyRules = NETACCEL_FPGA_POLICY_RULES;
 inline constexpr uint32_t kFpgaRequestSlots = NETACCEL_FPGA_REQUEST_SLOTS;
 
 struct FpgaSimStats {
@@ -46,12 +48,13 @@ class FpgaSimEngine : public ControlPlaneEngine {
   std::string_view name() const override { return "fpga-sim"; }
   void add_process(uint32_t process_id, uint64_t netns_id) override;
   void remove_process(uint32_t process_id, std::vector<EngineOutput>& out) override;
-  // The RTL has no container address or policy table yet: every address and
-  // rule is refused, so the monitor leaves those connects to the kernel.
-  bool add_container_address(uint64_t, const InetAddress&) override { return false; }
-  void remove_container(uint64_t) override {}
-  bool deny_connections(uint64_t, uint64_t, uint16_t) override { return false; }
-  void allow_connections(uint64_t, uint64_t, uint16_t) override {}
+  // Queued like requests, so they take effect in order with them. The host
+  // keeps a copy of both tables' keys (nothing else changes them), so a full
+  // table is refused here, at once, without asking the NIC.
+  bool add_container_address(uint64_t netns_id, const InetAddress& address) override;
+  void remove_container(uint64_t netns_id) override;
+  bool deny_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) override;
+  void allow_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) override;
   void submit(uint32_t process_id, const Request& request, std::vector<EngineOutput>& out) override;
   void flush(std::vector<EngineOutput>& out) override;
   EngineCounters counters() const override;

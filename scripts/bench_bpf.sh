@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Kernel bridge vs the sockmap short-circuit between two containers made by
-# the CNI bridge plugin, side by side in one run, with unmodified programs:
+# Between two containers made by the CNI bridge plugin, side by side in one
+# run, with unmodified programs: the kernel bridge, the sockmap short-circuit
+# (tier 1, programs not preloaded), tier 0 across the two containers (both
+# ends under `netaccel run`) and, for reference, tier 0 inside one container.
 # redis-benchmark (request/response), sockperf ping-pong (64-byte round
 # trips), iperf3 (one TCP stream). Writes its section of docs/benchmarks.md
 # between <!-- bpf:begin --> and <!-- bpf:end -->.
@@ -23,9 +25,10 @@ OUTPUT=${NA_BENCH_OUTPUT-$repo/docs/benchmarks.md}
 readonly REDIS_PORT=6392 SOCKPERF_PORT=11112 IPERF_PORT=5212
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# A round runs 14 bounded commands: 5 measurements on each path, 2 attaches
-# and 2 detaches. The servers and the resident process outlive them all.
-na_bound_run $((14 * ROUNDS))
+# A round runs 24 bounded commands: 5 measurements on each of 4 paths, 2
+# attaches and 2 detaches. The servers and the resident process outlive them all.
+na_bound_run $((24 * ROUNDS))
+na_start_monitor
 
 na_container_add na-client
 na_container_add na-server
@@ -35,19 +38,33 @@ na_container_bg na-server redis-server redis-server --port "$REDIS_PORT" --bind 
   --protected-mode no --save '' --appendonly no
 na_container_bg na-server sockperf-server sockperf server --tcp -i "$SERVER" -p "$SOCKPERF_PORT"
 na_container_bg na-server iperf3-server iperf3 -s -B "$SERVER" -p "$IPERF_PORT"
-for port in "$REDIS_PORT" "$SOCKPERF_PORT" "$IPERF_PORT"; do na_container_wait_listen na-server "$port"; done
+# The same servers under netaccel, one port up, for tier 0.
+na_container_bg na-server redis-server-netaccel "${NA_RUN[@]}" redis-server --port $((REDIS_PORT + 1)) \
+  --bind 0.0.0.0 --protected-mode no --save '' --appendonly no
+na_container_bg na-server sockperf-server-netaccel "${NA_RUN[@]}" sockperf server --tcp -i "$SERVER" \
+  -p $((SOCKPERF_PORT + 1))
+na_container_bg na-server iperf3-server-netaccel "${NA_RUN[@]}" iperf3 -s -B "$SERVER" -p $((IPERF_PORT + 1))
+for port in "$REDIS_PORT" "$SOCKPERF_PORT" "$IPERF_PORT"; do
+  na_container_wait_listen na-server "$port"
+  na_container_wait_listen na-server $((port + 1))
+done
+
+# Each measurement runs in container $client, against ports $REDIS_PORT +
+# $port_offset..., under "${run[@]}" (empty, or netaccel run): set by measure.
 
 # Each measurement prints "NAME VALUE" lines on stdout.
 redis_rate() {  # redis_rate CLIENTS TEST: requests per second
   local requests
   requests=$((80000 * SECONDS_EACH))  # about SECONDS_EACH at the rates seen here
-  na_container_run na-client redis-benchmark -h "$SERVER" -p "$REDIS_PORT" -c "$1" -n "$requests" \
+  na_container_run "$client" "${run[@]}" redis-benchmark -h "$SERVER" -p $((REDIS_PORT + port_offset)) \
+    -c "$1" -n "$requests" \
     -t "$2" --csv | tr -d '"' | awk -F, -v name="redis_$2_c$1" 'NR > 1 {print name, $2}'
 }
 
 sockperf_round_trips() {
   local log=$NA_TMP/sockperf.log
-  na_container_run na-client sockperf ping-pong --tcp -i "$SERVER" -p "$SOCKPERF_PORT" -m 64 \
+  na_container_run "$client" "${run[@]}" sockperf ping-pong --tcp -i "$SERVER" \
+    -p $((SOCKPERF_PORT + port_offset)) -m 64 \
     -t "$SECONDS_EACH" >"$log" 2>&1 || na_fail "sockperf failed: $(tail -5 "$log")"
   sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
     /Valid Duration/ { split($0, a, "RunTime="); run = a[2] + 0; split($0, b, "ReceivedMessages="); n = b[2] + 0 }
@@ -56,11 +73,21 @@ sockperf_round_trips() {
 }
 
 iperf_throughput() {
-  na_container_run na-client iperf3 -c "$SERVER" -p "$IPERF_PORT" -t "$SECONDS_EACH" -J |
+  na_container_run "$client" "${run[@]}" iperf3 -c "$SERVER" -p $((IPERF_PORT + port_offset)) \
+    -t "$SECONDS_EACH" -J |
     jq -r '"iperf_gbits \(.end.sum_received.bits_per_second / 1e9)"'
 }
 
+# measure PATH: kernel and sockmap run the plain programs from na-client;
+# tier0 the preloaded ones, from na-client or (tier0_local) from inside na-server.
 measure() {
+  local client=na-client port_offset=0
+  local -a run=()
+  if [[ $1 == tier0* ]]; then
+    port_offset=1
+    run=("${NA_RUN[@]}")
+  fi
+  [[ $1 == tier0_local ]] && client=na-server
   redis_rate 1 get
   redis_rate 1 ping_inline
   redis_rate 50 get
@@ -78,15 +105,23 @@ redirected_bytes() {
 declare -A RESULTS
 for round in $(seq "$ROUNDS"); do
   na_step "round $round/$ROUNDS: kernel bridge"
-  while read -r name value; do RESULTS[kernel.$name]+="$value "; done < <(measure)
+  while read -r name value; do RESULTS[kernel.$name]+="$value "; done < <(measure kernel)
   na_step "round $round/$ROUNDS: sockmap"
   for name in na-client na-server; do
     na_timeout "$NA_COMMAND_TIMEOUT" "$NETACCEL" attach "$name" >/dev/null || na_fail "attach $name failed"
   done
-  while read -r name value; do RESULTS[sockmap.$name]+="$value "; done < <(measure)
+  while read -r name value; do RESULTS[sockmap.$name]+="$value "; done < <(measure sockmap)
   redirected=$(redirected_bytes)
   ((redirected > 0)) || na_fail "round $round: the sockmap carried nothing: its figures would be the bridge's"
   na_log "round $round: the sockmap carried $redirected bytes"
+  for path in tier0 tier0_local; do
+    na_step "round $round/$ROUNDS: $path"
+    na_connections_total
+    before=$NA_TOTAL
+    while read -r name value; do RESULTS[$path.$name]+="$value "; done < <(measure "$path")
+    # Every measurement's connection must be netaccel's, or the figures are the kernel's.
+    na_expect_connections "$before" 5 "round $round $path"
+  done
   for name in na-client na-server; do
     na_timeout "$NA_COMMAND_TIMEOUT" "$NETACCEL" detach "$name" >/dev/null || na_fail "detach $name failed"
   done
@@ -135,18 +170,34 @@ lines = [
     "sockmap round checks that the sockmap counters grew, so no figure is the bridge's in "
     "disguise.",
     "",
-    "| test | kernel bridge | sockmap | ratio |",
-    "| --- | ---: | ---: | ---: |",
+    "| test | kernel bridge | sockmap | ratio | tier 0 across containers | ratio | tier 0 in one container | across / in one |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
+def ratio(better, baseline, higher):
+    return better / baseline if higher else baseline / better
 for label, key, unit, higher in rows:
-    kernel_value, sockmap_value = values.get("kernel." + key), values.get("sockmap." + key)
-    if kernel_value is None or sockmap_value is None:
+    got = [values.get(path + "." + key) for path in ("kernel", "sockmap", "tier0", "tier0_local")]
+    if None in got:
         continue
-    ratio = sockmap_value / kernel_value if higher else kernel_value / sockmap_value
-    lines.append(f"| {label} | {show(kernel_value, unit)} | {show(sockmap_value, unit)} | {ratio:.2f}x |")
+    kernel_value, sockmap_value, tier0_value, local_value = got
+    lines.append(
+        f"| {label} | {show(kernel_value, unit)} | {show(sockmap_value, unit)} | "
+        f"{ratio(sockmap_value, kernel_value, higher):.2f}x | {show(tier0_value, unit)} | "
+        f"{ratio(tier0_value, kernel_value, higher):.2f}x | {show(local_value, unit)} | "
+        f"{ratio(tier0_value, local_value, higher):.2f}x |")
 lines += [
     "",
-    "Ratio: above 1 means the sockmap path is better (rates: sockmap/kernel; latencies: kernel/sockmap).",
+    "Ratios: above 1 means better than the kernel bridge (rates: path/kernel; latencies: "
+    "kernel/path); the last column compares tier 0 across two containers with tier 0 inside "
+    "one (1.00x: crossing containers costs nothing).",
+    "",
+    "**tier 0**: both containers attached and the same programs under `netaccel run` "
+    "(servers on the next port up): the monitor knows the attached containers from their "
+    "pins, so a connect from one to the other's address becomes a shared-memory connection "
+    "(each tier 0 measurement checks `connections_total` grew). From then on the bytes move "
+    "through a ring in memory both processes map, with no system call while both are busy: "
+    "no socket, no TCP, no veth, no bridge. **tier 0 in one container**: the client runs "
+    "inside the server's container, as tier 0 has always worked.",
     "",
     "Why: for every message the sockmap path skips the sender's TCP output (segmentation, "
     "checksums, qdisc), two softirq hops through the veth pair and the bridge, and the "

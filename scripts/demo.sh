@@ -6,7 +6,10 @@
 #   3. `netaccel bench`, which measures message rate, round-trip latency,
 #      throughput and connection setup on both paths and writes
 #      docs/benchmarks.md;
-#   4. between two containers on Debian's CNI bridge, kernel TCP against the
+#   4. between two containers on Debian's CNI bridge: the kernel bridge, the
+#      sockmap short-circuit and tier 0 (shared memory across containers),
+#      scripts/bench_bpf.sh;
+#   5. between two containers on Debian's CNI bridge, kernel TCP against the
 #      user-space stack (lwIP over AF_XDP), scripts/bench_stack.sh.
 # Everything runs inside a fresh network namespace with only loopback up.
 #
@@ -18,7 +21,7 @@ quick=0
 for arg in "$@"; do
   case $arg in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -278,6 +281,19 @@ if [[ $repo/docs/benchmarks.md -nt $stamp ]]; then
   echo "(netaccel carried $((nginx_after - nginx_before)) connections during the netaccel nginx runs.)" >>"$nginx_markdown"
   python3 "$repo/scripts/replace_section.py" "$repo/docs/benchmarks.md" nginx <"$nginx_markdown"
   printf '\nfigures written to docs/benchmarks.md\n'
+fi
+
+# ---------------------------------------------------------------------------
+section "containers: kernel bridge vs sockmap vs tier 0 (shared memory across containers)"
+bpf_env=()
+if [[ $quick == 1 ]]; then bpf_env=(NA_BENCH_ROUNDS=1 NA_BENCH_SECONDS=2); fi
+bpf_status=0
+env "${bpf_env[@]}" NA_BENCH_OUTPUT="$repo/docs/benchmarks.md" \
+  bash "$repo/scripts/bench_bpf.sh" "$(dirname "$NETACCEL")" || bpf_status=$?
+if [[ $bpf_status == 77 ]]; then
+  echo "(the container comparison was skipped: see its reason above)"
+elif [[ $bpf_status != 0 ]]; then
+  exit "$bpf_status"
 fi
 
 # ---------------------------------------------------------------------------

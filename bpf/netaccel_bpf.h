@@ -19,6 +19,7 @@
 #define NETACCEL_NAME_BYTES 64
 #define NETACCEL_IFNAME_BYTES 16
 #define NETACCEL_PATH_BYTES 256
+#define NETACCEL_CNI_ID_BYTES 128
 
 // ---------------------------------------------------------------------------
 // XDP classifier (one instance per container, maps under <container>/).
@@ -78,6 +79,9 @@ struct netaccel_container_counters {
 // (container_record, one entry, pinned with the container's maps).
 struct netaccel_container_record {
   char name[NETACCEL_NAME_BYTES];
+  // The cgroup v2 whose sock_ops program serves the container: the
+  // hierarchy's root, shared by all containers (containers are told apart
+  // by network namespace, not by cgroup).
   char cgroup_path[NETACCEL_PATH_BYTES];
   __u64 netns_inode;
   __u64 netns_device;
@@ -89,6 +93,15 @@ struct netaccel_container_record {
   __u32 ifindex[NETACCEL_MAX_INTERFACES];
   char ifname[NETACCEL_MAX_INTERFACES][NETACCEL_IFNAME_BYTES];
   __u8 addresses[NETACCEL_MAX_ADDRESSES][NETACCEL_ADDRESS_BYTES];
+  __u64 netns_cookie;  // its key in attached_netns (SO_NETNS_COOKIE, bpf_get_netns_cookie)
+  // The path the namespace was attached by (a runtime's bind mount, say):
+  // detach enters the namespace through it when no /run/netns name leads there.
+  char netns_path[NETACCEL_PATH_BYTES];
+  // Set when a CNI runtime attached it (netaccel-cni): the runtime's
+  // container id and network name, by which DEL and GC find it once its
+  // namespace is gone. Empty for `netaccel attach`.
+  char cni_container_id[NETACCEL_CNI_ID_BYTES];
+  char cni_network[NETACCEL_NAME_BYTES];
 };
 
 // ---------------------------------------------------------------------------
@@ -105,6 +118,13 @@ struct netaccel_socket_key {
 
 // local_endpoints: address of an attached container -> the container.
 struct netaccel_endpoint {
+  __u32 container_id;
+};
+
+// attached_netns: network namespace cookie -> the container it is. The
+// sock_ops program runs for every TCP socket of the host (it is attached
+// once, at the cgroup v2 root) and acts only on sockets of these namespaces.
+struct netaccel_attached_netns {
   __u32 container_id;
 };
 

@@ -1,10 +1,12 @@
-// The kernel short-circuit (tier 1): a sock_ops program, attached to each
-// container's cgroup, puts established TCP sockets whose both ends are
-// addresses of attached containers into a sockhash; an sk_msg program on
-// that sockhash hands each sendmsg's payload straight to the peer socket's
-// receive queue, skipping TCP/IP, the veths and the bridge. The maps are
-// shared by all containers: both ends of a connection must be in one
-// sockhash.
+// The kernel short-circuit (tier 1): a sock_ops program, attached once at
+// the cgroup v2 root so that it sees every process of every container,
+// whether it started before or after the attach, puts established TCP
+// sockets of attached network namespaces (by netns cookie) whose both ends
+// are addresses of attached containers into a sockhash; an sk_msg program
+// on that sockhash hands each sendmsg's payload straight to the peer
+// socket's receive queue, skipping TCP/IP, the veths and the bridge. The
+// maps are shared by all containers: both ends of a connection must be in
+// one sockhash.
 // vmlinux.h first: the libbpf headers and ours use its types.
 // clang-format off
 #include "vmlinux.h"
@@ -34,8 +36,15 @@ struct {
 } local_endpoints SEC(".maps");
 
 struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 1024);
+  __type(key, __u64);
+  __type(value, struct netaccel_attached_netns);
+} attached_netns SEC(".maps");
+
+struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, 256);
+  __uint(max_entries, 1024);
   __type(key, __u32);
   __type(value, struct netaccel_sockmap_counters);
 } sockmap_stats SEC(".maps");
@@ -82,11 +91,24 @@ int sockops_track(struct bpf_sock_ops* skops) {
       skops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
     return 1;
   if (skops->family != AF_INET && skops->family != AF_INET6) return 1;
+  // Most sockets of the host belong to no attached container: one lookup.
+  const __u64 netns_cookie = bpf_get_netns_cookie(skops);
+  const struct netaccel_attached_netns* container =
+      bpf_map_lookup_elem(&attached_netns, &netns_cookie);
+  if (!container) return 1;
   struct netaccel_socket_key key = {};
   SOCKET_KEY_OF(skops, &key);
 
-  struct netaccel_sockmap_counters* counters = container_counters(key.local_address);
-  if (!counters || !bpf_map_lookup_elem(&local_endpoints, key.remote_address)) return 1;
+  // The local address must be one the container registered: addresses
+  // registered are unique across containers, so the sockhash key is too
+  // (two containers' loopback connections would collide).
+  const struct netaccel_endpoint* local = bpf_map_lookup_elem(&local_endpoints, key.local_address);
+  if (!local || local->container_id != container->container_id ||
+      !bpf_map_lookup_elem(&local_endpoints, key.remote_address))
+    return 1;
+  struct netaccel_sockmap_counters* counters =
+      bpf_map_lookup_elem(&sockmap_stats, &container->container_id);
+  if (!counters) return 1;
   if (bpf_sock_hash_update(skops, &established_sockets, &key, BPF_ANY) == 0)
     __sync_fetch_and_add(&counters->sockets_added, 1);
   return 1;

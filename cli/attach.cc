@@ -139,6 +139,10 @@ std::string attached_containers_json() {
     json += "{\"name\":" + json_string(record.name) +
             ",\"container_id\":" + std::to_string(record.container_id) +
             ",\"netns_inode\":" + std::to_string(record.netns_inode) +
+            ",\"netns_cookie\":" + std::to_string(record.netns_cookie) +
+            ",\"netns_path\":" + json_string(record.netns_path) +
+            ",\"cni_container_id\":" + json_string(record.cni_container_id) +
+            ",\"cni_network\":" + json_string(record.cni_network) +
             ",\"cgroup\":" + json_string(record.cgroup_path) +
             ",\"cgroup_id\":" + std::to_string(record.cgroup_id) +
             ",\"interfaces\":" + strings_json(interfaces_of(record)) +
@@ -282,7 +286,9 @@ void add_bpf_commands(CLI::App& app, BpfCommands& commands) {
   const std::string container_help =
       "a network namespace name (/run/netns/NAME) or path, a PID, or a cgroup v2 directory";
   commands.attach = app.add_subcommand(
-      "attach", "put a running container's traffic on the eBPF paths (XDP classifier, sockmap)");
+      "attach",
+      "put a container's network namespace on the eBPF paths (XDP classifier, sockmap); it "
+      "may hold no process yet");
   commands.attach->add_option("CONTAINER", commands.container, container_help)->required();
   commands.detach =
       app.add_subcommand("detach", "take a container off the eBPF paths, leaving nothing pinned");
@@ -305,9 +311,9 @@ std::optional<int> run_bpf_command(const BpfCommands& commands) {
       const bpf::Container container = bpf::attach_container(commands.container);
       std::vector<std::string> interfaces;
       for (const auto& interface : container.interfaces) interfaces.push_back(interface.name);
-      std::cout << "attached " << container.name << " (interfaces " << join(interfaces)
-                << ", cgroup " << container.cgroup_path << "), pinned under " << bpf::kPinRoot
-                << "/" << container.name << "\n";
+      std::cout << "attached " << container.name << " (network namespace cookie "
+                << container.netns_cookie << ", interfaces " << join(interfaces)
+                << "), pinned under " << bpf::kPinRoot << "/" << container.name << "\n";
       return 0;
     });
   }
@@ -348,9 +354,14 @@ void print_attached_containers() {
               << "): " << containers.size() << "\n";
     for (const AttachedContainer& container : containers) {
       const netaccel_container_record& record = container.record;
-      std::cout << "  " << record.name << "  netns " << record.netns_inode << ", cgroup "
-                << record.cgroup_path << ", interfaces " << join(interfaces_of(record)) << " (XDP "
-                << xdp_mode(record) << "), addresses " << join(addresses_of(record)) << "\n";
+      std::cout << "  " << record.name << "  netns " << record.netns_inode << " (cookie "
+                << record.netns_cookie << ")"
+                << (record.cni_container_id[0] != '\0'
+                        ? std::string(", CNI container ") + record.cni_container_id + " on " +
+                              record.cni_network
+                        : std::string())
+                << ", interfaces " << join(interfaces_of(record)) << " (XDP " << xdp_mode(record)
+                << "), addresses " << join(addresses_of(record)) << "\n";
       for (const PinnedObject& pin : container.pins) {
         std::printf("    %-22s %-7s id %-6u %s\n", pin.pin.c_str(), pin.kind.c_str(), pin.id,
                     pin.detail.c_str());

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bad input to attach and detach: a container that does not exist, one
-# attached twice, no privileges, the host itself, a netns without
-# processes, detaching what is not attached, and two attaches racing. Each
+# attached twice, no privileges, the host itself, a netns without an
+# interface, detaching what is not attached, and two attaches racing. Each
 # must fail with a clear message and change nothing.
 # shellcheck source-path=SCRIPTDIR source=../integration/lib.sh
 source "$(dirname "$(readlink -f "$0")")/../integration/lib.sh"
@@ -37,7 +37,7 @@ expect_refused "a netns that does not exist" "no container 'na-missing'" "$NETAC
 expect_refused "a PID that does not exist" "no process with PID" "$NETACCEL" attach 4000000
 expect_refused "a path that is neither netns nor cgroup" "not a network namespace" "$NETACCEL" attach /etc/hostname
 expect_refused "the host itself" "host's own network namespace" "$NETACCEL" attach 1
-expect_refused "a netns without processes" "no process runs in network namespace" "$NETACCEL" attach na-empty
+expect_refused "a netns without an interface" "no network interface but loopback" "$NETACCEL" attach na-empty
 expect_refused "detaching what is not attached" "is not attached" "$NETACCEL" detach na-one
 expect_refused "attach without privileges" "needs root" \
   setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "$NETACCEL" attach na-one
@@ -47,6 +47,7 @@ na_step "attached once"
 expect_refused "attaching twice by name" "already attached" "$NETACCEL" attach na-one
 expect_refused "attaching twice by cgroup" "already attached" "$NETACCEL" attach "${NA_CGROUP[na-one]}"
 expect_refused "attaching twice by PID" "already attached" "$NETACCEL" attach "$(na_container_pid na-one)"
+expect_refused "attaching twice by path" "already attached" "$NETACCEL" attach /run/netns/na-one
 expect_refused "detach without privileges" "needs root" \
   setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "$NETACCEL" detach na-one
 expect_refused "stats without privileges" "needs root" \

@@ -130,15 +130,36 @@ na_stat() {
     '[.containers[] | select(.name == $name) | .[$section][$field]] | first // 0'
 }
 
-# What attach and detach change, as text: pins, shared maps' contents, XDP
-# on the containers' interfaces, programs on their cgroups.
+# What attach and detach change, as text: pins, shared maps' contents, the
+# shared sock_ops link, XDP on the containers' interfaces, programs on their
+# cgroups (attach puts none there: sock_ops runs at the cgroup v2 root).
+# Other programs at the root (other tests') are not ours to compare.
 na_bpf_state() {
   local name
   find /sys/fs/bpf/netaccel 2>/dev/null | sort
-  [[ -e /sys/fs/bpf/netaccel/local_endpoints ]] &&
-    bpftool map dump pinned /sys/fs/bpf/netaccel/local_endpoints
+  local map
+  for map in local_endpoints attached_netns; do
+    [[ -e /sys/fs/bpf/netaccel/$map ]] && bpftool map dump pinned "/sys/fs/bpf/netaccel/$map"
+  done
+  [[ -e /sys/fs/bpf/netaccel/sock_ops_link ]] && bpftool link show pinned /sys/fs/bpf/netaccel/sock_ops_link
   for name in "${!NA_CGROUP[@]}"; do
     ip -n "$name" -d link show eth0 | grep -o 'prog/xdp id [0-9]*' || echo "$name: no xdp"
     bpftool cgroup show "${NA_CGROUP[$name]}"
   done
+}
+
+# na_sock_ops_link_id: the id of the shared sock_ops link (empty when none
+# is pinned), to check after the last detach that the kernel freed it.
+na_sock_ops_link_id() {
+  [[ -e /sys/fs/bpf/netaccel/sock_ops_link ]] || return 0
+  bpftool link show pinned /sys/fs/bpf/netaccel/sock_ops_link --json | jq -r .id
+}
+
+# na_expect_link_gone ID: the kernel has no link ID any more (the cgroup
+# root runs our sock_ops no longer).
+na_expect_link_gone() {
+  [[ -n $1 ]] || na_fail "no sock_ops link id was recorded"
+  if bpftool link show id "$1" >/dev/null 2>&1; then
+    na_fail "sock_ops link $1 still exists: $(bpftool link show id "$1")"
+  fi
 }

@@ -3,6 +3,8 @@
 # containers made by the CNI bridge plugin: attached, the sockmap path must
 # carry their bytes (its counters say so) and the data must come back
 # intact; detached, the same must work over the bridge with nothing left.
+# The server runs before attach, in a cgroup of its own: sock_ops at the
+# cgroup v2 root serves it all the same.
 # shellcheck source-path=SCRIPTDIR source=../integration/lib.sh
 source "$(dirname "$(readlink -f "$0")")/../integration/lib.sh"
 na_init "$@"
@@ -89,6 +91,13 @@ for name in na-client na-server; do
 done
 grep -q 'sock_ops_link .*cgroup program sockops_track' "$NA_TMP/status.txt" ||
   na_fail "status shows no sock_ops link"
+# One link at the cgroup v2 root serves both containers.
+link_id=$(na_sock_ops_link_id)
+cgroup_root=$(findmnt -n -t cgroup2 -o TARGET | head -n 1)
+bpftool cgroup show "$cgroup_root" | grep -q "sock_ops .*sockops_track" ||
+  na_fail "no sock_ops program at the cgroup v2 root $cgroup_root"
+[[ $(bpftool map dump pinned /sys/fs/bpf/netaccel/attached_netns | jq length) == 2 ]] ||
+  na_fail "attached_netns does not hold both namespaces"
 
 ping BEFORE_ATTACH
 start_pinger WHILE_ATTACHED
@@ -164,6 +173,7 @@ na_step "detach (one by cgroup, one by name): nothing left"
 state=$(na_bpf_state)
 grep -q 'prog/xdp' <<<"$state" && na_fail "XDP still attached: $state"
 grep -q 'sockops' <<<"$state" && na_fail "sock_ops still attached: $state"
+na_expect_link_gone "$link_id"
 
 ping BEFORE_ATTACH
 ping WHILE_ATTACHED

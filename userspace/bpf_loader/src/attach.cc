@@ -9,12 +9,14 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "internal.h"
@@ -118,19 +120,35 @@ void check_addresses_free(const Container& container) {
   }
 }
 
-netaccel_container_record make_record(const Container& container) {
-  netaccel_container_record record{};
-  if (container.name.size() >= sizeof record.name ||
-      container.cgroup_path.size() >= sizeof record.cgroup_path) {
-    throw BpfError("container '" + container.name + "': its name (at most " +
-                   std::to_string(sizeof record.name - 1) + " bytes) or cgroup path (at most " +
-                   std::to_string(sizeof record.cgroup_path - 1) + ") is too long");
+// Copies `text` into a record's field, refusing what does not fit.
+template <std::size_t Size>
+void set_field(char (&field)[Size], const std::string& text, const std::string& container,
+               const char* what) {
+  if (text.size() >= Size) {
+    throw BpfError("container '" + container + "': its " + what + " '" + text +
+                   "' is longer than " + std::to_string(Size - 1) + " bytes");
   }
-  std::snprintf(record.name, sizeof record.name, "%s", container.name.c_str());
-  std::snprintf(record.cgroup_path, sizeof record.cgroup_path, "%s", container.cgroup_path.c_str());
+  std::snprintf(field, Size, "%s", text.c_str());
+}
+
+netaccel_container_record make_record(const Container& container, const AttachOptions& options) {
+  netaccel_container_record record{};
+  set_field(record.name, container.name, container.name, "name");
+  set_field(record.netns_path, container.netns_path, container.name, "network namespace path");
+  set_field(record.cni_container_id, options.cni_container_id, container.name, "CNI container id");
+  set_field(record.cni_network, options.cni_network, container.name, "CNI network name");
+  const std::string cgroup_root = cgroup2_mount();
+  if (cgroup_root.empty())
+    throw BpfError("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)");
+  set_field(record.cgroup_path, cgroup_root, container.name, "cgroup v2 root");
+  struct stat root {};
+  if (stat(cgroup_root.c_str(), &root) != 0)
+    throw BpfError("cgroup v2 root " + cgroup_root + ": " + error_text(errno));
+  // The inode number of a cgroup v2 directory is its cgroup id.
+  record.cgroup_id = root.st_ino;
   record.netns_inode = container.netns_inode;
   record.netns_device = container.netns_device;
-  record.cgroup_id = container.cgroup_id;
+  record.netns_cookie = container.netns_cookie;
   // A netns inode is unique among live namespaces and fits 32 bits (proc inums).
   record.container_id = static_cast<__u32>(container.netns_inode);
   record.interface_count = static_cast<__u32>(container.interfaces.size());
@@ -146,8 +164,9 @@ netaccel_container_record make_record(const Container& container) {
   return record;
 }
 
-// The short-circuit: shared maps (created by the first attach, reused
-// after), sk_msg on the sockhash, sock_ops on the container's cgroup.
+// The short-circuit: shared maps and the sock_ops link at the cgroup v2 root
+// (created by the first attach, reused after), sk_msg on the sockhash, and
+// the container's namespace cookie and addresses registered.
 void attach_sockmap(const Container& container, const netaccel_container_record& record) {
   SockmapSkeleton skeleton(sockmap::open());
   if (!skeleton) throw BpfError("cannot open the sockmap BPF object: " + error_text(errno));
@@ -157,6 +176,8 @@ void attach_sockmap(const Container& container, const netaccel_container_record&
         "endpoint map pin path");
   check(bpf_map__set_pin_path(skeleton->maps.sockmap_stats, shared_pin(kSockmapStatsPin).c_str()),
         "sockmap counters pin path");
+  check(bpf_map__set_pin_path(skeleton->maps.attached_netns, shared_pin(kAttachedNetnsPin).c_str()),
+        "attached namespace map pin path");
   check(sockmap::load(skeleton.get()), "cannot load the sockmap programs");
 
   // Attaching again replaces the sk_msg program with this identical one;
@@ -165,18 +186,25 @@ void attach_sockmap(const Container& container, const netaccel_container_record&
                         bpf_map__fd(skeleton->maps.established_sockets), BPF_SK_MSG_VERDICT, 0),
         "cannot attach sk_msg to the sockhash");
 
-  const UniqueFd cgroup(open(container.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!cgroup)
-    throw BpfError("cannot open cgroup " + container.cgroup_path + ": " + error_text(errno));
-  pin_link(bpf_program__attach_cgroup(skeleton->progs.sockops_track, cgroup.get()),
-           container_pin(container.name, kSockOpsLinkPin), "sock_ops to " + container.cgroup_path);
+  // At the root, sock_ops sees the sockets of every process, in whichever
+  // cgroup a runtime puts it and whenever it starts: the namespace cookie
+  // tells the containers apart.
+  const std::string link_pin = shared_pin(kSockOpsLinkPin);
+  if (!exists(link_pin)) {
+    const UniqueFd root(open(record.cgroup_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!root) {
+      throw BpfError(std::string("cannot open the cgroup v2 root ") + record.cgroup_path + ": " +
+                     error_text(errno));
+    }
+    pin_link(bpf_program__attach_cgroup(skeleton->progs.sockops_track, root.get()), link_pin,
+             std::string("sock_ops to the cgroup v2 root ") + record.cgroup_path);
+  }
 
   const std::vector<netaccel_sockmap_counters> zeros(
       static_cast<std::size_t>(libbpf_num_possible_cpus()));
   check(bpf_map_update_elem(bpf_map__fd(skeleton->maps.sockmap_stats), &record.container_id,
                             zeros.data(), BPF_NOEXIST),
         "cannot create the container's sockmap counters");
-  // Registering the addresses comes last: it switches the short-circuit on.
   const netaccel_endpoint endpoint{record.container_id};
   for (const Address& address : container.addresses) {
     if (bpf_map_update_elem(bpf_map__fd(skeleton->maps.local_endpoints), address.data(), &endpoint,
@@ -184,6 +212,13 @@ void attach_sockmap(const Container& container, const netaccel_container_record&
       throw BpfError("cannot register address " + address_to_string(address) + ": " +
                      error_text(errno));
     }
+  }
+  // Registering the namespace comes last: it switches the short-circuit on.
+  const netaccel_attached_netns netns{record.container_id};
+  if (bpf_map_update_elem(bpf_map__fd(skeleton->maps.attached_netns), &record.netns_cookie, &netns,
+                          BPF_NOEXIST) != 0) {
+    throw BpfError("cannot register the network namespace (cookie " +
+                   std::to_string(record.netns_cookie) + "): " + error_text(errno));
   }
 }
 
@@ -259,9 +294,17 @@ void remove_container(const std::string& name) {
   netaccel_container_record record{};
   const bool have_record = read_record(name, record);
   if (have_record) {
-    // Unregistering the addresses switches the short-circuit off for the
-    // container's sockets. They stay in the sockhash until they close:
+    // Unregistering the namespace stops new sockets from entering the
+    // sockhash; unregistering the addresses switches the short-circuit off
+    // for those already there. They stay in the sockhash until they close:
     // taking a socket out drops bytes already handed to it and not yet read.
+    if (const UniqueFd namespaces = open_pin(shared_pin(kAttachedNetnsPin))) {
+      netaccel_attached_netns owner{};
+      if (bpf_map_lookup_elem(namespaces.get(), &record.netns_cookie, &owner) == 0 &&
+          owner.container_id == record.container_id) {
+        bpf_map_delete_elem(namespaces.get(), &record.netns_cookie);
+      }
+    }
     if (const UniqueFd endpoints = open_pin(shared_pin(kEndpointsPin))) {
       for (__u32 i = 0; i < record.address_count && i < NETACCEL_MAX_ADDRESSES; ++i) {
         netaccel_endpoint owner{};
@@ -301,9 +344,11 @@ void remove_container(const std::string& name) {
   if (!xdp_failure.empty()) throw BpfError(xdp_failure);
 }
 
-// The maps shared by all containers, once no container is attached.
+// The link and maps shared by all containers, once no container is attached.
 void remove_shared_maps_if_last() {
   if (!attached_names().empty()) return;
+  // sock_ops leaves the cgroup root with its last pin.
+  remove_pin(shared_pin(kSockOpsLinkPin));
   // Freeing the sockhash takes its sockets out, and the kernel discards what
   // was redirected to them and not yet read. Redirection stopped above; give
   // the applications a moment to read what is already in their queues.
@@ -313,32 +358,65 @@ void remove_shared_maps_if_last() {
       std::this_thread::sleep_for(kDrainBeforeFree);
     }
   }
-  for (const char* pin : {kSockhashPin, kEndpointsPin, kSockmapStatsPin})
+  for (const char* pin : {kSockhashPin, kEndpointsPin, kSockmapStatsPin, kAttachedNetnsPin})
     remove_pin(shared_pin(pin));
   rmdir(kPinRoot);
 }
 
+// The name under which the container's namespace is attached, if it is.
+std::optional<std::string> attached_as(const Container& container) {
+  for (const std::string& name : attached_names()) {
+    netaccel_container_record record{};
+    if (read_record(name, record) && record.netns_inode == container.netns_inode &&
+        record.netns_device == container.netns_device) {
+      return name;
+    }
+  }
+  return std::nullopt;
+}
+
+// Detaches each attached container that `matches` its record; the first
+// failure is thrown once all were tried. Returns the names detached.
+template <typename Matches>
+std::vector<std::string> detach_where(Matches matches) {
+  std::vector<std::string> detached;
+  std::optional<BpfError> failure;
+  for (const std::string& name : attached_names()) {
+    netaccel_container_record record{};
+    if (!read_record(name, record) || !matches(record)) continue;
+    try {
+      remove_container(name);
+      detached.push_back(name);
+    } catch (const BpfError& error) {
+      if (!failure) failure = error;
+    }
+  }
+  if (failure) throw *failure;
+  return detached;
+}
+
 }  // namespace
 
-Container attach_container(const std::string& spec) {
+Container attach_container(const std::string& spec, const AttachOptions& options) {
   require_privileges();
   route_libbpf_log();
   AttachLock lock;
   Container container = resolve_container(spec);
+  if (const std::optional<std::string> attached = attached_as(container)) {
+    if (options.reuse_attached) {
+      container.name = *attached;
+      return container;
+    }
+    throw BpfError("network namespace of '" + spec + "' is already attached as '" + *attached +
+                   "'");
+  }
   const std::string directory = std::string(kPinRoot) + "/" + container.name;
   if (exists(directory)) {
     throw BpfError("container '" + container.name + "' is already attached (pins in " + directory +
                    "); detach it first");
   }
-  for (const std::string& name : attached_names()) {
-    netaccel_container_record other{};
-    if (read_record(name, other) && other.netns_inode == container.netns_inode &&
-        other.netns_device == container.netns_device) {
-      throw BpfError("network namespace of '" + spec + "' is already attached as '" + name + "'");
-    }
-  }
   check_addresses_free(container);
-  netaccel_container_record record = make_record(container);
+  netaccel_container_record record = make_record(container, options);
   // Refusals are over: from here on, attach changes the system.
   ensure_bpffs();
   if (mkdir(kPinRoot, 0700) != 0 && errno != EEXIST) {
@@ -378,6 +456,114 @@ std::string detach_container(const std::string& spec) {
   }
   remove_container(name);
   return name;
+}
+
+std::vector<std::string> detach_cni_container(const std::string& netns_path,
+                                              const std::string& cni_container_id,
+                                              const std::string& cni_network) {
+  require_privileges();
+  route_libbpf_log();
+  AttachLock lock;
+  std::vector<std::string> detached = detach_where([&](const netaccel_container_record& record) {
+    return !cni_container_id.empty() && cni_container_id == record.cni_container_id &&
+           cni_network == record.cni_network;
+  });
+  if (!detached.empty() || netns_path.empty()) return detached;
+  // A live namespace's inode is unique, so this cannot match another one;
+  // one that another CNI network attached is left to that network's DEL.
+  struct stat netns {};
+  if (stat(netns_path.c_str(), &netns) != 0) return detached;
+  return detach_where([&](const netaccel_container_record& record) {
+    return record.cni_container_id[0] == '\0' && record.netns_inode == netns.st_ino &&
+           record.netns_device == netns.st_dev;
+  });
+}
+
+std::vector<std::string> detach_cni_garbage(const std::string& cni_network,
+                                            const std::set<std::string>& valid_container_ids) {
+  require_privileges();
+  route_libbpf_log();
+  AttachLock lock;
+  return detach_where([&](const netaccel_container_record& record) {
+    return record.cni_container_id[0] != '\0' && cni_network == record.cni_network &&
+           valid_container_ids.count(record.cni_container_id) == 0;
+  });
+}
+
+std::vector<std::string> check_attachment(const std::string& netns_path) {
+  require_privileges();
+  AttachLock lock;  // not half-way through an attach or a detach
+  const Container current = resolve_container(netns_path);
+  const std::optional<std::string> name = attached_as(current);
+  if (!name) return {"network namespace " + netns_path + " is not attached"};
+  netaccel_container_record record{};
+  read_record(*name, record);
+  std::vector<std::string> problems;
+  const auto missing = [&](const std::string& what) { problems.push_back(what + " is missing"); };
+
+  for (const char* pin : {kSockhashPin, kEndpointsPin, kSockmapStatsPin, kAttachedNetnsPin}) {
+    if (!open_pin(shared_pin(pin))) missing(std::string("shared map ") + shared_pin(pin));
+  }
+  if (const UniqueFd link = open_pin(shared_pin(kSockOpsLinkPin))) {
+    bpf_link_info info{};
+    __u32 length = sizeof info;
+    if (bpf_obj_get_info_by_fd(link.get(), &info, &length) != 0 ||
+        info.cgroup.cgroup_id != record.cgroup_id) {
+      problems.push_back("the sock_ops link is not attached to cgroup " +
+                         std::string(record.cgroup_path));
+    }
+  } else {
+    missing("the sock_ops link " + shared_pin(kSockOpsLinkPin));
+  }
+  if (record.netns_cookie != current.netns_cookie) {
+    problems.push_back("the recorded namespace cookie " + std::to_string(record.netns_cookie) +
+                       " is not the namespace's (" + std::to_string(current.netns_cookie) + ")");
+  }
+  if (const UniqueFd namespaces = open_pin(shared_pin(kAttachedNetnsPin))) {
+    netaccel_attached_netns entry{};
+    if (bpf_map_lookup_elem(namespaces.get(), &current.netns_cookie, &entry) != 0 ||
+        entry.container_id != record.container_id) {
+      missing("the namespace's entry in attached_netns");
+    }
+  }
+  std::set<Address> recorded;
+  for (__u32 i = 0; i < record.address_count && i < NETACCEL_MAX_ADDRESSES; ++i) {
+    Address address{};
+    std::memcpy(address.data(), record.addresses[i], address.size());
+    recorded.insert(address);
+  }
+  const UniqueFd endpoints = open_pin(shared_pin(kEndpointsPin));
+  for (const Address& address : recorded) {
+    netaccel_endpoint owner{};
+    if (endpoints && (bpf_map_lookup_elem(endpoints.get(), address.data(), &owner) != 0 ||
+                      owner.container_id != record.container_id)) {
+      missing("address " + address_to_string(address) + " in local_endpoints");
+    }
+  }
+  for (const Address& address : current.addresses) {
+    if (recorded.count(address) == 0) {
+      problems.push_back("address " + address_to_string(address) +
+                         " was added after attach: it is not short-circuited");
+    }
+  }
+  std::set<std::string> recorded_interfaces;
+  for (const XdpInterface& interface : xdp_interfaces(*name, record)) {
+    recorded_interfaces.insert(interface.name);
+    if (interface.chain.empty()) missing("the XDP classifier on " + interface.name);
+  }
+  for (const ContainerInterface& interface : current.interfaces) {
+    if (recorded_interfaces.count(interface.name) == 0) {
+      problems.push_back("interface " + interface.name +
+                         " was added after attach: it runs no XDP classifier");
+    }
+  }
+  for (const std::string& interface : recorded_interfaces) {
+    const bool present =
+        std::any_of(current.interfaces.begin(), current.interfaces.end(),
+                    [&](const ContainerInterface& now) { return now.name == interface; });
+    if (!present) problems.push_back("interface " + interface + " is gone");
+  }
+  return problems;
 }
 
 }  // namespace netaccel::bpf

@@ -1,5 +1,5 @@
 // Resolving CONTAINER (netns name or path, PID, cgroup v2 directory) to its
-// network namespace, cgroup, interfaces and addresses.
+// network namespace (identity and cookie), interfaces and addresses.
 #include <dirent.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -35,39 +36,6 @@ constexpr int kCapSysAdmin = 21;
 bool all_digits(const std::string& text) {
   return !text.empty() &&
          std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-// The mount point of the cgroup v2 hierarchy ("" when there is none).
-std::string cgroup2_mount() {
-  std::ifstream mountinfo("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(mountinfo, line)) {
-    // "... MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS"
-    const std::size_t separator = line.find(" - ");
-    if (separator == std::string::npos) continue;
-    std::istringstream after(line.substr(separator + 3));
-    std::string fstype;
-    after >> fstype;
-    if (fstype != "cgroup2") continue;
-    std::istringstream before(line.substr(0, separator));
-    std::string field, mount_point;
-    for (int i = 0; i < 5 && before >> field; ++i) {
-      if (i == 4) mount_point = field;
-    }
-    return mount_point;
-  }
-  return {};
-}
-
-// The cgroup v2 path of a process relative to the hierarchy's root, "" if
-// the process is gone.
-std::string cgroup_of_process(const std::string& pid) {
-  std::ifstream cgroups("/proc/" + pid + "/cgroup");
-  std::string line;
-  while (std::getline(cgroups, line)) {
-    if (line.rfind("0::", 0) == 0) return line.substr(3);
-  }
-  return {};
 }
 
 struct NetnsIdentity {
@@ -128,51 +96,6 @@ void check_not_host(const NetnsIdentity& netns, const std::string& spec) {
   }
 }
 
-// The one cgroup v2 of the processes in `netns`.
-std::string cgroup_of_netns(const NetnsIdentity& netns, const std::string& spec) {
-  std::set<std::string> cgroups;
-  for (const std::string& pid : process_ids()) {
-    const auto identity = netns_of("/proc/" + pid + "/ns/net");
-    if (!identity || identity->inode != netns.inode || identity->device != netns.device) continue;
-    const std::string cgroup = cgroup_of_process(pid);
-    if (!cgroup.empty()) cgroups.insert(cgroup);
-  }
-  if (cgroups.empty()) {
-    throw BpfError("no process runs in network namespace '" + spec +
-                   "', so its cgroup is unknown: start the container's processes first, or "
-                   "give its cgroup directory");
-  }
-  if (cgroups.size() > 1) {
-    std::string list;
-    for (const std::string& cgroup : cgroups) list += (list.empty() ? "" : ", ") + cgroup;
-    throw BpfError("the processes of network namespace '" + spec + "' are in several cgroups (" +
-                   list + "): give the container's cgroup directory");
-  }
-  return *cgroups.begin();
-}
-
-void set_cgroup_directory(Container& container, const std::string& directory,
-                          const std::string& spec) {
-  struct stat status {};
-  if (stat(directory.c_str(), &status) != 0) {
-    throw BpfError("cgroup " + directory + " of '" + spec + "': " + error_text(errno));
-  }
-  container.cgroup_path = directory;
-  // The inode number of a cgroup v2 directory is its cgroup id.
-  container.cgroup_id = status.st_ino;
-}
-
-// Fills the cgroup fields from a path relative to the hierarchy's root.
-void set_cgroup(Container& container, const std::string& relative, const std::string& spec) {
-  if (relative == "/") {
-    throw BpfError("the processes of '" + spec +
-                   "' are in the root cgroup: place the container in a cgroup v2 of its own");
-  }
-  const std::string mount = cgroup2_mount();
-  if (mount.empty()) throw BpfError("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)");
-  set_cgroup_directory(container, mount + relative, spec);
-}
-
 void set_netns(Container& container, const std::string& path, const NetnsIdentity& netns,
                const std::string& spec) {
   check_not_host(netns, spec);
@@ -189,7 +112,6 @@ Container from_netns_path(const std::string& path, const std::string& spec) {
   }
   Container container;
   set_netns(container, path, *netns, spec);
-  set_cgroup(container, cgroup_of_netns(*netns, spec), spec);
   return container;
 }
 
@@ -199,7 +121,6 @@ Container from_pid(const std::string& pid) {
   if (!netns) throw BpfError("no process with PID " + pid);
   Container container;
   set_netns(container, netns_path, *netns, "PID " + pid);
-  set_cgroup(container, cgroup_of_process(pid), "PID " + pid);
   return container;
 }
 
@@ -228,7 +149,6 @@ Container from_cgroup(const std::string& directory) {
   }
   Container container;
   set_netns(container, netns_path, netns, directory);
-  set_cgroup_directory(container, directory, directory);
   return container;
 }
 
@@ -236,9 +156,23 @@ bool is_link_local(const in6_addr& address) {
   return address.s6_addr[0] == 0xfe && (address.s6_addr[1] & 0xc0) == 0x80;
 }
 
-// Interfaces and addresses, read inside the container's netns.
+// The cookie by which the BPF programs know the namespace
+// (bpf_get_netns_cookie): any socket of the namespace reports it.
+std::uint64_t current_netns_cookie(const std::string& container) {
+  const UniqueFd probe(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  std::uint64_t cookie = 0;
+  socklen_t length = sizeof cookie;
+  if (!probe || getsockopt(probe.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length) != 0) {
+    throw BpfError("cannot read the network namespace cookie of '" + container +
+                   "' (SO_NETNS_COOKIE, Linux 5.14): " + error_text(errno));
+  }
+  return cookie;
+}
+
+// Cookie, interfaces and addresses, read inside the container's netns.
 void read_interfaces(Container& container) {
   NetnsScope inside(container.netns_path);
+  container.netns_cookie = current_netns_cookie(container.name);
   ifaddrs* list = nullptr;
   if (getifaddrs(&list) != 0) {
     throw BpfError("cannot list the interfaces of '" + container.name + "': " + error_text(errno));
@@ -280,11 +214,35 @@ void read_interfaces(Container& container) {
 
 }  // namespace
 
-std::string find_netns_path(std::uint64_t inode, std::uint64_t device) {
+// The mount point of the cgroup v2 hierarchy ("" when there is none).
+std::string cgroup2_mount() {
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(mountinfo, line)) {
+    // "... MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS"
+    const std::size_t separator = line.find(" - ");
+    if (separator == std::string::npos) continue;
+    std::istringstream after(line.substr(separator + 3));
+    std::string fstype;
+    after >> fstype;
+    if (fstype != "cgroup2") continue;
+    std::istringstream before(line.substr(0, separator));
+    std::string field, mount_point;
+    for (int i = 0; i < 5 && before >> field; ++i) {
+      if (i == 4) mount_point = field;
+    }
+    return mount_point;
+  }
+  return {};
+}
+
+std::string find_netns_path(std::uint64_t inode, std::uint64_t device,
+                            const std::string& attached_by) {
   const auto is_it = [&](const std::string& path) {
     const auto identity = netns_of(path);
     return identity && identity->inode == inode && identity->device == device;
   };
+  if (!attached_by.empty() && is_it(attached_by)) return attached_by;
   if (DIR* named = opendir(kNamedNetnsDirectory)) {
     std::string found;
     while (const dirent* entry = readdir(named)) {

@@ -32,9 +32,15 @@ class NetnsScope {
 // errno as text, for messages.
 std::string error_text(int error);
 
-// A path that opens the network namespace (its /run/netns name, else a
-// process's /proc/PID/ns/net); empty when none is found: gone.
-std::string find_netns_path(std::uint64_t inode, std::uint64_t device);
+// A path that opens the network namespace (`attached_by` if it still does,
+// else its /run/netns name, else a process's /proc/PID/ns/net); empty when
+// none is found: gone.
+std::string find_netns_path(std::uint64_t inode, std::uint64_t device,
+                            const std::string& attached_by);
+
+// The mount point of the cgroup v2 hierarchy ("" when there is none): its
+// root is where the sock_ops program is attached.
+std::string cgroup2_mount();
 
 }  // namespace netaccel::bpf
 
@@ -44,10 +50,13 @@ namespace netaccel::bpf {
 inline constexpr const char* kSockhashPin = "established_sockets";
 inline constexpr const char* kEndpointsPin = "local_endpoints";
 inline constexpr const char* kSockmapStatsPin = "sockmap_stats";
+inline constexpr const char* kAttachedNetnsPin = "attached_netns";
+// sockops_track at the cgroup v2 root: one link for all containers, made by
+// the first attach, removed by the last detach.
+inline constexpr const char* kSockOpsLinkPin = "sock_ops_link";
 inline constexpr const char* kContainerRecordPin = "container_record";
 inline constexpr const char* kContainerStatsPin = "container_stats";
 inline constexpr const char* kFlowStatsPin = "flow_stats";
-inline constexpr const char* kSockOpsLinkPin = "sock_ops_link";
 // The classifier's program, as libxdp's dispatchers run it.
 inline constexpr const char* kXdpProgramPin = "xdp_program";
 

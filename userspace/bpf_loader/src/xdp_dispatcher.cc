@@ -435,7 +435,8 @@ void detach_classifier(const std::string& container, const netaccel_container_re
   std::set<std::uint32_t> attached;
   collect_attached_programs(attached);
   // A namespace that cannot be found is taken as gone, with its interfaces.
-  const std::string netns = find_netns_path(record.netns_inode, record.netns_device);
+  const std::string netns =
+      find_netns_path(record.netns_inode, record.netns_device, record.netns_path);
   if (!netns.empty()) {
     try {
       NetnsScope inside(netns);
@@ -496,7 +497,8 @@ std::vector<XdpInterface> xdp_interfaces(const std::string& container,
     }
   }
 
-  const std::string netns = find_netns_path(record.netns_inode, record.netns_device);
+  const std::string netns =
+      find_netns_path(record.netns_inode, record.netns_device, record.netns_path);
   try {
     if (netns.empty()) throw BpfError("gone");
     NetnsScope inside(netns);

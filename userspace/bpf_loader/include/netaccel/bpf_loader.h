@@ -1,17 +1,20 @@
 // Attaching netaccel's BPF programs to containers and reading them back.
 //
-// A container is a network namespace whose processes share one cgroup v2.
-// Attaching it loads the XDP classifier on each of its interfaces (through
-// libxdp's dispatcher, beside other XDP programs) and the sock_ops program on
-// its cgroup, registers its addresses with the shared
-// sockmap short-circuit, and pins everything under
+// A container is a network namespace; it may hold no process yet (a CNI
+// runtime attaches before the first one starts). Attaching it loads the XDP
+// classifier on each of its interfaces (through libxdp's dispatcher, beside
+// other XDP programs), registers its namespace cookie and addresses with the
+// shared sockmap short-circuit, whose sock_ops program the first attach puts
+// on the cgroup v2 root for all containers, and pins everything under
 // /sys/fs/bpf/netaccel/<name>/ so that it outlives the command. Detaching
-// removes exactly that. Real failures throw BpfError with a message meant for
-// the user; nothing is left half-attached.
+// removes exactly that (and the shared maps and link with the last
+// container). Real failures throw BpfError with a message meant for the
+// user; nothing is left half-attached.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -42,8 +45,7 @@ struct Container {
   std::string netns_path;  // a path that opens its network namespace
   std::uint64_t netns_inode = 0;
   std::uint64_t netns_device = 0;
-  std::string cgroup_path;  // absolute, under the cgroup v2 mount
-  std::uint64_t cgroup_id = 0;
+  std::uint64_t netns_cookie = 0;              // bpf_get_netns_cookie's value for it
   std::vector<ContainerInterface> interfaces;  // all but loopback
   std::vector<Address> addresses;              // IPv4-mapped or IPv6, no link-local
 };
@@ -56,12 +58,40 @@ void require_privileges();
 // path, a PID, or a cgroup v2 directory.
 Container resolve_container(const std::string& spec);
 
+struct AttachOptions {
+  // A CNI runtime's container id and network name, recorded so that DEL and
+  // GC find the container once its namespace is gone.
+  std::string cni_container_id;
+  std::string cni_network;
+  // An attached namespace is left as it is and returned instead of refused
+  // (CNI ADD again, or from a second network of the same container).
+  bool reuse_attached = false;
+};
+
 // Needs CAP_SYS_ADMIN and CAP_NET_ADMIN; serialised with other attaches and
 // detaches. Returns what was attached.
-Container attach_container(const std::string& spec);
+Container attach_container(const std::string& spec, const AttachOptions& options = {});
 // CONTAINER as for attach, or the name shown by `netaccel status`. Returns
 // the name of the container detached.
 std::string detach_container(const std::string& spec);
+
+// CNI DEL: detaches what ADD attached for the runtime's container on
+// `cni_network`: found by its id in the records, so that it works when the
+// namespace is gone; else the namespace at `netns_path` (may be empty) if
+// `netaccel attach` attached it. Nothing attached is no error. Returns the
+// names detached.
+std::vector<std::string> detach_cni_container(const std::string& netns_path,
+                                              const std::string& cni_container_id,
+                                              const std::string& cni_network);
+// CNI GC: detaches the containers attached for `cni_network` whose runtime
+// container id is not in `valid_container_ids`. Returns their names.
+std::vector<std::string> detach_cni_garbage(const std::string& cni_network,
+                                            const std::set<std::string>& valid_container_ids);
+// CNI CHECK: what is missing from the attachment of the namespace at
+// `netns_path`, one line each (empty when it is complete): the record, the
+// shared link and maps, its cookie and addresses there, XDP on its
+// interfaces, addresses or interfaces the namespace gained or lost since.
+std::vector<std::string> check_attachment(const std::string& netns_path);
 
 struct PinnedObject {
   std::string pin;   // file name under the container's directory (or kPinRoot)

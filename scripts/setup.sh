@@ -33,7 +33,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   clang llvm clang-format
   # libraries
-  libcli11-dev googletest libgtest-dev libgmock-dev
+  libcli11-dev googletest libgtest-dev libgmock-dev nlohmann-json3-dev
   libbpf-dev libxdp-dev libelf-dev zlib1g-dev linux-libc-dev
   # the user-space stack: DPDK (its af_xdp PMD), and dpkg-source for lwIP's sources
   libdpdk-dev dpkg-dev

@@ -181,7 +181,6 @@ module na_engine_core
       .port_hit(port_hit),
       .port_count(port_count),
       .port_cursor(port_cursor),
-      .probe_netns(netns_q),
       .probe_port(probe_port_q),
       .probe_port_used(probe_port_used),
       .read_index(read_index),
@@ -267,7 +266,9 @@ module na_engine_core
                     !destination_loopback && !destination_local;
   logic crossing_q, denied_q, own_hit_q, policy_denied_q;
   logic [127:0] own_host_q;
-  logic [63:0] port_netns_q;  // the listeners' namespace: the requester's, or the crossed-to
+  // The listener table's namespace: the requester's, or for a connect the
+  // crossed-to one until its listener is picked.
+  logic [63:0] port_netns_q;
   logic [63:0] policy_denials_q;
   assign policy_denials = policy_denials_q;
 
@@ -634,6 +635,9 @@ module na_engine_core
           server_family_q <= read_family;
           client_address_q <= client_view;
           slot_q <= next_connection_id_q[SlotBits-1:0];
+          // Ephemeral ports are the client's namespace's (the port lookup's
+          // netns compares serve the probes too).
+          port_netns_q <= netns_q;
           state_q <= client_needs_port ? S_EPHEMERAL_START : S_ALLOCATE;
         end
 

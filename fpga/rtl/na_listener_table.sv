@@ -30,10 +30,7 @@ module na_listener_table #(
     output logic                 port_hit,
     output logic [CountBits-1:0] port_count,
     output logic [CountBits-1:0] port_cursor,
-    // Is (probe_netns, probe_port) listened on? For ephemeral port choice
-    // (in the client's namespace, which a connect to another container's
-    // address does not share with its listener).
-    input  logic [         63:0] probe_netns,
+    // Is (port_netns, probe_port) listened on? For ephemeral port choice.
     input  logic [         15:0] probe_port,
     output logic                 probe_port_used,
 
@@ -94,7 +91,7 @@ module na_listener_table #(
       of_process[i] = in_use[i] && process_q[i] == owner_process;
       of_owner[i] = of_process[i] && socket_q[i] == owner_socket;
       of_port[i] = port_valid_q[i] && port_netns_q[i] == port_netns && port_port_q[i] == port;
-      port_probed[i] = port_valid_q[i] && port_netns_q[i] == probe_netns &&
+      port_probed[i] = port_valid_q[i] && port_netns_q[i] == port_netns &&
                        port_port_q[i] == probe_port;
     end
   end

@@ -26,16 +26,17 @@ using test::ipv4;
 using test::Random;
 
 std::string describe(const EngineOutput& output) {
-  char text[200];
+  char text[260];
+  const Event& event = output.event;
   std::snprintf(text, sizeof text,
                 "notice %d to %u peer %u: type %d op %d status %d request %u socket %llu "
-                "connection %llu local port %u peer port %u",
+                "connection %llu local ..%u.%u port %u family %u flags %u peer ..%u.%u port %u",
                 static_cast<int>(output.notice), output.destination, output.peer_process,
-                static_cast<int>(output.event.type), static_cast<int>(output.event.op),
-                output.event.status, output.event.request_id,
-                static_cast<unsigned long long>(output.event.socket_id),
-                static_cast<unsigned long long>(output.event.connection_id),
-                output.event.local.port, output.event.peer.port);
+                static_cast<int>(event.type), static_cast<int>(event.op), event.status,
+                event.request_id, static_cast<unsigned long long>(event.socket_id),
+                static_cast<unsigned long long>(event.connection_id), event.local.bytes[14],
+                event.local.bytes[15], event.local.port, event.local.family, event.local.reserved,
+                event.peer.bytes[14], event.peer.bytes[15], event.peer.port);
   return text;
 }
 
@@ -492,13 +493,46 @@ TEST(FpgaEngineDifferential, RandomRequestsFullTables) {
 // Both engines fed the same scripted requests, every answer compared.
 class Lockstep {
  public:
-  Lockstep()
-      : software_(make_software_engine()),
-        fpga_(make_fpga_sim_engine(FpgaSimOptions{std::chrono::nanoseconds(0), 1})) {}
+  explicit Lockstep(uint32_t max_connections = kFpgaConnections)
+      : software_(make_software_engine(fpga_sized_limits(kFpgaListeners, max_connections))),
+        fpga_(make_fpga_sim_engine(
+            FpgaSimOptions{std::chrono::nanoseconds(0), 1, UINT32_MAX, max_connections})) {}
 
   void add_process(uint32_t process_id, uint64_t netns) {
     software_->add_process(process_id, netns);
     fpga_->add_process(process_id, netns);
+  }
+
+  bool add_container_address(uint64_t netns, const InetAddress& address) {
+    const bool added = software_->add_container_address(netns, address);
+    EXPECT_EQ(added, fpga_->add_container_address(netns, address));
+    return added;
+  }
+
+  void remove_container(uint64_t netns) {
+    software_->remove_container(netns);
+    fpga_->remove_container(netns);
+  }
+
+  bool deny_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) {
+    const bool added = software_->deny_connections(client_netns, server_netns, port);
+    EXPECT_EQ(added, fpga_->deny_connections(client_netns, server_netns, port));
+    return added;
+  }
+
+  void allow_connections(uint64_t client_netns, uint64_t server_netns, uint16_t port) {
+    software_->allow_connections(client_netns, server_netns, port);
+    fpga_->allow_connections(client_netns, server_netns, port);
+  }
+
+  // The software engine's, once the RTL's are found equal (the host's
+  // descriptors are all processed: every submit flushes).
+  EngineCounters counters() {
+    std::vector<EngineOutput> fpga_out;
+    fpga_->flush(fpga_out);
+    EXPECT_TRUE(fpga_out.empty());
+    expect_same_counters(software_->counters(), fpga_->counters());
+    return software_->counters();
   }
 
   std::vector<EngineOutput> submit(uint32_t process_id, const Request& request) {
@@ -557,6 +591,298 @@ TEST(FpgaEngineDifferential, ConnectionTableProbesPastOccupiedSlots) {
     engines.submit(2, close(id));
   }
   engines.submit(2, close(5 * kFpgaConnections));  // never existed
+}
+
+// Two attached containers on one bridge, as in the software engine's
+// CrossContainerTest: 10.0.0.2 and fd00::2 (kClientNetns), 10.0.0.3
+// (kServerNetns), with a listener on [::]:6379 in the latter.
+class CrossContainerLockstep : public ::testing::Test {
+ protected:
+  static constexpr uint64_t kClientNetns = 4026532001;
+  static constexpr uint64_t kServerNetns = 4026532002;
+  static constexpr uint64_t kThirdNetns = 4026532100;
+
+  explicit CrossContainerLockstep(uint32_t max_connections = kFpgaConnections)
+      : engines(max_connections) {}
+
+  void SetUp() override {
+    engines.add_process(1, kClientNetns);
+    engines.add_process(2, kServerNetns);
+    ASSERT_TRUE(engines.add_container_address(kClientNetns, ipv4(10, 0, 0, 2, 0)));
+    ASSERT_TRUE(engines.add_container_address(kClientNetns, ipv6_unique_local(2, 0)));
+    ASSERT_TRUE(engines.add_container_address(kServerNetns, ipv4(10, 0, 0, 3, 0)));
+    listen(2, 5, [] {
+      InetAddress any = ipv6_any();
+      any.port = 6379;
+      return any;
+    }());
+  }
+
+  void listen(uint32_t process_id, uint64_t socket_id, const InetAddress& address) {
+    Request request{};
+    request.op = RequestOp::kListen;
+    request.request_id = ++request_id;
+    request.socket_id = socket_id;
+    request.address = address;
+    const auto out = engines.submit(process_id, request);
+    ASSERT_EQ(out.size(), 1u);
+    ASSERT_EQ(out[0].event.status, 0);
+  }
+
+  // The connect's outputs (both engines' compared); the reply is the last
+  // but one of three, or the only one.
+  std::vector<EngineOutput> connect(uint32_t process_id, const InetAddress& destination,
+                                    uint8_t flags = 0, const InetAddress& source = {}) {
+    Request request{};
+    request.op = RequestOp::kConnect;
+    request.request_id = ++request_id;
+    request.socket_id = 40 + request_id;
+    request.flags = flags;
+    request.address = destination;
+    request.source = source;
+    return engines.submit(process_id, request);
+  }
+
+  // The server process a connect reached, or 0.
+  uint32_t server_of(uint32_t process_id, const InetAddress& destination, uint8_t flags = 0) {
+    const auto out = connect(process_id, destination, flags);
+    return out.size() == 3 ? out[0].peer_process : 0;
+  }
+
+  Lockstep engines;
+  uint32_t request_id = 0;
+};
+
+bool same_host(const InetAddress& a, const InetAddress& b) {
+  return std::memcmp(a.bytes, b.bytes, sizeof a.bytes) == 0;
+}
+
+TEST_F(CrossContainerLockstep, ConnectToAnotherContainersAddressReachesItsListener) {
+  const auto out = connect(1, ipv4(10, 0, 0, 3, 6379));
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].peer_process, 2u);
+  const Event& reply = out[1].event;
+  EXPECT_TRUE(same_host(reply.local, ipv4(10, 0, 0, 2, 0)));
+  EXPECT_EQ(reply.local.port, kEphemeralPortFirst);
+  EXPECT_EQ(out[2].event.local.family, AF_INET6);
+  // IPv6: the server's namespace has no IPv6 address yet.
+  EXPECT_EQ(server_of(1, ipv6_unique_local(3, 6379)), 0u);
+  ASSERT_TRUE(engines.add_container_address(kServerNetns, ipv6_unique_local(3, 0)));
+  const auto v6 = connect(1, ipv6_unique_local(3, 6379));
+  ASSERT_EQ(v6.size(), 3u);
+  EXPECT_TRUE(same_host(v6[1].event.local, ipv6_unique_local(2, 0)));
+  EXPECT_EQ(v6[1].event.local.port, kEphemeralPortFirst + 1);
+  EXPECT_EQ(engines.counters().container_addresses, 4u);
+}
+
+TEST_F(CrossContainerLockstep, LoopbackLocalAndUnknownAddressesStayInTheNamespace) {
+  EXPECT_EQ(server_of(1, ipv4(127, 0, 0, 1, 6379)), 0u);
+  EXPECT_EQ(server_of(1, ipv4(0, 0, 0, 0, 6379)), 0u);  // the loopback, too
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 4, 6379)), 0u);
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379), kRequestDestinationLocal), 0u);
+  EXPECT_EQ(server_of(2, ipv4(10, 0, 0, 3, 6379), kRequestDestinationLocal), 2u);
+  // Its own namespace's address, not marked local: no crossing, and the
+  // wildcard listener does not take it.
+  EXPECT_EQ(server_of(2, ipv4(10, 0, 0, 3, 6379)), 0u);
+}
+
+TEST_F(CrossContainerLockstep, AClientWithoutAnAddressOfTheFamilyGoesToTheKernel) {
+  engines.remove_container(kClientNetns);
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 0u);
+  ASSERT_TRUE(engines.add_container_address(kClientNetns, ipv6_unique_local(2, 0)));
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 0u);
+  ASSERT_TRUE(engines.add_container_address(kClientNetns, ipv4(10, 0, 0, 2, 0)));
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 2u);
+  // Namespace 0 is nobody's: its addresses are not routed to.
+  ASSERT_TRUE(engines.add_container_address(0, ipv4(10, 0, 0, 9, 0)));
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 9, 6379)), 0u);
+  engines.remove_container(kServerNetns);
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 0u);
+  EXPECT_EQ(engines.counters().container_addresses, 3u);
+}
+
+TEST_F(CrossContainerLockstep, DenyRulesRefuseWithThePolicyFlagUntilAllowed) {
+  ASSERT_TRUE(engines.deny_connections(kClientNetns, kServerNetns, 6379));
+  ASSERT_TRUE(engines.deny_connections(kClientNetns, kServerNetns, 6379));  // once is enough
+  EXPECT_EQ(engines.counters().policy_rules, 1u);
+  auto out = connect(1, ipv4(10, 0, 0, 3, 6379));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].event.status, -ECONNREFUSED);
+  EXPECT_EQ(out[0].event.local.reserved, kEventPolicyDenied);
+  out = connect(1, ipv4(10, 0, 0, 3, 6380));  // not that port: no listener there
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].event.local.reserved, 0);
+  // A rule has a direction and a port.
+  listen(1, 6, ipv4(0, 0, 0, 0, 6379));
+  EXPECT_EQ(server_of(2, ipv4(10, 0, 0, 2, 6379)), 1u);
+  listen(2, 7, ipv4(0, 0, 0, 0, 80));
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 80)), 2u);
+  // Port 0 denies every port, even where the client has no address.
+  ASSERT_TRUE(engines.deny_connections(kClientNetns, kServerNetns, 0));
+  out = connect(1, ipv4(10, 0, 0, 3, 80));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].event.local.reserved, kEventPolicyDenied);
+  // Denied before the listener is looked for.
+  out = connect(1, ipv4(10, 0, 0, 3, 6380));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].event.local.reserved, kEventPolicyDenied);
+  ASSERT_TRUE(engines.add_container_address(kServerNetns, ipv6_unique_local(3, 0)));
+  engines.remove_container(kClientNetns);
+  out = connect(1, ipv6_unique_local(3, 80));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].event.local.reserved, kEventPolicyDenied);
+  ASSERT_TRUE(engines.add_container_address(kClientNetns, ipv4(10, 0, 0, 2, 0)));
+  // Not within the namespace, nor to the loopback.
+  ASSERT_TRUE(engines.deny_connections(kServerNetns, kServerNetns, 0));
+  EXPECT_EQ(server_of(2, ipv4(10, 0, 0, 3, 80), kRequestDestinationLocal), 2u);
+  EXPECT_EQ(server_of(2, ipv4(127, 0, 0, 1, 80)), 2u);
+  engines.allow_connections(kClientNetns, kServerNetns, 0);
+  engines.allow_connections(kClientNetns, kServerNetns, 0);  // gone already
+  engines.allow_connections(kClientNetns, kServerNetns, 6379);
+  engines.allow_connections(kClientNetns, kServerNetns, 1);  // never there
+  EXPECT_EQ(engines.counters().policy_rules, 1u);
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 2u);
+  EXPECT_EQ(engines.counters().policy_denials, 4u);
+}
+
+// The first address of a family, in the order added, is the namespace's own;
+// an address added again moves in place, a detached namespace's addresses
+// leave the others' order as it was.
+TEST_F(CrossContainerLockstep, AddressesKeepTheirOrder) {
+  engines.add_process(3, kThirdNetns);
+  ASSERT_TRUE(engines.add_container_address(kThirdNetns, ipv4(10, 0, 0, 7, 0)));
+  ASSERT_TRUE(engines.add_container_address(kClientNetns, ipv4(10, 0, 0, 4, 0)));
+  ASSERT_TRUE(engines.add_container_address(kThirdNetns, ipv4(10, 0, 0, 8, 0)));
+  ASSERT_TRUE(engines.add_container_address(kClientNetns, ipv4(10, 0, 0, 5, 0)));
+  auto client_host = [&] {
+    const auto out = connect(1, ipv4(10, 0, 0, 3, 6379));
+    return out.size() == 3 ? out[1].event.local.bytes[15] : 0;
+  };
+  EXPECT_EQ(client_host(), 2);
+  ASSERT_TRUE(engines.add_container_address(kThirdNetns, ipv4(10, 0, 0, 2, 0)));  // moves
+  EXPECT_EQ(client_host(), 4);
+  engines.remove_container(kThirdNetns);  // 10.0.0.7, 10.0.0.2 and 10.0.0.8
+  EXPECT_EQ(client_host(), 4);
+  ASSERT_TRUE(engines.add_container_address(kThirdNetns, ipv4(10, 0, 0, 4, 0)));
+  EXPECT_EQ(client_host(), 5);
+  ASSERT_TRUE(engines.add_container_address(kClientNetns, ipv4(10, 0, 0, 4, 0)));  // back
+  EXPECT_EQ(client_host(), 4);
+  // The server's address moves to the third namespace: its listeners now.
+  listen(3, 9, ipv4(0, 0, 0, 0, 6379));
+  ASSERT_TRUE(engines.add_container_address(kThirdNetns, ipv4(10, 0, 0, 3, 0)));
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 3u);
+  EXPECT_EQ(engines.counters().container_addresses, 4u);
+}
+
+// A crossing client's port comes from its own namespace's ephemeral range;
+// its bound address, when it has one, is kept.
+TEST_F(CrossContainerLockstep, ClientAddressAndPortAreTheClientNamespaces) {
+  listen(2, 8, ipv4(0, 0, 0, 0, kEphemeralPortFirst));  // in the server's namespace
+  auto out = connect(1, ipv4(10, 0, 0, 3, 6379));
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[1].event.local.port, kEphemeralPortFirst);
+  listen(1, 9, ipv4(0, 0, 0, 0, kEphemeralPortFirst + 1));  // in the client's
+  out = connect(1, ipv4(10, 0, 0, 3, 6379));
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[1].event.local.port, kEphemeralPortFirst + 2);
+  // Bound to an address without a port, to a wildcard, to address and port.
+  out = connect(1, ipv4(10, 0, 0, 3, 6379), 0, ipv4(10, 0, 0, 99, 0));
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[1].event.local.bytes[15], 99);
+  out = connect(1, ipv4(10, 0, 0, 3, 6379), 0, ipv4(0, 0, 0, 0, 0));
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[1].event.local.bytes[15], 2);
+  out = connect(1, ipv4(10, 0, 0, 3, 6379), 0, ipv4(10, 0, 0, 98, 4000));
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[1].event.local.port, 4000);
+  // An IPv6 wildcard listener sees the IPv4 client as ::ffff:10.0.0.2.
+  EXPECT_EQ(out[2].event.peer.family, AF_INET6);
+}
+
+// The RTL's tables hold 16 entries each: the host refuses the 17th, but an
+// address added again or a rule denied again is no new entry.
+TEST_F(CrossContainerLockstep, FullTablesRefuseNewEntries) {
+  for (uint8_t i = 0; engines.counters().container_addresses < kFpgaContainerAddresses; ++i) {
+    ASSERT_TRUE(engines.add_container_address(kThirdNetns, ipv4(10, 0, 1, i, 0)));
+  }
+  EXPECT_FALSE(engines.add_container_address(kThirdNetns, ipv4(10, 0, 2, 1, 0)));
+  EXPECT_TRUE(engines.add_container_address(kThirdNetns, ipv4(10, 0, 0, 3, 0)));  // moved
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 0u);  // no listener there
+  EXPECT_TRUE(engines.add_container_address(kServerNetns, ipv4(10, 0, 0, 3, 0)));
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 2u);
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 2, 1, 6379)), 0u);  // refused: not known
+  engines.remove_container(kClientNetns);
+  EXPECT_TRUE(engines.add_container_address(kServerNetns, ipv4(10, 0, 2, 1, 0)));
+  EXPECT_TRUE(engines.add_container_address(kClientNetns, ipv4(10, 0, 0, 2, 0)));
+  EXPECT_FALSE(engines.add_container_address(kClientNetns, ipv6_unique_local(2, 0)));
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 2, 1, 6379)), 2u);
+  EXPECT_EQ(engines.counters().container_addresses, kFpgaContainerAddresses);
+
+  for (uint16_t port = 1; engines.counters().policy_rules < kFpgaPolicyRules; ++port) {
+    ASSERT_TRUE(engines.deny_connections(kClientNetns, kThirdNetns, port));
+  }
+  EXPECT_FALSE(engines.deny_connections(kClientNetns, kServerNetns, 6379));
+  EXPECT_TRUE(engines.deny_connections(kClientNetns, kThirdNetns, 1));
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 2u);
+  engines.allow_connections(kClientNetns, kThirdNetns, 1);
+  EXPECT_TRUE(engines.deny_connections(kClientNetns, kServerNetns, 6379));
+  EXPECT_EQ(server_of(1, ipv4(10, 0, 0, 3, 6379)), 0u);
+  EXPECT_EQ(engines.counters().policy_rules, kFpgaPolicyRules);
+  EXPECT_EQ(engines.counters().policy_denials, 1u);
+}
+
+// A full connection table answers -ENOBUFS before any rule is looked at.
+class CrossContainerFullLockstep : public CrossContainerLockstep {
+ protected:
+  CrossContainerFullLockstep() : CrossContainerLockstep(1) {}
+};
+
+TEST_F(CrossContainerFullLockstep, NoBuffersComesBeforeTheRules) {
+  ASSERT_TRUE(engines.deny_connections(kClientNetns, kServerNetns, 0));
+  ASSERT_EQ(server_of(2, ipv4(127, 0, 0, 1, 6379)), 2u);
+  const auto out = connect(1, ipv4(10, 0, 0, 3, 6379));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].event.status, -ENOBUFS);
+  EXPECT_EQ(out[0].event.local.reserved, 0);
+  EXPECT_EQ(engines.counters().policy_denials, 0u);
+}
+
+// Table changes take effect in order with the requests around them, though
+// a doorbell carries them all at once.
+TEST(FpgaEngine, ContainerTablesChangeInOrderWithRequests) {
+  auto software = make_software_engine(fpga_sized_limits(kFpgaListeners, kFpgaConnections));
+  auto fpga = make_fpga_sim_engine(FpgaSimOptions{std::chrono::nanoseconds(0), 64});
+  std::vector<EngineOutput> software_out, fpga_out;
+  for (ControlPlaneEngine* engine :
+       {software.get(), static_cast<ControlPlaneEngine*>(fpga.get())}) {
+    std::vector<EngineOutput>& out = engine == software.get() ? software_out : fpga_out;
+    engine->add_process(1, 11);
+    engine->add_process(2, 12);
+    Request request{};
+    request.op = RequestOp::kListen;
+    request.address = ipv4(0, 0, 0, 0, 80);
+    engine->submit(2, request, out);
+    request.op = RequestOp::kConnect;
+    request.address = ipv4(10, 0, 0, 3, 80);
+    engine->submit(1, request, out);  // refused: nobody has the address yet
+    EXPECT_TRUE(engine->add_container_address(11, ipv4(10, 0, 0, 2, 0)));
+    EXPECT_TRUE(engine->add_container_address(12, ipv4(10, 0, 0, 3, 0)));
+    engine->submit(1, request, out);  // connects
+    EXPECT_TRUE(engine->deny_connections(11, 12, 80));
+    engine->submit(1, request, out);  // denied
+    engine->allow_connections(11, 12, 80);
+    engine->remove_container(11);
+    engine->submit(1, request, out);  // refused: the client has no address
+    engine->flush(out);
+  }
+  ASSERT_EQ(software_out.size(), fpga_out.size());
+  ASSERT_EQ(software_out.size(), 1u + 1 + 3 + 1 + 1);
+  for (std::size_t i = 0; i < software_out.size(); ++i) {
+    EXPECT_TRUE(same_output(software_out[i], fpga_out[i]))
+        << "software: " << describe(software_out[i]) << "\nfpga:     " << describe(fpga_out[i]);
+  }
+  EXPECT_EQ(fpga->stats().doorbells, 1u);
+  expect_same_counters(software->counters(), fpga->counters());
 }
 
 // Requests wait for the doorbell: nothing comes back until the batch is full

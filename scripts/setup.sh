@@ -38,7 +38,7 @@ packages=(
   # the user-space stack: DPDK (its af_xdp PMD), and dpkg-source for lwIP's sources
   libdpdk-dev dpkg-dev
   # eBPF / XDP tools and the container plugins
-  xdp-tools bpftool containernetworking-plugins
+  xdp-tools bpftool containernetworking-plugins containerd runc
   # FPGA engine: RTL simulation and synthesis
   verilator iverilog yosys
   # real applications the tests and the demo run

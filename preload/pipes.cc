@@ -17,6 +17,7 @@
 #include <new>
 
 #include "intercepted.h"
+#include "readiness.h"
 #include "real_calls.h"
 #include "runtime.h"
 #include "signals.h"
@@ -541,6 +542,7 @@ void downgrade_pipe(int fd, Socket* end) {
     header->downgraded.store(1, std::memory_order_release);
   }
   g_pipes_downgraded.fetch_add(1, std::memory_order_relaxed);
+  note_kernel_readiness_changed();  // its readiness is the kernel's from now on
   // Sleepers go to the kernel pipe now.
   fence_after_publishing();
   signal_wake_fd(pipe->data_wake.get());
@@ -566,6 +568,7 @@ void downgrade_pipes_for_new_image(bool include_close_on_exec) {
 
 void release_pipe_end(Socket* end) {
   Pipe* pipe = end->pipe;
+  note_kernel_readiness_changed();  // the other end's hang-up, which only the kernel tells
   if (!end->pipe_write_end) pipe->header->read_holders.fetch_sub(1, std::memory_order_acq_rel);
   if (pipe->ends.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   mark_internal_fd(pipe->data_wake.get(), false);

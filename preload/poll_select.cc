@@ -24,37 +24,94 @@ struct PollSlot {
   Socket* socket;  // referenced for the duration of the call
 };
 
-uint32_t slot_readiness(const struct pollfd& entry, Socket* socket, uint32_t wanted) {
-  if (socket->state == SocketState::kPipe) return pipe_readiness(entry.fd, socket);
-  return socket_readiness(socket, wanted);
+// poll and select keep no set from one call to the next, so a thread keeps
+// the budget of its kernel looks (readiness.h) for each of the last few
+// arrays it polled, told apart by their content: a loop over two arrays in
+// turn keeps two budgets, and neither array's kernel descriptors wait on the
+// other's looks.
+KernelCheckBudget& budget_for(const struct pollfd* fds, nfds_t count) {
+  struct KeptBudget {
+    uint64_t key = 0;
+    uint64_t last_used = 0;
+    KernelCheckBudget budget;
+  };
+  constexpr int kKept = 4;
+  static thread_local KeptBudget kept[kKept];
+  static thread_local uint64_t uses = 0;
+  uint64_t key = 0xcbf29ce484222325ull ^ count;  // FNV-1a over (fd, events)
+  for (nfds_t i = 0; i < count; ++i) {
+    key = (key ^ static_cast<uint32_t>(fds[i].fd)) * 0x100000001b3ull;
+    key = (key ^ static_cast<uint16_t>(fds[i].events)) * 0x100000001b3ull;
+  }
+  KeptBudget* oldest = &kept[0];
+  for (KeptBudget& entry : kept) {
+    if (entry.last_used != 0 && entry.key == key) {
+      entry.last_used = ++uses;
+      return entry.budget;
+    }
+    if (entry.last_used < oldest->last_used) oldest = &entry;
+  }
+  oldest->key = key;
+  oldest->last_used = ++uses;
+  oldest->budget.forget();
+  return oldest->budget;
 }
 
-// Kernel half of a poll: netaccel entries other than listeners are hidden
-// from the kernel (a negative fd is ignored by poll) and restored after.
+// What a pipe end's kernel pipe is asked, with the RDNORM/WRNORM twins that
+// pipe_readiness reports beside POLLIN/POLLOUT.
+short pipe_kernel_poll_events(Socket* end) {
+  const short events = pipe_kernel_events(end);
+  return static_cast<short>(events | ((events & POLLIN) ? POLLRDNORM : 0) |
+                            ((events & POLLOUT) ? POLLWRNORM : 0));
+}
+
+// Kernel half of a poll: netaccel entries other than listeners and pipes
+// are hidden from the kernel (a negative fd is ignored by poll) and
+// restored after; a pipe end is asked what its kernel pipe adds
+// (pipe_kernel_poll_events), which netaccel_poll_half then takes as its
+// kernel half.
 int kernel_poll(struct pollfd* fds, nfds_t count, const std::vector<PollSlot>& slots,
                 const struct timespec* timeout, const sigset_t* mask) {
-  std::vector<int> hidden;
+  std::vector<struct pollfd> hidden;
   hidden.reserve(slots.size());
   for (const PollSlot& slot : slots) {
-    hidden.push_back(fds[slot.index].fd);
-    if (slot.socket->state != SocketState::kListening) fds[slot.index].fd = -1;
+    struct pollfd& entry = fds[slot.index];
+    hidden.push_back(entry);
+    if (slot.socket->state == SocketState::kPipe) {
+      entry.events = pipe_kernel_poll_events(slot.socket);
+    } else if (slot.socket->state != SocketState::kListening) {
+      entry.fd = -1;
+    }
   }
   const int got = real().ppoll(fds, count, timeout, mask);
   const int error = errno;
-  for (std::size_t i = 0; i < slots.size(); ++i) fds[slots[i].index].fd = hidden[i];
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    fds[slots[i].index].fd = hidden[i].fd;
+    fds[slots[i].index].events = hidden[i].events;
+  }
   errno = error;
   return got;
 }
 
-// Our half: ORs netaccel readiness into revents; returns how many entries it made ready.
-int netaccel_poll_half(struct pollfd* fds, const std::vector<PollSlot>& slots) {
+// Our half: ORs netaccel readiness into revents; returns how many entries it
+// made ready. With `kernel_asked`, a pipe end's revents hold what the
+// kernel said of its kernel pipe; without, that half is left out until the
+// next look.
+int netaccel_poll_half(struct pollfd* fds, const std::vector<PollSlot>& slots, bool kernel_asked) {
   int newly_ready = 0;
   for (const PollSlot& slot : slots) {
     struct pollfd& entry = fds[slot.index];
     const uint32_t wanted = static_cast<uint32_t>(entry.events) | POLLERR | POLLHUP;
-    const short ours = static_cast<short>(slot_readiness(entry, slot.socket, wanted) & wanted);
+    uint32_t ours;
+    if (slot.socket->state == SocketState::kPipe) {
+      const uint32_t kernel_half = kernel_asked ? static_cast<uint16_t>(entry.revents) : 0;
+      entry.revents = 0;
+      ours = pipe_readiness_with(kernel_half, slot.socket) & wanted;
+    } else {
+      ours = socket_readiness(slot.socket, wanted) & wanted;
+    }
     if (ours != 0 && entry.revents == 0) ++newly_ready;
-    entry.revents |= ours;
+    entry.revents = static_cast<short>(entry.revents | ours);
   }
   return newly_ready;
 }
@@ -107,17 +164,36 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
   SpinBudget spin(timeout_ns < 0 ? config().spin_ns : std::min(config().spin_ns, timeout_ns));
   bool spinning = timeout_ns != 0;
   const struct timespec zero { 0, 0 };
+  KernelCheckBudget& kernel_check = budget_for(fds, count);
   int result = 0;
   for (uint32_t round = 0;; ++round) {
     if (listeners && events_pending()) pump_events();
+    // The kernel is asked on its budget, looked at when a call begins and
+    // every 256 rounds of a spin.
+    bool ask_kernel = false;
+    int64_t now = start;
+    if ((round & 255) == 0) {
+      if (round != 0) now = monotonic_ns();
+      ask_kernel = kernel_check.due(now);
+    }
     for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
-    if (netaccel_poll_half(fds, slots) > 0 || timeout_ns == 0 || (spinning && (round & 255) == 0)) {
+    if (!ask_kernel) {
+      if (netaccel_poll_half(fds, slots, false) > 0) {
+        result = count_ready(fds, count);
+        break;
+      }
+      // Nothing of ours: a look that must not wait asks the kernel anyway,
+      // as a program that made one of its descriptors ready expects to see it.
+      ask_kernel = timeout_ns == 0;
+    }
+    if (ask_kernel) {
       const int got = kernel_poll(fds, count, slots, &zero, nullptr);
       if (got < 0) {
         result = -1;
         break;
       }
-      netaccel_poll_half(fds, slots);  // the kernel rewrote revents
+      kernel_check.asked(now, got > 0);
+      netaccel_poll_half(fds, slots, true);
       result = count_ready(fds, count);
       if (result > 0 || timeout_ns == 0) break;
     }
@@ -127,7 +203,7 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
     for (const PollSlot& slot : slots) {
       if (slot.socket->state == SocketState::kPipe) {
         // Its kernel end tells of hang-ups (and, once downgraded, of data).
-        sleeping[slot.index].events = pipe_kernel_events(slot.socket);
+        sleeping[slot.index].events = pipe_kernel_poll_events(slot.socket);
       } else if (slot.socket->state != SocketState::kListening) {
         sleeping[slot.index].fd = -1;
       }
@@ -145,7 +221,7 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
     const bool space_wait = arm_slots(slots, fds, true);
     const bool wake_may_be_missed = !fence_before_sleeping_for_data();
     for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
-    if (netaccel_poll_half(fds, slots) > 0) {
+    if (netaccel_poll_half(fds, slots, false) > 0) {
       arm_slots(slots, fds, false);
       continue;
     }
@@ -184,10 +260,14 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
       }
     }
     for (nfds_t i = 0; i < count; ++i) fds[i].revents = sleeping[i].revents;
+    kernel_check.asked(monotonic_ns(), got > 0);
     for (const PollSlot& slot : slots) {
-      if (slot.socket->state != SocketState::kListening) fds[slot.index].revents = 0;
+      const SocketState state = slot.socket->state;
+      if (state != SocketState::kListening && state != SocketState::kPipe) {
+        fds[slot.index].revents = 0;
+      }
     }
-    netaccel_poll_half(fds, slots);
+    netaccel_poll_half(fds, slots, true);
     result = count_ready(fds, count);
     if (result > 0) break;
     if (deadline >= 0 && monotonic_ns() >= deadline) break;

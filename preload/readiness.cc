@@ -13,6 +13,8 @@
 
 namespace netaccel::preload {
 
+std::atomic<uint32_t> g_kernel_readiness_news{0};
+
 int64_t kernel_check_interval_ns() {
   // 200 us: a few requests of a busy connection (a redis GET turn is 10-20
   // us), so the check costs a small fraction of a system call per request,

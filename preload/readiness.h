@@ -24,6 +24,16 @@ bool arm_connection(Connection* c, uint32_t events, bool armed);
 // every wait).
 int64_t kernel_check_interval_ns();
 
+// Bumped when this process did something that changes what the kernel says
+// of a descriptor a wait may be watching (it closed or downgraded a pipe
+// end): the next wait asks the kernel whatever the budget says, as a
+// program that closed its pipe's write end expects to see the read end's
+// hang-up at once.
+extern std::atomic<uint32_t> g_kernel_readiness_news;
+inline void note_kernel_readiness_changed() {
+  g_kernel_readiness_news.fetch_add(1, std::memory_order_relaxed);
+}
+
 // When an emulated wait asks the kernel about the kernel descriptors beside
 // ours. Ours are found in memory; asking the kernel is a system call, which
 // on the data path would cost more than the rest of a request. So while ours
@@ -36,16 +46,23 @@ class KernelCheckBudget {
  public:
   bool due(int64_t now_ns) const {
     return kernel_had_events_.load(std::memory_order_relaxed) ||
+           news_seen_.load(std::memory_order_relaxed) !=
+               g_kernel_readiness_news.load(std::memory_order_relaxed) ||
            now_ns - last_asked_ns_.load(std::memory_order_relaxed) >= kernel_check_interval_ns();
   }
   void asked(int64_t now_ns, bool kernel_had_events) {
     last_asked_ns_.store(now_ns, std::memory_order_relaxed);
     kernel_had_events_.store(kernel_had_events, std::memory_order_relaxed);
+    news_seen_.store(g_kernel_readiness_news.load(std::memory_order_relaxed),
+                     std::memory_order_relaxed);
   }
+  void forget() { asked(kNever, false); }
 
  private:
-  std::atomic<int64_t> last_asked_ns_{INT64_MIN / 2};  // long ago: the first wait asks
+  static constexpr int64_t kNever = INT64_MIN / 2;  // long ago: the first wait asks
+  std::atomic<int64_t> last_asked_ns_{kNever};
   std::atomic<bool> kernel_had_events_{false};
+  std::atomic<uint32_t> news_seen_{0};
 };
 
 }  // namespace netaccel::preload

@@ -2,36 +2,44 @@
 # System calls per request on the data path, kernel against netaccel:
 # redis-server serving `redis-benchmark -c 1 GET`, once on the kernel's
 # loopback and once with both ends under `netaccel run`. The counts come from
-# the processes themselves (perf's raw_syscalls:sys_enter tracepoint) over a
-# steady window of a running benchmark, so they do not depend on how dear a
-# system call is on this machine. `perf trace -s` then names the calls.
+# the processes themselves (perf's raw_syscalls:sys_enter tracepoint, and one
+# tracepoint per call named below) over steady windows of a running
+# benchmark, so they do not depend on what a system call costs on this
+# machine. Each round runs with server and client pinned to separate cores
+# and once placed by the scheduler.
 #
-#   bash scripts/count_syscalls.sh [--seconds S] [--rounds N] [--write]
+#   bash scripts/count_syscalls.sh [--seconds S] [--rounds N]
+#                                  [--baseline LIBRARY] [--write]
 #
-# --write puts the table into docs/benchmarks.md (section syscalls). Runs as
-# root, inside a fresh network namespace with only loopback up.
+# --baseline adds a column for another build of the preload library (for
+# example one built from an older commit), run the same way. --write puts
+# the tables into docs/benchmarks.md (section syscalls). Runs as root, inside
+# a fresh network namespace with only loopback up.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 arguments=("$@")
 seconds=3
 rounds=3
+baseline=
 write=0
 while (($#)); do
   case $1 in
     --seconds) seconds=$2; shift ;;
     --rounds) rounds=$2; shift ;;
+    --baseline) baseline=$(realpath "$2"); shift ;;
     --write) write=1 ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "count_syscalls.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
 NETACCEL=${NETACCEL:-$repo/build/bin/netaccel}
-for tool in "$NETACCEL" redis-server redis-benchmark redis-cli perf unshare ip python3; do
+for tool in "$NETACCEL" redis-server redis-benchmark redis-cli perf taskset unshare ip python3; do
   command -v "$tool" >/dev/null || { echo "count_syscalls.sh: $tool not found" >&2; exit 1; }
 done
+[[ -z $baseline || -r $baseline ]] || { echo "count_syscalls.sh: no $baseline" >&2; exit 1; }
 
 if [[ ${NETACCEL_COUNT_INSIDE:-} != 1 ]]; then
   exec unshare --net --pid --fork --kill-child --mount-proc \
@@ -69,9 +77,8 @@ wait_listen() {
 }
 # The process that `timeout` started (netaccel run execs into its command).
 child_of() {
-  local pid=$1 i
+  local pid=$1 i child
   for ((i = 0; i < 100; i++)); do
-    local child
     child=$(pgrep -P "$pid" | head -n 1 || true)
     [[ -n $child ]] && { echo "$child"; return; }
     sleep 0.02
@@ -79,13 +86,35 @@ child_of() {
   echo "count_syscalls.sh: no child of $pid" >&2
   exit 1
 }
-commands_processed() {
-  redis-cli -p "$1" info stats | tr -d '\r' | sed -n 's/^total_commands_processed://p'
-}
-# syscalls PID: system calls the process made during the window.
-syscalls_in_window() {
-  perf stat -x, -e raw_syscalls:sys_enter -p "$1" -- sleep "$seconds" 2>&1 >/dev/null |
-    awk -F, '/raw_syscalls/ { print $1 }'
+
+# The calls named in the tables; the rest count as "other".
+named_calls=(epoll_wait epoll_pwait epoll_ctl poll ppoll sched_yield read write recvfrom sendto
+  futex membarrier getpid fcntl close)
+events=raw_syscalls:sys_enter
+for call in "${named_calls[@]}"; do events+=",syscalls:sys_enter_$call"; done
+# count_window PORT SERVER CLIENT: the calls of both processes, "side name count"
+# lines in $tmp/counts, and in $tmp/requests the requests served meanwhile.
+# The counters run while a command reads the server's request count, sleeps
+# and reads it again, so the requests counted fall within the window.
+count_window() {
+  local port=$1 server=$2 client=$3
+  local server_tasks
+  server_tasks=$(ls "/proc/$server/task" | tr '\n' ' ')
+  perf stat --per-thread -x, -e "$events" -p "$server,$client" -- bash -c "
+    redis-cli -p $port info stats >$tmp/before; sleep $seconds; redis-cli -p $port info stats >$tmp/after
+  " 2>"$tmp/perf.out" >/dev/null
+  awk -F, -v server_tasks=" $server_tasks" '$4 ~ /sys_enter/ {
+      tid = $1; sub(/.*-/, "", tid)
+      side = index(server_tasks, " " tid " ") ? "server" : "client"
+      name = $4; sub(/.*sys_enter_?/, "", name)
+      count[side " " (name == "" ? "all" : name)] += ($2 ~ /^[0-9]+$/ ? $2 : 0)
+    }
+    END { for (key in count) print key, count[key] }' "$tmp/perf.out" >"$tmp/counts"
+  local before after
+  before=$(tr -d '\r' <"$tmp/before" | sed -n 's/^total_commands_processed://p')
+  after=$(tr -d '\r' <"$tmp/after" | sed -n 's/^total_commands_processed://p')
+  # Less the INFO that read the count.
+  echo $((after - before - 1)) >"$tmp/requests"
 }
 
 "$NETACCEL" daemon --socket "$sock" </dev/null >"$tmp/monitor.log" 2>&1 &
@@ -94,102 +123,118 @@ for ((i = 0; i < 200; i++)); do
   "$NETACCEL" status --socket "$sock" --json >/dev/null 2>&1 && break
   sleep 0.05
 done
-run=("$NETACCEL" run --socket "$sock" --)
 redis_args=(--save '' --appendonly no --protected-mode no --daemonize no)
 
-# measure PATH PORT PREFIX...: one round; prints "server client" calls per request.
+# One server per path. A path is "kernel", "netaccel" or "baseline".
+declare -A port server_pid
+prefix_of() {  # the command prefix that puts a process on the path
+  case $1 in
+    kernel) ;;
+    netaccel) echo "$NETACCEL run --socket $sock --" ;;
+    baseline) echo "env NETACCEL_PRELOAD=$baseline $NETACCEL run --socket $sock --" ;;
+  esac
+}
+paths=(kernel netaccel)
+[[ -n $baseline ]] && paths+=(baseline)
+next_port=7301
+for path in "${paths[@]}"; do
+  port[$path]=$next_port
+  next_port=$((next_port + 1))
+  # shellcheck disable=SC2046 # the prefix is words
+  bg "redis-$path" $(prefix_of "$path") taskset -c 0 redis-server --port "${port[$path]}" "${redis_args[@]}"
+  server_pid[$path]=$(child_of "$last")
+  wait_listen "${port[$path]}"
+done
+
+# measure PATH PLACEMENT ROUND: one window; appends to $tmp/results.
 measure() {
-  local path=$1 port=$2
-  shift 2
-  bg "bench-$path" "$@" redis-benchmark -p "$port" -c 1 -n 100000000 -t get -q
+  local path=$1 placement=$2 round=$3 client_cpu=1
+  if [[ $placement == scheduler ]]; then
+    client_cpu=0-$(($(nproc) - 1))
+    taskset -a -p -c "$client_cpu" "${server_pid[$path]}" >/dev/null
+  else
+    taskset -a -p -c 0 "${server_pid[$path]}" >/dev/null
+  fi
+  # shellcheck disable=SC2046
+  bg "bench-$path" $(prefix_of "$path") taskset -c "$client_cpu" \
+    redis-benchmark -p "${port[$path]}" -c 1 -n 100000000 -t get -q
   local client
   client=$(child_of "$last")
   sleep 1  # past the connection and the first requests
-  local before after server_calls client_calls
-  before=$(commands_processed "$port")
-  syscalls_in_window "$server" >"$tmp/server.count" &
-  local perf_server=$!
-  client_calls=$(syscalls_in_window "$client")
-  wait "$perf_server"
-  server_calls=$(cat "$tmp/server.count")
-  after=$(commands_processed "$port")
+  count_window "${port[$path]}" "${server_pid[$path]}" "$client"
   kill -TERM "$client" 2>/dev/null || true
   wait "$last" 2>/dev/null || true
-  # The window's requests, less the INFO that read the count.
-  local requests=$((after - before - 1))
-  python3 -c "import sys; r=$requests; print('%.3f %.3f %d' % ($server_calls / r, $client_calls / r, r))"
+  awk -v path="$path" -v placement="$placement" -v round="$round" -v requests="$(cat "$tmp/requests")" \
+    -v seconds="$seconds" '{ print path, placement, round, $1, $2, $3, requests, seconds }' \
+    "$tmp/counts" >>"$tmp/results"
 }
 
-# breakdown PATH PORT PREFIX...: which calls the server and client make.
-breakdown() {
-  local path=$1 port=$2
-  shift 2
-  bg "trace-$path" "$@" redis-benchmark -p "$port" -c 1 -n 100000000 -t get -q
-  local client
-  client=$(child_of "$last")
-  sleep 1
-  local before after
-  before=$(commands_processed "$port")
-  perf trace -s -p "$server" -o "$tmp/server.trace" -- sleep "$seconds" >/dev/null 2>&1 &
-  local perf_server=$!
-  perf trace -s -p "$client" -o "$tmp/client.trace" -- sleep "$seconds" >/dev/null 2>&1
-  wait "$perf_server" || true
-  after=$(commands_processed "$port")
-  kill -TERM "$client" 2>/dev/null || true
-  wait "$last" 2>/dev/null || true
-  local requests=$((after - before - 1))
-  for side in server client; do
-    # perf trace -s: "   syscall  calls  errors  total ..." rows per thread.
-    awk -v r="$requests" -v side="$side" '
-      $1 ~ /^[a-z_0-9]+$/ && $2 ~ /^[0-9]+$/ && $1 != "syscall" { n[$1] += $2 }
-      END { for (c in n) printf "%s %s %.3f\n", side, c, n[c] / r }' "$tmp/$side.trace"
-  done | sort -k1,1 -k3,3nr
-}
-
-kernel_port=7301 netaccel_port=7302
-bg redis-kernel redis-server --port "$kernel_port" "${redis_args[@]}"
-kernel_server=$last
-bg redis-netaccel "${run[@]}" redis-server --port "$netaccel_port" "${redis_args[@]}"
-netaccel_server=$(child_of "$last")
-kernel_server=$(child_of "$kernel_server")
-wait_listen "$kernel_port"
-wait_listen "$netaccel_port"
-
-results=$tmp/results
-: >"$results"
+: >"$tmp/results"
 for ((round = 1; round <= rounds; round++)); do
-  server=$kernel_server
-  read -r ks kc kr < <(measure kernel "$kernel_port")
-  server=$netaccel_server
-  read -r ns nc nr < <(measure netaccel "$netaccel_port" "${run[@]}")
-  echo "round $round: kernel server $ks client $kc ($kr requests); netaccel server $ns client $nc ($nr requests)"
-  echo "$ks $kc $ns $nc $kr $nr" >>"$results"
+  for placement in pinned scheduler; do
+    for path in "${paths[@]}"; do
+      measure "$path" "$placement" "$round"
+    done
+  done
+  echo "round $round of $rounds done" >&2
 done
 
-echo "calls per request by name (perf trace -s, one window each):"
-server=$kernel_server
-breakdown kernel "$kernel_port" | sed 's/^/  kernel   /'
-server=$netaccel_server
-breakdown netaccel "$netaccel_port" "${run[@]}" | sed 's/^/  netaccel /' | tee "$tmp/netaccel.breakdown"
+tables=$(python3 - "$tmp/results" "${paths[@]}" <<'EOF'
+import collections, sys
+results, paths = sys.argv[1], sys.argv[2:]
+titles = {"kernel": "kernel", "netaccel": "netaccel", "baseline": "netaccel (baseline)"}
+# (path, placement, side) -> round -> {call: count}; requests and seconds per round
+calls = collections.defaultdict(lambda: collections.defaultdict(dict))
+requests = {}
+for line in open(results):
+    path, placement, round_, side, call, count, reqs, seconds = line.split()
+    calls[(path, placement, side)][round_][call] = int(count) if count.isdigit() else 0
+    requests[(path, placement, round_)] = (int(reqs), float(seconds))
 
-table=$(python3 - "$results" "$seconds" <<'EOF'
-import sys
-rows = [list(map(float, line.split())) for line in open(sys.argv[1]) if line.strip()]
-def span(column):
-    values = [row[column] for row in rows]
-    return "%.2f" % min(values) if min(values) == max(values) else "%.2f–%.2f" % (min(values), max(values))
-def rate(column):
-    values = [row[column] / float(sys.argv[2]) / 1000 for row in rows]
-    return "%.1f–%.1f k" % (min(values), max(values))
-print("| redis -c 1 GET | kernel | netaccel |")
-print("|---|---|---|")
-print("| server: system calls per request | %s | %s |" % (span(0), span(2)))
-print("| client: system calls per request | %s | %s |" % (span(1), span(3)))
-print("| requests/s while counted | %s | %s |" % (rate(4), rate(5)))
+def span(values, digits=2):
+    low, high = min(values), max(values)
+    text = lambda v: f"{v:.{digits}f}"
+    return text(low) if text(low) == text(high) else f"{text(low)}–{text(high)}"
+
+for placement, heading in (("pinned", "server and client pinned to separate cores"),
+                           ("scheduler", "placed by the scheduler")):
+    print(f"redis -c 1 GET, {heading}:\n")
+    print("| | " + " | ".join(titles[p] for p in paths) + " |")
+    print("|---" * (len(paths) + 1) + "|")
+    rate = []
+    for p in paths:
+        rounds = [r for (q, pl, r) in requests if q == p and pl == placement]
+        rate.append(span([requests[(p, placement, r)][0] / requests[(p, placement, r)][1] / 1000
+                          for r in rounds], 1) + " k")
+    print("| requests/s while counted | " + " | ".join(rate) + " |")
+    for side in ("server", "client"):
+        row = []
+        for p in paths:
+            per_round = calls[(p, placement, side)]
+            row.append(span([per_round[r].get("all", 0) / requests[(p, placement, r)][0]
+                             for r in per_round]))
+        print(f"| {side}: system calls per request | " + " | ".join(row) + " |")
+        # The calls that make up at least 0.01 per request on some path, largest first.
+        names = collections.Counter()
+        for p in paths:
+            for r, counts in calls[(p, placement, side)].items():
+                for call, count in counts.items():
+                    if call != "all":
+                        names[call] = max(names[call], count / requests[(p, placement, r)][0])
+        for call, most in names.most_common():
+            if most < 0.01:
+                continue
+            row = []
+            for p in paths:
+                per_round = calls[(p, placement, side)]
+                row.append(span([per_round[r].get(call, 0) / requests[(p, placement, r)][0]
+                                 for r in per_round]))
+            print(f"| &nbsp;&nbsp;{side} `{call}` | " + " | ".join(row) + " |")
+    print()
 EOF
 )
 echo
-echo "$table"
+echo "$tables"
 
 if [[ $write == 1 ]]; then
   {
@@ -197,18 +242,13 @@ if [[ $write == 1 ]]; then
     echo
     echo "redis-server serving \`redis-benchmark -c 1 -t get\`, both ends on the"
     echo "kernel's loopback or both under \`netaccel run\`, counted from the processes"
-    echo "(perf \`raw_syscalls:sys_enter\`, ${seconds} s windows of a running benchmark,"
-    echo "$rounds rounds, ranges over the rounds; \`scripts/count_syscalls.sh --write\`)."
-    echo "These counts do not depend on what a system call costs on the machine."
+    echo "(perf: \`raw_syscalls:sys_enter\` and one \`syscalls:sys_enter_*\` tracepoint per"
+    echo "named call, ${seconds} s windows of a running benchmark, $rounds rounds, ranges over"
+    echo "the rounds; \`scripts/count_syscalls.sh --write\`). These counts do not"
+    echo "depend on what a system call costs on the machine; the request rates do."
+    [[ -n $baseline ]] && echo "\"baseline\" is the preload library given with \`--baseline\`."
     echo
-    echo "$table"
-    echo
-    echo "netaccel's calls by name, per request (\`perf trace -s\`, one window; the"
-    echo "tracer slows the run, so rare calls weigh a little more than above):"
-    echo
-    echo '```'
-    cat "$tmp/netaccel.breakdown"
-    echo '```'
+    echo "$tables"
   } | python3 "$repo/scripts/replace_section.py" "$repo/docs/benchmarks.md" syscalls
   echo "docs/benchmarks.md: section syscalls written"
 fi

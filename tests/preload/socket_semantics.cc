@@ -534,6 +534,39 @@ TEST_F(SocketSemantics, EpollFindsReadySocketsWithoutTheKernelAndStillReportsKer
   close(server);
 }
 
+// The same for poll: a ready netaccel socket is found without the kernel,
+// and a kernel descriptor beside it is still reported soon.
+TEST_F(SocketSemantics, PollFindsReadySocketsWithoutTheKernelAndStillReportsKernelDescriptors) {
+  expect_netaccel_connections(1);
+  auto [client, server] = connected_pair();
+  const int kernel_fd = eventfd(0, EFD_CLOEXEC);
+  ASSERT_GE(kernel_fd, 0);
+  ASSERT_EQ(send(client, "r", 1, 0), 1);  // left unread
+  pollfd entries[2] = {{server, POLLIN, 0}, {kernel_fd, POLLIN, 0}};
+  constexpr int kPolls = 20000;
+  SystemCallCounter counter;
+  if (counter.valid()) counter.start();
+  for (int i = 0; i < kPolls; ++i) {
+    ASSERT_EQ(poll(entries, 2, -1), 1);
+    ASSERT_TRUE(entries[0].revents & POLLIN);
+  }
+  if (counter.valid() && under_netaccel()) {
+    EXPECT_LT(counter.stop(), kPolls / 20u) << "system calls for " << kPolls << " polls";
+  }
+  const uint64_t one = 1;
+  ASSERT_EQ(write(kernel_fd, &one, sizeof one), static_cast<ssize_t>(sizeof one));
+  const auto written = std::chrono::steady_clock::now();
+  bool kernel_seen = false;
+  while (!kernel_seen && std::chrono::steady_clock::now() - written < std::chrono::seconds(1)) {
+    ASSERT_GE(poll(entries, 2, -1), 1);
+    kernel_seen = (entries[1].revents & POLLIN) != 0;
+  }
+  EXPECT_TRUE(kernel_seen) << "the kernel descriptor starved beside a ready netaccel socket";
+  close(kernel_fd);
+  close(client);
+  close(server);
+}
+
 // Event loops take a connection out of their set and put it back on every
 // request (redis-benchmark does); under netaccel that costs no system call.
 TEST_F(SocketSemantics, EpollCtlInAndOutOfASetKeepsReporting) {

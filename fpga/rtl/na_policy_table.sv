@@ -59,15 +59,26 @@ module na_policy_table #(
       .index(free_index)
   );
 
+  logic adding;
+  assign adding = add && !exact_hit && free_found;
+
+  // Rules are written in place, straight from the key.
+  always_ff @(posedge clk) begin
+    for (int i = 0; i < ENTRIES; i++) begin
+      if (adding && IndexBits'(i) == free_index) begin
+        client_q[i] <= client;
+        server_q[i] <= server;
+        port_q[i] <= port;
+      end
+    end
+  end
+
   always_ff @(posedge clk) begin
     if (!rst_n) begin
       valid_q <= '0;
       count_q <= '0;
-    end else if (add && !exact_hit && free_found) begin
+    end else if (adding) begin
       for (int i = 0; i < ENTRIES; i++) if (IndexBits'(i) == free_index) valid_q[i] <= 1;
-      client_q[free_index] <= client;
-      server_q[free_index] <= server;
-      port_q[free_index] <= port;
       count_q <= count_q + 1;
     end else if (remove && exact_hit) begin
       for (int i = 0; i < ENTRIES; i++) if (IndexBits'(i) == exact_index) valid_q[i] <= 0;

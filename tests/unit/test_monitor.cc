@@ -1,12 +1,15 @@
 // The monitor, run on a thread of the test and spoken to with the raw
 // protocol: the test plays the preloaded processes itself.
 #include <errno.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1388,6 +1391,56 @@ TEST_F(AcceptQueueTest, QueueStopsTakingConnectionsWhenNoHolderAnnouncesInTime) 
 
 // Queue messages a process cannot have meant are refused, and the process's
 // other requests still work.
+// A process of another network namespace (another container) that names
+// the victim's listener by its cookie (they count up: easy to guess) and
+// connects to its port: neither reaches the victim, whose queue keeps
+// taking connections.
+TEST_F(AcceptQueueTest, AnotherNamespaceCannotReachAQueueByItsCookie) {
+  ASSERT_NO_FATAL_FAILURE(open_queue());
+  int ready[2], done[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(done, O_CLOEXEC), 0);
+  const pid_t hostile = fork();
+  if (hostile == 0) {
+    close(ready[0]);
+    close(done[1]);  // the parent's close must end our wait
+    if (unshare(CLONE_NEWNET) != 0) _exit(77);
+    TestProcess process = TestProcess::register_at(path());
+    process.push(connect_request(1, 20, kQueuedPort));
+    const auto connected = process.next_reply();
+    process.push(announce_request(2, 10));
+    const auto announced = process.next_event();
+    char verdict =
+        announced && announced->status == 0 && connected && connected->status == -ECONNREFUSED
+            ? 'y'
+            : 'n';
+    if (write(ready[1], &verdict, 1) != 1 || read(done[0], &verdict, 1) < 0) _exit(1);
+    _exit(0);
+  }
+  ASSERT_GT(hostile, 0);
+  close(ready[1]);
+  close(done[0]);
+  char verdict = 0;
+  const bool reported = read(ready[0], &verdict, 1) == 1;
+  close(ready[0]);
+  int status = 0;
+  if (!reported) {
+    waitpid(hostile, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+      GTEST_SKIP() << "cannot create a network namespace (needs CAP_SYS_ADMIN)";
+    }
+    FAIL() << "the hostile process died";
+  }
+  EXPECT_EQ(verdict, 'y') << "the other namespace's connect reached the victim's listener";
+  // Still registered and announced: the victim's queue must take this.
+  const uint64_t connection_id = connect_client(4);
+  EXPECT_NE(connection_id, 0u);
+  EXPECT_TRUE(take_queued()) << "the victim's queue stopped taking connections";
+  close(done[1]);
+  waitpid(hostile, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 TEST_F(AcceptQueueTest, BadQueueMessagesAreRefused) {
   start();
   holder_ = std::make_unique<TestProcess>(TestProcess::register_at(path()));

@@ -24,16 +24,18 @@ bool is_seqpacket_unix_socket(int fd) {
 void Monitor::Impl::open_accept_queue(uint32_t process_id, const AcceptQueueMessage& message,
                                       UniqueFd queue) {
   const auto process = processes_.find(process_id);
+  if (process == processes_.end()) return;
+  const ListenerCookie cookie{process->second.netns_id, message.cookie};
   // One queue per socket: its holders already share the first.
-  if (process == processes_.end() || !queue || message.cookie == 0 ||
-      accept_queue_of_cookie_.contains(message.cookie) || next_process_id_ == 0 ||
-      accept_queues_.size() >= kMaxAcceptQueues || !is_seqpacket_unix_socket(queue.get()) ||
+  if (!queue || message.cookie == 0 || accept_queue_of_cookie_.contains(cookie) ||
+      next_process_id_ == 0 || accept_queues_.size() >= kMaxAcceptQueues ||
+      !is_seqpacket_unix_socket(queue.get()) ||
       fcntl(queue.get(), F_SETFL, fcntl(queue.get(), F_GETFL) | O_NONBLOCK) != 0) {
     return;
   }
   AcceptQueue accept_queue;
   accept_queue.engine_process = next_process_id_++;
-  accept_queue.cookie = message.cookie;
+  accept_queue.cookie = cookie;
   // The engine checks the address as it checks any process's listen.
   accept_queue.listen.op = RequestOp::kListen;
   accept_queue.listen.flags = message.flags & kRequestV6Only;
@@ -44,9 +46,9 @@ void Monitor::Impl::open_accept_queue(uint32_t process_id, const AcceptQueueMess
   watch(accept_queue.queue.get(), Source::kAcceptQueue, accept_queue.engine_process,
         EPOLLIN | EPOLLRDHUP);
   engine_->add_process(accept_queue.engine_process, process->second.netns_id);
-  accept_queue_of_cookie_.emplace(message.cookie, accept_queue.engine_process);
+  accept_queue_of_cookie_.emplace(cookie, accept_queue.engine_process);
   accept_queues_.emplace(accept_queue.engine_process, std::move(accept_queue));
-  update_accept_queue(message.cookie);
+  update_accept_queue(cookie);
 }
 
 // The message with Qb came just before the request: take it, then say
@@ -61,7 +63,8 @@ void Monitor::Impl::share_listener(uint32_t process_id, const Request& request) 
   reply.request_id = request.request_id;
   reply.socket_id = request.socket_id;
   reply.connection_id = request.connection_id;
-  reply.status = accept_queue_of_cookie_.contains(request.connection_id) ? 0 : -EINVAL;
+  const ListenerCookie cookie{process->second.netns_id, request.connection_id};
+  reply.status = accept_queue_of_cookie_.contains(cookie) ? 0 : -EINVAL;
   deliver_event(process_id, reply);
 }
 
@@ -69,15 +72,17 @@ void Monitor::Impl::share_listener(uint32_t process_id, const Request& request) 
 // connections only while none is.
 void Monitor::Impl::note_announcement(uint32_t process_id, const Request& request) {
   const std::pair<uint32_t, uint64_t> listener{process_id, request.socket_id};
+  const auto process = processes_.find(process_id);
   if (request.op == RequestOp::kListen && request.connection_id != 0 &&
-      announced_cookies_.emplace(listener, request.connection_id).second) {
-    update_accept_queue(request.connection_id);
+      process != processes_.end()) {
+    const ListenerCookie cookie{process->second.netns_id, request.connection_id};
+    if (announced_cookies_.emplace(listener, cookie).second) update_accept_queue(cookie);
   } else if (request.op == RequestOp::kUnlisten) {
     const auto found = announced_cookies_.find(listener);
     if (found == announced_cookies_.end()) return;
-    const uint64_t cookie = found->second;
+    const ListenerCookie announced = found->second;
     announced_cookies_.erase(found);
-    update_accept_queue(cookie);
+    update_accept_queue(announced);
   }
 }
 
@@ -95,7 +100,7 @@ void Monitor::Impl::forget_announcements_of(uint32_t process_id) {
   }
 }
 
-void Monitor::Impl::update_accept_queue(uint64_t cookie) {
+void Monitor::Impl::update_accept_queue(const ListenerCookie& cookie) {
   const auto engine_process = accept_queue_of_cookie_.find(cookie);
   if (engine_process == accept_queue_of_cookie_.end()) return;
   AcceptQueue& queue = accept_queues_.at(engine_process->second);

@@ -177,10 +177,16 @@ class Monitor::Impl {
   // A listening socket's accept queue (protocol.h): Qb, and the engine
   // process under which we listen for the socket while none of its holders
   // is announced.
+  // A listening socket as processes name it: socket cookies are host-wide
+  // and guessable (they count up), so each is scoped by the network
+  // namespace of the process that names it: a process of another container
+  // cannot reach a queue by a cookie it guessed.
+  using ListenerCookie = std::pair<uint64_t, uint64_t>;  // netns, cookie
+
   struct AcceptQueue {
     UniqueFd queue;
     uint32_t engine_process = 0;
-    uint64_t cookie = 0;
+    ListenerCookie cookie{};
     Request listen{};
     bool listening = false;
     Clock::time_point listening_until{};
@@ -271,7 +277,7 @@ class Monitor::Impl {
   void share_listener(uint32_t process_id, const Request& request);
   void note_announcement(uint32_t process_id, const Request& request);
   void forget_announcements_of(uint32_t process_id);
-  void update_accept_queue(uint64_t cookie);
+  void update_accept_queue(const ListenerCookie& cookie);
   void queue_anchor(AcceptQueue& queue, const Event& incoming);
   void on_accept_queue(uint32_t engine_process, uint32_t events);
   void close_accept_queue(uint32_t engine_process);
@@ -353,10 +359,10 @@ class Monitor::Impl {
   uint64_t connections_handed_on_ = 0;  // shown by status
   AnchorKeeperLink anchor_keeper_;
   std::unordered_map<uint32_t, AcceptQueue> accept_queues_;  // by engine process
-  std::unordered_map<uint64_t, uint32_t> accept_queue_of_cookie_;
+  std::map<ListenerCookie, uint32_t> accept_queue_of_cookie_;
   // Announced listeners that are copies of a socket with a cookie:
   // (process, socket id) -> cookie.
-  std::map<std::pair<uint32_t, uint64_t>, uint64_t> announced_cookies_;
+  std::map<std::pair<uint32_t, uint64_t>, ListenerCookie> announced_cookies_;
 };
 
 }  // namespace netaccel

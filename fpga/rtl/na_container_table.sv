@@ -20,7 +20,9 @@ module na_container_table #(
     output logic [ 63:0] host_netns,
 
     // Has namespace `netns` an address (to remove), and which is its first
-    // of the family `ipv4_mapped` says (its own address for a connect)?
+    // of the family `ipv4_mapped` says (its own address for a connect)? The
+    // latter answers the cycle after its key is set: the search through the
+    // order list and the wide multiplexers after it are the slowest logic.
     input  logic [ 63:0] netns,
     input  logic         ipv4_mapped,
     output logic         netns_hit,
@@ -58,6 +60,8 @@ module na_container_table #(
       own_at[p] = CountBits'(p) < count_q && own[order_q[p]];
     end
   end
+  logic [ENTRIES-1:0] own_at_q;
+  always_ff @(posedge clk) own_at_q <= own_at;
   logic [IndexBits-1:0] host_slot, netns_position, own_position;
   na_first_set #(
       .SLOTS(ENTRIES),
@@ -77,7 +81,7 @@ module na_container_table #(
   na_first_set #(
       .SLOTS(ENTRIES)
   ) find_own (
-      .bits (own_at),
+      .bits (own_at_q),
       .found(own_hit),
       .index(own_position)
   );

@@ -249,7 +249,7 @@ module na_engine_core
       .clk(clk),
       .rst_n(rst_n),
       .client(is_request ? netns_q : socket_id),
-      .server(is_request ? owner_netns_q : connection_id),
+      .server(is_request ? port_netns_q : connection_id),
       .port(port),
       .denies(rule_denies),
       .count(rule_count),
@@ -555,19 +555,23 @@ module na_engine_core
         end
 
         // The destination's container is known (looked up in S_DISPATCH):
-        // the rules and the requester's own address are looked up, and the
-        // port in the listeners' namespace next.
+        // does the connect cross to it? The requester's own address is
+        // looked up from here on.
         S_CROSS: begin
           crossing_q <= crossing;
-          denied_q <= rule_denies;
-          own_hit_q <= own_hit;
-          own_host_q <= own_host;
           if (crossing) port_netns_q <= owner_netns_q;
           state_q <= S_PORT_LOOKUP;
         end
 
-        // The listener table looks the port up (netns_q is set now).
-        S_PORT_LOOKUP: state_q <= op == na_protocol::OP_LISTEN ? S_LISTEN : S_CONNECT;
+        // The listener table looks the port up (port_netns_q is set now);
+        // for a connect that crosses (then port_netns_q is the server's
+        // namespace) the rules and the requester's own address answer too.
+        S_PORT_LOOKUP: begin
+          denied_q <= rule_denies;
+          own_hit_q <= own_hit;
+          own_host_q <= own_host;
+          state_q <= op == na_protocol::OP_LISTEN ? S_LISTEN : S_CONNECT;
+        end
 
         S_LISTEN:
         if (listen_malformed) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_EINVAL);

@@ -73,6 +73,18 @@ struct netaccel_container_counters {
   __u64 dropped;      // dropped by policy
   __u64 malformed;    // truncated or inconsistent headers: passed, the kernel decides
   __u64 not_ip;       // neither IPv4 nor IPv6 (ARP...): passed
+  __u64 rejected;     // connection attempts refused by the isolation policy (RST sent back)
+};
+
+// The isolation policy on the server's side (policy_deny, per container,
+// written by the monitor): a TCP SYN from `source` to the container's
+// `port` (0: any port) is answered with a RST, as a REJECT --reject-with
+// tcp-reset rule would, so clients that are not preloaded get ECONNREFUSED
+// too. Established connections are left alone.
+struct netaccel_policy_key {
+  __u8 source[NETACCEL_ADDRESS_BYTES];
+  __u16 port;
+  __u16 zero;  // padding, must be 0
 };
 
 // What an attached container is, for the CLI and the monitor to read back

@@ -1,7 +1,8 @@
 // XDP classifier on each interface of an attached container: parses
 // Ethernet (up to two VLAN tags), IPv4, IPv6 (with extension headers), TCP
 // and UDP; counts per-flow and per-container packets and bytes; and applies
-// the steering map that the user-space stack fills (pass, AF_XDP, drop).
+// the steering map that the user-space stack fills (pass, AF_XDP, drop); and
+// answers connection attempts the isolation policy denies with a TCP RST.
 // Anything it cannot parse goes to the kernel, which decides about it.
 // vmlinux.h first: the libbpf headers and ours use its types.
 // clang-format off
@@ -12,6 +13,7 @@
 
 #include "netaccel_bpf.h"
 
+#define ETH_ALEN 6
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define ETH_P_8021Q 0x8100
@@ -56,6 +58,13 @@ struct {
   __type(value, __u32);
 } xsk_sockets SEC(".maps");
 
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 1024);
+  __type(key, struct netaccel_policy_key);
+  __type(value, __u32);
+} policy_deny SEC(".maps");
+
 // Not used by the program: the container's identity, pinned beside its
 // counters so that the CLI and the monitor read both from one place.
 struct {
@@ -66,6 +75,12 @@ struct {
 } container_record SEC(".maps");
 
 enum parse_result { PARSED, MALFORMED, NOT_IP };
+
+// Where the headers start, for the replies the program writes itself.
+struct packet_layout {
+  void* l3;
+  void* l4;  // NULL after IPv6 extension headers or for a later fragment
+};
 
 // IPv4 addresses as ::ffff:a.b.c.d.
 static __always_inline void map_ipv4(__u8 address[NETACCEL_ADDRESS_BYTES], __be32 ipv4) {
@@ -93,7 +108,8 @@ static __always_inline enum parse_result parse_ports(void* l4, void* data_end,
 }
 
 static __always_inline enum parse_result parse_ipv4(void* l3, void* data_end,
-                                                    struct netaccel_flow_key* key) {
+                                                    struct netaccel_flow_key* key,
+                                                    struct packet_layout* layout) {
   struct iphdr* ip = l3;
   if ((void*)(ip + 1) > data_end) return MALFORMED;
   const __u32 header_bytes = ip->ihl * 4;
@@ -105,11 +121,13 @@ static __always_inline enum parse_result parse_ipv4(void* l3, void* data_end,
   map_ipv4(key->destination, ip->daddr);
   // Only the first fragment carries the ports.
   if (bpf_ntohs(ip->frag_off) & IP_OFFSET) return PARSED;
+  layout->l4 = l3 + header_bytes;
   return parse_ports(l3 + header_bytes, data_end, key);
 }
 
 static __always_inline enum parse_result parse_ipv6(void* l3, void* data_end,
-                                                    struct netaccel_flow_key* key) {
+                                                    struct netaccel_flow_key* key,
+                                                    struct packet_layout* layout) {
   struct ipv6hdr* ip = l3;
   if ((void*)(ip + 1) > data_end) return MALFORMED;
   if (ip->version != 6) return MALFORMED;
@@ -141,11 +159,13 @@ static __always_inline enum parse_result parse_ipv6(void* l3, void* data_end,
     }
   }
   key->protocol = next_header;
+  if (cursor == (void*)(ip + 1)) layout->l4 = cursor;
   return parse_ports(cursor, data_end, key);
 }
 
 static __always_inline enum parse_result parse_packet(void* data, void* data_end,
-                                                      struct netaccel_flow_key* key) {
+                                                      struct netaccel_flow_key* key,
+                                                      struct packet_layout* layout) {
   struct ethhdr* ethernet = data;
   if ((void*)(ethernet + 1) > data_end) return MALFORMED;
   __u16 ether_type = bpf_ntohs(ethernet->h_proto);
@@ -159,8 +179,9 @@ static __always_inline enum parse_result parse_packet(void* data, void* data_end
     ether_type = bpf_ntohs(vlan->h_vlan_encapsulated_proto);
     cursor = vlan + 1;
   }
-  if (ether_type == ETH_P_IP) return parse_ipv4(cursor, data_end, key);
-  if (ether_type == ETH_P_IPV6) return parse_ipv6(cursor, data_end, key);
+  layout->l3 = cursor;
+  if (ether_type == ETH_P_IP) return parse_ipv4(cursor, data_end, key, layout);
+  if (ether_type == ETH_P_IPV6) return parse_ipv6(cursor, data_end, key, layout);
   return NOT_IP;
 }
 
@@ -175,6 +196,115 @@ static __always_inline void count_flow(const struct netaccel_flow_key* key, __u6
   }
   __sync_fetch_and_add(&flow->packets, 1);
   __sync_fetch_and_add(&flow->bytes, bytes);
+}
+
+static __always_inline bool denied(const struct netaccel_flow_key* key) {
+  struct netaccel_policy_key rule = {.port = key->destination_port};
+  __builtin_memcpy(rule.source, key->source, NETACCEL_ADDRESS_BYTES);
+  if (bpf_map_lookup_elem(&policy_deny, &rule)) return true;
+  rule.port = 0;
+  return bpf_map_lookup_elem(&policy_deny, &rule) != NULL;
+}
+
+static __always_inline __u16 fold_checksum(__u64 sum) {
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return (__u16)~sum;
+}
+
+// Pseudo-headers for the TCP checksum.
+struct ipv4_pseudo_header {
+  __be32 source;
+  __be32 destination;
+  __u8 zero;
+  __u8 protocol;
+  __be16 length;
+};
+struct ipv6_pseudo_header {
+  struct in6_addr source;
+  struct in6_addr destination;
+  __be32 length;
+  __u8 zero[3];
+  __u8 next_header;
+};
+
+// Turns the SYN at `tcp` into the RST|ACK a closed port would send: ports
+// swapped, seq 0, ack = SYN's seq + 1, no options. The caller swaps the
+// addresses and sets the checksum over `pseudo_sum`.
+static __always_inline void write_reset(struct tcphdr* tcp) {
+  const __be16 source = tcp->source;
+  tcp->source = tcp->dest;
+  tcp->dest = source;
+  tcp->ack_seq = bpf_htonl(bpf_ntohl(tcp->seq) + 1);
+  tcp->seq = 0;
+  // doff 5, then the flags byte: RST | ACK, nothing else.
+  ((__u8*)tcp)[12] = 5 << 4;
+  ((__u8*)tcp)[13] = 0x14;
+  tcp->window = 0;
+  tcp->check = 0;
+  tcp->urg_ptr = 0;
+}
+
+// Answers a denied SYN with a RST back out of the interface it came in
+// on. Only what can be rewritten in place: Ethernet (VLAN tags kept), IPv4
+// without options or IPv6 without extension headers; anything else is
+// dropped, which leaves the client to time out instead.
+static __always_inline int reject(struct xdp_md* ctx, const struct netaccel_flow_key* key,
+                                  const struct packet_layout* layout) {
+  void* data = (void*)(long)ctx->data;
+  void* data_end = (void*)(long)ctx->data_end;
+  struct ethhdr* ethernet = data;
+  struct tcphdr* tcp = layout->l4;
+  if ((void*)(ethernet + 1) > data_end || !tcp || (void*)(tcp + 1) > data_end) return XDP_DROP;
+  __u8 mac[ETH_ALEN];
+  __builtin_memcpy(mac, ethernet->h_source, ETH_ALEN);
+  __builtin_memcpy(ethernet->h_source, ethernet->h_dest, ETH_ALEN);
+  __builtin_memcpy(ethernet->h_dest, mac, ETH_ALEN);
+  write_reset(tcp);
+  // A plain number from here on: the verifier allows no arithmetic that
+  // mixes packet pointers with the buffer length below.
+  const __u32 frame_bytes = (__u32)((long)(tcp + 1) - (long)data) & 0xff;
+  if (key->ip_version == 4) {
+    struct iphdr* ip = layout->l3;
+    if ((void*)(ip + 1) > data_end || ip->ihl != 5) return XDP_DROP;
+    const __be32 source = ip->saddr;
+    ip->saddr = ip->daddr;
+    ip->daddr = source;
+    ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*tcp));
+    ip->id = 0;
+    ip->frag_off = bpf_htons(0x4000);  // DF, as Linux sends its resets
+    ip->ttl = 64;
+    ip->check = 0;
+    ip->check = fold_checksum(bpf_csum_diff(NULL, 0, (__be32*)ip, sizeof(*ip), 0));
+    struct ipv4_pseudo_header pseudo = {.source = ip->saddr,
+                                        .destination = ip->daddr,
+                                        .protocol = IPPROTO_TCP,
+                                        .length = bpf_htons(sizeof(*tcp))};
+    const __s64 pseudo_sum = bpf_csum_diff(NULL, 0, (__be32*)&pseudo, sizeof(pseudo), 0);
+    tcp->check = fold_checksum(bpf_csum_diff(NULL, 0, (__be32*)tcp, sizeof(*tcp), pseudo_sum));
+  } else {
+    struct ipv6hdr* ip = layout->l3;
+    if ((void*)(ip + 1) > data_end) return XDP_DROP;
+    struct in6_addr source = ip->saddr;
+    ip->saddr = ip->daddr;
+    ip->daddr = source;
+    ip->payload_len = bpf_htons(sizeof(*tcp));
+    ip->hop_limit = 64;
+    struct ipv6_pseudo_header pseudo = {.source = ip->saddr,
+                                        .destination = ip->daddr,
+                                        .length = bpf_htonl(sizeof(*tcp)),
+                                        .next_header = IPPROTO_TCP};
+    const __s64 pseudo_sum = bpf_csum_diff(NULL, 0, (__be32*)&pseudo, sizeof(pseudo), 0);
+    tcp->check = fold_checksum(bpf_csum_diff(NULL, 0, (__be32*)tcp, sizeof(*tcp), pseudo_sum));
+  }
+  // The SYN's options (and any padding) go: the reset ends at its TCP header.
+  const __u32 buffer_bytes = (__u32)bpf_xdp_get_buff_len(ctx) & 0xffff;
+  if (buffer_bytes > frame_bytes &&
+      bpf_xdp_adjust_tail(ctx, (int)frame_bytes - (int)buffer_bytes) != 0) {
+    return XDP_DROP;
+  }
+  return XDP_TX;
 }
 
 // The verdict of the steering map for this flow, counted.
@@ -216,7 +346,8 @@ int xdp_classify(struct xdp_md* ctx) {
   counters->bytes += bytes;
 
   struct netaccel_flow_key key = {};
-  const enum parse_result result = parse_packet(data, data_end, &key);
+  struct packet_layout layout = {};
+  const enum parse_result result = parse_packet(data, data_end, &key, &layout);
   if (result != PARSED) {
     if (result == MALFORMED)
       counters->malformed++;
@@ -226,5 +357,12 @@ int xdp_classify(struct xdp_md* ctx) {
     return XDP_PASS;
   }
   count_flow(&key, bytes);
+  // A connection attempt (SYN without ACK) the isolation policy denies.
+  if (key.protocol == IPPROTO_TCP && layout.l4 &&
+      (void*)((struct tcphdr*)layout.l4 + 1) <= data_end && ((struct tcphdr*)layout.l4)->syn &&
+      !((struct tcphdr*)layout.l4)->ack && denied(&key)) {
+    counters->rejected++;
+    return reject(ctx, &key, &layout);
+  }
   return steer(&key, ctx->rx_queue_index, counters);
 }

@@ -118,6 +118,13 @@ class PacketBuilder {
     return *this;
   }
 
+  // The last TCP header's sequence number and ACK flag (a SYN otherwise).
+  PacketBuilder& tcp_sequence(std::uint32_t sequence, bool ack = false) {
+    header<tcphdr>(l4_offset_)->seq = htonl(sequence);
+    header<tcphdr>(l4_offset_)->ack = ack ? 1 : 0;
+    return *this;
+  }
+
   // The last TCP header's data offset (32-bit words), for malformed frames.
   PacketBuilder& tcp_data_offset(std::uint8_t words) {
     header<tcphdr>(l4_offset_)->doff = words & 0xf;

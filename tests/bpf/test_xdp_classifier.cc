@@ -83,6 +83,28 @@ class XdpClassifierTest : public BpfTest {
               0);
   }
 
+  void deny(const std::array<std::uint8_t, NETACCEL_ADDRESS_BYTES>& source, std::uint16_t port) {
+    netaccel_policy_key key{};
+    std::memcpy(key.source, source.data(), source.size());
+    key.port = port;
+    const __u32 present = 1;
+    ASSERT_EQ(
+        bpf_map_update_elem(bpf_map__fd(skeleton_->maps.policy_deny), &key, &present, BPF_ANY), 0);
+  }
+
+  // The verdict and the frame the program leaves (what XDP_TX sends).
+  int run_and_capture(const Frame& frame, Frame& out) {
+    out.assign(frame.size() + 64, 0);
+    LIBBPF_OPTS(bpf_test_run_opts, options, .data_in = frame.data(), .data_out = out.data(),
+                .data_size_in = static_cast<__u32>(frame.size()),
+                .data_size_out = static_cast<__u32>(out.size()));
+    const int error =
+        bpf_prog_test_run_opts(bpf_program__fd(skeleton_->progs.xdp_classify), &options);
+    EXPECT_EQ(error, 0) << std::strerror(-error);
+    out.resize(options.data_size_out);
+    return static_cast<int>(options.retval);
+  }
+
   struct Destroy {
     void operator()(xdp_classifier* skeleton) const { xdp_classifier::destroy(skeleton); }
   };
@@ -289,6 +311,91 @@ TEST_F(XdpClassifierTest, ExplicitPassVerdictPasses) {
   steer(IPPROTO_TCP, 22, NETACCEL_STEER_PASS);
   EXPECT_EQ(run(PacketBuilder().ipv4("10.0.0.1", "10.0.0.2").tcp(1, 22).build()), XDP_PASS);
   EXPECT_EQ(counters().passed, 1u);
+}
+
+// RFC 1071 sum of 16-bit words; 0xffff over a header with a valid checksum.
+std::uint16_t ones_complement_sum(const std::uint8_t* bytes, std::size_t length,
+                                  std::uint32_t sum = 0) {
+  for (std::size_t i = 0; i + 1 < length; i += 2) sum += bytes[i] << 8 | bytes[i + 1];
+  if (length % 2 != 0) sum += bytes[length - 1] << 8;
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<std::uint16_t>(sum);
+}
+
+TEST_F(XdpClassifierTest, DeniedSynIsAnsweredWithAResetAsByAReject) {
+  deny(ipv4_mapped("10.0.0.1"), 6379);
+  const Frame syn = PacketBuilder()
+                        .ipv4("10.0.0.1", "10.0.0.2")
+                        .tcp(40000, 6379)
+                        .tcp_sequence(0x01020304)
+                        .payload(12)  // as if options: the reset carries none
+                        .build();
+  Frame reset;
+  ASSERT_EQ(run_and_capture(syn, reset), XDP_TX);
+  ASSERT_EQ(reset.size(), sizeof(ethhdr) + sizeof(iphdr) + sizeof(tcphdr));
+  const auto* ethernet = reinterpret_cast<const ethhdr*>(reset.data());
+  const auto* sent = reinterpret_cast<const ethhdr*>(syn.data());
+  EXPECT_EQ(std::memcmp(ethernet->h_dest, sent->h_source, ETH_ALEN), 0);
+  EXPECT_EQ(std::memcmp(ethernet->h_source, sent->h_dest, ETH_ALEN), 0);
+  const auto* ip = reinterpret_cast<const iphdr*>(reset.data() + sizeof(ethhdr));
+  const auto* syn_ip = reinterpret_cast<const iphdr*>(syn.data() + sizeof(ethhdr));
+  EXPECT_EQ(ip->saddr, syn_ip->daddr);
+  EXPECT_EQ(ip->daddr, syn_ip->saddr);
+  EXPECT_EQ(ntohs(ip->tot_len), sizeof(iphdr) + sizeof(tcphdr));
+  EXPECT_EQ(ones_complement_sum(reinterpret_cast<const std::uint8_t*>(ip), sizeof *ip), 0xffff);
+  const auto* tcp = reinterpret_cast<const tcphdr*>(ip + 1);
+  EXPECT_EQ(ntohs(tcp->source), 6379);
+  EXPECT_EQ(ntohs(tcp->dest), 40000);
+  EXPECT_TRUE(tcp->rst && tcp->ack && !tcp->syn && !tcp->fin);
+  EXPECT_EQ(tcp->seq, 0u);
+  EXPECT_EQ(ntohl(tcp->ack_seq), 0x01020305u);
+  EXPECT_EQ(tcp->doff, 5);
+  // The TCP checksum covers the IPv4 pseudo-header.
+  std::uint8_t pseudo[12] = {};
+  std::memcpy(pseudo, &ip->saddr, 4);
+  std::memcpy(pseudo + 4, &ip->daddr, 4);
+  pseudo[9] = IPPROTO_TCP;
+  pseudo[11] = sizeof(tcphdr);
+  EXPECT_EQ(ones_complement_sum(reinterpret_cast<const std::uint8_t*>(tcp), sizeof *tcp,
+                                ones_complement_sum(pseudo, sizeof pseudo)),
+            0xffff);
+  EXPECT_EQ(counters().rejected, 1u);
+}
+
+TEST_F(XdpClassifierTest, PolicyLeavesOtherSourcesPortsAndEstablishedFlowsAlone) {
+  deny(ipv4_mapped("10.0.0.1"), 6379);
+  EXPECT_EQ(run(PacketBuilder().ipv4("10.0.0.9", "10.0.0.2").tcp(40000, 6379).build()), XDP_PASS);
+  EXPECT_EQ(run(PacketBuilder().ipv4("10.0.0.1", "10.0.0.2").tcp(40000, 6380).build()), XDP_PASS);
+  EXPECT_EQ(run(PacketBuilder()
+                    .ipv4("10.0.0.1", "10.0.0.2")
+                    .tcp(40000, 6379)
+                    .tcp_sequence(7, /*ack=*/true)
+                    .build()),
+            XDP_PASS);
+  EXPECT_EQ(run(PacketBuilder().ipv4("10.0.0.1", "10.0.0.2").udp(40000, 6379).build()), XDP_PASS);
+  EXPECT_EQ(counters().rejected, 0u);
+}
+
+TEST_F(XdpClassifierTest, DenyingEveryPortResetsIpv6Syns) {
+  deny(ipv6_address("fd00::1"), 0);
+  const Frame syn =
+      PacketBuilder().ipv6("fd00::1", "fd00::2").tcp(40000, 443).tcp_sequence(99).build();
+  Frame reset;
+  ASSERT_EQ(run_and_capture(syn, reset), XDP_TX);
+  ASSERT_EQ(reset.size(), sizeof(ethhdr) + sizeof(ipv6hdr) + sizeof(tcphdr));
+  const auto* ip = reinterpret_cast<const ipv6hdr*>(reset.data() + sizeof(ethhdr));
+  EXPECT_EQ(ntohs(ip->payload_len), sizeof(tcphdr));
+  const auto* tcp = reinterpret_cast<const tcphdr*>(ip + 1);
+  EXPECT_TRUE(tcp->rst && tcp->ack);
+  EXPECT_EQ(ntohl(tcp->ack_seq), 100u);
+  std::uint8_t pseudo[40] = {};
+  std::memcpy(pseudo, &ip->saddr, 16);
+  std::memcpy(pseudo + 16, &ip->daddr, 16);
+  pseudo[35] = sizeof(tcphdr);
+  pseudo[39] = IPPROTO_TCP;
+  EXPECT_EQ(ones_complement_sum(reinterpret_cast<const std::uint8_t*>(tcp), sizeof *tcp,
+                                ones_complement_sum(pseudo, sizeof pseudo)),
+            0xffff);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "container_registry.h"
 
+#include <bpf/bpf.h>
 #include <dirent.h>
 #include <errno.h>
 #include <sys/epoll.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -210,6 +212,48 @@ void ContainerRegistry::apply_rules() {
     new_separations_.emplace_back(client, server);
   }
   enforced_ = std::move(enforced);
+  write_xdp_policy();
+}
+
+// Clients that are not preloaded meet the rules on the server's interface:
+// the XDP classifier answers their SYN with a reset (policy_deny, one map
+// per container, keyed by client address and port).
+void ContainerRegistry::write_xdp_policy() {
+  using Key = std::array<uint8_t, sizeof(netaccel_policy_key)>;
+  std::map<std::string, std::set<Key>> wanted;
+  for (const PolicyRule& rule : rules_) {
+    const auto client = containers_.find(rule.client);
+    if (client == containers_.end() || !containers_.contains(rule.server)) continue;
+    for (const InetAddress& address : client->second.addresses) {
+      netaccel_policy_key key{};
+      std::memcpy(key.source, address.bytes, sizeof key.source);
+      key.port = rule.port;
+      Key bytes;
+      std::memcpy(bytes.data(), &key, sizeof key);
+      wanted[rule.server].insert(bytes);
+    }
+  }
+  for (const auto& [name, container] : containers_) {
+    const std::string pin = std::string(bpf::kPinRoot) + "/" + name + "/policy_deny";
+    const UniqueFd map(bpf_obj_get(pin.c_str()));
+    if (!map) continue;  // attached by a netaccel without it
+    const std::set<Key>& keys = wanted[name];
+    std::vector<Key> stale;
+    Key key, next;
+    const void* previous = nullptr;
+    while (bpf_map_get_next_key(map.get(), previous, next.data()) == 0) {
+      if (!keys.contains(next)) stale.push_back(next);
+      key = next;
+      previous = key.data();
+    }
+    for (const Key& gone : stale) bpf_map_delete_elem(map.get(), gone.data());
+    const uint32_t present = 1;
+    for (const Key& rule : keys) {
+      if (bpf_map_update_elem(map.get(), rule.data(), &present, BPF_ANY) != 0) {
+        log_registry("cannot write the isolation policy into " + pin + ": " + std::strerror(errno));
+      }
+    }
+  }
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> ContainerRegistry::take_new_separations() {

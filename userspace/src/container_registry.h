@@ -62,6 +62,7 @@ class ContainerRegistry {
   std::size_t watch_pins();
   void arm_settle_timer(long delay_ns);
   void apply_rules();
+  void write_xdp_policy();
   void load_rules();
   std::string save_rules() const;
 

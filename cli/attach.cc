@@ -195,8 +195,8 @@ std::string stats_json(const std::vector<ContainerStats>& all) {
          << ",\"passed\":" << x.passed << ",\"to_xsk\":" << x.to_xsk
          << ",\"xsk_missing\":" << x.xsk_missing << ",\"dropped\":" << x.dropped
          << ",\"malformed\":" << x.malformed << ",\"not_ip\":" << x.not_ip
-         << ",\"rejected\":" << x.rejected
-         << ",\"flows\":" << stats.flows << "},\"sockmap\":{\"sockets\":" << stats.sockets
+         << ",\"rejected\":" << x.rejected << ",\"flows\":" << stats.flows
+         << "},\"sockmap\":{\"sockets\":" << stats.sockets
          << ",\"sockets_added\":" << s.sockets_added << ",\"redirected_msgs\":" << s.redirected_msgs
          << ",\"redirected_bytes\":" << s.redirected_bytes << ",\"passed_msgs\":" << s.passed_msgs
          << ",\"passed_bytes\":" << s.passed_bytes << "}";

@@ -91,6 +91,9 @@ inline constexpr int kSpaceRecheckMs = 1;
 // yields the core between checks, and gives up after `budget_ns`. The clock
 // is read every 16 rounds, starting at the first check: most waits on a busy
 // connection end before it, and reading it costs as much as a 64-byte receive.
+// A yield is a system call, so its pace follows what yields do on this
+// thread (see keep_spinning): they stop while they find no one to give the
+// core to, and a spin whose yields keep handing the core over sleeps.
 class SpinBudget {
  public:
   explicit SpinBudget(int64_t budget_ns) : budget_ns_(budget_ns > 0 ? budget_ns : 0) {}
@@ -99,7 +102,9 @@ class SpinBudget {
  private:
   int64_t budget_ns_;
   int64_t start_ = -1;
+  int64_t next_yield_ns_ = 0;
   uint32_t rounds_ = 0;
+  uint32_t hand_overs_ = 0;  // yields that let another task run
 };
 
 struct Channel;

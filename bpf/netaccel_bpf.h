@@ -131,6 +131,12 @@ struct netaccel_socket_key {
 // local_endpoints: address of an attached container -> the container.
 struct netaccel_endpoint {
   __u32 container_id;
+  // Its attachment, new at every attach (never 0). A socket is redirected
+  // only while both ends carry the generation of their container's current
+  // attachment (socket_generations): a connection that went over TCP while
+  // a container was detached stays on TCP after it is attached again, since
+  // bytes redirected then would overtake the TCP bytes still unread.
+  __u32 generation;
 };
 
 // attached_netns: network namespace cookie -> the container it is. The

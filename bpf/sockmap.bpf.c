@@ -42,6 +42,16 @@ struct {
   __type(value, struct netaccel_attached_netns);
 } attached_netns SEC(".maps");
 
+// Each socket of the sockhash -> the generation of its container's
+// attachment when it entered (netaccel_endpoint.generation); removed when
+// the socket closes.
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct netaccel_socket_key);
+  __type(value, __u32);
+} socket_generations SEC(".maps");
+
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
   __uint(max_entries, 1024);
@@ -62,14 +72,6 @@ static __always_inline void set_address(__u8 address[NETACCEL_ADDRESS_BYTES], __
   }
 }
 
-// The counters of the container that owns `address`; NULL when none does.
-static __always_inline struct netaccel_sockmap_counters* container_counters(
-    const __u8 address[NETACCEL_ADDRESS_BYTES]) {
-  const struct netaccel_endpoint* endpoint = bpf_map_lookup_elem(&local_endpoints, address);
-  if (!endpoint) return 0;
-  return bpf_map_lookup_elem(&sockmap_stats, &endpoint->container_id);
-}
-
 // The socket's key as seen from its own end. sock_ops and sk_msg contexts
 // name these fields alike; a macro serves both because the verifier does
 // not let a context's arrays be passed by pointer: they are copied first.
@@ -85,12 +87,24 @@ static __always_inline struct netaccel_sockmap_counters* container_counters(
     (key)->remote_port = bpf_ntohl((ctx)->remote_port); /* the port, shifted, network order */  \
   } while (0)
 
+// A closed socket leaves the sockhash by itself; its generation goes here.
+static __always_inline void forget_closed_socket(struct bpf_sock_ops* skops) {
+  if (skops->args[1] != BPF_TCP_CLOSE) return;
+  struct netaccel_socket_key key = {};
+  SOCKET_KEY_OF(skops, &key);
+  bpf_map_delete_elem(&socket_generations, &key);
+}
+
 SEC("sockops")
 int sockops_track(struct bpf_sock_ops* skops) {
+  if (skops->family != AF_INET && skops->family != AF_INET6) return 1;
+  if (skops->op == BPF_SOCK_OPS_STATE_CB) {
+    forget_closed_socket(skops);
+    return 1;
+  }
   if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
       skops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
     return 1;
-  if (skops->family != AF_INET && skops->family != AF_INET6) return 1;
   // Most sockets of the host belong to no attached container: one lookup.
   const __u64 netns_cookie = bpf_get_netns_cookie(skops);
   const struct netaccel_attached_netns* container =
@@ -109,8 +123,15 @@ int sockops_track(struct bpf_sock_ops* skops) {
   struct netaccel_sockmap_counters* counters =
       bpf_map_lookup_elem(&sockmap_stats, &container->container_id);
   if (!counters) return 1;
-  if (bpf_sock_hash_update(skops, &established_sockets, &key, BPF_ANY) == 0)
-    __sync_fetch_and_add(&counters->sockets_added, 1);
+  // The generation first: sk_msg redirects no socket without one.
+  if (bpf_map_update_elem(&socket_generations, &key, &local->generation, BPF_ANY) != 0) return 1;
+  if (bpf_sock_hash_update(skops, &established_sockets, &key, BPF_ANY) != 0) {
+    bpf_map_delete_elem(&socket_generations, &key);
+    return 1;
+  }
+  __sync_fetch_and_add(&counters->sockets_added, 1);
+  // Told when it closes, to forget its generation.
+  bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
   return 1;
 }
 
@@ -127,9 +148,21 @@ int sk_msg_redirect(struct sk_msg_md* msg) {
   peer.remote_port = self.local_port;
 
   // A detached container's sockets stay in the sockhash until they close;
-  // without its endpoint they are no longer short-circuited.
-  struct netaccel_sockmap_counters* counters = container_counters(self.local_address);
-  if (counters && bpf_map_lookup_elem(&local_endpoints, self.remote_address) &&
+  // without its endpoint they are no longer short-circuited, and once it
+  // is attached again (a new generation) they are not either: the bytes
+  // they sent over TCP meanwhile may still be unread.
+  const struct netaccel_endpoint* self_endpoint =
+      bpf_map_lookup_elem(&local_endpoints, self.local_address);
+  const struct netaccel_endpoint* peer_endpoint =
+      bpf_map_lookup_elem(&local_endpoints, self.remote_address);
+  const __u32* self_generation = bpf_map_lookup_elem(&socket_generations, &self);
+  const __u32* peer_generation = bpf_map_lookup_elem(&socket_generations, &peer);
+  struct netaccel_sockmap_counters* counters =
+      self_endpoint ? bpf_map_lookup_elem(&sockmap_stats, &self_endpoint->container_id) : 0;
+  const bool current = self_endpoint && peer_endpoint && self_generation && peer_generation &&
+                       *self_generation == self_endpoint->generation &&
+                       *peer_generation == peer_endpoint->generation;
+  if (counters && current &&
       bpf_msg_redirect_hash(msg, &established_sockets, &peer, BPF_F_INGRESS) == SK_PASS) {
     __sync_fetch_and_add(&counters->redirected_msgs, 1);
     __sync_fetch_and_add(&counters->redirected_bytes, bytes);

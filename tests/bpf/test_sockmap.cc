@@ -18,6 +18,7 @@ namespace netaccel::testing {
 namespace {
 
 constexpr __u32 kContainerId = 7;
+constexpr __u32 kFirstGeneration = 1;  // netaccel_endpoint.generation of an attach
 
 // A connected loopback TCP pair, and each end's key as sock_ops builds it.
 struct TcpPair {
@@ -102,10 +103,12 @@ class SockmapTest : public BpfTest, public ::testing::WithParamInterface<int> {
               0);
   }
 
-  void register_loopback() {
+  // Registers the loopback address as attach does, for attachment
+  // `generation` (each attach has a new one).
+  void register_loopback(__u32 generation = kFirstGeneration) {
     __u8 loopback[NETACCEL_ADDRESS_BYTES];
     set_loopback(GetParam(), loopback);
-    const netaccel_endpoint endpoint{kContainerId};
+    const netaccel_endpoint endpoint{kContainerId, generation};
     ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skeleton_->maps.local_endpoints), loopback, &endpoint,
                                   BPF_ANY),
               0);
@@ -117,8 +120,13 @@ class SockmapTest : public BpfTest, public ::testing::WithParamInterface<int> {
     ASSERT_EQ(bpf_map_delete_elem(bpf_map__fd(skeleton_->maps.local_endpoints), loopback), 0);
   }
 
-  // What sock_ops does on establishment, done from user space.
-  void add_to_sockhash(int fd, const netaccel_socket_key& key) {
+  // What sock_ops does on establishment, done from user space: the socket
+  // with the generation of the attachment it was established under.
+  void add_to_sockhash(int fd, const netaccel_socket_key& key,
+                       __u32 generation = kFirstGeneration) {
+    ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skeleton_->maps.socket_generations), &key,
+                                  &generation, BPF_ANY),
+              0);
     const __u64 value = static_cast<__u64>(fd);
     ASSERT_EQ(bpf_map_update_elem(bpf_map__fd(skeleton_->maps.established_sockets), &key, &value,
                                   BPF_ANY),
@@ -199,6 +207,44 @@ TEST_P(SockmapTest, UnregisteredEndpointsStopTheShortCircuitInOrder) {
   }
   EXPECT_EQ(received, first + second);
   EXPECT_EQ(counters().redirected_msgs, 1u);
+}
+
+// Detached and attached again (a new generation) while the connection
+// lives: the bytes it sent over TCP in between may still be unread, so its
+// sockets must not be redirected again, or later bytes would overtake them.
+TEST_P(SockmapTest, SocketsOfAnEarlierAttachmentStayOnTcp) {
+  register_loopback(kFirstGeneration);
+  TcpPair pair = connect_pair(GetParam());
+  add_to_sockhash(pair.client.get(), pair.client_key, kFirstGeneration);
+  add_to_sockhash(pair.server.get(), pair.server_key, kFirstGeneration);
+  send_and_expect(pair.client.get(), pair.server.get(), "redirected");
+  EXPECT_EQ(counters().redirected_msgs, 1u);
+
+  unregister_loopback();
+  const std::string over_tcp(10000, 't');
+  ASSERT_EQ(send(pair.client.get(), over_tcp.data(), over_tcp.size(), 0),
+            static_cast<ssize_t>(over_tcp.size()));
+  register_loopback(kFirstGeneration + 1);  // attached again, TCP bytes still unread
+  const std::string later = "later";
+  ASSERT_EQ(send(pair.client.get(), later.data(), later.size(), 0),
+            static_cast<ssize_t>(later.size()));
+  std::string received(over_tcp.size() + later.size(), '\0');
+  std::size_t got = 0;
+  while (got < received.size()) {
+    const ssize_t n = recv(pair.server.get(), received.data() + got, received.size() - got, 0);
+    ASSERT_GT(n, 0) << std::strerror(errno);
+    got += static_cast<std::size_t>(n);
+  }
+  EXPECT_EQ(received, over_tcp + later);
+  EXPECT_EQ(counters().redirected_msgs, 1u);
+  EXPECT_EQ(counters().passed_msgs, 1u);  // "later" (unregistered, the first counted nowhere)
+
+  // A connection established under the new attachment is redirected.
+  TcpPair fresh = connect_pair(GetParam());
+  add_to_sockhash(fresh.client.get(), fresh.client_key, kFirstGeneration + 1);
+  add_to_sockhash(fresh.server.get(), fresh.server_key, kFirstGeneration + 1);
+  send_and_expect(fresh.client.get(), fresh.server.get(), "fresh");
+  EXPECT_EQ(counters().redirected_msgs, 2u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, SockmapTest, ::testing::Values(AF_INET, AF_INET6),

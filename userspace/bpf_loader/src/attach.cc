@@ -17,6 +17,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <thread>
 
 #include "internal.h"
@@ -178,6 +179,9 @@ void attach_sockmap(const Container& container, const netaccel_container_record&
         "sockmap counters pin path");
   check(bpf_map__set_pin_path(skeleton->maps.attached_netns, shared_pin(kAttachedNetnsPin).c_str()),
         "attached namespace map pin path");
+  check(bpf_map__set_pin_path(skeleton->maps.socket_generations,
+                              shared_pin(kSocketGenerationsPin).c_str()),
+        "socket generation map pin path");
   check(sockmap::load(skeleton.get()), "cannot load the sockmap programs");
 
   // Attaching again replaces the sk_msg program with this identical one;
@@ -205,7 +209,10 @@ void attach_sockmap(const Container& container, const netaccel_container_record&
   check(bpf_map_update_elem(bpf_map__fd(skeleton->maps.sockmap_stats), &record.container_id,
                             zeros.data(), BPF_NOEXIST),
         "cannot create the container's sockmap counters");
-  const netaccel_endpoint endpoint{record.container_id};
+  // A new generation for this attachment: sockets left in the sockhash by
+  // an earlier one are not redirected again (netaccel_bpf.h says why).
+  std::random_device random;
+  const netaccel_endpoint endpoint{record.container_id, std::max(1u, static_cast<__u32>(random()))};
   for (const Address& address : container.addresses) {
     if (bpf_map_update_elem(bpf_map__fd(skeleton->maps.local_endpoints), address.data(), &endpoint,
                             BPF_NOEXIST) != 0) {
@@ -358,7 +365,8 @@ void remove_shared_maps_if_last() {
       std::this_thread::sleep_for(kDrainBeforeFree);
     }
   }
-  for (const char* pin : {kSockhashPin, kEndpointsPin, kSockmapStatsPin, kAttachedNetnsPin})
+  for (const char* pin :
+       {kSockhashPin, kEndpointsPin, kSockmapStatsPin, kAttachedNetnsPin, kSocketGenerationsPin})
     remove_pin(shared_pin(pin));
   rmdir(kPinRoot);
 }
@@ -501,7 +509,8 @@ std::vector<std::string> check_attachment(const std::string& netns_path) {
   std::vector<std::string> problems;
   const auto missing = [&](const std::string& what) { problems.push_back(what + " is missing"); };
 
-  for (const char* pin : {kSockhashPin, kEndpointsPin, kSockmapStatsPin, kAttachedNetnsPin}) {
+  for (const char* pin :
+       {kSockhashPin, kEndpointsPin, kSockmapStatsPin, kAttachedNetnsPin, kSocketGenerationsPin}) {
     if (!open_pin(shared_pin(pin))) missing(std::string("shared map ") + shared_pin(pin));
   }
   if (const UniqueFd link = open_pin(shared_pin(kSockOpsLinkPin))) {

@@ -51,6 +51,7 @@ inline constexpr const char* kSockhashPin = "established_sockets";
 inline constexpr const char* kEndpointsPin = "local_endpoints";
 inline constexpr const char* kSockmapStatsPin = "sockmap_stats";
 inline constexpr const char* kAttachedNetnsPin = "attached_netns";
+inline constexpr const char* kSocketGenerationsPin = "socket_generations";
 // sockops_track at the cgroup v2 root: one link for all containers, made by
 // the first attach, removed by the last detach.
 inline constexpr const char* kSockOpsLinkPin = "sock_ops_link";

@@ -6,6 +6,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
+
 #include "intercepted.h"
 #include "pipes.h"
 #include "real_calls.h"
@@ -42,6 +44,22 @@ NETACCEL_EXPORT void* mmap64(void* address, size_t length, int protection, int f
 // The large-file name of the same call (off_t is 64 bits on our targets).
 NETACCEL_EXPORT ssize_t sendfile64(int out_fd, int in_fd, off_t* offset, size_t count)
     __attribute__((alias("sendfile")));
+
+// vfork has no C++ wrapper: the child returns through the caller's frame
+// and the parent, resumed, returns through it again, so a frame of ours in
+// between would be clobbered. This stub notes that a vfork child may run in
+// our memory (holder_process() then asks getpid()) and jumps to libc's,
+// leaving the stack as the caller made it.
+static_assert(sizeof(std::atomic<bool>) == 1, "the stub stores one byte");
+asm(R"(
+  .text
+  .globl vfork
+  .type vfork, @function
+vfork:
+  movb $1, netaccel_vfork_called(%rip)
+  jmp __vfork@PLT
+  .size vfork, .-vfork
+)");
 
 // The list forms of exec, written out by hand as they are variadic. Their
 // argument vectors live on the stack: a vfork child may not allocate.

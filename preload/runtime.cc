@@ -340,7 +340,16 @@ pid_t g_holder_process = getpid();
 bool monitor_registered();
 }  // namespace
 
+// Set by our vfork (interpose.cc) and never cleared: telling a vfork child
+// from its parent takes getpid(), a system call on every close, which a
+// process that never vforked need not pay. (A child made by a raw clone
+// with CLONE_VM, not through vfork(), is not seen.)
+extern "C" {
+std::atomic<bool> netaccel_vfork_called{false};
+}
+
 bool holder_process() {
+  if (!netaccel_vfork_called.load(std::memory_order_relaxed)) return true;
   return getpid() == g_holder_process;
 }
 

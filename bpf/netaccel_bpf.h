@@ -139,6 +139,10 @@ struct netaccel_endpoint {
   __u32 generation;
 };
 
+// socket_generations' value for a socket that sent a message over TCP
+// while in the sockhash: it stays on TCP (no attachment has generation 0).
+#define NETACCEL_GENERATION_TCP_ONLY 0
+
 // attached_netns: network namespace cookie -> the container it is. The
 // sock_ops program runs for every TCP socket of the host (it is attached
 // once, at the cgroup v2 root) and acts only on sockets of these namespaces.

@@ -172,5 +172,12 @@ int sk_msg_redirect(struct sk_msg_md* msg) {
     __sync_fetch_and_add(&counters->passed_msgs, 1);
     __sync_fetch_and_add(&counters->passed_bytes, bytes);
   }
+  // Once a message of the socket went over TCP (its peer not in the
+  // sockhash yet, or a container detached), later ones must too: redirected,
+  // they would be read before the TCP bytes still unread.
+  if (self_generation && *self_generation != NETACCEL_GENERATION_TCP_ONLY) {
+    const __u32 tcp_only = NETACCEL_GENERATION_TCP_ONLY;
+    bpf_map_update_elem(&socket_generations, &self, &tcp_only, BPF_EXIST);
+  }
   return SK_PASS;
 }

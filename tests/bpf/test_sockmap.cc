@@ -209,6 +209,37 @@ TEST_P(SockmapTest, UnregisteredEndpointsStopTheShortCircuitInOrder) {
   EXPECT_EQ(counters().redirected_msgs, 1u);
 }
 
+// The client's first message went over TCP (the server's socket was not in
+// the sockhash yet, as when it sends before the server's end is
+// established); unread, it must not be overtaken by later messages once the
+// server's socket is there: the connection stays on TCP.
+TEST_P(SockmapTest, ASocketThatSentOverTcpStaysThere) {
+  register_loopback();
+  TcpPair pair = connect_pair(GetParam());
+  add_to_sockhash(pair.client.get(), pair.client_key);
+  const std::string first(10000, 'f');
+  ASSERT_EQ(send(pair.client.get(), first.data(), first.size(), 0),
+            static_cast<ssize_t>(first.size()));
+  add_to_sockhash(pair.server.get(), pair.server_key);
+  const std::string second = "second";
+  ASSERT_EQ(send(pair.client.get(), second.data(), second.size(), 0),
+            static_cast<ssize_t>(second.size()));
+  std::string received(first.size() + second.size(), '\0');
+  std::size_t got = 0;
+  while (got < received.size()) {
+    const ssize_t n = recv(pair.server.get(), received.data() + got, received.size() - got, 0);
+    ASSERT_GT(n, 0) << std::strerror(errno);
+    got += static_cast<std::size_t>(n);
+  }
+  EXPECT_EQ(received, first + second);
+  EXPECT_EQ(counters().redirected_msgs, 0u);
+  EXPECT_EQ(counters().passed_msgs, 2u);
+  // The connection as a whole stays on TCP: the reply too.
+  send_and_expect(pair.server.get(), pair.client.get(), "reply");
+  EXPECT_EQ(counters().redirected_msgs, 0u);
+  EXPECT_EQ(counters().passed_msgs, 3u);
+}
+
 // Detached and attached again (a new generation) while the connection
 // lives: the bytes it sent over TCP in between may still be unread, so its
 // sockets must not be redirected again, or later bytes would overtake them.

@@ -9,10 +9,11 @@
 # and once placed by the scheduler.
 #
 #   bash scripts/count_syscalls.sh [--seconds S] [--rounds N]
-#                                  [--baseline LIBRARY] [--write]
+#                                  [--baseline LIBRARY [--baseline-label TEXT]] [--write]
 #
 # --baseline adds a column for another build of the preload library (for
-# example one built from an older commit), run the same way. --write puts
+# example one built from an older commit), run the same way, titled by
+# --baseline-label (what it was built from). --write puts
 # the tables into docs/benchmarks.md (section syscalls). Runs as root, inside
 # a fresh network namespace with only loopback up.
 set -euo pipefail
@@ -22,14 +23,16 @@ arguments=("$@")
 seconds=3
 rounds=3
 baseline=
+baseline_label=baseline
 write=0
 while (($#)); do
   case $1 in
     --seconds) seconds=$2; shift ;;
     --rounds) rounds=$2; shift ;;
     --baseline) baseline=$(realpath "$2"); shift ;;
+    --baseline-label) baseline_label=$2; shift ;;
     --write) write=1 ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "count_syscalls.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -170,6 +173,7 @@ measure() {
 }
 
 : >"$tmp/results"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((round = 1; round <= rounds; round++)); do
   for placement in pinned scheduler; do
     for path in "${paths[@]}"; do
@@ -179,10 +183,10 @@ for ((round = 1; round <= rounds; round++)); do
   echo "round $round of $rounds done" >&2
 done
 
-tables=$(python3 - "$tmp/results" "${paths[@]}" <<'EOF'
+tables=$(python3 - "$tmp/results" "$baseline_label" "${paths[@]}" <<'EOF'
 import collections, sys
-results, paths = sys.argv[1], sys.argv[2:]
-titles = {"kernel": "kernel", "netaccel": "netaccel", "baseline": "netaccel (baseline)"}
+results, baseline_label, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+titles = {"kernel": "kernel", "netaccel": "netaccel", "baseline": f"netaccel ({baseline_label})"}
 # (path, placement, side) -> round -> {call: count}; requests and seconds per round
 calls = collections.defaultdict(lambda: collections.defaultdict(dict))
 requests = {}
@@ -245,8 +249,16 @@ if [[ $write == 1 ]]; then
     echo "(perf: \`raw_syscalls:sys_enter\` and one \`syscalls:sys_enter_*\` tracepoint per"
     echo "named call, ${seconds} s windows of a running benchmark, $rounds rounds, ranges over"
     echo "the rounds; \`scripts/count_syscalls.sh --write\`). These counts do not"
-    echo "depend on what a system call costs on the machine; the request rates do."
-    [[ -n $baseline ]] && echo "\"baseline\" is the preload library given with \`--baseline\`."
+    echo "depend on what a system call costs on the machine; the request rates do"
+    echo "(load average $load_before on $(nproc) CPUs when the run began)."
+    if [[ -n $baseline ]]; then
+      echo "\"netaccel ($baseline_label)\" is another build of the preload library"
+      echo "(\`--baseline\`), run the same way."
+    fi
+    echo
+    echo "Where the scheduler puts server and client on one core (a busy machine"
+    echo "does), a \`sched_yield\` is the turn handed to the peer: at most one per"
+    echo "request on each side, where the kernel's path sleeps and wakes."
     echo
     echo "$tables"
   } | python3 "$repo/scripts/replace_section.py" "$repo/docs/benchmarks.md" syscalls

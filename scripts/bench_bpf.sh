@@ -160,13 +160,14 @@ lines = [
     f"Measured by `scripts/bench_bpf.sh` on {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC: kernel {kernel}, "
     f"{cpus} CPUs, load average {load} at the start (other work shared the CPUs).",
     "",
-    "Two containers made by Debian's CNI `bridge` + `host-local` plugins on one bridge, each "
-    "in a cgroup v2 of its own; unmodified, not preloaded programs: redis-server, sockperf "
-    "server and iperf3 server in one, redis-benchmark, sockperf ping-pong and iperf3 in the "
-    "other. **kernel**: nothing attached, TCP over veth and bridge. **sockmap**: both "
-    "containers attached with `netaccel attach` (XDP classifier on each eth0, sock_ops on "
-    "each cgroup, sk_msg redirect between the two sockets). Each round measures kernel then "
-    f"sockmap, {seconds} s per figure; the table gives the median of {rounds} rounds. Every "
+    "Two containers made by Debian's CNI `bridge` + `host-local` plugins on one bridge; "
+    "unmodified programs: redis-server, sockperf server and iperf3 server in one, "
+    "redis-benchmark, sockperf ping-pong and iperf3 in the other. **kernel**: nothing "
+    "attached, TCP over veth and bridge. **sockmap**: both containers attached with "
+    "`netaccel attach` (XDP classifier on each eth0, sock_ops at the cgroup v2 root telling "
+    "containers apart by network namespace, sk_msg redirect between the two sockets), "
+    "programs not preloaded. Each round measures kernel, sockmap, then the two tier 0 "
+    f"columns, {seconds} s per figure; the table gives the median of {rounds} rounds. Every "
     "sockmap round checks that the sockmap counters grew, so no figure is the bridge's in "
     "disguise.",
     "",

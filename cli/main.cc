@@ -21,6 +21,7 @@
 
 #include "attach.h"
 #include "bench.h"
+#include "doctor.h"
 #include "monitor_client.h"
 #include "netaccel/monitor.h"
 #include "netaccel/protocol.h"
@@ -271,6 +272,10 @@ int main(int argc, char** argv) {
                    "where the isolation policy persists (empty: in memory only)")
       ->capture_default_str();
 
+  auto* doctor =
+      app.add_subcommand("doctor", "check what this host offers netaccel, and what to fix");
+  doctor->add_option("--socket", socket_path, socket_help);
+
   cli::PolicyCommands policy_commands;
   cli::add_policy_commands(app, policy_commands, socket_path, socket_help);
 
@@ -315,7 +320,8 @@ int main(int argc, char** argv) {
     // A mistyped subcommand lands here as "a subcommand is required".
     if (argc > 1 && argv[1][0] != '-') {
       std::cerr << "netaccel: unknown command '" << argv[1]
-                << "' (commands: daemon, run, status, bench, attach, detach, stats, stack, policy; "
+                << "' (commands: daemon, run, status, bench, attach, detach, stats, stack, policy, "
+                   "doctor; "
                    "see --help)\n";
       return 2;
     }
@@ -339,6 +345,7 @@ int main(int argc, char** argv) {
     return cli::run_under_preload(explicit_socket, std::move(command));
   }
   if (*status) return cli::show_status(socket_path, status_json);
+  if (*doctor) return cli::run_doctor(socket_path);
   if (*bench) return cli::run_bench(bench_options);
   if (*stack_command) return stack::run_stack(stack_options);
   if (const auto exit_code = cli::run_policy_command(policy_commands, socket_path)) {

@@ -72,7 +72,6 @@ module na_engine_core
     S_REMOVE_CHECK,
     S_REMOVE_NOTICES,
     S_REMOVE_FINISH,
-    S_REMOVE_CONTAINER,
     S_EMIT
   } state_e;
 
@@ -215,7 +214,7 @@ module na_engine_core
   localparam int RuleCountBits = $clog2(POLICY_RULES) + 1;
   logic is_request;
   assign is_request = kind_q == na_protocol::KIND_REQUEST;
-  logic container_hit, container_netns_hit, own_hit, container_insert, container_remove;
+  logic container_hit, own_hit, container_insert, container_remove;
   logic [63:0] container_netns;
   logic [127:0] own_host;
   logic [ContainerCountBits-1:0] container_count;
@@ -229,7 +228,6 @@ module na_engine_core
       .host_netns(container_netns),
       .netns(is_request ? netns_q : socket_id),
       .ipv4_mapped(destination_ipv4_mapped),
-      .netns_hit(container_netns_hit),
       .own_hit(own_hit),
       .own_host(own_host),
       .count(container_count),
@@ -454,7 +452,8 @@ module na_engine_core
   assign process_remove = state_q == S_REMOVE_FINISH;
   assign container_insert = state_q == S_DISPATCH &&
                             kind_q == na_protocol::KIND_ADD_CONTAINER_ADDRESS;
-  assign container_remove = state_q == S_REMOVE_CONTAINER;
+  assign container_remove = state_q == S_DISPATCH &&
+                            kind_q == na_protocol::KIND_REMOVE_CONTAINER;
   assign rule_add = state_q == S_DISPATCH && kind_q == na_protocol::KIND_DENY_CONNECTIONS;
   assign rule_remove = state_q == S_DISPATCH && kind_q == na_protocol::KIND_ALLOW_CONNECTIONS;
   assign listener_insert = state_q == S_LISTEN && listen_ok;
@@ -539,7 +538,6 @@ module na_engine_core
           policy_denied_q <= 0;
           if (kind_q == na_protocol::KIND_REMOVE_PROCESS)
             state_q <= process_hit ? S_REMOVE_LISTENERS : S_IDLE;
-          else if (kind_q == na_protocol::KIND_REMOVE_CONTAINER) state_q <= S_REMOVE_CONTAINER;
           else if (kind_q == na_protocol::KIND_REQUEST) begin
             requests_q <= requests_q + 1;
             if (!process_hit) answer(na_protocol::EVT_ERROR, na_protocol::STATUS_ESRCH);
@@ -747,9 +745,6 @@ module na_engine_core
         end
 
         S_REMOVE_FINISH: state_q <= S_IDLE;
-
-        // One address per cycle, the namespace's first each time.
-        S_REMOVE_CONTAINER: if (!container_netns_hit) state_q <= S_IDLE;
 
         S_EMIT:
         if (!out_full) begin

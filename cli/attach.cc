@@ -16,8 +16,11 @@
 #include <sstream>
 #include <thread>
 
+#include "monitor_client.h"
 #include "netaccel/bpf_loader.h"
+#include "netaccel/protocol.h"
 #include "netaccel/stack.h"
+#include "prometheus.h"
 
 namespace netaccel::cli {
 namespace {
@@ -259,7 +262,13 @@ int show_stats(const BpfCommands& commands) {
   const auto interval = std::chrono::duration<double>(commands.interval_seconds);
   do {
     const std::vector<ContainerStats> all = bpf::read_stats();
-    if (commands.json) {
+    if (commands.prometheus) {
+      std::vector<std::string> stacks;
+      for (const ContainerStats& stats : all) stacks.push_back(running_stack_counters(stats.name));
+      const StatusRequest request{kStatusMagic, kProtocolVersion};
+      const MonitorAnswer monitor = ask_monitor(commands.monitor_socket, &request, sizeof request);
+      std::cout << prometheus_text(all, stacks, monitor.text) << std::flush;
+    } else if (commands.json) {
       std::cout << stats_json(all) << std::endl;
     } else {
       if (commands.watch) std::cout << "\n";
@@ -300,6 +309,10 @@ void add_bpf_commands(CLI::App& app, BpfCommands& commands) {
   commands.stats = app.add_subcommand("stats", "per-container counters of the eBPF programs");
   commands.stats->add_flag("--watch", commands.watch, "print again every interval until stopped");
   commands.stats->add_flag("--json", commands.json, "one JSON object per report");
+  commands.stats->add_flag("--prometheus", commands.prometheus,
+                           "Prometheus text format, the monitor's (tier 0) counters included");
+  commands.stats->add_option("--socket", commands.monitor_socket,
+                             "the monitor's unix socket, for --prometheus");
   commands.stats
       ->add_option("--interval", commands.interval_seconds, "seconds between reports with --watch")
       ->check(CLI::Range(0.1, 3600.0))

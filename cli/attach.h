@@ -15,6 +15,8 @@ struct BpfCommands {
   std::string container;
   bool watch = false;
   bool json = false;
+  bool prometheus = false;
+  std::string monitor_socket;  // for stats --prometheus: the monitor's counters too
   double interval_seconds = 1.0;
 };
 

@@ -280,6 +280,7 @@ int main(int argc, char** argv) {
   cli::add_policy_commands(app, policy_commands, socket_path, socket_help);
 
   cli::BpfCommands bpf_commands;
+  bpf_commands.monitor_socket = socket_path;
   cli::add_bpf_commands(app, bpf_commands);
 
   stack::StackOptions stack_options;

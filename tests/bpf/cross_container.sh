@@ -143,6 +143,18 @@ done
 rejected=$(na_stat na-b xdp rejected)
 ((rejected >= 2)) || na_fail "the classifier of na-b counted $rejected rejected SYNs, expected >= 2"
 na_log "the classifier of na-b answered $rejected SYNs with resets"
+
+na_step "every tier's counters for Prometheus"
+"$NETACCEL" stats --prometheus --socket "$NA_SOCK" >"$NA_TMP/metrics.txt" || na_fail "stats --prometheus failed"
+grep -vE '^(# (HELP|TYPE) netaccel_[a-z0-9_]+ .+|netaccel_[a-z0-9_]+(\{container="[^"]+"\})? -?[0-9]+)$' \
+  "$NA_TMP/metrics.txt" && na_fail "lines above are not Prometheus text format"
+grep -qxF "netaccel_xdp_rejected_total{container=\"na-b\"} $rejected" "$NA_TMP/metrics.txt" ||
+  na_fail "the rejected SYNs are not exported: $(grep rejected "$NA_TMP/metrics.txt")"
+grep -qE '^netaccel_monitor_connections_total [1-9][0-9]*$' "$NA_TMP/metrics.txt" ||
+  na_fail "the monitor's connections are not exported"
+grep -qE '^netaccel_monitor_policy_denials [1-9]' "$NA_TMP/metrics.txt" ||
+  na_fail "the policy denials are not exported"
+na_log "$(wc -l <"$NA_TMP/metrics.txt") lines of metrics"
 # Other ports and the other direction stay open.
 value=$(na_container_run na-a "${NA_RUN[@]}" redis-cli -h "${NA_IP[na-b]}" -p "$REDIS_PORT" ping)
 [[ $value == PONG ]] || na_fail "a port the rule does not name was refused: '$value'"

@@ -37,6 +37,8 @@ packages=(
   libbpf-dev libxdp-dev libelf-dev zlib1g-dev linux-libc-dev
   # the user-space stack: DPDK (its af_xdp PMD), and dpkg-source for lwIP's sources
   libdpdk-dev dpkg-dev
+  # the .deb: cpack finds binaries with file(1), dependencies with dpkg-shlibdeps
+  file
   # eBPF / XDP tools and the container plugins
   xdp-tools bpftool containernetworking-plugins containerd runc
   # FPGA engine: RTL simulation and synthesis

@@ -641,13 +641,16 @@ int intercepted_epoll_pwait(int epfd, struct epoll_event* events, int max_events
   bool spinning = timeout != 0;
   for (uint32_t round = 0;; ++round) {
     if (set->listeners > 0 && events_pending()) pump_events();
-    // The kernel is asked on its budget, looked at when a wait begins and
-    // every 256 rounds of a spin.
+    // A wait asks the kernel when it begins if the budget says so. A spin
+    // asks every 256 rounds: by then nothing of ours was ready all along, so
+    // the budget, which keeps ready sockets of ours from paying for the
+    // kernel's, has nothing to save, and a kernel descriptor may be all the
+    // wait is for (a client that is not preloaded) and should not wait.
     bool ask_kernel = false;
     int64_t now = start;
     if ((round & 255) == 0) {
       if (round != 0) now = monotonic_ns();
-      ask_kernel = set->kernel_check.due(now);
+      ask_kernel = round != 0 || set->kernel_check.due(now);
     }
     int found = look_for_events(epfd, set, events, max_events, ask_kernel, now);
     if (found != 0) return found;

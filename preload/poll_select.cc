@@ -168,13 +168,16 @@ int poll_mixed(struct pollfd* fds, nfds_t count, int64_t timeout_ns, const sigse
   int result = 0;
   for (uint32_t round = 0;; ++round) {
     if (listeners && events_pending()) pump_events();
-    // The kernel is asked on its budget, looked at when a call begins and
-    // every 256 rounds of a spin.
+    // A call asks the kernel when it begins if the budget says so. A spin
+    // asks every 256 rounds: by then nothing of ours was ready all along, so
+    // the budget, which keeps ready sockets of ours from paying for the
+    // kernel's, has nothing to save, and a kernel descriptor may be all the
+    // call is for (a client that is not preloaded) and should not wait.
     bool ask_kernel = false;
     int64_t now = start;
     if ((round & 255) == 0) {
       if (round != 0) now = monotonic_ns();
-      ask_kernel = kernel_check.due(now);
+      ask_kernel = round != 0 || kernel_check.due(now);
     }
     for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
     if (!ask_kernel) {

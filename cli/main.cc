@@ -23,6 +23,7 @@
 #include "bench.h"
 #include "doctor.h"
 #include "monitor_client.h"
+#include "netaccel/log.h"
 #include "netaccel/monitor.h"
 #include "netaccel/protocol.h"
 #include "netaccel/shm.h"
@@ -266,6 +267,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench->add_flag("--quick", bench_options.quick, "short runs, for a smoke test");
 
+  std::string log_format = "text";
+  daemon->add_option("--log-format", log_format, "text, or json: one JSON object per log line")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   std::string state_directory = monitor_options.state_directory;
   daemon
       ->add_option("--state-dir", state_directory,
@@ -334,6 +339,7 @@ int main(int argc, char** argv) {
   if (*daemon) {
     monitor_options.socket_path = socket_path;
     monitor_options.state_directory = state_directory;
+    set_log_format(log_format == "json" ? LogFormat::kJson : LogFormat::kText);
     monitor_options.idle_spin = std::chrono::microseconds(idle_spin_us);
     monitor_options.fpga_sim.doorbell_latency = std::chrono::nanoseconds(doorbell_latency_ns);
     return cli::run_daemon(monitor_options);

@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "netaccel/log.h"
 #include "netaccel/monitor.h"
 #include "netaccel/shm.h"
 #include "test_support.h"
@@ -301,6 +302,23 @@ class MonitorTest : public ::testing::Test {
   std::unique_ptr<Monitor> monitor_;
   std::thread thread_;
 };
+
+TEST(LogTest, JsonLinesAreOneObjectEachWithTheMessageEscaped) {
+  set_log_format(LogFormat::kJson);
+  ::testing::internal::CaptureStderr();
+  log_line("monitor", "error", "a \"quoted\" word\nand a\ttab \\ \x01");
+  const std::string line = ::testing::internal::GetCapturedStderr();
+  set_log_format(LogFormat::kText);
+  ASSERT_EQ(std::count(line.begin(), line.end(), '\n'), 1) << line;
+  EXPECT_EQ(line.substr(0, 9), "{\"time\":\"");
+  EXPECT_NE(line.find("Z\",\"level\":\"error\",\"component\":\"monitor\",\"message\":"
+                      "\"a \\\"quoted\\\" word\\nand a\\ttab \\\\ \\u0001\"}\n"),
+            std::string::npos)
+      << line;
+  ::testing::internal::CaptureStderr();
+  log_line("monitor", "error", "plain");
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "netaccel monitor: plain\n");
+}
 
 TEST(MonitorOptionsTest, RejectsBadOptions) {
   MonitorOptions options;

@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "netaccel/byte_ring.h"
+#include "netaccel/log.h"
 
 namespace netaccel {
 namespace {
@@ -24,7 +25,7 @@ constexpr int kControlFd = 3;
 constexpr uint32_t kControlTag = 0;
 
 void log_error(const char* what, int error) {
-  std::fprintf(stderr, "netaccel anchor keeper: %s: %s\n", what, std::strerror(error));
+  log_line("anchor keeper", "error", std::string(what) + ": " + std::strerror(error));
 }
 
 // The half (B) of an anchor a process sent: when every copy of A is gone,

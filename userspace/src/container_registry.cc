@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "netaccel/bpf_loader.h"
+#include "netaccel/log.h"
 
 namespace netaccel {
 namespace {
@@ -31,7 +32,7 @@ constexpr uint32_t kDirectoryChanges =
     IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR;
 
 void log_registry(const std::string& message) {
-  std::fprintf(stderr, "netaccel monitor: %s\n", message.c_str());
+  log_line("monitor", "warning", message);
 }
 
 InetAddress container_address(const uint8_t (&bytes)[NETACCEL_ADDRESS_BYTES]) {

@@ -98,9 +98,8 @@ void Monitor::Impl::watch(int fd, Source source, uint32_t id, uint32_t events) {
 // Main loop
 
 void Monitor::Impl::run() {
-  std::fprintf(stderr, "netaccel monitor (%.*s engine) listening on %s\n",
-               static_cast<int>(engine_name().size()), engine_name().data(),
-               options_.socket_path.c_str());
+  log_line("monitor", "info",
+           "listening on " + options_.socket_path + " (" + std::string(engine_name()) + " engine)");
   Clock::time_point last_work = Clock::now();
   Clock::time_point last_socket_poll = last_work;
   while (!stop_requested_.load(std::memory_order_relaxed)) {

@@ -29,6 +29,7 @@
 
 #include "anchor_keeper.h"
 #include "container_registry.h"
+#include "netaccel/log.h"
 #include "netaccel/monitor.h"
 #include "netaccel/shm.h"
 
@@ -71,7 +72,7 @@ constexpr uint32_t kMaxRingBytes = 1u << 30;  // segment offsets are 32-bit
 }
 
 inline void log_error(const char* what, int error) {
-  std::fprintf(stderr, "netaccel monitor: %s: %s\n", what, std::strerror(error));
+  log_line("monitor", "error", std::string(what) + ": " + std::strerror(error));
 }
 
 inline std::size_t page_round_up(std::size_t bytes) {

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "bench_floor.h"
+#include "bench_plot.h"
 #include "netaccel/protocol.h"
 
 extern char** environ;
@@ -991,6 +992,14 @@ bool write_markdown(const std::string& path, const std::vector<Row>& rows,
   }
   out << "\nEvery ratio above is measured in this same run, kernel and netaccel side by side "
          "on the same machine with the same binaries; none is carried over from another run.\n";
+  if (!options.plot_svg.empty()) {
+    const std::filesystem::path markdown_directory = std::filesystem::absolute(path).parent_path();
+    out << "\n![netaccel against the kernel, per test]("
+        << std::filesystem::absolute(options.plot_svg)
+               .lexically_relative(markdown_directory)
+               .string()
+        << ")\n";
+  }
   if (!floor_text.empty()) {
     out << "\n### What this machine allows\n\nMeasured right after the table by the same "
            "command:\n\n"
@@ -1238,6 +1247,19 @@ int run_bench(const BenchOptions& options) {
   }
   std::printf("\nratio: above 1 means netaccel is better; every ratio is measured in this run.\n");
 
+  if (!g_interrupted && !options.plot_svg.empty()) {
+    std::vector<PlotRow> plot;
+    for (const Row& row : rows) {
+      plot.push_back({row.test, row.kernel, row.netaccel, std::strtod(row.ratio.c_str(), nullptr)});
+    }
+    std::ofstream svg(options.plot_svg);
+    svg << ratio_chart_svg("Same-host sockets: kernel TCP loopback vs netaccel", plot);
+    if (svg) {
+      std::printf("wrote %s\n", options.plot_svg.c_str());
+    } else {
+      std::fprintf(stderr, "netaccel bench: cannot write %s\n", options.plot_svg.c_str());
+    }
+  }
   if (!g_interrupted && !options.output_markdown.empty()) {
     if (write_markdown(options.output_markdown, rows, notes, floor_text, setup, options, started,
                        load)) {

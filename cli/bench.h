@@ -9,7 +9,8 @@ namespace netaccel::cli {
 struct BenchOptions {
   std::string output_markdown = "docs/benchmarks.md";  // empty: do not write
   double seconds_per_test = 2.0;
-  bool quick = false;  // shorter runs, for tests
+  bool quick = false;    // shorter runs, for tests
+  std::string plot_svg;  // a chart of the ratios to write as SVG (empty: none)
 };
 
 // Runs every benchmark, prints a table with progress, writes the markdown.

@@ -266,6 +266,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.01, 3600.0))
       ->capture_default_str();
   bench->add_flag("--quick", bench_options.quick, "short runs, for a smoke test");
+  bench->add_option("--plot", bench_options.plot_svg,
+                    "also draw the ratios as an SVG chart (linked from the markdown)");
 
   std::string log_format = "text";
   daemon->add_option("--log-format", log_format, "text, or json: one JSON object per log line")

@@ -270,7 +270,7 @@ nginx -c "$tmp/nginx-netaccel.conf" -s stop || true
 
 # ---------------------------------------------------------------------------
 section "netaccel bench (kernel TCP loopback vs netaccel)"
-bench_args=(--output "$repo/docs/benchmarks.md")
+bench_args=(--output "$repo/docs/benchmarks.md" --plot "$repo/docs/bench.svg")
 if [[ $quick == 1 ]]; then bench_args+=(--quick); fi
 stamp=$tmp/bench-started
 touch "$stamp"

@@ -4,9 +4,12 @@
 # + netaccel-cni. Two containers on a root filesystem built from the host's
 # binaries: unmodified redis-server in one, redis-benchmark in the other.
 # The runtime's ADD attaches each namespace, the sockmap carries redis's
-# bytes (counters grow), and `ctr task kill` + container removal (the
-# runtime's DEL, once the namespace is gone) leaves no pin, link, map or
-# veth behind.
+# bytes (counters grow); two more containers with the preload library in
+# their root filesystem and the monitor's socket mounted in (LD_PRELOAD and
+# NETACCEL_SOCKET in their environment) talk over tier 0, shared memory
+# across the two containers (the monitor's connections grow); and `ctr task
+# kill` + container removal (the runtime's DEL, once the namespace is gone)
+# leaves no pin, link, map or veth behind.
 # shellcheck source-path=SCRIPTDIR source=../integration/lib.sh
 source "$(dirname "$(readlink -f "$0")")/../integration/lib.sh"
 na_init "$@"
@@ -105,11 +108,14 @@ build_rootfs "$NA_TMP/rootfs-client" "$(command -v redis-benchmark)" "$(command 
 
 # run_container ID ROOTFS CMD...: `ctr run --cni` in the background, as a
 # foreground ctr: when the task ends, ctr removes its network (CNI DEL).
+# RUN_OPTIONS: more `ctr run` options for the containers started next.
 declare -A TASK_PID CTR_PID
+RUN_OPTIONS=()
 run_container() {
   local id=$1 rootfs=$2
   shift 2
-  na_bg "ctr-$id" "${CTR[@]}" run --cni --rm --fifo-dir "$CTR_DIR/fifo" --rootfs "$rootfs" "$id" "$@"
+  na_bg "ctr-$id" "${CTR[@]}" run --cni --rm "${RUN_OPTIONS[@]}" --fifo-dir "$CTR_DIR/fifo" \
+    --rootfs "$rootfs" "$id" "$@"
   CTR_PID[$id]=$NA_LAST_PID
   local deadline=$((SECONDS + 30)) pid
   while :; do
@@ -163,12 +169,44 @@ for name in "$server_name" "$client_name"; do
   na_log "$name: the sockmap carried $redirected bytes, $added sockets entered the sockhash"
 done
 
+na_step "tier 0 inside containers: the preload and the monitor's socket given to two more"
+# What a runtime's configuration gives a container (Kubernetes: a hostPath
+# volume for the socket's directory, env for the two variables; the library
+# here sits in the image at its host path, with the libraries it loads).
+PRELOAD=$(readlink -f "$NA_BIN_DIR/../lib/netaccel/libnetaccel_preload.so")
+[[ -f $PRELOAD ]] || na_fail "no preload library at $PRELOAD"
+NA_SOCK=$NA_TMP/monitor/monitor.sock
+na_start_monitor
+readonly CONTAINER_SOCKET_DIR=/run/netaccel
+RUN_OPTIONS=(--env "LD_PRELOAD=$PRELOAD" --env "NETACCEL_SOCKET=$CONTAINER_SOCKET_DIR/monitor.sock"
+  --mount "type=bind,src=$NA_TMP/monitor,dst=$CONTAINER_SOCKET_DIR,options=rbind:rw")
+build_rootfs "$NA_TMP/rootfs-server0" "$(command -v redis-server)" "$PRELOAD"
+build_rootfs "$NA_TMP/rootfs-client0" "$(command -v redis-benchmark)" "$(command -v sleep)" "$PRELOAD"
+run_container server0 "$NA_TMP/rootfs-server0" "$(command -v redis-server)" --port "$PORT" \
+  --bind 0.0.0.0 --protected-mode no --save '' --appendonly no
+run_container client0 "$NA_TMP/rootfs-client0" "$(command -v sleep)" 600
+SERVER0_IP=$(nsenter -t "${TASK_PID[server0]}" -n ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
+deadline=$((SECONDS + 10))
+until [[ -n $(nsenter -t "${TASK_PID[server0]}" -n ss -Hltn "sport = :$PORT") ]]; do
+  ((SECONDS < deadline)) || na_fail "preloaded redis-server does not listen: $(cat "$NA_TMP/ctr-server0.log")"
+  sleep 0.1
+done
+na_wait_counter containers 4 10
+na_connections_total
+before=$NA_TOTAL
+na_timeout "$NA_COMMAND_TIMEOUT" "${CTR[@]}" task exec --fifo-dir "$CTR_DIR/fifo" --exec-id bench0 client0 \
+  "$(command -v redis-benchmark)" -h "$SERVER0_IP" -p "$PORT" -c "$CLIENTS" -n "$REQUESTS" -t set,get --csv \
+  >"$NA_TMP/bench0.csv" 2>&1 || na_fail "preloaded redis-benchmark failed: $(cat "$NA_TMP/bench0.csv")"
+cat "$NA_TMP/bench0.csv"
+[[ $(grep -c '^"\(SET\|GET\)"' "$NA_TMP/bench0.csv") == 2 ]] || na_fail "redis-benchmark reported no SET and GET rates"
+na_expect_connections "$before" "$CLIENTS" "redis-benchmark between two containers of the runtime"
+
 na_step "ctr task kill and container removal leave nothing behind"
-for id in client server; do
+for id in client0 server0 client server; do
   "${CTR[@]}" task kill -s KILL "$id" || na_fail "ctr task kill $id failed"
   na_wait_exit "${CTR_PID[$id]}" 30 "ctr run $id"
 done
-for id in client server; do
+for id in client0 server0 client server; do
   if "${CTR[@]}" container info "$id" >/dev/null 2>&1; then
     "${CTR[@]}" container rm "$id" || na_fail "ctr container rm $id failed"
   fi

@@ -36,7 +36,7 @@ na_log "two connections through netaccel; killing the monitor"
 
 na_step "monitor killed"
 # The daemon itself, not the timeout(1) that na_bg wraps it in.
-daemon=$(pgrep -f -x "$NETACCEL daemon --socket $NA_SOCK") || na_fail "no monitor process found"
+daemon=$(pgrep -f -x "$NETACCEL daemon --socket $NA_SOCK( .*)?") || na_fail "no monitor process found"
 kill -KILL "$daemon"
 wait "$NA_MONITOR_PID" 2>/dev/null
 kill -0 "$daemon" 2>/dev/null && na_fail "the monitor survived SIGKILL"

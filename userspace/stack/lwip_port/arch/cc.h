@@ -24,11 +24,11 @@ unsigned int netaccel_lwip_random(void);
   do {                        \
     printf x;                 \
   } while (0)
-#define LWIP_PLATFORM_ASSERT(x)                                                         \
-  do {                                                                                  \
+#define LWIP_PLATFORM_ASSERT(x)                                                             \
+  do {                                                                                      \
     fprintf(stderr, "netaccel stack: lwIP assertion \"%s\" failed at %s:%d\n", x, __FILE__, \
-            __LINE__);                                                                  \
-    abort();                                                                            \
+            __LINE__);                                                                      \
+    abort();                                                                                \
   } while (0)
 
 #endif /* NETACCEL_LWIP_ARCH_CC_H */

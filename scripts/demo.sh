@@ -283,28 +283,27 @@ if [[ $repo/docs/benchmarks.md -nt $stamp ]]; then
   printf '\nfigures written to docs/benchmarks.md\n'
 fi
 
+# run_container_bench SCRIPT WHAT [QUICK_ENV...]: a container benchmark that
+# writes its own section of docs/benchmarks.md; a skip (77) is said, not fatal.
+run_container_bench() {
+  local script=$1 what=$2 status=0
+  shift 2
+  local -a quick_env=()
+  if [[ $quick == 1 ]]; then quick_env=("$@"); fi
+  env "${quick_env[@]}" NA_BENCH_OUTPUT="$repo/docs/benchmarks.md" \
+    bash "$repo/scripts/$script" "$(dirname "$NETACCEL")" || status=$?
+  if [[ $status == 77 ]]; then
+    echo "(the $what comparison was skipped: see its reason above)"
+  elif [[ $status != 0 ]]; then
+    exit "$status"
+  fi
+}
+
 # ---------------------------------------------------------------------------
 section "containers: kernel bridge vs sockmap vs tier 0 (shared memory across containers)"
-bpf_env=()
-if [[ $quick == 1 ]]; then bpf_env=(NA_BENCH_ROUNDS=1 NA_BENCH_SECONDS=2); fi
-bpf_status=0
-env "${bpf_env[@]}" NA_BENCH_OUTPUT="$repo/docs/benchmarks.md" \
-  bash "$repo/scripts/bench_bpf.sh" "$(dirname "$NETACCEL")" || bpf_status=$?
-if [[ $bpf_status == 77 ]]; then
-  echo "(the container comparison was skipped: see its reason above)"
-elif [[ $bpf_status != 0 ]]; then
-  exit "$bpf_status"
-fi
+run_container_bench bench_bpf.sh container NA_BENCH_ROUNDS=1 NA_BENCH_SECONDS=2
 
 # ---------------------------------------------------------------------------
 section "containers: kernel TCP vs the user-space stack (lwIP over AF_XDP)"
-stack_env=()
-if [[ $quick == 1 ]]; then stack_env=(NA_BENCH_ROUNDS=1 NA_BENCH_EXCHANGES=5000 NA_BENCH_BULK_MIB=64); fi
-stack_status=0
-env "${stack_env[@]}" NA_BENCH_OUTPUT="$repo/docs/benchmarks.md" \
-  bash "$repo/scripts/bench_stack.sh" "$(dirname "$NETACCEL")" || stack_status=$?
-if [[ $stack_status == 77 ]]; then
-  echo "(the user-space stack comparison was skipped: see its reason above)"
-elif [[ $stack_status != 0 ]]; then
-  exit "$stack_status"
-fi
+run_container_bench bench_stack.sh "user-space stack" \
+  NA_BENCH_ROUNDS=1 NA_BENCH_EXCHANGES=5000 NA_BENCH_BULK_MIB=64

@@ -62,15 +62,6 @@ bool valid_container_name(const std::string& name) {
          name.find_first_of("/ \t\n") == std::string::npos && name != "." && name != "..";
 }
 
-std::string json_escaped(const std::string& text) {
-  std::string out;
-  for (const char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) >= 0x20) out += c;
-  }
-  return out;
-}
-
 }  // namespace
 
 bool ContainerRegistry::Container::operator==(const Container& other) const {
@@ -272,19 +263,16 @@ std::string ContainerRegistry::deny(const PolicyRule& rule) {
   if (rule.client == rule.server) return "a container always reaches itself";
   if (!rules_.insert(rule).second) return "";
   apply_rules();
-  if (std::string error = save_rules(); !error.empty()) {
+  const EngineRule added{containers_.at(rule.client).netns_id, containers_.at(rule.server).netns_id,
+                         rule.port};
+  std::string error = enforced_.contains(added) ? save_rules()
+                                                : "the " + std::string(engine_.name()) +
+                                                      " engine has no room for another rule";
+  if (!error.empty()) {
     rules_.erase(rule);
     apply_rules();
-    return error;
   }
-  const auto client = containers_.at(rule.client).netns_id;
-  const auto server = containers_.at(rule.server).netns_id;
-  if (!enforced_.contains(EngineRule{client, server, rule.port})) {
-    rules_.erase(rule);
-    save_rules();
-    return "the " + std::string(engine_.name()) + " engine has no room for another rule";
-  }
-  return "";
+  return error;
 }
 
 std::string ContainerRegistry::allow(const PolicyRule& rule) {

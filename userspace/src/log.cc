@@ -10,6 +10,8 @@ namespace {
 
 LogFormat g_format = LogFormat::kText;
 
+}  // namespace
+
 std::string json_escaped(const std::string& text) {
   std::string out;
   for (const char c : text) {
@@ -38,8 +40,6 @@ std::string json_escaped(const std::string& text) {
   }
   return out;
 }
-
-}  // namespace
 
 void set_log_format(LogFormat format) {
   g_format = format;
